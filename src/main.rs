@@ -1,0 +1,41 @@
+//! `ringmq`: CLI -> Config -> server::run.
+
+use ringmq::config::{Command, Config, ConfigError};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let command = match Config::from_env_args() {
+        Ok(c) => c,
+        Err(ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("ringmq: {e}");
+            std::process::exit(2);
+        }
+    };
+    match command {
+        Command::TestConfig(config) => {
+            println!(
+                "configuration ok: {} cores, port {}",
+                config.cores, config.port
+            );
+        }
+        Command::Run(config) => {
+            init_logging(&config.log_level);
+            if let Err(e) = ringmq::server::run(config) {
+                tracing::error!("{e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

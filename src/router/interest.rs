@@ -1,0 +1,77 @@
+//! Which cores have at least one subscriber of a filter.
+
+/// A set of core indices (up to [`CoreSet::MAX`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreSet([u64; 4]);
+
+impl CoreSet {
+    pub const MAX: usize = 256;
+
+    pub fn insert(&mut self, core: usize) {
+        self.0[core / 64] |= 1 << (core % 64);
+    }
+
+    pub fn remove(&mut self, core: usize) {
+        self.0[core / 64] &= !(1 << (core % 64));
+    }
+
+    pub fn contains(&self, core: usize) -> bool {
+        self.0[core / 64] & (1 << (core % 64)) != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    pub fn union(&mut self, other: &CoreSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..Self::MAX).filter(|c| self.contains(*c))
+    }
+}
+
+/// The core that owns a client id's session. Every core computes the same answer,
+/// so a client reconnecting anywhere lands where its session lives (FNV-1a).
+pub fn owner_core(client_id: &str, cores: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % cores as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_set_ops() {
+        let mut s = CoreSet::default();
+        assert!(s.is_empty());
+        s.insert(0);
+        s.insert(70);
+        s.insert(255);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 70, 255]);
+        s.remove(70);
+        assert!(!s.contains(70));
+        let mut t = CoreSet::default();
+        t.insert(3);
+        t.union(&s);
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![0, 3, 255]);
+    }
+
+    #[test]
+    fn owner_is_stable_and_spread() {
+        assert_eq!(owner_core("abc", 4), owner_core("abc", 4));
+        let mut seen = [0usize; 4];
+        for i in 0..1000 {
+            seen[owner_core(&format!("device-{i}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
+    }
+}

@@ -1,0 +1,416 @@
+//! A connection is a thin adapter: read into a buffer, decode every complete
+//! frame, hand packets to the router, and let a writer task drain the session's
+//! output in one write per wake-up.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf,
+    Splitable,
+};
+use monoio::net::TcpStream;
+
+use super::context::{ConnSignals, Ctx};
+use crate::codec::{
+    decode, encode, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
+};
+use crate::router::{owner_core, CloseReason, ConnId, Followup, Handoff, MeshMsg, SessionKey};
+use crate::session::{check_connect, Refusal};
+
+/// Above this, an idle connection's buffers are released rather than kept.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Releases the connection's slot in `max_connections` when the task ends.
+struct ConnectionSlot(Arc<super::Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a slot in `max_connections`, or `None` when the broker is full.
+fn claim_slot(ctx: &Ctx) -> Option<ConnectionSlot> {
+    let shared = &ctx.shared;
+    let open = shared.connections.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnectionSlot(shared.clone());
+    (open < shared.config.limits.max_connections).then_some(slot)
+}
+
+/// A freshly accepted socket: read its CONNECT, then serve it here or hand it to
+/// the core that owns its client id.
+pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let Some(slot) = claim_slot(&ctx) else {
+        ctx.core.borrow_mut().counters.refused_max_connections += 1;
+        tracing::warn!(%peer, "refused: max_connections reached");
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(ctx.shared.config.read_buffer_size);
+    let limit = ctx.shared.config.limits.connect_timeout;
+    let connect =
+        match monoio::time::timeout(limit, read_connect(&mut stream, &mut buf, &ctx)).await {
+            Ok(Ok(connect)) => connect,
+            Ok(Err(err)) => return refuse_malformed(&ctx, stream, peer, err).await,
+            Err(_) => {
+                ctx.core.borrow_mut().counters.connects_refused += 1;
+                tracing::info!(%peer, "closed: no CONNECT within connect_timeout [MQTT-3.1.4]");
+                return;
+            }
+        };
+    if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
+        return refuse(&ctx, stream, peer, &connect, refusal).await;
+    }
+    let (client_id, assigned) = client_id_for(&ctx, &connect);
+    let owner = owner_core(&client_id, ctx.shared.config.cores);
+    if owner != ctx.id {
+        drop(slot); // the owner claims its own slot
+        return hand_off(&ctx, owner, stream, peer, connect, client_id, assigned, buf).await;
+    }
+    serve(ctx, stream, peer, *connect, client_id, assigned, buf, slot).await;
+}
+
+/// A connection handed over by another core.
+pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
+    ctx.shared.connections.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnectionSlot(ctx.shared.clone());
+    let stream = match TcpStream::from_std(h.stream) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(peer = %h.peer, error = %e, "handoff failed"),
+    };
+    serve(
+        ctx,
+        stream,
+        h.peer,
+        *h.connect,
+        h.client_id,
+        h.assigned_id,
+        h.leftover,
+        slot,
+    )
+    .await;
+}
+
+async fn read_connect(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    ctx: &Ctx,
+) -> Result<Box<Connect>, DecodeError> {
+    let max = ctx.shared.config.limits.max_packet_size;
+    loop {
+        match decode(buf, Protocol::V3_1_1, max)? {
+            Some(Packet::Connect(c)) => return Ok(c),
+            Some(_) => return Err(DecodeError::NotConnect),
+            None => {}
+        }
+        buf.reserve(ctx.shared.config.read_buffer_size.max(64));
+        let (res, b) = stream.read(std::mem::take(buf)).await;
+        *buf = b;
+        match res {
+            Ok(0) | Err(_) => return Err(DecodeError::Truncated("CONNECT")),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A broken first packet: answer what the spec allows, log, close.
+async fn refuse_malformed(ctx: &Ctx, mut stream: TcpStream, peer: SocketAddr, err: DecodeError) {
+    ctx.core.borrow_mut().counters.connects_refused += 1;
+    if let DecodeError::UnsupportedProtocolLevel(_) = err {
+        // [MQTT-3.1.2-2]: CONNACK 0x01, then close.
+        let mut out = BytesMut::new();
+        let ack = ConnAck {
+            session_present: false,
+            code: 1,
+            properties: Properties::default(),
+        };
+        encode(&Packet::ConnAck(ack), Protocol::V3_1_1, &mut out);
+        let _ = stream.write_all(out).await;
+    }
+    if !matches!(err, DecodeError::Truncated("CONNECT")) {
+        tracing::info!(%peer, rule = %err, "closed before CONNECT completed");
+    }
+}
+
+async fn refuse(ctx: &Ctx, mut stream: TcpStream, peer: SocketAddr, c: &Connect, r: Refusal) {
+    ctx.core.borrow_mut().counters.connects_refused += 1;
+    tracing::info!(%peer, client_id = c.client_id_str(), rule = r.rule, "CONNECT refused");
+    if let Some(code) = r.code {
+        let mut out = BytesMut::new();
+        let ack = ConnAck {
+            session_present: false,
+            code: code.byte(c.protocol),
+            properties: Properties::default(),
+        };
+        encode(&Packet::ConnAck(ack), c.protocol, &mut out);
+        let _ = stream.write_all(out).await;
+    }
+}
+
+/// The client's id, or one assigned by the broker [MQTT-3.1.3-6] chosen so that
+/// this core owns it (no handoff needed).
+fn client_id_for(ctx: &Ctx, c: &Connect) -> (Arc<str>, bool) {
+    if !c.client_id.is_empty() {
+        return (Arc::from(c.client_id_str()), false);
+    }
+    let cores = ctx.shared.config.cores;
+    loop {
+        let n = ctx.next_conn_id();
+        let id = format!(
+            "ringmq-{:x}-{:x}",
+            ctx.shared.started.elapsed().as_nanos() as u64,
+            n
+        );
+        if owner_core(&id, cores) == ctx.id {
+            return (Arc::from(id), true);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hand_off(
+    ctx: &Rc<Ctx>,
+    owner: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    connect: Box<Connect>,
+    client_id: Arc<str>,
+    assigned_id: bool,
+    leftover: BytesMut,
+) {
+    let fd = stream.into_raw_fd();
+    // SAFETY: `into_raw_fd` released monoio's ownership of this open socket (no I/O
+    // is in flight on it: the CONNECT read completed), so this is its only owner.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let handoff = Handoff {
+        stream,
+        peer,
+        connect,
+        client_id,
+        assigned_id,
+        leftover,
+    };
+    let mut core = ctx.core.borrow_mut();
+    core.counters.handoffs += 1;
+    core.push_to(owner, MeshMsg::Handoff(Box::new(handoff)));
+    drop(core);
+    ctx.apply_effects();
+}
+
+/// Serves a connection whose session lives on this core.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    ctx: Rc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    connect: Connect,
+    client_id: Arc<str>,
+    assigned: bool,
+    buf: BytesMut,
+    _slot: ConnectionSlot,
+) {
+    let conn = ctx.next_conn_id();
+    let signals = Rc::new(ConnSignals::new());
+    ctx.conns.borrow_mut().insert(conn, signals.clone());
+    let now = ctx.now();
+    let attached = ctx
+        .core
+        .borrow_mut()
+        .connect(&connect, client_id.clone(), conn, now, assigned);
+    ctx.apply_effects();
+    tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
+    let (read_half, write_half) = stream.into_split();
+    let link = Link {
+        ctx: ctx.clone(),
+        conn,
+        key: attached.key,
+        signals: signals.clone(),
+        protocol: connect.protocol,
+    };
+    let writer = monoio::spawn(write_loop(link.clone(), write_half));
+    let abnormal = link.read_loop(read_half, buf, &client_id).await;
+    signals.finishing.set(true);
+    signals.writer.notify();
+    let grace = std::time::Duration::from_secs(1);
+    let _ = monoio::time::timeout(grace, writer).await;
+    ctx.core
+        .borrow_mut()
+        .disconnected(attached.key, conn, abnormal);
+    ctx.conns.borrow_mut().remove(&conn);
+    ctx.apply_effects();
+}
+
+#[derive(Clone)]
+struct Link {
+    ctx: Rc<Ctx>,
+    conn: ConnId,
+    key: SessionKey,
+    signals: Rc<ConnSignals>,
+    protocol: Protocol,
+}
+
+type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
+
+impl Link {
+    /// Reads until the connection ends. Returns whether the end was abnormal (the
+    /// will is published) rather than a DISCONNECT.
+    async fn read_loop(&self, mut rd: ReadHalf, mut buf: BytesMut, client_id: &str) -> bool {
+        let read_size = self.ctx.shared.config.read_buffer_size;
+        loop {
+            match self.process(&mut buf, client_id).await {
+                Ok(true) => return false,
+                Ok(false) => {}
+                Err(()) => return true,
+            }
+            if let Some(reason) = self.signals.close.get() {
+                self.log_close(client_id, reason);
+                return true;
+            }
+            if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+                buf = BytesMut::new();
+            }
+            buf.reserve(read_size);
+            let handle = self.signals.cancel_handle();
+            let (res, b) = rd.cancelable_read(buf, handle).await;
+            buf = b;
+            match res {
+                Ok(0) => return true,
+                Ok(n) => self.ctx.core.borrow_mut().counters.bytes_received += n as u64,
+                Err(e) => {
+                    if let Some(reason) = self.signals.close.get() {
+                        self.log_close(client_id, reason);
+                    } else {
+                        tracing::debug!(client_id, error = %e, "read failed");
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn log_close(&self, client_id: &str, reason: CloseReason) {
+        match reason {
+            CloseReason::KeepAliveTimeout => {
+                self.ctx.core.borrow_mut().counters.keepalive_timeouts += 1;
+                tracing::info!(client_id, "closed: keep-alive expired [MQTT-3.1.2-24]");
+                self.set_final_disconnect(crate::codec::reason::KEEP_ALIVE_TIMEOUT);
+            }
+            CloseReason::SessionTakenOver => {
+                tracing::info!(client_id, "closed: session taken over by a new connection");
+                self.set_final_disconnect(crate::codec::reason::SESSION_TAKEN_OVER);
+            }
+            CloseReason::ServerShutdown => {
+                self.set_final_disconnect(crate::codec::reason::SERVER_SHUTTING_DOWN);
+            }
+            CloseReason::WriteFailed => tracing::debug!(client_id, "closed: write failed"),
+        }
+    }
+
+    fn set_final_disconnect(&self, reason: u8) {
+        if self.protocol.is_v5() {
+            self.signals.final_disconnect.set(Some(reason));
+        }
+    }
+
+    /// Decodes and handles every complete frame in `buf`. `Ok(true)`: DISCONNECT.
+    async fn process(&self, buf: &mut BytesMut, client_id: &str) -> Result<bool, ()> {
+        let max = self.ctx.shared.config.limits.max_packet_size;
+        loop {
+            let packet = match decode(buf, self.protocol, max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    self.violation(client_id, &e.to_string(), e.reason_code());
+                    return Err(());
+                }
+            };
+            let mut followup = Followup::default();
+            let now = self.ctx.now();
+            let result =
+                self.ctx
+                    .core
+                    .borrow_mut()
+                    .handle_packet(self.key, now, packet, &mut followup);
+            if let Err(v) = result {
+                self.violation(client_id, &v.to_string(), v.reason_code());
+                return Err(());
+            }
+            if let Some(mut pending) = followup.subscribe {
+                if let Some(barrier) = pending.barrier.take() {
+                    self.ctx.apply_effects();
+                    let _ = barrier.await;
+                }
+                self.ctx
+                    .core
+                    .borrow_mut()
+                    .complete_subscribe(self.key, pending);
+            }
+            if followup.disconnect {
+                self.ctx.apply_effects();
+                return Ok(true);
+            }
+        }
+        self.ctx.apply_effects();
+        self.ctx.wait_outbox_drained().await;
+        Ok(false)
+    }
+
+    fn violation(&self, client_id: &str, rule: &str, reason: u8) {
+        self.ctx.core.borrow_mut().counters.protocol_violations += 1;
+        tracing::warn!(client_id, rule, "closed: protocol violation");
+        self.set_final_disconnect(reason);
+    }
+}
+
+/// Drains the session's output: one write per wake-up, whatever accumulated.
+async fn write_loop(link: Link, mut wr: OwnedWriteHalf<TcpStream>) {
+    let mut spare = BytesMut::new();
+    loop {
+        let taken = link
+            .ctx
+            .core
+            .borrow_mut()
+            .take_tx(link.key, link.conn, spare);
+        match taken {
+            Ok(buf) => {
+                let len = buf.len();
+                let (res, mut buf) = wr.write_all(buf).await;
+                if res.is_err() {
+                    link.signals.close(CloseReason::WriteFailed);
+                    break;
+                }
+                buf.clear();
+                spare = if buf.capacity() > KEEP_CAPACITY {
+                    BytesMut::new()
+                } else {
+                    buf
+                };
+                link.ctx.core.borrow_mut().written(link.key, link.conn, len);
+                link.ctx.apply_effects();
+            }
+            Err(s) => {
+                spare = s;
+                if link.signals.finishing.get() {
+                    break;
+                }
+                link.signals.writer.notified().await;
+            }
+        }
+    }
+    if let Some(reason) = link.signals.final_disconnect.take() {
+        let mut out = BytesMut::new();
+        let d = Disconnect {
+            reason,
+            properties: Properties::default(),
+        };
+        encode(&Packet::Disconnect(d), Protocol::V5, &mut out);
+        let _ = wr.write_all(out).await;
+    }
+    let _ = wr.shutdown().await;
+}

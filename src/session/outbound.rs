@@ -1,0 +1,89 @@
+//! Messages travelling from the broker to one client: the QoS 1/2 inflight window
+//! and the queue behind it. Pure bookkeeping; the session encodes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::codec::{Pid, QoS};
+use crate::message::Message;
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Clone, Debug)]
+pub struct Inflight {
+    pub pid: Pid,
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub state: OutState,
+}
+
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// The outgoing side of a session.
+#[derive(Debug)]
+pub struct Outbound {
+    next_pid: Pid,
+    pub inflight: VecDeque<Inflight>,
+    pub queue: VecDeque<Queued>,
+    pub queued_bytes: usize,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Outbound {
+            next_pid: Pid::MIN,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+        }
+    }
+}
+
+impl Outbound {
+    /// A packet id not used by any inflight message. The window is far smaller than
+    /// 65535, so the scan ends quickly.
+    pub fn allocate_pid(&mut self) -> Pid {
+        loop {
+            let pid = self.next_pid;
+            self.next_pid = pid.next();
+            if !self.inflight.iter().any(|e| e.pid == pid) {
+                return pid;
+            }
+        }
+    }
+
+    pub fn position(&self, pid: Pid, state: OutState, qos: QoS) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|e| e.pid == pid && e.state == state && e.qos == qos)
+    }
+
+    pub fn enqueue(&mut self, item: Queued) {
+        self.queued_bytes += item.msg.weight();
+        self.queue.push_back(item);
+    }
+
+    pub fn dequeue(&mut self) -> Option<Queued> {
+        let item = self.queue.pop_front()?;
+        self.queued_bytes -= item.msg.weight();
+        Some(item)
+    }
+
+    /// True when one more message of `weight` bytes fits the queue caps.
+    pub fn has_room(&self, weight: usize, max_messages: usize, max_bytes: usize) -> bool {
+        self.queue.len() < max_messages && self.queued_bytes + weight <= max_bytes
+    }
+}

@@ -1,0 +1,1 @@
+// Scenario tests live here; see the session module docs.
