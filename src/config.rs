@@ -53,9 +53,9 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Bytes queued per client behind the in-flight window.
     pub max_queued_bytes: usize,
-    /// Unsent output bytes per connection; a client that reads slower than it
-    /// is sent to hits this and is disconnected as a slow consumer, so that
-    /// one stalled reader cannot hold the broker's memory hostage.
+    /// Unsent output bytes per connection. Past it, QoS 0 messages to that
+    /// client are dropped (and counted) and QoS 1/2 wait in its session queue,
+    /// so that one stalled reader cannot hold the broker's memory hostage.
     pub max_write_buffer: usize,
     /// Topic levels in a topic name or filter; bounds trie depth and matching work.
     pub max_topic_levels: usize,
@@ -537,7 +537,7 @@ pub struct FileConfig {
         value_name = "N"
     )]
     pub mesh_queue_capacity: Option<usize>,
-    /// Accept clients that send no username (default true; false refuses them as not authorized)
+    /// Accept clients that send no username (default true; false refuses them as not authorized; there is no password file yet, so any username is accepted)
     #[arg(long, env = "RINGMQ_ALLOW_ANONYMOUS", value_name = "BOOL", action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_anonymous: Option<bool>,
@@ -563,7 +563,7 @@ pub struct FileConfig {
     /// Bytes queued per client behind the in-flight window (default 16MiB; when full, new messages to it are dropped)
     #[arg(long, env = "RINGMQ_MAX_QUEUED_BYTES", value_name = "BYTES", help_heading = LIMITS)]
     pub max_queued_bytes: Option<ByteSize>,
-    /// Unsent output per connection (default 1MiB; a client further behind is disconnected as a slow consumer)
+    /// Unsent output per connection (default 1MiB; past it QoS 0 to that client is dropped and counted, QoS 1/2 wait in its queue)
     #[arg(long, env = "RINGMQ_MAX_WRITE_BUFFER", value_name = "BYTES", help_heading = LIMITS)]
     pub max_write_buffer: Option<ByteSize>,
     /// Levels in a topic name or filter (default 128; deeper topics are rejected)

@@ -8,8 +8,9 @@
 //! - [`session`]: one client's state machine, sans-io, time passed in.
 //! - [`router`]: per-core routing state and the cross-core mesh.
 //! - [`server`]: the only I/O: per-core monoio workers, listeners, connections.
-//! - [`config`], [`metrics`]: leaves used by the server.
+//! - [`config`], [`metrics`], [`auth`]: leaves used by the server.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod message;

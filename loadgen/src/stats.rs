@@ -280,6 +280,8 @@ pub struct ThreadStats {
     /// Connect (TCP + CONNACK) latency.
     pub connect: Histogram<u64>,
     pub trackers: HashMap<PairKey, SeqTracker>,
+    /// Messages sent by each publisher (its next sequence number).
+    pub published: HashMap<u32, u64>,
     pub sent_in_window: u64,
     pub received_in_window: u64,
     pub connects_in_window: u64,
@@ -293,6 +295,7 @@ impl ThreadStats {
             interval: new_histogram(),
             connect: new_histogram(),
             trackers: HashMap::new(),
+            published: HashMap::new(),
             sent_in_window: 0,
             received_in_window: 0,
             connects_in_window: 0,
@@ -330,10 +333,20 @@ impl ThreadStats {
         std::mem::replace(&mut self.interval, new_histogram())
     }
 
+    /// Sent counts indexed by publisher id, for [`delivery`].
+    pub fn sent_by_publisher(&self, publishers: u32) -> Vec<u64> {
+        (0..publishers)
+            .map(|p| self.published.get(&p).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Adds another thread's stats; every subscriber and publisher lives on
+    /// exactly one thread, so trackers and sent counts never overlap.
     pub fn merge(&mut self, other: ThreadStats) {
         merge_histogram(&mut self.latency, &other.latency);
         merge_histogram(&mut self.connect, &other.connect);
         self.trackers.extend(other.trackers);
+        self.published.extend(other.published);
         self.sent_in_window += other.sent_in_window;
         self.received_in_window += other.received_in_window;
         self.connects_in_window += other.connects_in_window;

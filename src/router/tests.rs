@@ -1,1 +1,205 @@
+//! Several cores in one process, the mesh pumped by hand: cross-core routing
+//! behaves as if all sessions were on one core.
 
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::codec::{decode, Properties, Protocol, Publish, QosPid, Subscribe};
+use crate::config::Config;
+
+struct Cluster {
+    cores: Vec<Core>,
+    mesh: Arc<Mesh>,
+    inboxes: Vec<Inbox>,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        let (mesh, inboxes) = mesh(n, 64);
+        let limits = Arc::new(Config::default().limits);
+        let cores = (0..n).map(|i| Core::new(i, n, limits.clone())).collect();
+        Cluster {
+            cores,
+            mesh,
+            inboxes,
+        }
+    }
+
+    /// Delivers every queued mesh message until all queues are quiet.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for core in &mut self.cores {
+                core.flush(&self.mesh);
+            }
+            for (i, inbox) in self.inboxes.iter().enumerate() {
+                while let Ok(batch) = inbox.rx.try_recv() {
+                    moved = true;
+                    for msg in batch {
+                        assert!(self.cores[i].handle_mesh(msg).is_none());
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn connect(&mut self, core: usize, id: &str, clean: bool) -> SessionKey {
+        let c = Connect {
+            protocol: Protocol::V3_1_1,
+            clean_start: clean,
+            keep_alive: 0,
+            client_id: Bytes::copy_from_slice(id.as_bytes()),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        };
+        let attached = self.cores[core].connect(&c, id.into(), 1, 0, false);
+        self.take_packets(core, attached.key);
+        attached.key
+    }
+
+    fn subscribe(&mut self, core: usize, key: SessionKey, filter: &'static str, qos: QoS) {
+        let sub = Packet::Subscribe(Subscribe {
+            pid: Pid::new(1).unwrap(),
+            filters: vec![(Bytes::from_static(filter.as_bytes()), SubOptions { qos, ..Default::default() })],
+            properties: Properties::default(),
+        });
+        let mut f = Followup::default();
+        self.cores[core].handle_packet(key, 0, sub, &mut f).unwrap();
+        let mut pending = f.subscribe.unwrap();
+        let mut barrier = pending.barrier.take();
+        self.settle();
+        if let Some(b) = barrier.as_mut() {
+            assert_eq!(b.try_recv(), Ok(Some(())), "every core acknowledged the interest");
+        }
+        self.cores[core].complete_subscribe(key, pending);
+    }
+
+    fn publish(&mut self, core: usize, key: SessionKey, topic: &'static str, retain: bool, payload: &'static [u8]) {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos_pid: QosPid::AtLeastOnce(Pid::new(9).unwrap()),
+            retain,
+            topic: Bytes::from_static(topic.as_bytes()),
+            properties: Properties::default(),
+            payload: Bytes::from_static(payload),
+        });
+        let mut f = Followup::default();
+        self.cores[core].handle_packet(key, 0, p, &mut f).unwrap();
+        self.settle();
+    }
+
+    fn take_packets(&mut self, core: usize, key: SessionKey) -> Vec<Packet> {
+        let tx = match self.cores[core].take_tx(key, 1, BytesMut::new()) {
+            Ok(tx) => tx,
+            Err(_) => return Vec::new(),
+        };
+        let mut buf = tx;
+        let mut out = Vec::new();
+        while let Some(p) = decode(&mut buf, Protocol::V3_1_1, u32::MAX).unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    fn publishes(&mut self, core: usize, key: SessionKey) -> Vec<(String, bool)> {
+        self.take_packets(core, key)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((String::from_utf8(p.topic.to_vec()).unwrap(), p.retain)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn publish_reaches_subscriber_on_another_core() {
+    let mut c = Cluster::new(3);
+    let sub = c.connect(2, "sub", true);
+    c.subscribe(2, sub, "a/+", QoS::AtLeastOnce);
+    c.take_packets(2, sub);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "a/b", false, b"1");
+    assert_eq!(c.publishes(2, sub), vec![("a/b".to_string(), false)]);
+    // The uninvolved core received nothing to deliver.
+    assert_eq!(c.cores[1].counters.messages_sent, 0);
+}
+
+#[test]
+fn unsubscribe_withdraws_interest() {
+    let mut c = Cluster::new(2);
+    let sub = c.connect(1, "sub", true);
+    c.subscribe(1, sub, "x", QoS::AtMostOnce);
+    c.cores[1].disconnected(sub, 1, false);
+    c.settle();
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "x", false, b"1");
+    let mut hits = 0;
+    c.cores[0].interest.for_each_match("x", |_| hits += 1);
+    assert_eq!(hits, 0, "interest removed on every core");
+}
+
+#[test]
+fn retained_is_replicated_and_cleared() {
+    let mut c = Cluster::new(2);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "r/1", true, b"v");
+    let sub = c.connect(1, "sub", true);
+    c.subscribe(1, sub, "r/#", QoS::AtLeastOnce);
+    assert_eq!(c.publishes(1, sub), vec![("r/1".to_string(), true)]);
+    // Live forwarding of a retained publish to an existing subscriber: RETAIN=0.
+    c.publish(0, publ, "r/2", true, b"v");
+    assert_eq!(c.publishes(1, sub), vec![("r/2".to_string(), false)]);
+    // An empty payload clears it everywhere.
+    c.publish(0, publ, "r/1", true, b"");
+    c.take_packets(1, sub);
+    let late = c.connect(1, "late", true);
+    c.subscribe(1, late, "r/#", QoS::AtLeastOnce);
+    assert_eq!(c.publishes(1, late), vec![("r/2".to_string(), true)]);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_max_qos() {
+    let mut c = Cluster::new(1);
+    let sub = c.connect(0, "sub", true);
+    c.subscribe(0, sub, "a/#", QoS::AtMostOnce);
+    c.subscribe(0, sub, "a/+", QoS::AtLeastOnce);
+    c.take_packets(0, sub);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "a/b", false, b"1");
+    let got = c.take_packets(0, sub);
+    assert_eq!(got.len(), 1);
+    let Packet::Publish(p) = &got[0] else { panic!() };
+    assert_eq!(p.qos_pid.qos(), QoS::AtLeastOnce);
+}
+
+#[test]
+fn takeover_resumes_persistent_session() {
+    let mut c = Cluster::new(1);
+    let first = c.connect(0, "dev", false);
+    c.subscribe(0, first, "t", QoS::AtLeastOnce);
+    let connect = Connect {
+        protocol: Protocol::V3_1_1,
+        clean_start: false,
+        keep_alive: 0,
+        client_id: Bytes::from_static(b"dev"),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    };
+    let again = c.cores[0].connect(&connect, "dev".into(), 2, 0, false);
+    assert!(again.session_present);
+    assert_eq!(again.key, first);
+    assert_eq!(c.cores[0].closing, vec![(1, CloseReason::SessionTakenOver)]);
+    // The old connection's end is ignored: the session belongs to connection 2.
+    c.cores[0].disconnected(first, 1, true);
+    assert_eq!(c.cores[0].counters.sessions_current, 1);
+}

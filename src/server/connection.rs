@@ -67,6 +67,13 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
         return refuse(&ctx, stream, peer, &connect, refusal).await;
     }
+    if let Err(code) = ctx.shared.auth.authenticate(&connect) {
+        let refusal = Refusal {
+            code: Some(code),
+            rule: "not authorized (allow_anonymous is false and no username was given)",
+        };
+        return refuse(&ctx, stream, peer, &connect, refusal).await;
+    }
     let (client_id, assigned) = client_id_for(&ctx, &connect);
     let owner = owner_core(&client_id, ctx.shared.config.cores);
     if owner != ctx.id {

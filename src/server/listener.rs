@@ -18,3 +18,13 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<std::ne
     socket.listen(backlog)?;
     Ok(socket.into())
 }
+
+/// Binds (without listening) a SO_REUSEPORT socket to `addr` so the kernel picks a
+/// port that the cores' listeners can then all bind.
+pub fn reserve_port(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
+use crate::auth::{AnonymousPolicy, Authenticator};
 use crate::config::Config;
 use crate::metrics::{self, SharedCounters};
 use crate::router::{mesh, Mesh, MeshMsg};
@@ -24,6 +25,7 @@ use crate::router::{mesh, Mesh, MeshMsg};
 /// none of which is touched per message.
 pub struct Shared {
     pub config: Config,
+    pub auth: Box<dyn Authenticator>,
     pub mesh: Arc<Mesh>,
     pub counters: Vec<SharedCounters>,
     /// Open connections on all cores, against `max_connections`.
@@ -43,12 +45,23 @@ pub struct Broker {
 
 impl Broker {
     /// Starts every core and returns once all listeners are bound.
-    pub fn start(config: Config) -> anyhow::Result<Broker> {
+    pub fn start(mut config: Config) -> anyhow::Result<Broker> {
+        // Port 0: pick one port up front so that every core's listener shares it.
+        let _placeholder = if config.port == 0 {
+            let socket = listener::reserve_port(SocketAddr::new(config.bind, 0))?;
+            config.port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+            Some(socket)
+        } else {
+            None
+        };
         let cores = config.cores;
         let addr = SocketAddr::new(config.bind, config.port);
         let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity);
         let shared = Arc::new(Shared {
             counters: (0..cores).map(|_| SharedCounters::default()).collect(),
+            auth: Box::new(AnonymousPolicy {
+                allow_anonymous: config.allow_anonymous,
+            }),
             config,
             mesh,
             connections: AtomicUsize::new(0),

@@ -1,1 +1,273 @@
-// Scenario tests live here; see the session module docs.
+//! Scripted session scenarios with a fake clock: the bytes a client would see.
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::codec::{decode, Connect, Disconnect, Will};
+
+fn limits() -> Limits {
+    Limits {
+        max_inflight_messages: 2,
+        max_queued_messages: 3,
+        ..Config::default().limits
+    }
+}
+
+use crate::config::Config;
+
+fn connect(clean: bool, keep_alive: u16) -> Connect {
+    Connect {
+        protocol: Protocol::V3_1_1,
+        clean_start: clean,
+        keep_alive,
+        client_id: Bytes::from_static(b"c1"),
+        will: Some(Will {
+            topic: Bytes::from_static(b"w"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        }),
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+fn session(clean: bool) -> Session {
+    let mut s = Session::new("c1".into(), &connect(clean, 10), &limits(), 0);
+    s.tx.clear();
+    s
+}
+
+/// Decodes everything the session wrote, as the client would read it.
+fn sent(s: &mut Session) -> Vec<Packet> {
+    let mut buf = BytesMut::from(&s.tx[..]);
+    s.tx.clear();
+    let mut out = Vec::new();
+    while let Some(p) = decode(&mut buf, s.protocol, u32::MAX).unwrap() {
+        out.push(p);
+    }
+    out
+}
+
+fn pid(n: u16) -> Pid {
+    Pid::new(n).unwrap()
+}
+
+fn publish(qos: QoS, id: u16, topic: &'static str) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos_pid: QosPid::new(qos, pid(id)),
+        retain: false,
+        topic: Bytes::from_static(topic.as_bytes()),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"x"),
+    })
+}
+
+fn msg(topic: &'static str, qos: QoS) -> Arc<Message> {
+    Message::new(TopicName::from_static(topic), Bytes::from_static(b"m"), qos, false).shared()
+}
+
+fn handle(s: &mut Session, now: u64, p: Packet) -> Result<Vec<Event>, Violation> {
+    let mut events = Vec::new();
+    s.handle_packet(now, p, &limits(), &mut events)?;
+    Ok(events)
+}
+
+#[test]
+fn qos1_inbound_routes_then_acks() {
+    let mut s = session(true);
+    let events = handle(&mut s, 1, publish(QoS::AtLeastOnce, 7, "a/b")).unwrap();
+    assert!(matches!(&events[..], [Event::Publish(m)] if m.topic.as_str() == "a/b"));
+    assert_eq!(sent(&mut s), vec![Packet::PubAck(Ack::new(pid(7)))]);
+}
+
+#[test]
+fn qos2_inbound_is_routed_exactly_once() {
+    let mut s = session(true);
+    let first = handle(&mut s, 1, publish(QoS::ExactlyOnce, 9, "t")).unwrap();
+    assert_eq!(first.len(), 1);
+    // A retransmission before PUBREL is acknowledged but not routed again.
+    let again = handle(&mut s, 2, publish(QoS::ExactlyOnce, 9, "t")).unwrap();
+    assert!(again.is_empty());
+    assert_eq!(
+        sent(&mut s),
+        vec![Packet::PubRec(Ack::new(pid(9))), Packet::PubRec(Ack::new(pid(9)))]
+    );
+    handle(&mut s, 3, Packet::PubRel(Ack::new(pid(9)))).unwrap();
+    assert_eq!(sent(&mut s), vec![Packet::PubComp(Ack::new(pid(9)))]);
+    // After release the id is free: a new message with it is routed.
+    assert_eq!(handle(&mut s, 4, publish(QoS::ExactlyOnce, 9, "t")).unwrap().len(), 1);
+}
+
+#[test]
+fn awaiting_rel_cap_is_a_violation_and_times_out() {
+    let lim = Limits {
+        max_awaiting_rel: 2,
+        ..limits()
+    };
+    let mut s = session(true);
+    let mut ev = Vec::new();
+    s.handle_packet(0, publish(QoS::ExactlyOnce, 1, "t"), &lim, &mut ev).unwrap();
+    s.handle_packet(0, publish(QoS::ExactlyOnce, 2, "t"), &lim, &mut ev).unwrap();
+    let err = s.handle_packet(0, publish(QoS::ExactlyOnce, 3, "t"), &lim, &mut ev);
+    assert_eq!(err, Err(Violation::AwaitingRelFull));
+    let timeout = lim.awaiting_rel_timeout.as_millis() as u64;
+    assert_eq!(s.expire_awaiting_rel(timeout + 1, &lim), 2);
+}
+
+#[test]
+fn outbound_qos1_window_queue_and_ack() {
+    let lim = limits();
+    let mut s = session(false);
+    for _ in 0..4 {
+        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim);
+    }
+    // Window of 2: two PUBLISHes sent, two queued.
+    let out = sent(&mut s);
+    assert_eq!(out.len(), 2);
+    assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
+    // Queue cap 3: one more fits, the next is dropped.
+    assert_eq!(
+        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        Outcome::Queued
+    );
+    assert_eq!(
+        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        Outcome::DroppedQueueFull
+    );
+    let Packet::Publish(first) = &out[0] else { panic!() };
+    let first_pid = first.qos_pid.pid().unwrap();
+    handle(&mut s, 1, Packet::PubAck(Ack::new(first_pid))).unwrap();
+    // The ack opened the window: exactly one queued message moves in.
+    assert_eq!(sent(&mut s).len(), 1);
+    assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
+}
+
+#[test]
+fn outbound_qos2_flow() {
+    let lim = limits();
+    let mut s = session(true);
+    s.deliver(&msg("t", QoS::ExactlyOnce), QoS::ExactlyOnce, false, &lim);
+    let [Packet::Publish(p)] = &sent(&mut s)[..] else { panic!() };
+    let id = p.qos_pid.pid().unwrap();
+    assert_eq!(p.qos_pid, QosPid::ExactlyOnce(id));
+    handle(&mut s, 1, Packet::PubRec(Ack::new(id))).unwrap();
+    assert_eq!(sent(&mut s), vec![Packet::PubRel(Ack::new(id))]);
+    // PUBACK for a QoS 2 message is not the right ack: ignored.
+    handle(&mut s, 2, Packet::PubAck(Ack::new(id))).unwrap();
+    assert_eq!(s.inflight_len(), 1);
+    handle(&mut s, 3, Packet::PubComp(Ack::new(id))).unwrap();
+    assert_eq!(s.inflight_len(), 0);
+}
+
+#[test]
+fn reconnect_resends_with_dup_and_pubrel() {
+    let lim = limits();
+    let mut s = session(false);
+    s.deliver(&msg("a", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim);
+    s.deliver(&msg("b", QoS::ExactlyOnce), QoS::ExactlyOnce, false, &lim);
+    let out = sent(&mut s);
+    let Packet::Publish(q2) = &out[1] else { panic!() };
+    let q2_id = q2.qos_pid.pid().unwrap();
+    handle(&mut s, 1, Packet::PubRec(Ack::new(q2_id))).unwrap();
+    s.detach(true);
+    // Offline: QoS 1 is queued, QoS 0 is not.
+    assert_eq!(
+        s.deliver(&msg("c", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        Outcome::Queued
+    );
+    assert_eq!(
+        s.deliver(&msg("d", QoS::AtMostOnce), QoS::AtMostOnce, false, &lim),
+        Outcome::DroppedOffline
+    );
+    s.attach(&connect(false, 10), &lim, 5);
+    s.resume(&lim);
+    let out = sent(&mut s);
+    let Packet::Publish(re) = &out[0] else { panic!() };
+    assert!(re.dup, "unacknowledged PUBLISH resent with DUP [MQTT-4.4.0-1]");
+    assert_eq!(out[1], Packet::PubRel(Ack::new(q2_id)));
+    // The queued message waits: the window (2) is full with a and b.
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn slow_consumer_drops_qos0_only() {
+    let lim = Limits {
+        max_write_buffer: 64,
+        ..limits()
+    };
+    let mut s = session(true);
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        outcomes.push(s.deliver(&msg("t", QoS::AtMostOnce), QoS::AtMostOnce, false, &lim));
+    }
+    assert!(outcomes.contains(&Outcome::DroppedSlowConsumer));
+    assert_eq!(
+        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        Outcome::Queued
+    );
+}
+
+#[test]
+fn keep_alive_expires_at_one_and_a_half() {
+    let mut s = session(true);
+    assert!(!s.keep_alive_expired(15_000));
+    assert!(s.keep_alive_expired(15_001));
+    handle(&mut s, 15_000, Packet::PingReq).unwrap();
+    assert_eq!(sent(&mut s), vec![Packet::PingResp]);
+    assert!(!s.keep_alive_expired(30_000));
+}
+
+#[test]
+fn will_on_abnormal_end_only() {
+    let lim = limits();
+    let mut s = session(true);
+    assert!(s.detach(true).is_some());
+    s.attach(&connect(true, 10), &lim, 0);
+    handle(&mut s, 1, Packet::Disconnect(Disconnect::default())).unwrap();
+    assert!(s.detach(false).is_none(), "no will after DISCONNECT");
+}
+
+#[test]
+fn violations_name_their_rule() {
+    let mut s = session(true);
+    let second = Packet::Connect(Box::new(connect(true, 10)));
+    assert_eq!(handle(&mut s, 0, second).unwrap_err(), Violation::SecondConnect);
+    assert!(matches!(
+        handle(&mut s, 0, publish(QoS::AtMostOnce, 1, "a/+")),
+        Err(Violation::InvalidTopic(_))
+    ));
+    assert_eq!(
+        handle(&mut s, 0, Packet::PingResp).unwrap_err(),
+        Violation::ServerOnlyPacket("PINGRESP")
+    );
+}
+
+#[test]
+fn subscribe_codes_and_unsubscribe() {
+    let mut s = session(true);
+    let sub = Packet::Subscribe(crate::codec::Subscribe {
+        pid: pid(3),
+        filters: vec![
+            (Bytes::from_static(b"a/#"), SubOptions { qos: QoS::ExactlyOnce, ..Default::default() }),
+            (Bytes::from_static(b"a/#/b"), SubOptions::default()),
+        ],
+        properties: Properties::default(),
+    });
+    let events = handle(&mut s, 0, sub).unwrap();
+    let [Event::Subscribe { codes, added, .. }] = &events[..] else { panic!() };
+    assert_eq!(codes, &vec![2, 0x80]);
+    assert_eq!(added.len(), 1);
+    assert_eq!(s.subscription_count(), 1);
+    let unsub = Packet::Unsubscribe(crate::codec::Unsubscribe {
+        pid: pid(4),
+        filters: vec![Bytes::from_static(b"a/#")],
+        properties: Properties::default(),
+    });
+    let events = handle(&mut s, 0, unsub).unwrap();
+    assert!(matches!(&events[..], [Event::Unsubscribe(f)] if f.len() == 1));
+    assert_eq!(s.subscription_count(), 0);
+}

@@ -26,7 +26,7 @@ pub(super) const ROOT: NodeId = 0;
 
 /// Up to this many literal children are kept in a `Vec`; more switch to a
 /// `HashMap`. Comparing a few short keys is cheaper than hashing one.
-const SMALL_MAX: usize = 8;
+const SMALL_MAX: usize = 32;
 
 /// Literal (non-wildcard) children of a node, keyed by level.
 #[derive(Debug)]

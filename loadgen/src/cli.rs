@@ -1,0 +1,272 @@
+//! Command line: one subcommand per scenario, plus `compare`. Flag names follow
+//! emqtt-bench where the two overlap (-c, -t with %i, -s, -k, -C, -V, --qos).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Open-loop MQTT load generator: latency without coordinated omission, loss per \
+             publisher/subscriber pair, broker CPU and memory per message",
+    after_help = "Examples:\n  loadgen p2p --port 1883 -c 50 --rate 1000 --qos 1\n  \
+                  loadgen fan-out --subscribers 100 --max-rate --json out.json --svg out.svg\n  \
+                  loadgen connections -c 10000 --connect-rate 2000 --broker-pid $(pidof ringmq)\n  \
+                  loadgen compare p2p --target ringmq=127.0.0.1:1883 \
+                  --target mosquitto=127.0.0.1:1884 --rounds 2"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// N pairs: publisher i -> subscriber i, one topic per pair (-c pairs, default 10).
+    P2p(SingleArgs),
+    /// Few publishers (--publishers, default 1) -> N subscribers of one topic (default 100).
+    FanOut(SingleArgs),
+    /// N publishers (default 8) -> 1 subscriber on a wildcard filter.
+    FanIn(SingleArgs),
+    /// Open N idle clients (default 1000) at --connect-rate and hold them for --duration.
+    Connections(SingleArgs),
+    /// Connect/disconnect churn at --connect-rate, at most -c attempts in flight.
+    Storm(SingleArgs),
+    /// The same scenario against several brokers, alternating runs; one table, one chart.
+    Compare(CompareArgs),
+}
+
+/// The named scenarios, for `compare <scenario>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScenarioKind {
+    P2p,
+    FanOut,
+    FanIn,
+    Connections,
+    Storm,
+}
+
+impl ScenarioKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScenarioKind::P2p => "p2p",
+            ScenarioKind::FanOut => "fan-out",
+            ScenarioKind::FanIn => "fan-in",
+            ScenarioKind::Connections => "connections",
+            ScenarioKind::Storm => "storm",
+        }
+    }
+
+    /// Scenarios that publish messages (the others only connect).
+    pub fn has_messages(self) -> bool {
+        matches!(self, ScenarioKind::P2p | ScenarioKind::FanOut | ScenarioKind::FanIn)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SingleArgs {
+    /// Broker host name or address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(short, long, default_value_t = 1883)]
+    pub port: u16,
+    /// The broker's process id: report its CPU per message and its memory.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Name of the broker in reports.
+    #[arg(long, default_value = "broker")]
+    pub name: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Scenario to run against every target.
+    #[arg(value_enum)]
+    pub scenario: ScenarioKind,
+    /// A broker to measure, as NAME=HOST:PORT; repeat for each (ratios are against the first).
+    #[arg(long = "target", required = true, value_name = "NAME=HOST:PORT")]
+    pub targets: Vec<Named<String>>,
+    /// A broker's process id, as NAME=PID.
+    #[arg(long = "broker-pid", value_name = "NAME=PID")]
+    pub broker_pids: Vec<Named<u32>>,
+    /// Runs per target; targets alternate within each round.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Seconds to pause between runs so the previous broker settles.
+    #[arg(long, default_value_t = 1.0)]
+    pub pause: f64,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Load shape and output flags common to every scenario.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct LoadArgs {
+    /// Clients: pairs (p2p), subscribers (fan-out), publishers (fan-in), idle
+    /// clients (connections), attempts in flight (storm).
+    #[arg(short = 'c', long)]
+    pub clients: Option<usize>,
+    /// Publishers (overrides -c where the scenario has several kinds of client).
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Subscribers (overrides -c where the scenario has several kinds of client).
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Quality of service of publishes and subscriptions.
+    #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Messages per second per publisher, open loop (the default mode).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Closed loop: publish as fast as the broker acknowledges (QoS 1/2) or the
+    /// socket accepts (QoS 0), with at most --inflight unacknowledged messages.
+    #[arg(long)]
+    pub max_rate: bool,
+    /// Unacknowledged QoS 1/2 publishes allowed per publisher.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: u16,
+    /// Measured seconds (after --warmup).
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring; excluded from the statistics.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// At most this many seconds waiting for in-flight messages after the last send.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Topic; %i is replaced by the publisher's (p2p: the pair's) index.
+    #[arg(short = 't', long)]
+    pub topic: Option<String>,
+    /// Payload bytes (at least 24, the generator's header).
+    #[arg(short = 's', long, default_value_t = 64)]
+    pub size: usize,
+    /// MQTT keep-alive in seconds (0: none).
+    #[arg(short = 'k', long, default_value_t = 300)]
+    pub keepalive: u16,
+    /// Clean session / clean start.
+    #[arg(short = 'C', long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub clean: bool,
+    /// MQTT protocol version: 3 (3.1), 4 (3.1.1) or 5 (5.0).
+    #[arg(short = 'V', long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub protocol_version: u8,
+    /// Worker threads, each a pinned monoio runtime (default: all allowed cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// New connections per second, over all threads.
+    #[arg(long, default_value_t = 1000.0)]
+    pub connect_rate: f64,
+    /// Seconds a connect (TCP + CONNACK + SUBACK) may take before it counts as failed.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    #[arg(short = 'P', long)]
+    pub password: Option<String>,
+    /// Microseconds before each send that the timer spins for precision (0: 1 ms timer, no spin).
+    #[arg(long, default_value_t = 1000)]
+    pub spin_us: u64,
+    /// Write the summary (config, machine, totals, percentiles) as JSON.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG percentile-distribution chart.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub svg: Option<PathBuf>,
+    /// Write the latency histogram as HdrHistogram percentile-distribution text.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub hdr: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `NAME=VALUE`, for --target and compare's --broker-pid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named<T> {
+    pub name: String,
+    pub value: T,
+}
+
+impl<T: FromStr> FromStr for Named<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+        if name.is_empty() {
+            return Err(format!("empty name in {s:?}"));
+        }
+        let value = value.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Named {
+            name: name.to_string(),
+            value,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn compare_parses_targets_and_pids() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "compare",
+            "p2p",
+            "--target",
+            "ringmq=127.0.0.1:1883",
+            "--target",
+            "mosquitto=127.0.0.1:1884",
+            "--broker-pid",
+            "ringmq=42",
+            "--qos",
+            "1",
+        ])
+        .unwrap();
+        let Command::Compare(args) = cli.command else {
+            panic!("not compare")
+        };
+        assert_eq!(args.scenario, ScenarioKind::P2p);
+        assert_eq!(args.targets[1].name, "mosquitto");
+        assert_eq!(args.broker_pids[0].value, 42);
+        assert_eq!(args.load.qos, 1);
+    }
+
+    #[test]
+    fn bad_named_value_is_rejected() {
+        assert!("nameless".parse::<Named<u32>>().is_err());
+        assert!("=3".parse::<Named<u32>>().is_err());
+        assert!("x=notanumber".parse::<Named<u32>>().is_err());
+    }
+
+    #[test]
+    fn clean_flag_takes_a_value() {
+        let cli = Cli::try_parse_from(["loadgen", "p2p", "-C", "false", "-V", "5"]).unwrap();
+        let Command::P2p(args) = cli.command else {
+            panic!("not p2p")
+        };
+        assert!(!args.load.clean);
+        assert_eq!(args.load.protocol_version, 5);
+    }
+}

@@ -1,0 +1,128 @@
+//! A publisher's send schedule: which messages are due, stamped with which
+//! intended time, encoded straight into the connection's outbox.
+
+use bytes::Bytes;
+use ringmq::codec::{encode_publish, Properties, PublishHeader, QoS, QosPid};
+
+use super::Conn;
+use crate::payload::Header;
+use crate::scenario::Pace;
+use crate::shared::Counters;
+use crate::stats::Schedule;
+use crate::worker::Worker;
+
+/// Most messages one open-loop turn encodes when catching up after a stall.
+const OPEN_LOOP_BATCH: u64 = 1024;
+/// Messages per write in max-rate mode: big writes, yet other tasks still run.
+const MAX_RATE_BATCH: u64 = 256;
+
+pub struct Publisher {
+    id: u32,
+    topic: Bytes,
+    payload: Vec<u8>,
+    properties: Properties,
+    /// Set when the run starts.
+    schedule: Option<Schedule>,
+    end_ns: u64,
+    seq: u64,
+}
+
+impl Publisher {
+    pub fn new(w: &Worker, id: u32, topic: &str) -> Publisher {
+        Publisher {
+            id,
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: vec![0; w.settings.payload_size],
+            properties: Properties::default(),
+            schedule: None,
+            end_ns: 0,
+            seq: 0,
+        }
+    }
+
+    /// Picks up the run's start once the worker has seen it.
+    fn start(&mut self, w: &Worker) {
+        if self.schedule.is_some() {
+            return;
+        }
+        let Some(start) = w.start_ns() else { return };
+        let rate = match w.settings.pace {
+            Pace::OpenLoop { rate } => rate,
+            Pace::MaxRate => 1.0,
+        };
+        // Spread publishers over one period so they don't all fire at once.
+        let spread = self.id as f64 / w.plan.publishers.max(1) as f64;
+        let offset = (spread * 1e9 / rate) as u64;
+        self.schedule = Some(Schedule::new(start + offset, rate));
+        self.end_ns = w.stats.borrow().window.end_ns;
+    }
+
+    /// When the writer should call [`Publisher::fill`] next; `None`: not until
+    /// notified (not started, window full, or finished).
+    pub fn next_due(&self, w: &Worker, conn: &Conn, now: u64) -> Option<u64> {
+        let schedule = self.schedule.as_ref()?;
+        if w.settings.qos != QoS::AtMostOnce && conn.inflight.borrow().is_full() {
+            return None;
+        }
+        match w.settings.pace {
+            Pace::OpenLoop { .. } => Some(schedule.due(self.seq)).filter(|&d| d < self.end_ns),
+            Pace::MaxRate => Some(now).filter(|&n| n < self.end_ns),
+        }
+    }
+
+    /// Encodes every message due by `now` (window and batch permitting).
+    pub fn fill(&mut self, w: &Worker, conn: &Conn, now: u64) {
+        self.start(w);
+        let Some(schedule) = self.schedule else { return };
+        let batch = match w.settings.pace {
+            Pace::OpenLoop { .. } => OPEN_LOOP_BATCH,
+            Pace::MaxRate => MAX_RATE_BATCH,
+        };
+        let mut stats = w.stats.borrow_mut();
+        let mut out = conn.outbox.borrow_mut();
+        let mut inflight = conn.inflight.borrow_mut();
+        let mut sent = 0;
+        while sent < batch {
+            let intended = match w.settings.pace {
+                Pace::OpenLoop { .. } => schedule.due(self.seq),
+                Pace::MaxRate => now,
+            };
+            if intended > now || intended >= self.end_ns {
+                break;
+            }
+            let qos_pid = match w.settings.qos {
+                QoS::AtMostOnce => QosPid::AtMostOnce,
+                qos => match inflight.acquire() {
+                    Some(pid) => QosPid::new(qos, pid),
+                    None => break,
+                },
+            };
+            self.stamp(w.settings.run_id, intended);
+            let header = PublishHeader {
+                dup: false,
+                qos_pid,
+                retain: false,
+                topic: &self.topic,
+                properties: &self.properties,
+            };
+            encode_publish(&mut out, w.settings.protocol, &header, &self.payload);
+            stats.on_sent(intended);
+            self.seq += 1;
+            sent += 1;
+        }
+        *stats.published.entry(self.id).or_default() += sent;
+        let c = w.counters();
+        Counters::add(&c.sent, sent);
+        Counters::add(&c.expected, sent * w.plan.fanout());
+    }
+
+    fn stamp(&mut self, run_id: u32, intended_ns: u64) {
+        let header = Header {
+            run_id,
+            publisher: self.id,
+            seq: self.seq,
+            intended_ns,
+        };
+        header.write(&mut self.payload);
+    }
+}

@@ -1,0 +1,143 @@
+//! The reading half of a connection: one large read, then every complete frame
+//! in it decoded and handled, with all the acks it calls for queued for a
+//! single write.
+
+use std::rc::Rc;
+
+use anyhow::{bail, Result};
+use bytes::BytesMut;
+use monoio::io::OwnedReadHalf;
+use monoio::net::TcpStream;
+use ringmq::codec::{decode, Ack, Packet, Publish, QosPid};
+
+use super::{read_into, Conn, MAX_PACKET};
+use crate::payload::Header;
+use crate::scenario::Role;
+use crate::shared::{Counters, Phase};
+use crate::stats::PairKey;
+use crate::worker::Worker;
+
+/// What one read's worth of frames added up to, flushed to the shared counters once.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    acked: u64,
+    foreign: u64,
+    errors: u64,
+}
+
+pub async fn run(
+    w: Rc<Worker>,
+    conn: Rc<Conn>,
+    role: Role,
+    mut rd: OwnedReadHalf<TcpStream>,
+    mut buf: BytesMut,
+    capacity: usize,
+) -> Result<()> {
+    let result = read_loop(&w, &conn, &role, &mut rd, &mut buf, capacity).await;
+    conn.closed.set(true);
+    conn.wake.notify();
+    if result.is_err() {
+        Counters::add(&w.counters().errors, 1);
+    }
+    result
+}
+
+async fn read_loop(
+    w: &Worker,
+    conn: &Conn,
+    role: &Role,
+    rd: &mut OwnedReadHalf<TcpStream>,
+    buf: &mut BytesMut,
+    capacity: usize,
+) -> Result<()> {
+    let subscriber = match role {
+        Role::Subscriber { id, .. } => Some(*id),
+        _ => None,
+    };
+    let mut now = w.pacer.now_ns();
+    loop {
+        let mut tally = Tally::default();
+        while let Some(packet) = decode(buf, w.settings.protocol, MAX_PACKET)? {
+            handle(w, conn, subscriber, packet, now, &mut tally)?;
+        }
+        flush(w, conn, &tally);
+        let (res, b) = read_into(rd, std::mem::take(buf), capacity).await;
+        *buf = b;
+        // One timestamp per read: every frame in it arrived together.
+        now = w.pacer.now_ns();
+        if res? == 0 {
+            if w.phase() == Phase::Done {
+                return Ok(());
+            }
+            bail!("broker closed the connection");
+        }
+    }
+}
+
+fn flush(w: &Worker, conn: &Conn, tally: &Tally) {
+    let c = w.counters();
+    Counters::add(&c.received, tally.received);
+    Counters::add(&c.acked, tally.acked);
+    Counters::add(&c.foreign, tally.foreign);
+    Counters::add(&c.errors, tally.errors);
+    if tally.acked > 0 || !conn.outbox.borrow().is_empty() {
+        conn.wake.notify();
+    }
+}
+
+fn handle(
+    w: &Worker,
+    conn: &Conn,
+    subscriber: Option<u32>,
+    packet: Packet,
+    now: u64,
+    tally: &mut Tally,
+) -> Result<()> {
+    match packet {
+        Packet::Publish(p) => on_publish(w, conn, subscriber, p, now, tally),
+        Packet::PubAck(a) | Packet::PubComp(a) => on_final_ack(conn, a, tally),
+        Packet::PubRec(a) => conn.queue(&Packet::PubRel(Ack::new(a.pid)), w),
+        Packet::PubRel(a) => conn.queue(&Packet::PubComp(Ack::new(a.pid)), w),
+        Packet::Disconnect(d) => bail!("broker sent DISCONNECT (reason {:#04x})", d.reason),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn on_final_ack(conn: &Conn, ack: Ack, tally: &mut Tally) {
+    if !conn.inflight.borrow_mut().release(ack.pid) {
+        tally.errors += 1; // an ack for nothing we sent
+    } else if ack.reason >= 0x80 {
+        tally.errors += 1; // 5.0: the broker refused the publish
+    } else {
+        tally.acked += 1;
+    }
+}
+
+fn on_publish(
+    w: &Worker,
+    conn: &Conn,
+    subscriber: Option<u32>,
+    p: Publish,
+    now: u64,
+    tally: &mut Tally,
+) {
+    match p.qos_pid {
+        QosPid::AtMostOnce => {}
+        QosPid::AtLeastOnce(pid) => conn.queue(&Packet::PubAck(Ack::new(pid)), w),
+        QosPid::ExactlyOnce(pid) => conn.queue(&Packet::PubRec(Ack::new(pid)), w),
+    }
+    let header = Header::read(&p.payload).filter(|h| h.run_id == w.settings.run_id);
+    let (Some(h), Some(sub)) = (header, subscriber) else {
+        tally.foreign += 1;
+        return;
+    };
+    tally.received += 1;
+    let key = PairKey {
+        subscriber: sub,
+        publisher: h.publisher,
+    };
+    w.stats.borrow_mut().on_message(key, h.seq, h.intended_ns, now);
+}
+

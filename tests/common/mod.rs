@@ -1,0 +1,854 @@
+//! Shared harness for the end-to-end tests (`tests/e2e_*.rs`).
+//!
+//! - [`start`] runs a broker in-process on 127.0.0.1 and stops it on drop.
+//! - [`id_on`] picks client ids so that a client lands on a chosen core.
+//! - [`V4`] / [`V5`] wrap rumqttc's 3.1.1 and 5.0 clients: the event loop runs
+//!   in its own task and every incoming packet is forwarded to a channel, so a
+//!   test waits for events (CONNACK, SUBACK, PUBLISH ...) with a bound instead
+//!   of sleeping.
+//! - [`Raw`] is a client driven by ringmq's own codec over a plain socket, for
+//!   exact bytes, malformed input and abrupt ends.
+//!
+//! Every wait here is bounded: [`STEP`] for one expected event, explicit
+//! deadlines elsewhere. A hang fails the test with a message, never the CI job.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Deref;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringmq::codec::{self, Protocol};
+use ringmq::config::Config;
+use ringmq::metrics::Counters;
+use ringmq::router::owner_core;
+use ringmq::server::Broker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+/// Longest wait for one expected event (a CONNACK, a SUBACK, the next message).
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// How long to watch for something that must NOT arrive. Only used for negative
+/// assertions; never as synchronisation.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Awaits `fut` for at most `limit`, failing the test with `what` on expiry.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+// ---- the broker ------------------------------------------------------------------
+
+/// A running in-process broker, shut down (bounded) when dropped.
+pub struct TestBroker {
+    broker: Option<Broker>,
+    pub addr: SocketAddr,
+    pub port: u16,
+    pub cores: usize,
+    /// Keeps the port reserved (see [`reserve_port`]) while the broker runs.
+    _reservation: socket2::Socket,
+}
+
+impl Deref for TestBroker {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.broker.as_ref().expect("broker running")
+    }
+}
+
+impl TestBroker {
+    /// Polls the broker's counters (refreshed by each core every 500 ms tick)
+    /// until `pred` holds, for at most `limit`. Returns the last snapshot.
+    pub async fn wait_counters(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Counters) -> bool,
+    ) -> Counters {
+        let deadline = Instant::now() + limit;
+        loop {
+            let c = self.counters();
+            if pred(&c) {
+                return c;
+            }
+            if Instant::now() >= deadline {
+                panic!("counters never satisfied `{what}` within {limit:?}: {c:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling interval, not sync
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let Some(broker) = self.broker.take() else {
+            return;
+        };
+        // Bounded: a broker that fails to stop must not hang the test binary.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            broker.shutdown();
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            eprintln!("WARNING: broker on port {} did not shut down within 10 s", self.port);
+        }
+    }
+}
+
+/// Reserves a free loopback port: a socket bound with SO_REUSEPORT but never
+/// listening. It receives no connections, yet no other `bind(0)` (in any
+/// process) can be handed this port while it is held, and the broker's own
+/// SO_REUSEPORT listeners (same user) may still bind it.
+///
+/// Why not port 0: each core binds its own SO_REUSEPORT listener, so with port
+/// 0 each core gets a *different* kernel-chosen port and `Broker::addr` reports
+/// only one of them (see `bug_port_zero_gives_each_core_its_own_port` in
+/// tests/e2e_session.rs).
+fn reserve_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Protocol as P, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(P::TCP)).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.set_reuse_port(true).expect("SO_REUSEPORT");
+    let any: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    s.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let port = s
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    (s, port)
+}
+
+/// The configuration every test starts from: loopback, `cores` cores, no
+/// pinning (the CI machine is shared), quiet logs.
+pub fn test_config(cores: usize) -> Config {
+    let mut config = Config::default();
+    config.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    config.port = 0;
+    config.cores = cores;
+    config.pin_cores = false;
+    config.log_level = "warn".to_owned();
+    config
+}
+
+/// Starts a broker on 127.0.0.1 with `cores` cores, after `tweak` adjusted the
+/// configuration (which must still validate).
+pub fn start(cores: usize, tweak: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config(cores);
+    tweak(&mut config);
+    config.validate().expect("test configuration must be valid");
+    let (reservation, port) = reserve_port();
+    config.port = port;
+    let broker = Broker::start(config).expect("broker starts");
+    assert_eq!(
+        broker.addr,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        "Broker::start must report the address it listens on"
+    );
+    TestBroker {
+        addr: broker.addr,
+        port,
+        cores,
+        broker: Some(broker),
+        _reservation: reservation,
+    }
+}
+
+/// Two cores, defaults otherwise.
+pub fn start2() -> TestBroker {
+    start(2, |_| {})
+}
+
+/// The first client id `prefix-N` whose session is owned by `core`.
+pub fn id_on(core: usize, cores: usize, prefix: &str) -> String {
+    (0..10_000)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| owner_core(id, cores) == core)
+        .expect("some id hashes to every core")
+}
+
+// ---- rumqttc 3.1.1 ---------------------------------------------------------------
+
+pub mod v4 {
+    pub use rumqttc::{
+        AsyncClient, ConnAck, ConnectReturnCode, Event, LastWill, MqttOptions, Packet, Publish,
+        QoS, SubscribeReasonCode,
+    };
+}
+
+/// What a client's event-loop task reports.
+#[derive(Debug)]
+pub enum Ev<P> {
+    Packet(P),
+    /// The connection ended (the error rumqttc gave); the task has stopped.
+    Closed(String),
+}
+
+/// A rumqttc 3.1.1 client whose event loop runs in its own task. It does not
+/// reconnect: a dropped connection shows up as [`Ev::Closed`].
+pub struct V4 {
+    pub client: v4::AsyncClient,
+    pub id: String,
+    rx: mpsc::UnboundedReceiver<Ev<v4::Packet>>,
+    backlog: VecDeque<Ev<v4::Packet>>,
+    task: JoinHandle<()>,
+    pub connack: v4::ConnAck,
+}
+
+impl Drop for V4 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Options for `id` at `addr`: generous request queue, big enough packets.
+pub fn v4_options(addr: SocketAddr, id: &str) -> v4::MqttOptions {
+    let mut o = v4::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+impl V4 {
+    /// Connects with default options (clean session).
+    pub async fn connect(addr: SocketAddr, id: &str) -> V4 {
+        Self::connect_with(addr, id, |_| {}).await
+    }
+
+    /// Connects with options adjusted by `tweak`; waits for the CONNACK and
+    /// fails unless the broker accepted.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        id: &str,
+        tweak: impl FnOnce(&mut v4::MqttOptions),
+    ) -> V4 {
+        let mut opts = v4_options(addr, id);
+        tweak(&mut opts);
+        let (client, mut eventloop) = v4::AsyncClient::new(opts, 10_000);
+        let connack = within(STEP, &format!("CONNACK for {id}"), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(v4::Event::Incoming(v4::Packet::ConnAck(ack))) => return ack,
+                    Ok(_) => {}
+                    Err(e) => panic!("{id}: connect failed: {e}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(connack.code, v4::ConnectReturnCode::Success, "{id} refused");
+        let (tx, rx) = mpsc::unbounded();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(v4::Event::Incoming(v4::Packet::PingResp)) => {}
+                    Ok(v4::Event::Incoming(p)) => {
+                        if tx.unbounded_send(Ev::Packet(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(v4::Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.unbounded_send(Ev::Closed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        V4 {
+            client,
+            id: id.to_owned(),
+            rx,
+            backlog: VecDeque::new(),
+            task,
+            connack,
+        }
+    }
+
+    /// The next event within `limit`, or `None` if nothing came.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Ev<v4::Packet>> {
+        if let Some(ev) = self.backlog.pop_front() {
+            return Some(ev);
+        }
+        match tokio::time::timeout(limit, self.rx.next()).await {
+            Ok(Some(ev)) => Some(ev),
+            Ok(None) => Some(Ev::Closed("event loop task ended".into())),
+            Err(_) => None,
+        }
+    }
+
+    /// The next incoming packet; fails on timeout or a closed connection.
+    pub async fn next(&mut self) -> v4::Packet {
+        match self.next_within(STEP).await {
+            Some(Ev::Packet(p)) => p,
+            Some(Ev::Closed(e)) => panic!("{}: connection closed: {e}", self.id),
+            None => panic!("{}: nothing received within {STEP:?}", self.id),
+        }
+    }
+
+    /// Waits for the first packet `pick` accepts; others are kept, in order,
+    /// for later calls.
+    pub async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&v4::Packet) -> Option<T>) -> T {
+        let mut skipped = VecDeque::new();
+        let deadline = tokio::time::Instant::now() + STEP;
+        let found = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Ev::Packet(p)) => match pick(&p) {
+                    Some(v) => break v,
+                    None => skipped.push_back(Ev::Packet(p)),
+                },
+                Some(Ev::Closed(e)) => panic!("{}: closed while waiting for {what}: {e}", self.id),
+                None => panic!("{}: no {what} within {STEP:?}", self.id),
+            }
+        };
+        skipped.extend(self.backlog.drain(..));
+        self.backlog = skipped;
+        found
+    }
+
+    /// Subscribes and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(&mut self, filter: &str, qos: v4::QoS) -> Vec<v4::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+        self.expect(&format!("SUBACK for {filter}"), |p| match p {
+            v4::Packet::SubAck(s) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Subscribes and asserts the broker granted `qos`.
+    pub async fn subscribe_ok(&mut self, filter: &str, qos: v4::QoS) {
+        let codes = self.subscribe(filter, qos).await;
+        assert_eq!(codes, vec![v4::SubscribeReasonCode::Success(qos)], "SUBACK for {filter}");
+    }
+
+    pub async fn publish(&self, topic: &str, qos: v4::QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .expect("queue PUBLISH");
+    }
+
+    /// Waits for the next incoming PUBLISH (other packets are kept for later).
+    pub async fn recv_publish(&mut self) -> v4::Publish {
+        self.expect("PUBLISH", |p| match p {
+            v4::Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Collects exactly `n` PUBLISHes, each within [`STEP`] of the previous one.
+    pub async fn recv_publishes(&mut self, n: usize) -> Vec<v4::Publish> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match self.next_within(STEP).await {
+                Some(Ev::Packet(v4::Packet::Publish(p))) => got.push(p),
+                Some(Ev::Packet(_)) => {}
+                Some(Ev::Closed(e)) => panic!("{}: closed after {} of {n}: {e}", self.id, got.len()),
+                None => panic!(
+                    "{}: only {} of {n} PUBLISHes arrived (next missing after {STEP:?})",
+                    self.id,
+                    got.len()
+                ),
+            }
+        }
+        got
+    }
+
+    /// Asserts that no PUBLISH arrives within `quiet` (a negative check: the
+    /// short wait is the assertion, not synchronisation).
+    pub async fn assert_no_publish(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next_within(left).await {
+                Some(Ev::Packet(v4::Packet::Publish(p))) => panic!(
+                    "{}: unexpected PUBLISH on {} ({:?}, retain={}): {:?}",
+                    self.id, p.topic, p.qos, p.retain, p.payload
+                ),
+                Some(Ev::Packet(_)) => {}
+                Some(Ev::Closed(e)) => panic!("{}: closed: {e}", self.id),
+                None => return,
+            }
+        }
+    }
+
+    /// Waits for `n` PUBACKs (QoS 1) or PUBCOMPs (QoS 2) from the broker.
+    /// Other packets are kept, in order, for later calls.
+    pub async fn wait_acks(&mut self, n: usize, qos: v4::QoS) {
+        let mut acks = 0;
+        let mut skipped = VecDeque::new();
+        while acks < n {
+            match self.next_within(STEP).await {
+                Some(Ev::Packet(v4::Packet::PubAck(_))) if qos == v4::QoS::AtLeastOnce => acks += 1,
+                Some(Ev::Packet(v4::Packet::PubComp(_))) if qos == v4::QoS::ExactlyOnce => acks += 1,
+                Some(Ev::Packet(p)) => skipped.push_back(Ev::Packet(p)),
+                Some(Ev::Closed(e)) => panic!("{}: closed after {acks}/{n} acks: {e}", self.id),
+                None => panic!("{}: only {acks}/{n} acks within {STEP:?} of the last", self.id),
+            }
+        }
+        skipped.extend(self.backlog.drain(..));
+        self.backlog = skipped;
+    }
+
+    /// Waits until the broker ends the connection; returns rumqttc's error.
+    pub async fn wait_closed(&mut self, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Ev::Closed(e)) => return e,
+                Some(Ev::Packet(_)) => {}
+                None => panic!("{}: connection still open after {limit:?}", self.id),
+            }
+        }
+    }
+
+    /// Normal DISCONNECT; waits until the broker closed the connection.
+    pub async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("queue DISCONNECT");
+        self.wait_closed(STEP).await;
+    }
+
+    /// Ends the connection abruptly (no DISCONNECT): the socket is dropped.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+// ---- rumqttc 5.0 -----------------------------------------------------------------
+
+pub mod v5 {
+    pub use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, LastWill, Packet, Publish, PublishProperties,
+        SubscribeReasonCode,
+    };
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+}
+
+/// A rumqttc 5.0 client, like [`V4`].
+pub struct V5 {
+    pub client: v5::AsyncClient,
+    pub id: String,
+    rx: mpsc::UnboundedReceiver<Ev<v5::Packet>>,
+    backlog: VecDeque<Ev<v5::Packet>>,
+    task: JoinHandle<()>,
+    pub connack: v5::ConnAck,
+}
+
+impl Drop for V5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl V5 {
+    pub async fn connect(addr: SocketAddr, id: &str) -> V5 {
+        Self::connect_with(addr, id, |_| {}).await
+    }
+
+    pub async fn connect_with(
+        addr: SocketAddr,
+        id: &str,
+        tweak: impl FnOnce(&mut v5::MqttOptions),
+    ) -> V5 {
+        let mut opts = v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(Some(1 << 20));
+        tweak(&mut opts);
+        let (client, mut eventloop) = v5::AsyncClient::new(opts, 10_000);
+        let connack = within(STEP, &format!("CONNACK for {id}"), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(v5::Event::Incoming(v5::Packet::ConnAck(ack))) => return ack,
+                    Ok(_) => {}
+                    Err(e) => panic!("{id}: v5 connect failed: {e}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(connack.code, v5::ConnectReturnCode::Success, "{id} refused");
+        let (tx, rx) = mpsc::unbounded();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(v5::Event::Incoming(v5::Packet::PingResp(_))) => {}
+                    Ok(v5::Event::Incoming(p)) => {
+                        if tx.unbounded_send(Ev::Packet(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(v5::Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.unbounded_send(Ev::Closed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        V5 {
+            client,
+            id: id.to_owned(),
+            rx,
+            backlog: VecDeque::new(),
+            task,
+            connack,
+        }
+    }
+
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Ev<v5::Packet>> {
+        if let Some(ev) = self.backlog.pop_front() {
+            return Some(ev);
+        }
+        match tokio::time::timeout(limit, self.rx.next()).await {
+            Ok(Some(ev)) => Some(ev),
+            Ok(None) => Some(Ev::Closed("event loop task ended".into())),
+            Err(_) => None,
+        }
+    }
+
+    pub async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&v5::Packet) -> Option<T>) -> T {
+        let mut skipped = VecDeque::new();
+        let deadline = tokio::time::Instant::now() + STEP;
+        let found = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Ev::Packet(p)) => match pick(&p) {
+                    Some(v) => break v,
+                    None => skipped.push_back(Ev::Packet(p)),
+                },
+                Some(Ev::Closed(e)) => panic!("{}: closed while waiting for {what}: {e}", self.id),
+                None => panic!("{}: no {what} within {STEP:?}", self.id),
+            }
+        };
+        skipped.extend(self.backlog.drain(..));
+        self.backlog = skipped;
+        found
+    }
+
+    pub async fn subscribe_ok(&mut self, filter: &str, qos: v5::QoS) {
+        self.client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+        let codes = self
+            .expect(&format!("SUBACK for {filter}"), |p| match p {
+                v5::Packet::SubAck(s) => Some(s.return_codes.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(codes, vec![v5::SubscribeReasonCode::Success(qos)], "SUBACK for {filter}");
+    }
+
+    pub async fn recv_publishes(&mut self, n: usize) -> Vec<v5::Publish> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match self.next_within(STEP).await {
+                Some(Ev::Packet(v5::Packet::Publish(p))) => got.push(p),
+                Some(Ev::Packet(_)) => {}
+                Some(Ev::Closed(e)) => panic!("{}: closed after {} of {n}: {e}", self.id, got.len()),
+                None => panic!("{}: only {} of {n} PUBLISHes arrived", self.id, got.len()),
+            }
+        }
+        got
+    }
+
+    pub async fn wait_acks(&mut self, n: usize, qos: v5::QoS) {
+        let mut acks = 0;
+        let mut skipped = VecDeque::new();
+        while acks < n {
+            match self.next_within(STEP).await {
+                Some(Ev::Packet(v5::Packet::PubAck(_))) if qos == v5::QoS::AtLeastOnce => acks += 1,
+                Some(Ev::Packet(v5::Packet::PubComp(_))) if qos == v5::QoS::ExactlyOnce => acks += 1,
+                Some(Ev::Packet(p)) => skipped.push_back(Ev::Packet(p)),
+                Some(Ev::Closed(e)) => panic!("{}: closed after {acks}/{n} acks: {e}", self.id),
+                None => panic!("{}: only {acks}/{n} acks within {STEP:?} of the last", self.id),
+            }
+        }
+        skipped.extend(self.backlog.drain(..));
+        self.backlog = skipped;
+    }
+
+    pub async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("queue DISCONNECT");
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Ev::Closed(_)) => return,
+                Some(Ev::Packet(_)) => {}
+                None => panic!("{}: still open after DISCONNECT", self.id),
+            }
+        }
+    }
+}
+
+// ---- raw sockets with ringmq's codec -----------------------------------------------
+
+pub use codec::{
+    Ack, ConnAck, Connect, Disconnect, Packet, Pid, Properties, Property, Publish, QoS, QosPid,
+    SubAck, SubOptions, Subscribe, Will,
+};
+
+/// What a raw read produced.
+#[derive(Debug)]
+pub enum RawEv {
+    Packet(Packet),
+    /// The broker closed the connection (EOF or reset).
+    Closed,
+    /// Nothing within the wait.
+    Silent,
+}
+
+/// A client speaking bytes: encodes with ringmq's codec (or sends anything at
+/// all), decodes the broker's replies.
+pub struct Raw {
+    pub stream: tokio::net::TcpStream,
+    buf: BytesMut,
+    pub protocol: Protocol,
+}
+
+/// A CONNECT packet.
+pub fn connect_packet(
+    protocol: Protocol,
+    id: &str,
+    clean: bool,
+    keep_alive: u16,
+    will: Option<Will>,
+) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol,
+        clean_start: clean,
+        keep_alive,
+        client_id: Bytes::copy_from_slice(id.as_bytes()),
+        will,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }))
+}
+
+pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> Will {
+    Will {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain,
+        properties: Properties::default(),
+    }
+}
+
+pub fn pid(n: u16) -> Pid {
+    Pid::new(n).expect("non-zero packet id")
+}
+
+pub fn subscribe_packet(pid_: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        pid: pid(pid_),
+        filters: filters
+            .iter()
+            .map(|(f, q)| {
+                (
+                    Bytes::copy_from_slice(f.as_bytes()),
+                    SubOptions {
+                        qos: *q,
+                        ..SubOptions::default()
+                    },
+                )
+            })
+            .collect(),
+        properties: Properties::default(),
+    })
+}
+
+pub fn publish_packet(topic: &str, qos_pid: QosPid, retain: bool, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos_pid,
+        retain,
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+pub fn encode(p: &Packet, protocol: Protocol) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    codec::encode(p, protocol, &mut out);
+    out.to_vec()
+}
+
+impl Raw {
+    /// Opens a TCP connection (no MQTT yet).
+    pub async fn open(addr: SocketAddr) -> Raw {
+        let stream = within(STEP, "TCP connect", tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("TCP connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            protocol: Protocol::V3_1_1,
+        }
+    }
+
+    /// Opens a connection with a small receive buffer (a client that reads
+    /// little and late).
+    pub async fn open_small_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let stream = within(STEP, "TCP connect", socket.connect(addr))
+            .await
+            .expect("TCP connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            protocol: Protocol::V3_1_1,
+        }
+    }
+
+    /// Connects with 3.1.1 and waits for an accepting CONNACK.
+    pub async fn connect(addr: SocketAddr, id: &str, clean: bool, keep_alive: u16, will: Option<Will>) -> Raw {
+        let mut raw = Raw::open(addr).await;
+        let ack = raw
+            .handshake(connect_packet(Protocol::V3_1_1, id, clean, keep_alive, will))
+            .await;
+        assert_eq!(ack.code, 0, "{id}: CONNACK refused: {ack:?}");
+        raw
+    }
+
+    /// Sends a CONNECT and returns the CONNACK.
+    pub async fn handshake(&mut self, connect: Packet) -> ConnAck {
+        if let Packet::Connect(c) = &connect {
+            self.protocol = c.protocol;
+        }
+        self.send(&connect).await;
+        match self.recv().await {
+            Packet::ConnAck(ack) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let bytes = encode(p, self.protocol);
+        self.send_bytes(&bytes).await.expect("write to broker");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        within(STEP, "socket write", self.stream.write_all(bytes)).await
+    }
+
+    /// The next packet or close within `limit`.
+    pub async fn next_within(&mut self, limit: Duration) -> RawEv {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match codec::decode(&mut self.buf, self.protocol, u32::MAX >> 4) {
+                Ok(Some(p)) => return RawEv::Packet(p),
+                Ok(None) => {}
+                Err(e) => panic!("broker sent bytes we cannot decode: {e}"),
+            }
+            self.buf.reserve(64 * 1024);
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => return RawEv::Silent,
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    // Anything complete before the close still counts.
+                    return match codec::decode(&mut self.buf, self.protocol, u32::MAX >> 4) {
+                        Ok(Some(p)) => RawEv::Packet(p),
+                        _ => RawEv::Closed,
+                    };
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next packet; fails on close or timeout.
+    pub async fn recv(&mut self) -> Packet {
+        match self.next_within(STEP).await {
+            RawEv::Packet(p) => p,
+            RawEv::Closed => panic!("connection closed by the broker"),
+            RawEv::Silent => panic!("nothing from the broker within {STEP:?}"),
+        }
+    }
+
+    /// Waits until the broker closes the connection, returning the packets it
+    /// sent first (e.g. a CONNACK or a 5.0 DISCONNECT).
+    pub async fn expect_closed(&mut self, limit: Duration) -> Vec<Packet> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                RawEv::Closed => return before,
+                RawEv::Packet(p) => before.push(p),
+                RawEv::Silent => panic!(
+                    "broker did not close the connection within {limit:?} (sent {before:?})"
+                ),
+            }
+        }
+    }
+
+    /// Subscribes and returns the SUBACK codes.
+    pub async fn subscribe(&mut self, pid_: u16, filters: &[(&str, QoS)]) -> Vec<u8> {
+        self.send(&subscribe_packet(pid_, filters)).await;
+        match self.recv().await {
+            Packet::SubAck(s) => s.codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+// ---- checks --------------------------------------------------------------------------
+
+/// Payload `prefix-<n>`, so order and duplicates can be checked.
+pub fn numbered(prefix: &str, n: usize) -> String {
+    format!("{prefix}-{n}")
+}
+
+/// Asserts that `payloads` are exactly `prefix-0 .. prefix-(n-1)` in order.
+pub fn assert_sequence(who: &str, prefix: &str, payloads: &[Bytes], n: usize) {
+    let got: Vec<String> = payloads
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| numbered(prefix, i)).collect();
+    if got != want {
+        let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        let mut seen = std::collections::HashSet::new();
+        let dups: Vec<&String> = got.iter().filter(|p| !seen.insert(*p)).take(5).collect();
+        panic!(
+            "{who}: got {} messages, want {n}; first difference at {first_diff:?}; duplicates {dups:?}",
+            got.len()
+        );
+    }
+}
+
+/// Finds a program on PATH; fails loudly when it is missing (CI installs it).
+pub fn require_program(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{name}` is not installed but these tests need it: \
+         apt-get install -y mosquitto-clients (scripts/test.sh does this)"
+    );
+}
