@@ -49,7 +49,10 @@ mod tests {
         let closed = AnonymousPolicy {
             allow_anonymous: false,
         };
-        assert_eq!(closed.authenticate(&connect(None)), Err(ConnectCode::NotAuthorized));
+        assert_eq!(
+            closed.authenticate(&connect(None)),
+            Err(ConnectCode::NotAuthorized)
+        );
         assert_eq!(closed.authenticate(&connect(Some(b"u"))), Ok(()));
         let open = AnonymousPolicy {
             allow_anonymous: true,

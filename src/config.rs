@@ -117,7 +117,8 @@ pub struct Config {
     pub io_driver: IoDriver,
     /// io_uring submission queue entries per core (power of two).
     pub ring_entries: u32,
-    /// Initial per-connection read buffer; grows up to `max_packet_size`.
+    /// Largest read a busy connection grows to. Idle connections shrink back to
+    /// a small buffer, so this costs memory only while a client is sending.
     pub read_buffer_size: usize,
     /// Batches buffered in each core-to-core queue.
     pub mesh_queue_capacity: usize,
@@ -140,7 +141,7 @@ impl Default for Config {
             pin_cores: true,
             io_driver: IoDriver::Auto,
             ring_entries: 1024,
-            read_buffer_size: 4096,
+            read_buffer_size: 16 * 1024,
             mesh_queue_capacity: 1024,
             allow_anonymous: true,
             log_level: "info".to_owned(),
@@ -521,7 +522,7 @@ pub struct FileConfig {
     /// io_uring queue entries per core (default 1024; power of two 64..=32768; more absorbs bigger bursts)
     #[arg(long, env = "RINGMQ_RING_ENTRIES", value_name = "N")]
     pub ring_entries: Option<u32>,
-    /// Initial per-connection read buffer (default 4KiB; grows up to --max-packet-size for bigger packets)
+    /// Largest read per connection (default 16KiB; a busy connection grows to it, an idle one shrinks back to 512 bytes)
     #[arg(
         long = "read-buffer",
         alias = "read-buffer-size",

@@ -67,7 +67,13 @@ impl Cluster {
     fn subscribe(&mut self, core: usize, key: SessionKey, filter: &'static str, qos: QoS) {
         let sub = Packet::Subscribe(Subscribe {
             pid: Pid::new(1).unwrap(),
-            filters: vec![(Bytes::from_static(filter.as_bytes()), SubOptions { qos, ..Default::default() })],
+            filters: vec![(
+                Bytes::from_static(filter.as_bytes()),
+                SubOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
             properties: Properties::default(),
         });
         let mut f = Followup::default();
@@ -76,12 +82,23 @@ impl Cluster {
         let mut barrier = pending.barrier.take();
         self.settle();
         if let Some(b) = barrier.as_mut() {
-            assert_eq!(b.try_recv(), Ok(Some(())), "every core acknowledged the interest");
+            assert_eq!(
+                b.try_recv(),
+                Ok(Some(())),
+                "every core acknowledged the interest"
+            );
         }
         self.cores[core].complete_subscribe(key, pending);
     }
 
-    fn publish(&mut self, core: usize, key: SessionKey, topic: &'static str, retain: bool, payload: &'static [u8]) {
+    fn publish(
+        &mut self,
+        core: usize,
+        key: SessionKey,
+        topic: &'static str,
+        retain: bool,
+        payload: &'static [u8],
+    ) {
         let p = Packet::Publish(Publish {
             dup: false,
             qos_pid: QosPid::AtLeastOnce(Pid::new(9).unwrap()),
@@ -112,7 +129,9 @@ impl Cluster {
         self.take_packets(core, key)
             .into_iter()
             .filter_map(|p| match p {
-                Packet::Publish(p) => Some((String::from_utf8(p.topic.to_vec()).unwrap(), p.retain)),
+                Packet::Publish(p) => {
+                    Some((String::from_utf8(p.topic.to_vec()).unwrap(), p.retain))
+                }
                 _ => None,
             })
             .collect()
@@ -176,7 +195,9 @@ fn overlapping_subscriptions_deliver_once_at_max_qos() {
     c.publish(0, publ, "a/b", false, b"1");
     let got = c.take_packets(0, sub);
     assert_eq!(got.len(), 1);
-    let Packet::Publish(p) = &got[0] else { panic!() };
+    let Packet::Publish(p) = &got[0] else {
+        panic!()
+    };
     assert_eq!(p.qos_pid.qos(), QoS::AtLeastOnce);
 }
 

@@ -19,7 +19,9 @@ use super::context::{ConnSignals, Ctx};
 use crate::codec::{
     decode, encode, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
 };
-use crate::router::{owner_core, CloseReason, ConnId, Followup, Handoff, MeshMsg, SessionKey};
+use crate::router::{
+    owner_core, CloseReason, ConnId, Followup, Handoff, MeshMsg, PendingSubscribe, SessionKey,
+};
 use crate::session::{check_connect, Refusal};
 
 /// Above this, an idle connection's buffers are released rather than kept.
@@ -52,7 +54,7 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     };
     let _ = stream.set_nodelay(true);
     let mut stream = stream;
-    let mut buf = BytesMut::with_capacity(ctx.shared.config.read_buffer_size);
+    let mut buf = BytesMut::with_capacity(MIN_READ);
     let limit = ctx.shared.config.limits.connect_timeout;
     let connect =
         match monoio::time::timeout(limit, read_connect(&mut stream, &mut buf, &ctx)).await {
@@ -80,7 +82,11 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         drop(slot); // the owner claims its own slot
         return hand_off(&ctx, owner, stream, peer, connect, client_id, assigned, buf).await;
     }
-    serve(ctx, stream, peer, *connect, client_id, assigned, buf, slot).await;
+    // A task of its own: the CONNECT-reading state above is freed now, not held
+    // for the connection's lifetime.
+    monoio::spawn(serve(
+        ctx, stream, peer, connect, client_id, assigned, buf, slot,
+    ));
 }
 
 /// A connection handed over by another core.
@@ -95,7 +101,7 @@ pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
         ctx,
         stream,
         h.peer,
-        *h.connect,
+        h.connect,
         h.client_id,
         h.assigned_id,
         h.leftover,
@@ -116,7 +122,7 @@ async fn read_connect(
             Some(_) => return Err(DecodeError::NotConnect),
             None => {}
         }
-        buf.reserve(ctx.shared.config.read_buffer_size.max(64));
+        buf.reserve(MIN_READ);
         let (res, b) = stream.read(std::mem::take(buf)).await;
         *buf = b;
         match res {
@@ -216,7 +222,7 @@ async fn serve(
     ctx: Rc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
-    connect: Connect,
+    connect: Box<Connect>,
     client_id: Arc<str>,
     assigned: bool,
     buf: BytesMut,
@@ -232,25 +238,74 @@ async fn serve(
         .connect(&connect, client_id.clone(), conn, now, assigned);
     ctx.apply_effects();
     tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
+    let protocol = connect.protocol;
+    // The CONNECT's bytes share the read buffer's allocation: release them so the
+    // buffer can be reused in place.
+    drop(connect);
     let (read_half, write_half) = stream.into_split();
     let link = Link {
         ctx: ctx.clone(),
         conn,
         key: attached.key,
         signals: signals.clone(),
-        protocol: connect.protocol,
+        protocol,
     };
     let writer = monoio::spawn(write_loop(link.clone(), write_half));
     let abnormal = link.read_loop(read_half, buf, &client_id).await;
     signals.finishing.set(true);
     signals.writer.notify();
     let grace = std::time::Duration::from_secs(1);
-    let _ = monoio::time::timeout(grace, writer).await;
+    let _ = Box::pin(monoio::time::timeout(grace, writer)).await;
     ctx.core
         .borrow_mut()
         .disconnected(attached.key, conn, abnormal);
     ctx.conns.borrow_mut().remove(&conn);
     ctx.apply_effects();
+}
+
+/// Smallest read buffer: what an idle connection holds while its read is pending.
+const MIN_READ: usize = 512;
+
+/// Adapts each connection's read size: doubles while reads fill the buffer (a busy
+/// publisher gets big reads, few syscalls), halves back when they don't (an idle
+/// connection holds only [`MIN_READ`] bytes).
+struct ReadSizer {
+    next: usize,
+    max: usize,
+}
+
+impl ReadSizer {
+    fn new(max: usize) -> ReadSizer {
+        ReadSizer {
+            next: MIN_READ,
+            max: max.max(MIN_READ),
+        }
+    }
+
+    /// Makes room for the next read; returns the room made.
+    fn prepare(&self, buf: &mut BytesMut) -> usize {
+        if buf.is_empty() && buf.capacity() > 2 * self.next {
+            *buf = BytesMut::new();
+        }
+        buf.reserve(self.next);
+        buf.capacity() - buf.len()
+    }
+
+    fn observe(&mut self, read: usize, room: usize) {
+        if read == room {
+            self.next = (self.next * 2).min(self.max);
+        } else if read < self.next / 4 {
+            self.next = (self.next / 2).max(MIN_READ);
+        }
+    }
+}
+
+/// What [`Link::step`] stopped at.
+enum Step {
+    Drained,
+    Disconnect,
+    Violation,
+    Subscribe(Box<PendingSubscribe>),
 }
 
 #[derive(Clone)]
@@ -268,7 +323,7 @@ impl Link {
     /// Reads until the connection ends. Returns whether the end was abnormal (the
     /// will is published) rather than a DISCONNECT.
     async fn read_loop(&self, mut rd: ReadHalf, mut buf: BytesMut, client_id: &str) -> bool {
-        let read_size = self.ctx.shared.config.read_buffer_size;
+        let mut sizer = ReadSizer::new(self.ctx.shared.config.read_buffer_size);
         loop {
             match self.process(&mut buf, client_id).await {
                 Ok(true) => return false,
@@ -279,16 +334,16 @@ impl Link {
                 self.log_close(client_id, reason);
                 return true;
             }
-            if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
-                buf = BytesMut::new();
-            }
-            buf.reserve(read_size);
+            let spare = sizer.prepare(&mut buf);
             let handle = self.signals.cancel_handle();
             let (res, b) = rd.cancelable_read(buf, handle).await;
             buf = b;
             match res {
                 Ok(0) => return true,
-                Ok(n) => self.ctx.core.borrow_mut().counters.bytes_received += n as u64,
+                Ok(n) => {
+                    sizer.observe(n, spare);
+                    self.ctx.core.borrow_mut().counters.bytes_received += n as u64;
+                }
                 Err(e) => {
                     if let Some(reason) = self.signals.close.get() {
                         self.log_close(client_id, reason);
@@ -326,15 +381,43 @@ impl Link {
     }
 
     /// Decodes and handles every complete frame in `buf`. `Ok(true)`: DISCONNECT.
+    /// The per-packet work is synchronous ([`Link::step`]); only the rare waits
+    /// (a subscription barrier, a full mesh queue) are awaited, which keeps this
+    /// task's state, held by every idle connection, small.
     async fn process(&self, buf: &mut BytesMut, client_id: &str) -> Result<bool, ()> {
+        loop {
+            match self.step(buf, client_id) {
+                Step::Drained => break,
+                Step::Disconnect => return Ok(true),
+                Step::Violation => return Err(()),
+                Step::Subscribe(mut pending) => {
+                    if let Some(barrier) = pending.barrier.take() {
+                        self.ctx.apply_effects();
+                        let _ = barrier.await;
+                    }
+                    let mut core = self.ctx.core.borrow_mut();
+                    core.complete_subscribe(self.key, *pending);
+                }
+            }
+        }
+        self.ctx.apply_effects();
+        if self.ctx.core.borrow().has_outgoing() {
+            // Boxed: rare, and its timer would otherwise enlarge every connection.
+            Box::pin(self.ctx.wait_outbox_drained()).await;
+        }
+        Ok(false)
+    }
+
+    /// Handles frames until the buffer is drained or something must be awaited.
+    fn step(&self, buf: &mut BytesMut, client_id: &str) -> Step {
         let max = self.ctx.shared.config.limits.max_packet_size;
         loop {
             let packet = match decode(buf, self.protocol, max) {
                 Ok(Some(p)) => p,
-                Ok(None) => break,
+                Ok(None) => return Step::Drained,
                 Err(e) => {
                     self.violation(client_id, &e.to_string(), e.reason_code());
-                    return Err(());
+                    return Step::Violation;
                 }
             };
             let mut followup = Followup::default();
@@ -346,26 +429,16 @@ impl Link {
                     .handle_packet(self.key, now, packet, &mut followup);
             if let Err(v) = result {
                 self.violation(client_id, &v.to_string(), v.reason_code());
-                return Err(());
+                return Step::Violation;
             }
-            if let Some(mut pending) = followup.subscribe {
-                if let Some(barrier) = pending.barrier.take() {
-                    self.ctx.apply_effects();
-                    let _ = barrier.await;
-                }
-                self.ctx
-                    .core
-                    .borrow_mut()
-                    .complete_subscribe(self.key, pending);
+            if let Some(pending) = followup.subscribe {
+                return Step::Subscribe(Box::new(pending));
             }
             if followup.disconnect {
                 self.ctx.apply_effects();
-                return Ok(true);
+                return Step::Disconnect;
             }
         }
-        self.ctx.apply_effects();
-        self.ctx.wait_outbox_drained().await;
-        Ok(false)
     }
 
     fn violation(&self, client_id: &str, rule: &str, reason: u8) {

@@ -67,7 +67,13 @@ fn publish(qos: QoS, id: u16, topic: &'static str) -> Packet {
 }
 
 fn msg(topic: &'static str, qos: QoS) -> Arc<Message> {
-    Message::new(TopicName::from_static(topic), Bytes::from_static(b"m"), qos, false).shared()
+    Message::new(
+        TopicName::from_static(topic),
+        Bytes::from_static(b"m"),
+        qos,
+        false,
+    )
+    .shared()
 }
 
 fn handle(s: &mut Session, now: u64, p: Packet) -> Result<Vec<Event>, Violation> {
@@ -94,12 +100,20 @@ fn qos2_inbound_is_routed_exactly_once() {
     assert!(again.is_empty());
     assert_eq!(
         sent(&mut s),
-        vec![Packet::PubRec(Ack::new(pid(9))), Packet::PubRec(Ack::new(pid(9)))]
+        vec![
+            Packet::PubRec(Ack::new(pid(9))),
+            Packet::PubRec(Ack::new(pid(9)))
+        ]
     );
     handle(&mut s, 3, Packet::PubRel(Ack::new(pid(9)))).unwrap();
     assert_eq!(sent(&mut s), vec![Packet::PubComp(Ack::new(pid(9)))]);
     // After release the id is free: a new message with it is routed.
-    assert_eq!(handle(&mut s, 4, publish(QoS::ExactlyOnce, 9, "t")).unwrap().len(), 1);
+    assert_eq!(
+        handle(&mut s, 4, publish(QoS::ExactlyOnce, 9, "t"))
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -110,8 +124,10 @@ fn awaiting_rel_cap_is_a_violation_and_times_out() {
     };
     let mut s = session(true);
     let mut ev = Vec::new();
-    s.handle_packet(0, publish(QoS::ExactlyOnce, 1, "t"), &lim, &mut ev).unwrap();
-    s.handle_packet(0, publish(QoS::ExactlyOnce, 2, "t"), &lim, &mut ev).unwrap();
+    s.handle_packet(0, publish(QoS::ExactlyOnce, 1, "t"), &lim, &mut ev)
+        .unwrap();
+    s.handle_packet(0, publish(QoS::ExactlyOnce, 2, "t"), &lim, &mut ev)
+        .unwrap();
     let err = s.handle_packet(0, publish(QoS::ExactlyOnce, 3, "t"), &lim, &mut ev);
     assert_eq!(err, Err(Violation::AwaitingRelFull));
     let timeout = lim.awaiting_rel_timeout.as_millis() as u64;
@@ -138,7 +154,9 @@ fn outbound_qos1_window_queue_and_ack() {
         s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
         Outcome::DroppedQueueFull
     );
-    let Packet::Publish(first) = &out[0] else { panic!() };
+    let Packet::Publish(first) = &out[0] else {
+        panic!()
+    };
     let first_pid = first.qos_pid.pid().unwrap();
     handle(&mut s, 1, Packet::PubAck(Ack::new(first_pid))).unwrap();
     // The ack opened the window: exactly one queued message moves in.
@@ -151,7 +169,9 @@ fn outbound_qos2_flow() {
     let lim = limits();
     let mut s = session(true);
     s.deliver(&msg("t", QoS::ExactlyOnce), QoS::ExactlyOnce, false, &lim);
-    let [Packet::Publish(p)] = &sent(&mut s)[..] else { panic!() };
+    let [Packet::Publish(p)] = &sent(&mut s)[..] else {
+        panic!()
+    };
     let id = p.qos_pid.pid().unwrap();
     assert_eq!(p.qos_pid, QosPid::ExactlyOnce(id));
     handle(&mut s, 1, Packet::PubRec(Ack::new(id))).unwrap();
@@ -170,7 +190,9 @@ fn reconnect_resends_with_dup_and_pubrel() {
     s.deliver(&msg("a", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim);
     s.deliver(&msg("b", QoS::ExactlyOnce), QoS::ExactlyOnce, false, &lim);
     let out = sent(&mut s);
-    let Packet::Publish(q2) = &out[1] else { panic!() };
+    let Packet::Publish(q2) = &out[1] else {
+        panic!()
+    };
     let q2_id = q2.qos_pid.pid().unwrap();
     handle(&mut s, 1, Packet::PubRec(Ack::new(q2_id))).unwrap();
     s.detach(true);
@@ -186,8 +208,13 @@ fn reconnect_resends_with_dup_and_pubrel() {
     s.attach(&connect(false, 10), &lim, 5);
     s.resume(&lim);
     let out = sent(&mut s);
-    let Packet::Publish(re) = &out[0] else { panic!() };
-    assert!(re.dup, "unacknowledged PUBLISH resent with DUP [MQTT-4.4.0-1]");
+    let Packet::Publish(re) = &out[0] else {
+        panic!()
+    };
+    assert!(
+        re.dup,
+        "unacknowledged PUBLISH resent with DUP [MQTT-4.4.0-1]"
+    );
     assert_eq!(out[1], Packet::PubRel(Ack::new(q2_id)));
     // The queued message waits: the window (2) is full with a and b.
     assert_eq!(out.len(), 2);
@@ -235,7 +262,10 @@ fn will_on_abnormal_end_only() {
 fn violations_name_their_rule() {
     let mut s = session(true);
     let second = Packet::Connect(Box::new(connect(true, 10)));
-    assert_eq!(handle(&mut s, 0, second).unwrap_err(), Violation::SecondConnect);
+    assert_eq!(
+        handle(&mut s, 0, second).unwrap_err(),
+        Violation::SecondConnect
+    );
     assert!(matches!(
         handle(&mut s, 0, publish(QoS::AtMostOnce, 1, "a/+")),
         Err(Violation::InvalidTopic(_))
@@ -252,13 +282,21 @@ fn subscribe_codes_and_unsubscribe() {
     let sub = Packet::Subscribe(crate::codec::Subscribe {
         pid: pid(3),
         filters: vec![
-            (Bytes::from_static(b"a/#"), SubOptions { qos: QoS::ExactlyOnce, ..Default::default() }),
+            (
+                Bytes::from_static(b"a/#"),
+                SubOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..Default::default()
+                },
+            ),
             (Bytes::from_static(b"a/#/b"), SubOptions::default()),
         ],
         properties: Properties::default(),
     });
     let events = handle(&mut s, 0, sub).unwrap();
-    let [Event::Subscribe { codes, added, .. }] = &events[..] else { panic!() };
+    let [Event::Subscribe { codes, added, .. }] = &events[..] else {
+        panic!()
+    };
     assert_eq!(codes, &vec![2, 0x80]);
     assert_eq!(added.len(), 1);
     assert_eq!(s.subscription_count(), 1);

@@ -26,7 +26,7 @@ pub(super) const ROOT: NodeId = 0;
 
 /// Up to this many literal children are kept in a `Vec`; more switch to a
 /// `HashMap`. Comparing a few short keys is cheaper than hashing one.
-const SMALL_MAX: usize = 32;
+const SMALL_MAX: usize = 8;
 
 /// Literal (non-wildcard) children of a node, keyed by level.
 #[derive(Debug)]
@@ -394,8 +394,8 @@ impl<V> Trie<V> {
             let node = &self.arena[id];
             // [MQTT-4.7.2-1]: no first-level wildcard for '$' topics.
             let wildcards = !(dollar && id == ROOT);
-            if let (true, Some(v)) = (wildcards, &node.hash) {
-                // `x/#` matches below `x` and `x` itself.
+            // `x/#` matches below `x` and `x` itself.
+            if let Some(v) = node.hash.as_ref().filter(|_| wildcards) {
                 f(v);
             }
             if pos > bytes.len() {
@@ -408,7 +408,7 @@ impl<V> Trie<V> {
                 .iter()
                 .position(|&b| b == b'/')
                 .map_or(bytes.len(), |i| pos + i);
-            if let (true, Some(plus)) = (wildcards, node.plus) {
+            if let Some(plus) = node.plus.filter(|_| wildcards) {
                 stack.push((plus, end + 1));
             }
             match node.children.get(&topic[pos..end]) {
