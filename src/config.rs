@@ -38,6 +38,20 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// How a shared subscription group picks the member that gets a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A member chosen at random.
+    Random,
+    /// The same member for the same publisher (hash of its client id), so one
+    /// device's messages stay in order at one consumer.
+    HashClientId,
+}
+
 /// Resource caps. Each one bounds memory or work that a client (or all
 /// clients together) could otherwise grow without limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +92,11 @@ pub struct Limits {
     pub max_retained_bytes: usize,
     /// Subscriptions held by one client session.
     pub max_subscriptions_per_client: usize,
+    /// Topic aliases a 5.0 client may use towards the broker (0 disables them).
+    pub max_topic_alias: u16,
+    /// Longest 5.0 session expiry interval honoured, in seconds; longer requests
+    /// are capped and the client is told so in CONNACK.
+    pub max_session_expiry: u32,
 }
 
 impl Default for Limits {
@@ -98,6 +117,8 @@ impl Default for Limits {
             max_retained_messages: 1_000_000,
             max_retained_bytes: 256 << 20,
             max_subscriptions_per_client: 10_000,
+            max_topic_alias: 10,
+            max_session_expiry: u32::MAX,
         }
     }
 }
@@ -128,6 +149,8 @@ pub struct Config {
     pub log_level: String,
     /// Interval between `$SYS` statistics publishes; zero disables them.
     pub sys_interval: Duration,
+    /// How shared subscription groups pick a member.
+    pub shared_strategy: SharedStrategy,
     /// Resource caps.
     pub limits: Limits,
 }
@@ -146,6 +169,7 @@ impl Default for Config {
             allow_anonymous: true,
             log_level: "info".to_owned(),
             sys_interval: Duration::from_secs(10),
+            shared_strategy: SharedStrategy::RoundRobin,
             limits: Limits::default(),
         }
     }
@@ -594,6 +618,15 @@ pub struct FileConfig {
     /// Subscriptions per client (default 10000; further SUBSCRIBEs get a failure return code)
     #[arg(long, env = "RINGMQ_MAX_SUBSCRIPTIONS_PER_CLIENT", value_name = "N", help_heading = LIMITS)]
     pub max_subscriptions_per_client: Option<usize>,
+    /// Topic aliases a 5.0 client may use when publishing (default 10; 0 disables; an alias beyond it closes the connection with 0x94)
+    #[arg(long, env = "RINGMQ_MAX_TOPIC_ALIAS", value_name = "N", help_heading = LIMITS)]
+    pub max_topic_alias: Option<u16>,
+    /// Longest 5.0 session expiry interval honoured, in seconds (default 4294967295 = never expires; longer requests are capped and announced in CONNACK)
+    #[arg(long, env = "RINGMQ_MAX_SESSION_EXPIRY", value_name = "SECS", help_heading = LIMITS)]
+    pub max_session_expiry: Option<u32>,
+    /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
+    #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY")]
+    pub shared_strategy: Option<SharedStrategy>,
 }
 
 /// Build a layer whose every field is `self.field.or(lower.field)`. A struct
@@ -625,7 +658,7 @@ impl FileConfig {
             max_connections, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
             max_awaiting_rel, awaiting_rel_timeout, max_retained_messages, max_retained_bytes,
-            max_subscriptions_per_client,
+            max_subscriptions_per_client, max_topic_alias, max_session_expiry, shared_strategy,
         )
     }
 
@@ -649,6 +682,7 @@ impl FileConfig {
             allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
             log_level: self.log_level.unwrap_or(d.log_level),
             sys_interval: secs(self.sys_interval, d.sys_interval),
+            shared_strategy: self.shared_strategy.unwrap_or(d.shared_strategy),
             limits,
         })
     }
@@ -692,6 +726,8 @@ impl FileConfig {
             max_subscriptions_per_client: self
                 .max_subscriptions_per_client
                 .unwrap_or(d.max_subscriptions_per_client),
+            max_topic_alias: self.max_topic_alias.unwrap_or(d.max_topic_alias),
+            max_session_expiry: self.max_session_expiry.unwrap_or(d.max_session_expiry),
         })
     }
 }

@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::codec::{encode_publish, Properties, Protocol, PublishHeader, QoS, QosPid};
+use crate::codec::{encode_publish, Properties, Property, Protocol, PublishHeader, QoS, QosPid};
 use crate::topic::TopicName;
 
 /// An application message as published, shared (`Arc`) by every session and core
@@ -15,11 +15,53 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// 5.0 properties forwarded to subscribers.
+    /// 5.0 properties forwarded to subscribers unchanged (message expiry excluded:
+    /// it is rewritten per delivery from `expires_at`).
     pub properties: Properties,
+    /// The publishing client, for 5.0 "no local" and shared-subscription hashing.
+    pub publisher: Option<Arc<str>>,
+    /// Broker-clock milliseconds after which the message is not delivered (5.0).
+    pub expires_at: Option<u64>,
     /// The 3.1.1 QoS 0 frame, encoded on first use and then copied as is into
     /// every subscriber's buffer that receives exactly those bytes (fan-out).
     frame_v3_qos0: OnceLock<Bytes>,
+}
+
+/// How a 5.0 delivery uses a topic alias [MQTT-3.3.2.3.4].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Alias {
+    #[default]
+    None,
+    /// Send the topic and establish this alias for it.
+    Set(u16),
+    /// Send an empty topic and this alias.
+    Use(u16),
+}
+
+/// What differs between two deliveries of the same message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    pub qos_pid: QosPid,
+    pub dup: bool,
+    pub retain: bool,
+    /// 5.0 subscription identifiers of the matching subscriptions.
+    pub sub_ids: &'a [u32],
+    pub alias: Alias,
+    /// Broker clock, for the remaining message expiry interval.
+    pub now: u64,
+}
+
+impl Delivery<'_> {
+    pub fn plain(qos_pid: QosPid, dup: bool, retain: bool) -> Delivery<'static> {
+        Delivery {
+            qos_pid,
+            dup,
+            retain,
+            sub_ids: &[],
+            alias: Alias::None,
+            now: 0,
+        }
+    }
 }
 
 impl Message {
@@ -30,12 +72,35 @@ impl Message {
             qos,
             retain,
             properties: Properties::default(),
+            publisher: None,
+            expires_at: None,
             frame_v3_qos0: OnceLock::new(),
         }
     }
 
-    pub fn with_properties(mut self, properties: Properties) -> Message {
-        self.properties = properties;
+    /// Keeps the forwardable properties; a message expiry interval becomes
+    /// `expires_at` on the broker clock (`now`, milliseconds).
+    pub fn with_properties(mut self, properties: Properties, now: u64) -> Message {
+        let mut kept = Vec::new();
+        for p in properties.0 {
+            match p {
+                Property::MessageExpiryInterval(secs) => {
+                    self.expires_at = Some(now + u64::from(secs) * 1000);
+                }
+                Property::PayloadFormatIndicator(_)
+                | Property::ContentType(_)
+                | Property::ResponseTopic(_)
+                | Property::CorrelationData(_)
+                | Property::UserProperty(..) => kept.push(p),
+                _ => {}
+            }
+        }
+        self.properties = Properties(kept);
+        self
+    }
+
+    pub fn from_client(mut self, client_id: Arc<str>) -> Message {
+        self.publisher = Some(client_id);
         self
     }
 
@@ -43,61 +108,154 @@ impl Message {
         Arc::new(self)
     }
 
+    /// True once the 5.0 message expiry interval has passed.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
     /// Approximate memory held by the message, for queue and retained byte caps.
     pub fn weight(&self) -> usize {
         self.topic.as_bytes().len() + self.payload.len() + 64
     }
 
-    /// Appends this message as a PUBLISH for one subscriber.
-    pub fn encode_for(&self, out: &mut BytesMut, protocol: Protocol, delivery: Delivery) {
-        let shareable = delivery.qos_pid == QosPid::AtMostOnce && !delivery.retain;
-        if shareable && !protocol.is_v5() {
+    /// Appends this message as a PUBLISH for one subscriber; returns the frame size.
+    pub fn encode_for(&self, out: &mut BytesMut, protocol: Protocol, d: &Delivery) -> usize {
+        let start = out.len();
+        if protocol.is_v5() {
+            self.encode_v5(out, d);
+        } else if d.qos_pid == QosPid::AtMostOnce && !d.retain {
             let frame = self.frame_v3_qos0.get_or_init(|| {
                 let mut buf = BytesMut::new();
-                self.encode_raw(&mut buf, protocol, delivery);
+                self.encode_with(
+                    &mut buf,
+                    protocol,
+                    d,
+                    self.topic.as_bytes(),
+                    &Properties::default(),
+                );
                 buf.freeze()
             });
             out.extend_from_slice(frame);
         } else {
-            self.encode_raw(out, protocol, delivery);
+            self.encode_with(
+                out,
+                protocol,
+                d,
+                self.topic.as_bytes(),
+                &Properties::default(),
+            );
         }
+        out.len() - start
     }
 
-    /// Size of the frame [`Message::encode_for`] would write.
-    pub fn frame_len(&self, protocol: Protocol, delivery: Delivery) -> usize {
-        self.header(protocol, delivery)
-            .frame_len(protocol, self.payload.len())
-    }
-
-    fn header(&self, protocol: Protocol, delivery: Delivery) -> PublishHeader<'_> {
-        static NONE: Properties = Properties(Vec::new());
-        PublishHeader {
-            dup: delivery.dup,
-            qos_pid: delivery.qos_pid,
-            retain: delivery.retain,
-            topic: self.topic.as_bytes(),
-            properties: if protocol.is_v5() {
-                &self.properties
-            } else {
-                &NONE
-            },
+    fn encode_v5(&self, out: &mut BytesMut, d: &Delivery) {
+        let topic: &[u8] = match d.alias {
+            Alias::Use(_) => b"",
+            _ => self.topic.as_bytes(),
+        };
+        let extra = self.expires_at.is_some() || !d.sub_ids.is_empty() || d.alias != Alias::None;
+        if !extra {
+            return self.encode_with(out, Protocol::V5, d, topic, &self.properties);
         }
+        let mut props = self.properties.clone();
+        if let Some(at) = self.expires_at {
+            let remaining = at.saturating_sub(d.now).div_ceil(1000);
+            props.push(Property::MessageExpiryInterval(remaining as u32));
+        }
+        if let Alias::Set(a) | Alias::Use(a) = d.alias {
+            props.push(Property::TopicAlias(a));
+        }
+        for id in d.sub_ids {
+            props.push(Property::SubscriptionIdentifier(*id));
+        }
+        self.encode_with(out, Protocol::V5, d, topic, &props);
     }
 
-    fn encode_raw(&self, out: &mut BytesMut, protocol: Protocol, delivery: Delivery) {
-        encode_publish(
-            out,
-            protocol,
-            &self.header(protocol, delivery),
-            &self.payload,
-        );
+    fn encode_with(
+        &self,
+        out: &mut BytesMut,
+        protocol: Protocol,
+        d: &Delivery,
+        topic: &[u8],
+        props: &Properties,
+    ) {
+        let header = PublishHeader {
+            dup: d.dup,
+            qos_pid: d.qos_pid,
+            retain: d.retain,
+            topic,
+            properties: props,
+        };
+        encode_publish(out, protocol, &header, &self.payload);
     }
 }
 
-/// What differs between two deliveries of the same message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    pub qos_pid: QosPid,
-    pub dup: bool,
-    pub retain: bool,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, Packet, Pid};
+
+    fn decode_one(bytes: &mut BytesMut, protocol: Protocol) -> crate::codec::Publish {
+        match decode(bytes, protocol, u32::MAX).unwrap() {
+            Some(Packet::Publish(p)) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn v5_delivery_rewrites_expiry_and_adds_ids_and_alias() {
+        let mut props = Properties::default();
+        props.push(Property::UserProperty("k".into(), "v".into()));
+        props.push(Property::MessageExpiryInterval(10));
+        let msg = Message::new(
+            TopicName::from_static("a/b"),
+            Bytes::from_static(b"p"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .with_properties(props, 1_000);
+        assert_eq!(msg.expires_at, Some(11_000));
+        let d = Delivery {
+            qos_pid: QosPid::AtLeastOnce(Pid::new(3).unwrap()),
+            dup: false,
+            retain: false,
+            sub_ids: &[7, 9],
+            alias: Alias::Use(2),
+            now: 4_500,
+        };
+        let mut out = BytesMut::new();
+        msg.encode_for(&mut out, Protocol::V5, &d);
+        let p = decode_one(&mut out, Protocol::V5);
+        assert!(p.topic.is_empty(), "alias in use: empty topic");
+        assert_eq!(
+            p.properties.0,
+            vec![
+                Property::UserProperty("k".into(), "v".into()),
+                Property::MessageExpiryInterval(7),
+                Property::TopicAlias(2),
+                Property::SubscriptionIdentifier(7),
+                Property::SubscriptionIdentifier(9),
+            ]
+        );
+        assert!(!msg.expired(10_999));
+        assert!(msg.expired(11_000));
+    }
+
+    #[test]
+    fn v3_qos0_frame_is_shared_and_correct() {
+        let msg = Message::new(
+            TopicName::from_static("t"),
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            false,
+        );
+        let d = Delivery::plain(QosPid::AtMostOnce, false, false);
+        let mut out = BytesMut::new();
+        msg.encode_for(&mut out, Protocol::V3_1_1, &d);
+        msg.encode_for(&mut out, Protocol::V3_1_1, &d);
+        assert_eq!(
+            &out[..],
+            &[0x30, 4, 0, 1, b't', b'x', 0x30, 4, 0, 1, b't', b'x']
+        );
+    }
 }

@@ -62,6 +62,12 @@ counters! {
     dropped_offline_qos0,
     /// QoS 1/2 deliveries dropped: session queue at `max_queued_messages`/`_bytes`.
     dropped_queue_full,
+    /// 5.0 messages whose expiry interval passed before delivery started.
+    dropped_expired,
+    /// 5.0 deliveries larger than the subscriber's Maximum Packet Size.
+    dropped_too_large,
+    /// Shared-subscription messages with no connected member left in the group.
+    dropped_shared_no_member,
     /// Retained messages not stored: `max_retained_messages`/`_bytes` reached.
     dropped_retained_cap,
     /// Client PUBLISHes to `$SYS/...`, which clients may not write.

@@ -35,6 +35,20 @@ pub enum MeshMsg {
     InterestAck {
         token: u64,
     },
+    /// A shared group's connected members on `core` changed by `delta`.
+    SharedInterest {
+        share: Arc<str>,
+        core: usize,
+        delta: i32,
+        ack: Option<u64>,
+    },
+    /// A message for one member of shared group `share` on this core. `hops`
+    /// bounds re-forwarding when the members left in the meantime.
+    SharedPublish {
+        msg: Arc<Message>,
+        share: Arc<str>,
+        hops: u8,
+    },
     /// A connection whose client id this core owns, after its CONNECT was read.
     Handoff(Box<Handoff>),
     /// Stop: close connections and leave the event loop.

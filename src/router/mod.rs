@@ -1,13 +1,18 @@
 //! Per-core routing: this core's sessions, its subscription trie, the replicated
-//! interest index and retained store, and the outboxes to other cores.
+//! interest index, shared-subscription counts and retained store, and the
+//! outboxes to other cores.
 //!
 //! This is the only code that knows other cores exist. It performs no I/O: the
 //! server drains [`Core::dirty`] (connections with bytes to write) and
 //! [`Core::closing`] (connections to close) after each call, and ships the
-//! outboxes with [`Core::flush`].
+//! outboxes with [`Core::flush`]. Time comes in as `now` (milliseconds on the
+//! broker's clock, shared by all cores).
 
+mod delivery;
 mod interest;
 pub mod mesh;
+mod shared;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,13 +22,15 @@ use slab::Slab;
 
 pub use interest::{owner_core, CoreSet};
 pub use mesh::{mesh, Handoff, Inbox, Mesh, MeshMsg};
+pub use subscriptions::PendingSubscribe;
 
-use crate::codec::{Connect, Packet, Pid, QoS, SubOptions};
-use crate::config::Limits;
+use crate::codec::{Connect, Packet, SubOptions};
+use crate::config::{Limits, SharedStrategy};
 use crate::message::Message;
 use crate::metrics::Counters;
-use crate::session::{Event, Outcome, Session, Violation};
-use crate::topic::{trie::MatchScratch, TopicFilter, TopicTree, Trie};
+use crate::session::{Event, Session, Violation, WillRelease};
+use crate::topic::{trie::MatchScratch, TopicTree, Trie};
+use shared::{GroupCounts, Picker, SharedGroups};
 
 /// Index of a session in its core's table.
 pub type SessionKey = usize;
@@ -44,6 +51,7 @@ pub enum CloseReason {
 struct Subscriber {
     key: SessionKey,
     opts: SubOptions,
+    id: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -51,18 +59,10 @@ struct Entry {
     session: Session,
     conn: Option<ConnId>,
     dirty: bool,
-}
-
-/// A SUBSCRIBE whose SUBACK waits for other cores to know about the new interest,
-/// so that anything published after the SUBACK reaches the subscriber.
-#[derive(Debug)]
-pub struct PendingSubscribe {
-    pid: Pid,
-    codes: Vec<u8>,
-    added: Vec<(TopicFilter, SubOptions)>,
-    existed: Vec<bool>,
-    /// Resolves when every other core acknowledged; `None`: nothing to wait for.
-    pub barrier: Option<oneshot::Receiver<()>>,
+    /// Offline with a finite session expiry: when the session ends.
+    expires_at: Option<u64>,
+    /// A will waiting out its 5.0 will delay interval.
+    delayed_will: Option<(u64, Arc<Message>)>,
 }
 
 /// Result of the packets handled for one connection.
@@ -84,6 +84,15 @@ struct Barrier {
     done: oneshot::Sender<()>,
 }
 
+/// One match of a publish against this core's subscriptions.
+#[derive(Clone, Copy, Debug)]
+struct Match {
+    key: SessionKey,
+    qos: crate::codec::QoS,
+    retain: bool,
+    id: Option<u32>,
+}
+
 /// Everything one core owns.
 pub struct Core {
     pub id: usize,
@@ -93,13 +102,16 @@ pub struct Core {
     by_client_id: HashMap<Arc<str>, SessionKey>,
     subs: Trie<Vec<Subscriber>>,
     interest: Trie<CoreSet>,
+    shared_index: Trie<Vec<GroupCounts>>,
+    shared: SharedGroups,
+    picker: Picker,
     retained: TopicTree<Arc<Message>>,
     retained_bytes: usize,
     outbox: Vec<Vec<MeshMsg>>,
     barriers: HashMap<u64, Barrier>,
     next_token: u64,
     scratch: MatchScratch,
-    matches: Vec<(SessionKey, QoS, bool)>,
+    matches: Vec<Match>,
     pub counters: Counters,
     /// Sessions with new bytes in `tx` since the server last looked.
     pub dirty: Vec<SessionKey>,
@@ -108,7 +120,7 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(id: usize, cores: usize, limits: Arc<Limits>) -> Core {
+    pub fn new(id: usize, cores: usize, limits: Arc<Limits>, strategy: SharedStrategy) -> Core {
         Core {
             id,
             cores,
@@ -117,6 +129,9 @@ impl Core {
             by_client_id: HashMap::new(),
             subs: Trie::new(),
             interest: Trie::new(),
+            shared_index: Trie::new(),
+            shared: SharedGroups::default(),
+            picker: Picker::new(strategy, 0x9e37_79b9_7f4a_7c15 ^ id as u64),
             retained: TopicTree::new(),
             retained_bytes: 0,
             outbox: (0..cores).map(|_| Vec::new()).collect(),
@@ -151,7 +166,8 @@ impl Core {
     }
 
     /// Bytes for connection `conn` to write, swapped with `spare` (an empty buffer
-    /// whose capacity is reused). `None` when the session moved on or has nothing.
+    /// whose capacity is reused). `Err(spare)` when the session moved on or has
+    /// nothing to write.
     pub fn take_tx(
         &mut self,
         key: SessionKey,
@@ -168,12 +184,12 @@ impl Core {
     }
 
     /// After a write: refill the window from the queue.
-    pub fn written(&mut self, key: SessionKey, conn: ConnId, bytes: usize) {
+    pub fn written(&mut self, key: SessionKey, conn: ConnId, bytes: usize, now: u64) {
         self.counters.bytes_sent += bytes as u64;
         let limits = self.limits.clone();
         if let Some(e) = self.sessions.get_mut(key) {
             if e.conn == Some(conn) {
-                e.session.pump(&limits);
+                self.counters.dropped_expired += e.session.pump(&limits, now) as u64;
                 self.mark_dirty(key);
             }
         }
@@ -182,7 +198,8 @@ impl Core {
     // ---- connections and sessions -------------------------------------------------
 
     /// Binds a connection to the session of `client_id`, taking over any existing
-    /// connection (its will is published) and honouring clean start.
+    /// connection (its will is published) and honouring clean start. Writes
+    /// CONNACK, then anything the session owes the client.
     pub fn connect(
         &mut self,
         connect: &Connect,
@@ -193,18 +210,12 @@ impl Core {
     ) -> Attached {
         let limits = self.limits.clone();
         if let Some(&key) = self.by_client_id.get(&client_id) {
-            self.take_over(key);
+            self.take_over(key, now);
             let resumable = self.sessions[key].session.is_persistent();
             if connect.clean_start || !resumable {
-                self.remove_session(key);
+                self.end_session(key, now);
             } else {
-                let e = &mut self.sessions[key];
-                e.conn = Some(conn);
-                e.session.attach(connect, &limits, now);
-                e.session.send_connack(true, None, &limits);
-                e.session.resume(&limits);
-                self.counters.connections_current += 1;
-                self.mark_dirty(key);
+                self.resume(key, connect, conn, now);
                 return Attached {
                     key,
                     session_present: true,
@@ -217,6 +228,8 @@ impl Core {
             session,
             conn: Some(conn),
             dirty: false,
+            expires_at: None,
+            delayed_will: None,
         });
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
@@ -228,23 +241,39 @@ impl Core {
         }
     }
 
+    fn resume(&mut self, key: SessionKey, connect: &Connect, conn: ConnId, now: u64) {
+        let limits = self.limits.clone();
+        let e = &mut self.sessions[key];
+        e.conn = Some(conn);
+        e.expires_at = None;
+        // Reconnecting within the will delay cancels the will [MQTT-3.1.3-9].
+        e.delayed_will = None;
+        e.session.attach(connect, &limits, now);
+        e.session.send_connack(true, None, &limits);
+        self.counters.dropped_expired += e.session.resume(&limits, now) as u64;
+        self.counters.connections_current += 1;
+        self.activate_shared(key, true);
+        self.mark_dirty(key);
+    }
+
     /// Closes the current connection of session `key`, if any, publishing its will.
-    fn take_over(&mut self, key: SessionKey) {
+    fn take_over(&mut self, key: SessionKey, now: u64) {
+        let limits = self.limits.clone();
         let e = &mut self.sessions[key];
         let Some(old) = e.conn.take() else {
             return;
         };
-        let will = e.session.detach(true);
+        let will = e.session.detach(true, &limits, now);
         self.counters.takeovers += 1;
         self.counters.connections_current -= 1;
         self.closing.push((old, CloseReason::SessionTakenOver));
-        if let Some(will) = will {
-            self.publish_will(will);
-        }
+        self.activate_shared(key, false);
+        self.release_will(key, will, now);
     }
 
     /// The connection `conn` of session `key` ended. `abnormal`: not by DISCONNECT.
-    pub fn disconnected(&mut self, key: SessionKey, conn: ConnId, abnormal: bool) {
+    pub fn disconnected(&mut self, key: SessionKey, conn: ConnId, abnormal: bool, now: u64) {
+        let limits = self.limits.clone();
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
@@ -253,28 +282,49 @@ impl Core {
         }
         e.conn = None;
         self.counters.connections_current -= 1;
-        let will = e.session.detach(abnormal);
-        let persistent = e.session.is_persistent();
-        if let Some(will) = will {
-            self.publish_will(will);
-        }
-        if !persistent {
-            self.remove_session(key);
+        let will = e.session.detach(abnormal, &limits, now);
+        let expiry = e.session.session_expiry();
+        self.activate_shared(key, false);
+        self.release_will(key, will, now);
+        match expiry {
+            0 => self.end_session(key, now),
+            u32::MAX => {}
+            secs => self.sessions[key].expires_at = Some(now + u64::from(secs) * 1000),
         }
     }
 
-    fn publish_will(&mut self, will: Arc<Message>) {
+    /// Publishes a will now, or parks it until its delay passes.
+    fn release_will(&mut self, key: SessionKey, will: Option<WillRelease>, now: u64) {
+        let Some(will) = will else {
+            return;
+        };
+        if will.delay == 0 {
+            self.publish_will(will.msg, now);
+        } else {
+            let at = now + u64::from(will.delay) * 1000;
+            self.sessions[key].delayed_will = Some((at, will.msg));
+        }
+    }
+
+    fn publish_will(&mut self, will: Arc<Message>, now: u64) {
         self.counters.wills_published += 1;
-        self.route(will);
+        self.route(will, now);
     }
 
-    fn remove_session(&mut self, key: SessionKey) {
-        let e = self.sessions.remove(key);
+    /// Ends a session: a pending will goes out [MQTT-3.1.2-8], subscriptions go.
+    fn end_session(&mut self, key: SessionKey, now: u64) {
+        let mut e = self.sessions.remove(key);
         self.by_client_id.remove(e.session.client_id());
         self.counters.sessions_current -= 1;
-        let filters: Vec<TopicFilter> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
+        if let Some((_, will)) = e.delayed_will.take() {
+            self.publish_will(will, now);
+        }
+        let filters: Vec<_> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
         for filter in filters {
             self.unsubscribe_one(key, &filter);
+        }
+        for item in e.session.take_shared_unacked() {
+            self.reroute_shared(item, now);
         }
     }
 
@@ -297,15 +347,15 @@ impl Core {
             .session
             .handle_packet(now, packet, &limits, &mut events);
         for event in events {
-            self.handle_event(key, event, followup);
+            self.handle_event(key, event, followup, now);
         }
         self.mark_dirty(key);
         result
     }
 
-    fn handle_event(&mut self, key: SessionKey, event: Event, followup: &mut Followup) {
+    fn handle_event(&mut self, key: SessionKey, event: Event, followup: &mut Followup, now: u64) {
         match event {
-            Event::Publish(msg) => self.publish_from_client(msg),
+            Event::Publish(msg) => self.publish_from_client(msg, now),
             Event::Subscribe {
                 pid,
                 codes,
@@ -321,246 +371,16 @@ impl Core {
         }
     }
 
-    fn publish_from_client(&mut self, msg: Arc<Message>) {
+    fn publish_from_client(&mut self, msg: Arc<Message>, now: u64) {
         if msg.topic.is_sys() {
             // Clients may not write the broker's own topics.
             self.counters.dropped_sys_publish += 1;
             return;
         }
-        self.route(msg);
-    }
-
-    // ---- subscriptions ------------------------------------------------------------
-
-    fn subscribe(
-        &mut self,
-        key: SessionKey,
-        pid: Pid,
-        codes: Vec<u8>,
-        added: Vec<(TopicFilter, SubOptions)>,
-        existed: Vec<bool>,
-    ) -> PendingSubscribe {
-        let mut waits = 0;
-        let token = self.next_token;
-        for (filter, opts) in &added {
-            let list = self.subs.get_or_insert_with(filter.as_str(), Vec::new);
-            match list.iter_mut().find(|s| s.key == key) {
-                Some(s) => s.opts = *opts,
-                None => {
-                    list.push(Subscriber { key, opts: *opts });
-                    self.counters.subscriptions_current += 1;
-                    if list.len() == 1 {
-                        waits += self.announce_interest(filter, true, Some(token));
-                    }
-                }
-            }
-        }
-        let barrier = (waits > 0).then(|| {
-            self.next_token += 1;
-            let (done, wait) = oneshot::channel();
-            self.barriers.insert(
-                token,
-                Barrier {
-                    remaining: waits,
-                    done,
-                },
-            );
-            wait
-        });
-        PendingSubscribe {
-            pid,
-            codes,
-            added,
-            existed,
-            barrier,
-        }
-    }
-
-    /// Sends SUBACK, then the retained messages the new subscriptions match
-    /// (RETAIN=1 [MQTT-3.3.1-8]), per 5.0 retain handling.
-    pub fn complete_subscribe(&mut self, key: SessionKey, pending: PendingSubscribe) {
-        let limits = self.limits.clone();
-        let Some(e) = self.sessions.get_mut(key) else {
-            return;
-        };
-        e.session.send_suback(pending.pid, pending.codes);
-        let mut found = Vec::new();
-        for ((filter, opts), existed) in pending.added.iter().zip(pending.existed) {
-            let send = match opts.retain_handling {
-                0 => true,
-                1 => !existed,
-                _ => false,
-            };
-            if send {
-                self.retained.for_each_matching(filter.as_str(), |_, msg| {
-                    found.push((msg.clone(), opts.qos.min(msg.qos)));
-                });
-            }
-        }
-        let e = &mut self.sessions[key];
-        for (msg, qos) in found {
-            let outcome = e.session.deliver(&msg, qos, true, &limits);
-            count_outcome(&mut self.counters, outcome);
-        }
-        self.mark_dirty(key);
-    }
-
-    fn unsubscribe_one(&mut self, key: SessionKey, filter: &TopicFilter) {
-        let Some(list) = self.subs.get_mut(filter.as_str()) else {
-            return;
-        };
-        let before = list.len();
-        list.retain(|s| s.key != key);
-        self.counters.subscriptions_current -= (before - list.len()) as u64;
-        if list.is_empty() {
-            self.subs.remove(filter.as_str());
-            self.announce_interest(filter, false, None);
-        }
-    }
-
-    /// Records this core's interest change and tells every other core. Returns how
-    /// many acknowledgements to wait for.
-    fn announce_interest(&mut self, filter: &TopicFilter, add: bool, ack: Option<u64>) -> usize {
-        self.apply_interest(filter, self.id, add);
-        let mut sent = 0;
-        for core in (0..self.cores).filter(|c| *c != self.id) {
-            self.outbox[core].push(MeshMsg::Interest {
-                filter: filter.clone(),
-                core: self.id,
-                add,
-                ack,
-            });
-            sent += 1;
-        }
-        sent
-    }
-
-    fn apply_interest(&mut self, filter: &TopicFilter, core: usize, add: bool) {
-        if add {
-            self.interest
-                .get_or_insert_with(filter.as_str(), CoreSet::default)
-                .insert(core);
-        } else if let Some(set) = self.interest.get_mut(filter.as_str()) {
-            set.remove(core);
-            if set.is_empty() {
-                self.interest.remove(filter.as_str());
-            }
-        }
-    }
-
-    // ---- routing ------------------------------------------------------------------
-
-    /// Routes a message published on this core: local subscribers directly, other
-    /// interested cores through the outboxes (one shared `Arc` each), and retained
-    /// updates to every core's replica.
-    pub fn route(&mut self, msg: Arc<Message>) {
-        let mut targets = CoreSet::default();
-        self.interest
-            .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
-                targets.union(set)
-            });
-        if msg.retain {
-            self.store_retained(&msg, true);
-        }
-        for core in (0..self.cores).filter(|c| *c != self.id) {
-            let deliver = targets.contains(core);
-            if deliver || msg.retain {
-                self.outbox[core].push(MeshMsg::Publish {
-                    msg: msg.clone(),
-                    deliver,
-                });
-            }
-        }
-        if targets.contains(self.id) {
-            self.deliver_local(&msg);
-        }
-    }
-
-    /// Fans a message out to this core's subscribers: once per session, at the
-    /// highest QoS among its matching subscriptions, capped by the publish QoS.
-    fn deliver_local(&mut self, msg: &Arc<Message>) {
-        let mut matches = std::mem::take(&mut self.matches);
-        matches.clear();
-        self.subs
-            .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |list| {
-                for s in list {
-                    let retain = s.opts.retain_as_published && msg.retain;
-                    matches.push((s.key, s.opts.qos.min(msg.qos), retain));
-                }
-            });
-        if matches.len() > 1 {
-            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            matches.dedup_by_key(|m| m.0);
-        }
-        let limits = self.limits.clone();
-        for &(key, qos, retain) in &matches {
-            let Some(e) = self.sessions.get_mut(key) else {
-                continue;
-            };
-            let outcome = e.session.deliver(msg, qos, retain, &limits);
-            count_outcome(&mut self.counters, outcome);
-            if outcome == Outcome::Sent {
-                self.mark_dirty(key);
-            }
-        }
-        self.matches = matches;
-    }
-
-    /// Updates this core's retained replica. `origin`: counted here only, so a
-    /// refusal is not counted once per core.
-    fn store_retained(&mut self, msg: &Arc<Message>, origin: bool) {
-        let topic = msg.topic.as_str();
-        if msg.payload.is_empty() {
-            if let Some(old) = self.retained.remove(topic) {
-                self.retained_bytes -= old.weight();
-            }
-        } else {
-            let old_weight = self.retained.get(topic).map_or(0, |m| m.weight());
-            let is_new = old_weight == 0;
-            let over_count = is_new && self.retained.len() >= self.limits.max_retained_messages;
-            let bytes = self.retained_bytes - old_weight + msg.weight();
-            if over_count || bytes > self.limits.max_retained_bytes {
-                if origin {
-                    self.counters.dropped_retained_cap += 1;
-                }
-                return;
-            }
-            self.retained.insert(topic, msg.clone());
-            self.retained_bytes = bytes;
-        }
-        self.counters.retained_current = self.retained.len() as u64;
+        self.route(msg, now);
     }
 
     // ---- the mesh -----------------------------------------------------------------
-
-    /// Applies one message from another core. A handoff is returned to the caller,
-    /// which owns sockets.
-    pub fn handle_mesh(&mut self, msg: MeshMsg) -> Option<MeshMsg> {
-        match msg {
-            MeshMsg::Publish { msg, deliver } => {
-                if msg.retain {
-                    self.store_retained(&msg, false);
-                }
-                if deliver {
-                    self.deliver_local(&msg);
-                }
-            }
-            MeshMsg::Interest {
-                filter,
-                core,
-                add,
-                ack,
-            } => {
-                self.apply_interest(&filter, core, add);
-                if let Some(token) = ack {
-                    self.outbox[core].push(MeshMsg::InterestAck { token });
-                }
-            }
-            MeshMsg::InterestAck { token } => self.interest_acked(token),
-            other => return Some(other),
-        }
-        None
-    }
 
     fn interest_acked(&mut self, token: u64) {
         let Some(b) = self.barriers.get_mut(&token) else {
@@ -602,34 +422,38 @@ impl Core {
 
     // ---- time ---------------------------------------------------------------------
 
-    /// Periodic housekeeping: keep-alive expiry and stale QoS 2 state.
+    /// Periodic housekeeping: keep-alive expiry, stale QoS 2 state, delayed wills
+    /// and session expiry.
     pub fn tick(&mut self, now: u64) {
         let limits = self.limits.clone();
-        for (_, e) in self.sessions.iter_mut() {
-            let Some(conn) = e.conn else {
-                continue;
-            };
-            if e.session.keep_alive_expired(now) {
-                self.closing.push((conn, CloseReason::KeepAliveTimeout));
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        for (key, e) in self.sessions.iter_mut() {
+            if let Some(conn) = e.conn {
+                if e.session.keep_alive_expired(now) {
+                    self.closing.push((conn, CloseReason::KeepAliveTimeout));
+                }
+                self.counters.awaiting_rel_expired +=
+                    e.session.expire_awaiting_rel(now, &limits) as u64;
             }
-            self.counters.awaiting_rel_expired +=
-                e.session.expire_awaiting_rel(now, &limits) as u64;
+            if e.delayed_will.as_ref().is_some_and(|(at, _)| now >= *at) {
+                wills.extend(e.delayed_will.take().map(|(_, w)| w));
+            }
+            if e.expires_at.is_some_and(|at| now >= at) {
+                expired.push(key);
+            }
+        }
+        for will in wills {
+            self.publish_will(will, now);
+        }
+        for key in expired {
+            self.end_session(key, now);
         }
     }
 
     /// Every connected session's connection, for shutdown.
     pub fn connections(&self) -> Vec<ConnId> {
         self.sessions.iter().filter_map(|(_, e)| e.conn).collect()
-    }
-}
-
-fn count_outcome(counters: &mut Counters, outcome: Outcome) {
-    match outcome {
-        Outcome::Sent => counters.messages_sent += 1,
-        Outcome::Queued => {}
-        Outcome::DroppedSlowConsumer => counters.dropped_slow_consumer += 1,
-        Outcome::DroppedOffline => counters.dropped_offline_qos0 += 1,
-        Outcome::DroppedQueueFull => counters.dropped_queue_full += 1,
     }
 }
 

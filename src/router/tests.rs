@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::codec::{decode, Properties, Protocol, Publish, QosPid, Subscribe};
+use crate::codec::{decode, Pid, Properties, Protocol, Publish, QoS, QosPid, Subscribe};
 use crate::config::Config;
 
 struct Cluster {
@@ -19,7 +19,9 @@ impl Cluster {
     fn new(n: usize) -> Cluster {
         let (mesh, inboxes) = mesh(n, 64);
         let limits = Arc::new(Config::default().limits);
-        let cores = (0..n).map(|i| Core::new(i, n, limits.clone())).collect();
+        let cores = (0..n)
+            .map(|i| Core::new(i, n, limits.clone(), SharedStrategy::RoundRobin))
+            .collect();
         Cluster {
             cores,
             mesh,
@@ -38,7 +40,7 @@ impl Cluster {
                 while let Ok(batch) = inbox.rx.try_recv() {
                     moved = true;
                     for msg in batch {
-                        assert!(self.cores[i].handle_mesh(msg).is_none());
+                        assert!(self.cores[i].handle_mesh(msg, 0).is_none());
                     }
                 }
             }
@@ -88,7 +90,7 @@ impl Cluster {
                 "every core acknowledged the interest"
             );
         }
-        self.cores[core].complete_subscribe(key, pending);
+        self.cores[core].complete_subscribe(key, pending, 0);
     }
 
     fn publish(
@@ -156,7 +158,7 @@ fn unsubscribe_withdraws_interest() {
     let mut c = Cluster::new(2);
     let sub = c.connect(1, "sub", true);
     c.subscribe(1, sub, "x", QoS::AtMostOnce);
-    c.cores[1].disconnected(sub, 1, false);
+    c.cores[1].disconnected(sub, 1, false, 0);
     c.settle();
     let publ = c.connect(0, "pub", true);
     c.publish(0, publ, "x", false, b"1");
@@ -221,6 +223,6 @@ fn takeover_resumes_persistent_session() {
     assert_eq!(again.key, first);
     assert_eq!(c.cores[0].closing, vec![(1, CloseReason::SessionTakenOver)]);
     // The old connection's end is ignored: the session belongs to connection 2.
-    c.cores[0].disconnected(first, 1, true);
+    c.cores[0].disconnected(first, 1, true, 0);
     assert_eq!(c.cores[0].counters.sessions_current, 1);
 }

@@ -258,7 +258,7 @@ async fn serve(
     let _ = Box::pin(monoio::time::timeout(grace, writer)).await;
     ctx.core
         .borrow_mut()
-        .disconnected(attached.key, conn, abnormal);
+        .disconnected(attached.key, conn, abnormal, ctx.now());
     ctx.conns.borrow_mut().remove(&conn);
     ctx.apply_effects();
 }
@@ -396,7 +396,7 @@ impl Link {
                         let _ = barrier.await;
                     }
                     let mut core = self.ctx.core.borrow_mut();
-                    core.complete_subscribe(self.key, *pending);
+                    core.complete_subscribe(self.key, *pending, self.ctx.now());
                 }
             }
         }
@@ -471,7 +471,11 @@ async fn write_loop(link: Link, mut wr: OwnedWriteHalf<TcpStream>) {
                 } else {
                     buf
                 };
-                link.ctx.core.borrow_mut().written(link.key, link.conn, len);
+                let now = link.ctx.now();
+                link.ctx
+                    .core
+                    .borrow_mut()
+                    .written(link.key, link.conn, len, now);
                 link.ctx.apply_effects();
             }
             Err(s) => {

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::Canceller;
 
@@ -57,7 +57,6 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     pub conns: RefCell<HashMap<ConnId, Rc<ConnSignals>>>,
     next_conn: Cell<u64>,
-    base: Instant,
     flush_retry: Cell<bool>,
 }
 
@@ -69,14 +68,15 @@ impl Ctx {
             shared,
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
-            base: Instant::now(),
             flush_retry: Cell::new(false),
         }
     }
 
-    /// Milliseconds on this core's monotonic clock: the `now` the pure code gets.
+    /// Milliseconds on the broker's monotonic clock (one base for all cores, so
+    /// deadlines carried by messages mean the same everywhere): the `now` the
+    /// pure code gets.
     pub fn now(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        self.shared.started.elapsed().as_millis() as u64
     }
 
     pub fn next_conn_id(&self) -> ConnId {

@@ -38,7 +38,7 @@ impl SysPublisher {
                 continue;
             };
             let msg = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true);
-            ctx.core.borrow_mut().route(msg.shared());
+            ctx.core.borrow_mut().route(msg.shared(), now);
         }
         ctx.apply_effects();
     }

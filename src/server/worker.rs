@@ -104,6 +104,7 @@ async fn serve(
         id,
         shared.config.cores,
         Arc::new(shared.config.limits.clone()),
+        shared.config.shared_strategy,
     );
     let ctx = Rc::new(Ctx::new(id, core, shared));
     let stop = Canceller::new();
@@ -151,7 +152,8 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
         inbox.doorbell.wait().await;
         while let Ok(batch) = inbox.rx.try_recv() {
             for msg in batch {
-                let rest = ctx.core.borrow_mut().handle_mesh(msg);
+                let now = ctx.now();
+                let rest = ctx.core.borrow_mut().handle_mesh(msg, now);
                 match rest {
                     Some(MeshMsg::Handoff(h)) => {
                         monoio::spawn(connection::adopt(ctx.clone(), *h));

@@ -1,6 +1,6 @@
-//! CONNECT validation: the rules a CONNECT must pass before a session exists.
+//! CONNECT validation and the 5.0 connection parameters a CONNECT carries.
 
-use crate::codec::{Connect, ConnectCode, Protocol};
+use crate::codec::{Connect, ConnectCode, Property, Protocol};
 use crate::config::Limits;
 use crate::topic::TopicName;
 
@@ -41,6 +41,12 @@ pub fn check_connect(c: &Connect, limits: &Limits) -> Result<(), Refusal> {
             "keep-alive above max_keepalive",
         ));
     }
+    if v5 && c.properties.find(auth_method).is_some() {
+        return Err(refuse(
+            ConnectCode::BadAuthenticationMethod,
+            "enhanced authentication method not supported [MQTT-4.12.0-1]",
+        ));
+    }
     if let Some(will) = &c.will {
         if TopicName::new(will.topic.clone(), limits.max_topic_levels).is_err() {
             let code = v5.then_some(ConnectCode::MalformedPacket);
@@ -53,6 +59,10 @@ pub fn check_connect(c: &Connect, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
+fn auth_method(p: &Property) -> Option<()> {
+    matches!(p, Property::AuthenticationMethod(_)).then_some(())
+}
+
 /// The keep-alive the session runs with: 5.0 clients above the cap get the cap
 /// (announced with Server Keep Alive).
 pub fn effective_keep_alive(c: &Connect, limits: &Limits) -> u16 {
@@ -60,5 +70,49 @@ pub fn effective_keep_alive(c: &Connect, limits: &Limits) -> u16 {
         limits.max_keepalive
     } else {
         c.keep_alive
+    }
+}
+
+/// What a 5.0 CONNECT asks of the broker; 3.1.1 gets the equivalent defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientParams {
+    /// Seconds the session outlives the connection; `u32::MAX`: forever.
+    pub session_expiry: u32,
+    /// Most unacknowledged QoS 1/2 PUBLISHes the client accepts.
+    pub receive_maximum: u16,
+    /// Largest packet the client accepts.
+    pub maximum_packet_size: u32,
+    /// Topic aliases the client accepts from the broker.
+    pub topic_alias_maximum: u16,
+}
+
+impl ClientParams {
+    pub fn from_connect(c: &Connect, limits: &Limits) -> ClientParams {
+        if c.protocol != Protocol::V5 {
+            let session_expiry = if c.clean_start { 0 } else { u32::MAX };
+            return ClientParams {
+                session_expiry,
+                receive_maximum: u16::MAX,
+                maximum_packet_size: u32::MAX,
+                topic_alias_maximum: 0,
+            };
+        }
+        let mut params = ClientParams {
+            session_expiry: 0,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            topic_alias_maximum: 0,
+        };
+        for p in c.properties.iter() {
+            match *p {
+                Property::SessionExpiryInterval(s) => params.session_expiry = s,
+                Property::ReceiveMaximum(r) => params.receive_maximum = r,
+                Property::MaximumPacketSize(m) => params.maximum_packet_size = m,
+                Property::TopicAliasMaximum(t) => params.topic_alias_maximum = t,
+                _ => {}
+            }
+        }
+        params.session_expiry = params.session_expiry.min(limits.max_session_expiry);
+        params
     }
 }

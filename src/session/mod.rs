@@ -14,16 +14,25 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-pub use connect::{check_connect, effective_keep_alive, Refusal};
-pub use outbound::{Inflight, OutState, Outbound, Queued};
+pub use connect::{check_connect, effective_keep_alive, ClientParams, Refusal};
+pub use outbound::{Inflight, OutState, Outbound, Routed};
 
 use crate::codec::{
-    encode, reason, Ack, Connect, Packet, Pid, Properties, Protocol, Publish, QoS, QosPid, SubAck,
-    SubOptions, Subscribe, UnsubAck, Unsubscribe,
+    encode, reason, Ack, Connect, Packet, Pid, Properties, Property, Protocol, Publish, QoS,
+    QosPid, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::config::Limits;
-use crate::message::{Delivery, Message};
+use crate::message::{Alias, Delivery, Message};
+use crate::topic::share::parse_shared;
 use crate::topic::{TopicError, TopicFilter, TopicName};
+
+/// A subscription as the session records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubEntry {
+    pub opts: SubOptions,
+    /// 5.0 subscription identifier, sent back with each matching PUBLISH.
+    pub id: Option<u32>,
+}
 
 /// What the router must do after a packet was handled.
 #[derive(Debug)]
@@ -34,13 +43,13 @@ pub enum Event {
     Subscribe {
         pid: Pid,
         codes: Vec<u8>,
-        added: Vec<(TopicFilter, SubOptions)>,
+        added: Vec<(TopicFilter, SubEntry)>,
         /// Filters whose subscription already existed (retain handling 1 uses it).
         existed: Vec<bool>,
     },
     /// Remove these subscriptions (the UNSUBACK is already written).
     Unsubscribe(Vec<TopicFilter>),
-    /// Normal DISCONNECT: no will.
+    /// Normal DISCONNECT: no will (unless 5.0 reason 0x04).
     Disconnect,
 }
 
@@ -54,12 +63,18 @@ pub enum Violation {
     ServerOnlyPacket(&'static str),
     #[error("invalid topic name: {0}")]
     InvalidTopic(TopicError),
-    #[error("more than max_awaiting_rel QoS 2 messages awaiting PUBREL")]
+    #[error("more than max_awaiting_rel QoS 2 messages awaiting PUBREL [MQTT-3.3.4-9]")]
     AwaitingRelFull,
-    #[error("topic alias not allowed (topic alias maximum is 0) [MQTT-3.3.2-8]")]
+    #[error("topic alias 0 or above the announced maximum [MQTT-3.3.2-9]")]
     TopicAliasInvalid,
+    #[error("topic alias not set by an earlier PUBLISH [MQTT-3.3.2-8]")]
+    TopicAliasUnknown,
     #[error("AUTH received but no authentication method is in use [MQTT-4.12.0-1]")]
     UnexpectedAuth,
+    #[error("no local on a shared subscription [MQTT-3.8.3-4]")]
+    NoLocalOnShared,
+    #[error("DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]")]
+    SessionExpiryRaised,
     #[error("keep-alive expired: nothing received for 1.5 x {0} s [MQTT-3.1.2-24]")]
     KeepAliveTimeout(u16),
 }
@@ -71,7 +86,6 @@ impl Violation {
             Violation::InvalidTopic(_) => reason::TOPIC_NAME_INVALID,
             Violation::AwaitingRelFull => reason::RECEIVE_MAXIMUM_EXCEEDED,
             Violation::TopicAliasInvalid => reason::TOPIC_ALIAS_INVALID,
-            Violation::UnexpectedAuth => reason::PROTOCOL_ERROR,
             Violation::KeepAliveTimeout(_) => reason::KEEP_ALIVE_TIMEOUT,
             _ => reason::PROTOCOL_ERROR,
         }
@@ -91,6 +105,18 @@ pub enum Outcome {
     DroppedOffline,
     /// QoS 1/2 dropped: the session queue is at `max_queued_messages`/`_bytes`.
     DroppedQueueFull,
+    /// 5.0: the message expiry interval passed before delivery started.
+    DroppedExpired,
+    /// 5.0: larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
+    DroppedTooLarge,
+}
+
+/// A will to publish now or after its delay.
+#[derive(Debug)]
+pub struct WillRelease {
+    pub msg: Arc<Message>,
+    /// 5.0 will delay interval, seconds.
+    pub delay: u32,
 }
 
 /// One client's session: subscriptions, QoS state, and (while connected) its output.
@@ -98,18 +124,23 @@ pub enum Outcome {
 pub struct Session {
     client_id: Arc<str>,
     protocol: Protocol,
-    /// 3.1.1 clean session = 0: the session outlives the connection.
-    persistent: bool,
+    params: ClientParams,
+    /// The session expiry the CONNECT asked for was 0 ([MQTT-3.14.2-2]).
+    connect_expiry_zero: bool,
     keep_alive: u16,
     /// What the client asked for; differs from `keep_alive` when capped.
     requested_keep_alive: u16,
     last_rx: u64,
     connected: bool,
-    will: Option<Arc<Message>>,
-    subscriptions: HashMap<TopicFilter, SubOptions>,
+    will: Option<Will>,
+    subscriptions: HashMap<TopicFilter, SubEntry>,
     out: Outbound,
     /// Incoming QoS 2 packet ids not yet released, with their arrival time.
     awaiting_rel: HashMap<Pid, u64>,
+    /// 5.0 topic aliases the client set (index = alias - 1).
+    aliases_in: Vec<Option<TopicName>>,
+    /// 5.0 topic aliases the broker set towards the client.
+    aliases_out: HashMap<TopicName, u16>,
     /// Encoded bytes waiting for the connection to write them.
     pub tx: BytesMut,
 }
@@ -120,7 +151,8 @@ impl Session {
         let mut session = Session {
             client_id,
             protocol: connect.protocol,
-            persistent: !connect.clean_start,
+            params: ClientParams::from_connect(connect, limits),
+            connect_expiry_zero: true,
             keep_alive: 0,
             requested_keep_alive: 0,
             last_rx: now,
@@ -129,6 +161,8 @@ impl Session {
             subscriptions: HashMap::new(),
             out: Outbound::default(),
             awaiting_rel: HashMap::new(),
+            aliases_in: Vec::new(),
+            aliases_out: HashMap::new(),
             tx: BytesMut::new(),
         };
         session.attach(connect, limits, now);
@@ -143,15 +177,22 @@ impl Session {
         self.protocol
     }
 
+    /// True when the session outlives its connection (3.1.1 clean session 0, or a
+    /// 5.0 session expiry interval above 0).
     pub fn is_persistent(&self) -> bool {
-        self.persistent
+        self.params.session_expiry > 0
+    }
+
+    /// Seconds the session outlives its connection; `u32::MAX`: forever.
+    pub fn session_expiry(&self) -> u32 {
+        self.params.session_expiry
     }
 
     pub fn is_connected(&self) -> bool {
         self.connected
     }
 
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &SubOptions)> {
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &SubEntry)> {
         self.subscriptions.iter()
     }
 
@@ -168,55 +209,72 @@ impl Session {
     }
 
     /// Binds the session to a new connection (fresh, or resumed by a CONNECT with
-    /// clean session 0): takes the connection's protocol, keep-alive and will.
+    /// clean start 0): takes the connection's protocol, parameters and will.
     pub fn attach(&mut self, connect: &Connect, limits: &Limits, now: u64) {
         self.protocol = connect.protocol;
-        self.persistent = !connect.clean_start;
+        self.params = ClientParams::from_connect(connect, limits);
+        self.connect_expiry_zero = self.params.session_expiry == 0;
         self.keep_alive = effective_keep_alive(connect, limits);
         self.requested_keep_alive = connect.keep_alive;
         self.last_rx = now;
         self.connected = true;
         self.tx.clear();
         self.awaiting_rel.clear();
-        self.will = connect.will.as_ref().and_then(|w| {
-            let topic = TopicName::new(w.topic.clone(), limits.max_topic_levels).ok()?;
-            let msg = Message::new(topic, w.payload.clone(), w.qos, w.retain);
-            Some(msg.with_properties(w.properties.clone()).shared())
-        });
+        self.aliases_in.clear();
+        self.aliases_out.clear();
+        if self.protocol.is_v5() {
+            self.aliases_in
+                .resize(usize::from(limits.max_topic_alias), None);
+        }
+        self.will = connect.will.clone();
     }
 
-    /// The connection ended. Returns the will to publish when the end was abnormal.
-    pub fn detach(&mut self, abnormal: bool) -> Option<Arc<Message>> {
+    /// The connection ended. Returns the will to publish when the end was abnormal
+    /// (or a 5.0 DISCONNECT 0x04 kept it).
+    pub fn detach(&mut self, abnormal: bool, limits: &Limits, now: u64) -> Option<WillRelease> {
         self.connected = false;
         self.tx.clear();
-        let will = self.will.take();
-        if abnormal {
-            will
-        } else {
-            None
+        let will = self.will.take()?;
+        if !abnormal {
+            return None;
         }
+        let topic = TopicName::new(will.topic, limits.max_topic_levels).ok()?;
+        let delay = will.properties.find(|p| match p {
+            Property::WillDelayInterval(d) => Some(*d),
+            _ => None,
+        });
+        let msg = Message::new(topic, will.payload, will.qos, will.retain)
+            .with_properties(will.properties, now)
+            .from_client(self.client_id.clone());
+        Some(WillRelease {
+            msg: msg.shared(),
+            delay: delay.unwrap_or(0),
+        })
     }
 
     /// Re-sends what the client has not acknowledged, with DUP set [MQTT-4.4.0-1],
-    /// then whatever queued up while it was away.
-    pub fn resume(&mut self, limits: &Limits) {
+    /// then whatever queued up while it was away. Returns the messages that expired.
+    pub fn resume(&mut self, limits: &Limits, now: u64) -> usize {
         let protocol = self.protocol;
         for entry in &self.out.inflight {
             match entry.state {
                 OutState::Published => {
-                    let delivery = Delivery {
-                        qos_pid: QosPid::new(entry.qos, entry.pid),
+                    let d = Delivery {
+                        qos_pid: QosPid::new(entry.item.qos, entry.pid),
                         dup: true,
-                        retain: entry.retain,
+                        retain: entry.item.retain,
+                        sub_ids: &entry.item.sub_ids,
+                        alias: Alias::None,
+                        now,
                     };
-                    entry.msg.encode_for(&mut self.tx, protocol, delivery);
+                    entry.item.msg.encode_for(&mut self.tx, protocol, &d);
                 }
                 OutState::Released => {
                     encode(&Packet::PubRel(Ack::new(entry.pid)), protocol, &mut self.tx);
                 }
             }
         }
-        self.pump(limits);
+        self.pump(limits, now)
     }
 
     /// Accepts the connection: CONNACK first in `tx`, with the 5.0 properties that
@@ -229,21 +287,22 @@ impl Session {
     ) {
         let mut properties = Properties::default();
         if self.protocol.is_v5() {
-            use crate::codec::Property::*;
             if let Some(id) = assigned_id {
-                properties.push(AssignedClientIdentifier(Bytes::copy_from_slice(
-                    id.as_bytes(),
-                )));
+                let id = Bytes::copy_from_slice(id.as_bytes());
+                properties.push(Property::AssignedClientIdentifier(id));
             }
             if self.keep_alive != self.requested_keep_alive {
-                properties.push(ServerKeepAlive(self.keep_alive));
+                properties.push(Property::ServerKeepAlive(self.keep_alive));
             }
-            properties.push(MaximumPacketSize(limits.max_packet_size));
-            properties.push(ReceiveMaximum(
-                limits.max_awaiting_rel.clamp(1, 65535) as u16
-            ));
-            properties.push(SharedSubscriptionAvailable(0));
-            properties.push(SubscriptionIdentifierAvailable(0));
+            if self.params.session_expiry == limits.max_session_expiry
+                && limits.max_session_expiry != u32::MAX
+            {
+                properties.push(Property::SessionExpiryInterval(self.params.session_expiry));
+            }
+            properties.push(Property::MaximumPacketSize(limits.max_packet_size));
+            let receive_max = limits.max_awaiting_rel.clamp(1, 65535) as u16;
+            properties.push(Property::ReceiveMaximum(receive_max));
+            properties.push(Property::TopicAliasMaximum(limits.max_topic_alias));
         }
         self.send(&Packet::ConnAck(crate::codec::ConnAck {
             session_present,
@@ -252,7 +311,7 @@ impl Session {
         }));
     }
 
-    /// Writes CONNACK-like control packets and acks.
+    /// Writes a control packet or ack.
     pub fn send(&mut self, packet: &Packet) {
         encode(packet, self.protocol, &mut self.tx);
     }
@@ -268,20 +327,14 @@ impl Session {
         self.last_rx = now;
         match packet {
             Packet::Publish(p) => self.on_publish(now, p, limits, events)?,
-            Packet::PubAck(a) => self.on_puback(a.pid, limits),
-            Packet::PubRec(a) => self.on_pubrec(a, limits),
+            Packet::PubAck(a) => self.on_puback(a.pid, limits, now),
+            Packet::PubRec(a) => self.on_pubrec(a, limits, now),
             Packet::PubRel(a) => self.on_pubrel(a.pid),
-            Packet::PubComp(a) => self.on_pubcomp(a.pid, limits),
-            Packet::Subscribe(s) => self.on_subscribe(s, limits, events),
+            Packet::PubComp(a) => self.on_pubcomp(a.pid, limits, now),
+            Packet::Subscribe(s) => self.on_subscribe(s, limits, events)?,
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, limits, events),
             Packet::PingReq => self.send(&Packet::PingResp),
-            Packet::Disconnect(d) => {
-                // 5.0 reason 0x04 asks for the will to be published anyway.
-                if d.reason != reason::DISCONNECT_WITH_WILL {
-                    self.will = None;
-                }
-                events.push(Event::Disconnect);
-            }
+            Packet::Disconnect(d) => self.on_disconnect(d, limits, events)?,
             Packet::Connect(_) => return Err(Violation::SecondConnect),
             Packet::Auth(_) => return Err(Violation::UnexpectedAuth),
             other @ (Packet::ConnAck(_)
@@ -292,6 +345,49 @@ impl Session {
         Ok(())
     }
 
+    fn on_disconnect(
+        &mut self,
+        d: crate::codec::Disconnect,
+        limits: &Limits,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Violation> {
+        if let Some(expiry) = d.properties.find(session_expiry) {
+            if self.connect_expiry_zero && expiry != 0 {
+                return Err(Violation::SessionExpiryRaised);
+            }
+            self.params.session_expiry = expiry.min(limits.max_session_expiry);
+        }
+        // 5.0 reason 0x04 asks for the will to be published anyway.
+        if d.reason != reason::DISCONNECT_WITH_WILL {
+            self.will = None;
+        }
+        events.push(Event::Disconnect);
+        Ok(())
+    }
+
+    /// The topic of a 5.0 PUBLISH, through its topic alias if it has one.
+    fn resolve_topic(&mut self, p: &Publish, limits: &Limits) -> Result<TopicName, Violation> {
+        let alias = p.properties.find(|p| match p {
+            Property::TopicAlias(a) => Some(*a),
+            _ => None,
+        });
+        let Some(alias) = alias else {
+            return TopicName::new(p.topic.clone(), limits.max_topic_levels)
+                .map_err(Violation::InvalidTopic);
+        };
+        let slot = usize::from(alias).checked_sub(1);
+        let Some(entry) = slot.and_then(|i| self.aliases_in.get_mut(i)) else {
+            return Err(Violation::TopicAliasInvalid);
+        };
+        if p.topic.is_empty() {
+            return entry.clone().ok_or(Violation::TopicAliasUnknown);
+        }
+        let topic = TopicName::new(p.topic.clone(), limits.max_topic_levels)
+            .map_err(Violation::InvalidTopic)?;
+        *entry = Some(topic.clone());
+        Ok(topic)
+    }
+
     fn on_publish(
         &mut self,
         now: u64,
@@ -299,14 +395,11 @@ impl Session {
         limits: &Limits,
         events: &mut Vec<Event>,
     ) -> Result<(), Violation> {
-        if p.properties.find(topic_alias).is_some() {
-            return Err(Violation::TopicAliasInvalid);
-        }
-        let topic =
-            TopicName::new(p.topic, limits.max_topic_levels).map_err(Violation::InvalidTopic)?;
+        let topic = self.resolve_topic(&p, limits)?;
         let qos = p.qos_pid.qos();
         let msg = Message::new(topic, p.payload, qos, p.retain)
-            .with_properties(forwarded_properties(p.properties))
+            .with_properties(p.properties, now)
+            .from_client(self.client_id.clone())
             .shared();
         match p.qos_pid {
             QosPid::AtMostOnce => events.push(Event::Publish(msg)),
@@ -338,17 +431,17 @@ impl Session {
         self.send(&Packet::PubComp(ack));
     }
 
-    fn on_puback(&mut self, pid: Pid, limits: &Limits) {
+    fn on_puback(&mut self, pid: Pid, limits: &Limits, now: u64) {
         if let Some(i) = self
             .out
             .position(pid, OutState::Published, QoS::AtLeastOnce)
         {
             self.out.inflight.remove(i);
-            self.pump(limits);
+            self.pump(limits, now);
         }
     }
 
-    fn on_pubrec(&mut self, ack: Ack, limits: &Limits) {
+    fn on_pubrec(&mut self, ack: Ack, limits: &Limits, now: u64) {
         let Some(i) = self
             .out
             .position(ack.pid, OutState::Published, QoS::ExactlyOnce)
@@ -363,43 +456,58 @@ impl Session {
         if ack.reason >= 0x80 {
             // 5.0: the receiver refused it; the flow ends here [MQTT-4.3.3-4].
             self.out.inflight.remove(i);
-            self.pump(limits);
+            self.pump(limits, now);
             return;
         }
         self.out.inflight[i].state = OutState::Released;
         self.send(&Packet::PubRel(Ack::new(ack.pid)));
     }
 
-    fn on_pubcomp(&mut self, pid: Pid, limits: &Limits) {
+    fn on_pubcomp(&mut self, pid: Pid, limits: &Limits, now: u64) {
         if let Some(i) = self.out.position(pid, OutState::Released, QoS::ExactlyOnce) {
             self.out.inflight.remove(i);
-            self.pump(limits);
+            self.pump(limits, now);
         }
     }
 
-    fn on_subscribe(&mut self, s: Subscribe, limits: &Limits, events: &mut Vec<Event>) {
+    fn on_subscribe(
+        &mut self,
+        s: Subscribe,
+        limits: &Limits,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Violation> {
         let v5 = self.protocol.is_v5();
+        let id = s.properties.find(|p| match p {
+            Property::SubscriptionIdentifier(i) => Some(*i),
+            _ => None,
+        });
+        let refused = |v5_code: u8| if v5 { v5_code } else { 0x80 };
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::with_capacity(s.filters.len());
         let mut existed = Vec::with_capacity(s.filters.len());
         for (raw, opts) in s.filters {
             let Ok(filter) = TopicFilter::new(raw, limits.max_topic_levels) else {
-                codes.push(if v5 {
-                    reason::TOPIC_FILTER_INVALID
-                } else {
-                    0x80
-                });
+                codes.push(refused(reason::TOPIC_FILTER_INVALID));
                 continue;
             };
+            match parse_shared(filter.as_str()) {
+                Some(Err(())) => {
+                    codes.push(refused(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                Some(Ok(_)) if opts.no_local && v5 => return Err(Violation::NoLocalOnShared),
+                _ => {}
+            }
             let exists = self.subscriptions.contains_key(&filter);
             if !exists && self.subscriptions.len() >= limits.max_subscriptions_per_client {
-                codes.push(if v5 { reason::QUOTA_EXCEEDED } else { 0x80 });
+                codes.push(refused(reason::QUOTA_EXCEEDED));
                 continue;
             }
             // A repeated filter replaces the old subscription [MQTT-3.8.4-3].
-            self.subscriptions.insert(filter.clone(), opts);
+            let entry = SubEntry { opts, id };
+            self.subscriptions.insert(filter.clone(), entry);
             codes.push(opts.qos as u8);
-            added.push((filter, opts));
+            added.push((filter, entry));
             existed.push(exists);
         }
         events.push(Event::Subscribe {
@@ -408,6 +516,7 @@ impl Session {
             added,
             existed,
         });
+        Ok(())
     }
 
     /// Completes a SUBSCRIBE once the router has made the subscriptions effective.
@@ -444,86 +553,128 @@ impl Session {
         events.push(Event::Unsubscribe(removed));
     }
 
-    /// Accepts a message routed to this session at `qos` (already the minimum of
-    /// publish and subscription QoS). `retain` is the RETAIN flag to send.
-    pub fn deliver(
-        &mut self,
-        msg: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        limits: &Limits,
-    ) -> Outcome {
-        if qos == QoS::AtMostOnce {
-            return self.deliver_qos0(msg, retain, limits);
+    /// Accepts a message routed to this session (`item.qos` is already the
+    /// minimum of publish and subscription QoS).
+    pub fn deliver(&mut self, item: Routed, limits: &Limits, now: u64) -> Outcome {
+        if item.msg.expired(now) {
+            return Outcome::DroppedExpired;
+        }
+        if item.qos == QoS::AtMostOnce {
+            return self.deliver_qos0(&item, limits, now);
         }
         let window_open = self.connected
             && self.out.queue.is_empty()
-            && self.out.inflight.len() < usize::from(limits.max_inflight_messages)
+            && self.out.inflight.len() < self.window(limits)
             && self.tx.len() < limits.max_write_buffer;
         if window_open {
-            self.send_inflight(msg.clone(), qos, retain);
-            return Outcome::Sent;
+            return self.send_inflight(item, now);
         }
         if !self.out.has_room(
-            msg.weight(),
+            item.msg.weight(),
             limits.max_queued_messages,
             limits.max_queued_bytes,
         ) {
             return Outcome::DroppedQueueFull;
         }
-        self.out.enqueue(Queued {
-            msg: msg.clone(),
-            qos,
-            retain,
-        });
+        self.out.enqueue(item);
         Outcome::Queued
     }
 
-    fn deliver_qos0(&mut self, msg: &Message, retain: bool, limits: &Limits) -> Outcome {
+    /// The outgoing window: our cap, narrowed by the client's Receive Maximum.
+    fn window(&self, limits: &Limits) -> usize {
+        usize::from(
+            limits
+                .max_inflight_messages
+                .min(self.params.receive_maximum),
+        )
+    }
+
+    fn deliver_qos0(&mut self, item: &Routed, limits: &Limits, now: u64) -> Outcome {
         if !self.connected {
             return Outcome::DroppedOffline;
         }
         if self.tx.len() >= limits.max_write_buffer {
             return Outcome::DroppedSlowConsumer;
         }
-        let delivery = Delivery {
-            qos_pid: QosPid::AtMostOnce,
+        self.encode_delivery(item, QosPid::AtMostOnce, now)
+    }
+
+    /// Encodes one PUBLISH, choosing a topic alias when the client accepts them,
+    /// and takes it back if it exceeds the client's maximum packet size.
+    fn encode_delivery(&mut self, item: &Routed, qos_pid: QosPid, now: u64) -> Outcome {
+        let alias = self.outgoing_alias(&item.msg.topic);
+        let d = Delivery {
+            qos_pid,
             dup: false,
-            retain,
+            retain: item.retain,
+            sub_ids: &item.sub_ids,
+            alias,
+            now,
         };
-        msg.encode_for(&mut self.tx, self.protocol, delivery);
+        let start = self.tx.len();
+        let len = item.msg.encode_for(&mut self.tx, self.protocol, &d);
+        if len > self.params.maximum_packet_size as usize {
+            self.tx.truncate(start);
+            return Outcome::DroppedTooLarge;
+        }
+        if let Alias::Set(a) = alias {
+            self.aliases_out.insert(item.msg.topic.clone(), a);
+        }
         Outcome::Sent
     }
 
-    fn send_inflight(&mut self, msg: Arc<Message>, qos: QoS, retain: bool) {
+    fn outgoing_alias(&self, topic: &TopicName) -> Alias {
+        let max = self.params.topic_alias_maximum;
+        if max == 0 {
+            return Alias::None;
+        }
+        match self.aliases_out.get(topic) {
+            Some(a) => Alias::Use(*a),
+            None if self.aliases_out.len() < usize::from(max) => {
+                Alias::Set(self.aliases_out.len() as u16 + 1)
+            }
+            None => Alias::None,
+        }
+    }
+
+    fn send_inflight(&mut self, item: Routed, now: u64) -> Outcome {
         let pid = self.out.allocate_pid();
-        let delivery = Delivery {
-            qos_pid: QosPid::new(qos, pid),
-            dup: false,
-            retain,
-        };
-        msg.encode_for(&mut self.tx, self.protocol, delivery);
-        self.out.inflight.push_back(Inflight {
-            pid,
-            msg,
-            qos,
-            retain,
-            state: OutState::Published,
-        });
+        let outcome = self.encode_delivery(&item, QosPid::new(item.qos, pid), now);
+        if outcome == Outcome::Sent {
+            self.out.inflight.push_back(Inflight {
+                pid,
+                item,
+                state: OutState::Published,
+            });
+        }
+        outcome
     }
 
     /// Moves queued messages into the inflight window while it and the output
     /// buffer have room. Called after acks and after the connection drained `tx`.
-    pub fn pump(&mut self, limits: &Limits) {
+    /// Returns how many queued messages expired on the way.
+    pub fn pump(&mut self, limits: &Limits, now: u64) -> usize {
+        let mut expired = 0;
         while self.connected
-            && self.out.inflight.len() < usize::from(limits.max_inflight_messages)
+            && self.out.inflight.len() < self.window(limits)
             && self.tx.len() < limits.max_write_buffer
         {
             let Some(item) = self.out.dequeue() else {
-                return;
+                break;
             };
-            self.send_inflight(item.msg, item.qos, item.retain);
+            if item.msg.expired(now) {
+                expired += 1;
+                continue;
+            }
+            self.send_inflight(item, now);
         }
+        expired
+    }
+
+    /// Messages that came through shared subscriptions and were not received for
+    /// sure: handed back so another group member gets them.
+    pub fn take_shared_unacked(&mut self) -> Vec<Routed> {
+        self.out.take_shared_unacked()
     }
 
     /// True when the client has been silent for 1.5 x its keep-alive [MQTT-3.1.2-24].
@@ -546,36 +697,11 @@ impl Session {
     }
 }
 
-fn topic_alias(p: &crate::codec::Property) -> Option<u16> {
+fn session_expiry(p: &Property) -> Option<u32> {
     match p {
-        crate::codec::Property::TopicAlias(a) => Some(*a),
+        Property::SessionExpiryInterval(s) => Some(*s),
         _ => None,
     }
-}
-
-/// The PUBLISH properties a subscriber receives unchanged [MQTT-3.3.2-15..20].
-fn forwarded_properties(props: Properties) -> Properties {
-    use crate::codec::Property::*;
-    if props.is_empty() {
-        return props;
-    }
-    Properties(
-        props
-            .0
-            .into_iter()
-            .filter(|p| {
-                matches!(
-                    p,
-                    PayloadFormatIndicator(_)
-                        | MessageExpiryInterval(_)
-                        | ContentType(_)
-                        | ResponseTopic(_)
-                        | CorrelationData(_)
-                        | UserProperty(..)
-                )
-            })
-            .collect(),
-    )
 }
 
 /// The client id used in logs.

@@ -16,20 +16,25 @@ pub enum OutState {
     Released,
 }
 
+/// A message routed to this session, with what its delivery needs.
 #[derive(Clone, Debug)]
-pub struct Inflight {
-    pub pid: Pid,
+pub struct Routed {
     pub msg: Arc<Message>,
     pub qos: QoS,
+    /// RETAIN flag to send.
     pub retain: bool,
-    pub state: OutState,
+    /// 5.0 subscription identifiers of the matching subscriptions.
+    pub sub_ids: Box<[u32]>,
+    /// The shared subscription (`$share/g/f`) it came through: if this client
+    /// goes away unacknowledged, the message goes to another member.
+    pub shared: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug)]
-pub struct Queued {
-    pub msg: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
+pub struct Inflight {
+    pub pid: Pid,
+    pub item: Routed,
+    pub state: OutState,
 }
 
 /// The outgoing side of a session.
@@ -37,7 +42,7 @@ pub struct Queued {
 pub struct Outbound {
     next_pid: Pid,
     pub inflight: VecDeque<Inflight>,
-    pub queue: VecDeque<Queued>,
+    pub queue: VecDeque<Routed>,
     pub queued_bytes: usize,
 }
 
@@ -68,15 +73,15 @@ impl Outbound {
     pub fn position(&self, pid: Pid, state: OutState, qos: QoS) -> Option<usize> {
         self.inflight
             .iter()
-            .position(|e| e.pid == pid && e.state == state && e.qos == qos)
+            .position(|e| e.pid == pid && e.state == state && e.item.qos == qos)
     }
 
-    pub fn enqueue(&mut self, item: Queued) {
+    pub fn enqueue(&mut self, item: Routed) {
         self.queued_bytes += item.msg.weight();
         self.queue.push_back(item);
     }
 
-    pub fn dequeue(&mut self) -> Option<Queued> {
+    pub fn dequeue(&mut self) -> Option<Routed> {
         let item = self.queue.pop_front()?;
         self.queued_bytes -= item.msg.weight();
         Some(item)
@@ -85,5 +90,28 @@ impl Outbound {
     /// True when one more message of `weight` bytes fits the queue caps.
     pub fn has_room(&self, weight: usize, max_messages: usize, max_bytes: usize) -> bool {
         self.queue.len() < max_messages && self.queued_bytes + weight <= max_bytes
+    }
+
+    /// Removes the messages that came through a shared subscription and that the
+    /// client has not received for sure (queued, or PUBLISH unacknowledged).
+    pub fn take_shared_unacked(&mut self) -> Vec<Routed> {
+        let mut taken = Vec::new();
+        self.inflight.retain(|e| {
+            let move_it = e.item.shared.is_some() && e.state == OutState::Published;
+            if move_it {
+                taken.push(e.item.clone());
+            }
+            !move_it
+        });
+        let queue = std::mem::take(&mut self.queue);
+        for item in queue {
+            if item.shared.is_some() {
+                self.queued_bytes -= item.msg.weight();
+                taken.push(item);
+            } else {
+                self.queue.push_back(item);
+            }
+        }
+        taken
     }
 }

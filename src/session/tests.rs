@@ -66,14 +66,20 @@ fn publish(qos: QoS, id: u16, topic: &'static str) -> Packet {
     })
 }
 
-fn msg(topic: &'static str, qos: QoS) -> Arc<Message> {
-    Message::new(
+fn msg(topic: &'static str, qos: QoS) -> Routed {
+    let msg = Message::new(
         TopicName::from_static(topic),
         Bytes::from_static(b"m"),
         qos,
         false,
-    )
-    .shared()
+    );
+    Routed {
+        msg: msg.shared(),
+        qos,
+        retain: false,
+        sub_ids: Box::new([]),
+        shared: None,
+    }
 }
 
 fn handle(s: &mut Session, now: u64, p: Packet) -> Result<Vec<Event>, Violation> {
@@ -139,7 +145,7 @@ fn outbound_qos1_window_queue_and_ack() {
     let lim = limits();
     let mut s = session(false);
     for _ in 0..4 {
-        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim);
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0);
     }
     // Window of 2: two PUBLISHes sent, two queued.
     let out = sent(&mut s);
@@ -147,11 +153,11 @@ fn outbound_qos1_window_queue_and_ack() {
     assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
     // Queue cap 3: one more fits, the next is dropped.
     assert_eq!(
-        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0),
         Outcome::Queued
     );
     assert_eq!(
-        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0),
         Outcome::DroppedQueueFull
     );
     let Packet::Publish(first) = &out[0] else {
@@ -168,7 +174,7 @@ fn outbound_qos1_window_queue_and_ack() {
 fn outbound_qos2_flow() {
     let lim = limits();
     let mut s = session(true);
-    s.deliver(&msg("t", QoS::ExactlyOnce), QoS::ExactlyOnce, false, &lim);
+    s.deliver(msg("t", QoS::ExactlyOnce), &lim, 0);
     let [Packet::Publish(p)] = &sent(&mut s)[..] else {
         panic!()
     };
@@ -187,26 +193,26 @@ fn outbound_qos2_flow() {
 fn reconnect_resends_with_dup_and_pubrel() {
     let lim = limits();
     let mut s = session(false);
-    s.deliver(&msg("a", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim);
-    s.deliver(&msg("b", QoS::ExactlyOnce), QoS::ExactlyOnce, false, &lim);
+    s.deliver(msg("a", QoS::AtLeastOnce), &lim, 0);
+    s.deliver(msg("b", QoS::ExactlyOnce), &lim, 0);
     let out = sent(&mut s);
     let Packet::Publish(q2) = &out[1] else {
         panic!()
     };
     let q2_id = q2.qos_pid.pid().unwrap();
     handle(&mut s, 1, Packet::PubRec(Ack::new(q2_id))).unwrap();
-    s.detach(true);
+    s.detach(true, &lim, 0);
     // Offline: QoS 1 is queued, QoS 0 is not.
     assert_eq!(
-        s.deliver(&msg("c", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        s.deliver(msg("c", QoS::AtLeastOnce), &lim, 0),
         Outcome::Queued
     );
     assert_eq!(
-        s.deliver(&msg("d", QoS::AtMostOnce), QoS::AtMostOnce, false, &lim),
+        s.deliver(msg("d", QoS::AtMostOnce), &lim, 0),
         Outcome::DroppedOffline
     );
     s.attach(&connect(false, 10), &lim, 5);
-    s.resume(&lim);
+    s.resume(&lim, 5);
     let out = sent(&mut s);
     let Packet::Publish(re) = &out[0] else {
         panic!()
@@ -229,11 +235,11 @@ fn slow_consumer_drops_qos0_only() {
     let mut s = session(true);
     let mut outcomes = Vec::new();
     for _ in 0..20 {
-        outcomes.push(s.deliver(&msg("t", QoS::AtMostOnce), QoS::AtMostOnce, false, &lim));
+        outcomes.push(s.deliver(msg("t", QoS::AtMostOnce), &lim, 0));
     }
     assert!(outcomes.contains(&Outcome::DroppedSlowConsumer));
     assert_eq!(
-        s.deliver(&msg("t", QoS::AtLeastOnce), QoS::AtLeastOnce, false, &lim),
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0),
         Outcome::Queued
     );
 }
@@ -252,10 +258,13 @@ fn keep_alive_expires_at_one_and_a_half() {
 fn will_on_abnormal_end_only() {
     let lim = limits();
     let mut s = session(true);
-    assert!(s.detach(true).is_some());
+    assert!(s.detach(true, &lim, 0).is_some());
     s.attach(&connect(true, 10), &lim, 0);
     handle(&mut s, 1, Packet::Disconnect(Disconnect::default())).unwrap();
-    assert!(s.detach(false).is_none(), "no will after DISCONNECT");
+    assert!(
+        s.detach(false, &lim, 0).is_none(),
+        "no will after DISCONNECT"
+    );
 }
 
 #[test]

@@ -11,13 +11,14 @@
 //! * [`TopicTree`] maps topic names to values and answers "which stored topics
 //!   does this filter match" (the retained-message store).
 //!
-//! `$share/...` filters are treated as ordinary filters here; shared
-//! subscriptions are handled by a higher layer.
+//! `$share/...` filters validate as ordinary filters; [`share`] splits them
+//! into group and filter for the router.
 
 use std::fmt;
 
 use bytes::Bytes;
 
+pub mod share;
 pub mod tree;
 pub mod trie;
 

@@ -1,0 +1,255 @@
+//! Routing a publish: local subscribers directly, other interested cores through
+//! the outboxes (one shared `Arc` each), shared groups to exactly one member, and
+//! retained updates to every core's replica.
+
+use std::sync::Arc;
+
+use super::{Core, CoreSet, Match, MeshMsg, SessionKey};
+use crate::message::Message;
+use crate::session::Routed;
+use crate::topic::share::parse_shared;
+
+impl Core {
+    /// Routes a message published on (or by a will of) this core.
+    pub fn route(&mut self, msg: Arc<Message>, now: u64) {
+        let mut targets = CoreSet::default();
+        self.interest
+            .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
+                targets.union(set)
+            });
+        if msg.retain {
+            self.store_retained(&msg, true);
+        }
+        for core in (0..self.cores).filter(|c| *c != self.id) {
+            let deliver = targets.contains(core);
+            if deliver || msg.retain {
+                self.outbox[core].push(MeshMsg::Publish {
+                    msg: msg.clone(),
+                    deliver,
+                });
+            }
+        }
+        if targets.contains(self.id) {
+            self.deliver_local(&msg, now);
+        }
+        if !self.shared_index.is_empty() {
+            self.route_shared_groups(&msg, now);
+        }
+    }
+
+    /// Fans a message out to this core's subscribers: once per session, at the
+    /// highest QoS among its matching subscriptions (capped by the publish QoS),
+    /// with every matching 5.0 subscription identifier.
+    fn deliver_local(&mut self, msg: &Arc<Message>, now: u64) {
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        let sessions = &self.sessions;
+        self.subs
+            .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |list| {
+                for s in list {
+                    if s.opts.no_local
+                        && is_publisher(sessions.get(s.key).map(|e| e.session.client_id()), msg)
+                    {
+                        continue;
+                    }
+                    matches.push(Match {
+                        key: s.key,
+                        qos: s.opts.qos.min(msg.qos),
+                        retain: s.opts.retain_as_published && msg.retain,
+                        id: s.id,
+                    });
+                }
+            });
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|m| m.key);
+        }
+        let mut i = 0;
+        while i < matches.len() {
+            let key = matches[i].key;
+            let run = matches[i..].iter().take_while(|m| m.key == key).count();
+            let group = &matches[i..i + run];
+            let item = Routed {
+                msg: msg.clone(),
+                qos: group.iter().map(|m| m.qos).max().unwrap_or_default(),
+                retain: group.iter().any(|m| m.retain),
+                sub_ids: group.iter().filter_map(|m| m.id).collect(),
+                shared: None,
+            };
+            self.deliver_to(key, item, now);
+            i += run;
+        }
+        self.matches = matches;
+    }
+
+    fn deliver_to(&mut self, key: SessionKey, item: Routed, now: u64) {
+        let limits = self.limits.clone();
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let outcome = e.session.deliver(item, &limits, now);
+        self.counters.count(outcome);
+        if outcome == crate::session::Outcome::Sent {
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Each shared group whose filter matches gets the message once.
+    fn route_shared_groups(&mut self, msg: &Arc<Message>, now: u64) {
+        let mut shares: Vec<Arc<str>> = Vec::new();
+        self.shared_index
+            .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |groups| {
+                shares.extend(groups.iter().map(|g| g.share.clone()));
+            });
+        for share in shares {
+            self.route_to_group(msg, share, None, 0, now);
+        }
+    }
+
+    /// Picks the core holding the next member of `share` and delivers there.
+    fn route_to_group(
+        &mut self,
+        msg: &Arc<Message>,
+        share: Arc<str>,
+        exclude: Option<usize>,
+        hops: u8,
+        now: u64,
+    ) {
+        let Some(Ok(parsed)) = parse_shared(&share) else {
+            return;
+        };
+        let publisher = msg.publisher.as_deref();
+        let picker = &mut self.picker;
+        let core = self
+            .shared_index
+            .get_mut(parsed.filter)
+            .and_then(|groups| groups.iter_mut().find(|g| g.share == share))
+            .and_then(|g| g.pick_core(picker, publisher, exclude));
+        match core {
+            Some(c) if c == self.id => self.deliver_shared(msg, share, hops, now),
+            Some(c) => self.outbox[c].push(MeshMsg::SharedPublish {
+                msg: msg.clone(),
+                share,
+                hops,
+            }),
+            None => self.counters.dropped_shared_no_member += 1,
+        }
+    }
+
+    /// Delivers to one local member of the group. If the members left meanwhile,
+    /// one more hop to another core that has members.
+    pub(super) fn deliver_shared(
+        &mut self,
+        msg: &Arc<Message>,
+        share: Arc<str>,
+        hops: u8,
+        now: u64,
+    ) {
+        let publisher = msg.publisher.as_deref();
+        let member = match self.shared.local.get_mut(&share) {
+            Some(group) => group.pick(&mut self.picker, publisher),
+            None => None,
+        };
+        let Some(m) = member else {
+            if hops == 0 {
+                self.route_to_group(msg, share, Some(self.id), 1, now);
+            } else {
+                self.counters.dropped_shared_no_member += 1;
+            }
+            return;
+        };
+        let item = Routed {
+            msg: msg.clone(),
+            qos: m.opts.qos.min(msg.qos),
+            retain: m.opts.retain_as_published && msg.retain,
+            sub_ids: m.id.into_iter().collect(),
+            shared: Some(share),
+        };
+        self.deliver_to(m.key, item, now);
+    }
+
+    /// A shared message its member did not acknowledge: to another member.
+    pub(super) fn reroute_shared(&mut self, item: Routed, now: u64) {
+        if let Some(share) = item.shared {
+            self.route_to_group(&item.msg, share, None, 0, now);
+        }
+    }
+
+    /// Updates this core's retained replica. `origin`: counted here only, so a
+    /// refusal is not counted once per core.
+    fn store_retained(&mut self, msg: &Arc<Message>, origin: bool) {
+        let topic = msg.topic.as_str();
+        if msg.payload.is_empty() {
+            if let Some(old) = self.retained.remove(topic) {
+                self.retained_bytes -= old.weight();
+            }
+        } else {
+            let old_weight = self.retained.get(topic).map_or(0, |m| m.weight());
+            let is_new = old_weight == 0;
+            let over_count = is_new && self.retained.len() >= self.limits.max_retained_messages;
+            let bytes = self.retained_bytes - old_weight + msg.weight();
+            if over_count || bytes > self.limits.max_retained_bytes {
+                if origin {
+                    self.counters.dropped_retained_cap += 1;
+                }
+                return;
+            }
+            self.retained.insert(topic, msg.clone());
+            self.retained_bytes = bytes;
+        }
+        self.counters.retained_current = self.retained.len() as u64;
+    }
+
+    /// Applies one message from another core. A handoff or shutdown is returned to
+    /// the caller, which owns sockets.
+    pub fn handle_mesh(&mut self, msg: MeshMsg, now: u64) -> Option<MeshMsg> {
+        match msg {
+            MeshMsg::Publish { msg, deliver } => {
+                if msg.retain {
+                    self.store_retained(&msg, false);
+                }
+                if deliver {
+                    self.deliver_local(&msg, now);
+                }
+            }
+            MeshMsg::Interest {
+                filter,
+                core,
+                add,
+                ack,
+            } => {
+                self.apply_interest(&filter, core, add);
+                if let Some(token) = ack {
+                    self.outbox[core].push(MeshMsg::InterestAck { token });
+                }
+            }
+            MeshMsg::SharedInterest {
+                share,
+                core,
+                delta,
+                ack,
+            } => {
+                if let Some(Ok(parsed)) = parse_shared(&share) {
+                    let inner = parsed.filter.to_owned();
+                    self.apply_shared(&share, &inner, core, delta);
+                }
+                if let Some(token) = ack {
+                    self.outbox[core].push(MeshMsg::InterestAck { token });
+                }
+            }
+            MeshMsg::SharedPublish { msg, share, hops } => {
+                self.deliver_shared(&msg, share, hops, now)
+            }
+            MeshMsg::InterestAck { token } => self.interest_acked(token),
+            other => return Some(other),
+        }
+        None
+    }
+}
+
+/// 5.0 "no local": is the subscriber the message's own publisher?
+fn is_publisher(subscriber: Option<&Arc<str>>, msg: &Message) -> bool {
+    match (subscriber, &msg.publisher) {
+        (Some(s), Some(p)) => Arc::ptr_eq(s, p) || s == p,
+        _ => false,
+    }
+}
