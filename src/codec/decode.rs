@@ -116,7 +116,36 @@ fn decode_body(first_byte: u8, body: Bytes, protocol: Protocol) -> Result<Packet
         other => return Err(DecodeError::ReservedPacketType(other)),
     };
     r.expect_end()?;
+    if v5 || matches!(packet, Packet::Connect(_)) {
+        check_places(&packet)?;
+    }
     Ok(packet)
+}
+
+/// Each property list may only hold the properties its packet allows.
+fn check_places(packet: &Packet) -> Result<()> {
+    use super::properties::Place;
+    match packet {
+        Packet::Connect(c) => {
+            c.properties.check_place(Place::Connect)?;
+            match &c.will {
+                Some(w) => w.properties.check_place(Place::Will),
+                None => Ok(()),
+            }
+        }
+        Packet::ConnAck(c) => c.properties.check_place(Place::ConnAck),
+        Packet::Publish(p) => p.properties.check_place(Place::Publish),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties.check_place(Place::Ack)
+        }
+        Packet::Subscribe(s) => s.properties.check_place(Place::Subscribe),
+        Packet::SubAck(s) => s.properties.check_place(Place::SubAck),
+        Packet::Unsubscribe(u) => u.properties.check_place(Place::Unsubscribe),
+        Packet::UnsubAck(u) => u.properties.check_place(Place::UnsubAck),
+        Packet::Disconnect(d) => d.properties.check_place(Place::Disconnect),
+        Packet::Auth(a) => a.properties.check_place(Place::Auth),
+        Packet::PingReq | Packet::PingResp => Ok(()),
+    }
 }
 
 fn packet_name(kind: u8) -> &'static str {

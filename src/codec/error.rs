@@ -40,6 +40,8 @@ pub enum DecodeError {
     DuplicateProperty(u8),
     #[error("property {0:#04x} has an invalid value")]
     InvalidPropertyValue(u8),
+    #[error("property {0:#04x} is not allowed in this packet [MQTT-2.2.2-2]")]
+    PropertyNotAllowed(u8),
     #[error("properties exceed the configured limit")]
     TooManyProperties,
     #[error("the first packet must be CONNECT [MQTT-3.1.0-1]")]

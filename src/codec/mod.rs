@@ -17,7 +17,7 @@ pub use decode::{decode, peek_frame, FrameHeader};
 pub use encode::{encode, encode_publish, encoded_len, PublishHeader};
 pub use error::DecodeError;
 pub use packet::*;
-pub use properties::{Properties, Property};
+pub use properties::{Place, Properties, Property};
 
 /// Protocol revision, from CONNECT's protocol level byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

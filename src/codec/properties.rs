@@ -201,6 +201,44 @@ fn nonzero_u16(id: u8, r: &mut Reader) -> Result<u16, DecodeError> {
     }
 }
 
+/// Where a property list sits, for the table of which properties each packet
+/// may carry (MQTT 5.0 section 2.2.2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Connect = 0,
+    Will,
+    ConnAck,
+    Publish,
+    Ack,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+/// Bit set of [`Place`]s where property `id` may appear.
+fn allowed_places(id: u8) -> u16 {
+    use Place::*;
+    let bits = |places: &[Place]| places.iter().fold(0u16, |m, p| m | 1 << *p as u16);
+    match id {
+        0x01..=0x03 | 0x08 | 0x09 => bits(&[Publish, Will]),
+        0x0B => bits(&[Publish, Subscribe]),
+        0x11 => bits(&[Connect, ConnAck, Disconnect]),
+        0x12 | 0x13 | 0x1A | 0x24 | 0x25 | 0x28..=0x2A => bits(&[ConnAck]),
+        0x15 | 0x16 => bits(&[Connect, ConnAck, Auth]),
+        0x17 | 0x19 => bits(&[Connect]),
+        0x18 => bits(&[Will]),
+        0x1C => bits(&[ConnAck, Disconnect]),
+        0x1F => bits(&[ConnAck, Ack, SubAck, UnsubAck, Disconnect, Auth]),
+        0x21 | 0x22 | 0x27 => bits(&[Connect, ConnAck]),
+        0x23 => bits(&[Publish]),
+        0x26 => u16::MAX,
+        _ => 0,
+    }
+}
+
 /// The properties of one packet, in wire order.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Properties(pub Vec<Property>);
@@ -222,6 +260,14 @@ impl Properties {
     /// subscription identifiers appear at most once).
     pub fn find<T>(&self, f: impl FnMut(&Property) -> Option<T>) -> Option<T> {
         self.0.iter().find_map(f)
+    }
+
+    /// Rejects a property that `place` may not carry [MQTT-2.2.2-2].
+    pub fn check_place(&self, place: Place) -> Result<(), DecodeError> {
+        match self.0.iter().find(|p| allowed_places(p.id()) & (1 << place as u16) == 0) {
+            Some(p) => Err(DecodeError::PropertyNotAllowed(p.id())),
+            None => Ok(()),
+        }
     }
 
     /// Bytes of the property list, without its length prefix.

@@ -268,6 +268,14 @@ fn arb_qos() -> impl Strategy<Value = QoS> {
     ]
 }
 
+/// User properties only: allowed in every packet.
+fn arb_user_props(v5: bool) -> impl Strategy<Value = Properties> {
+    let prop = (arb_bytes_str(), arb_bytes_str()).prop_map(|(k, v)| Property::UserProperty(k, v));
+    proptest::collection::vec(prop, 0..4)
+        .prop_map(move |v| Properties(if v5 { v } else { Vec::new() }))
+}
+
+/// Properties a PUBLISH may carry.
 fn arb_props(v5: bool) -> impl Strategy<Value = Properties> {
     // Only repeatable properties in the list, plus at most one content type.
     let prop = prop_oneof![
@@ -304,7 +312,7 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
     let subscribe = (
         1u16..,
         proptest::collection::vec((arb_bytes_str(), arb_qos()), 1..5),
-        arb_props(v5),
+        arb_user_props(v5),
     )
         .prop_map(|(id, filters, properties)| {
             Packet::Subscribe(Subscribe {
@@ -330,7 +338,7 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
         arb_bytes_str(),
         proptest::option::of((arb_bytes_str(), arb_bytes_str(), arb_qos(), any::<bool>())),
         proptest::option::of(arb_bytes_str()),
-        arb_props(v5),
+        arb_user_props(v5),
     )
         .prop_map(
             move |(clean_start, keep_alive, client_id, will, user, properties)| {
@@ -376,4 +384,17 @@ proptest! {
         let _ = decode(&mut buf, protocol, 1024);
         prop_assert!(buf.len() <= bytes.len());
     }
+}
+
+#[test]
+fn v5_property_in_the_wrong_packet_is_rejected() {
+    // PUBLISH carrying Session Expiry Interval (CONNECT/CONNACK/DISCONNECT only).
+    let bytes = [0x30, 9, 0, 1, b'a', 5, 0x11, 0, 0, 0, 1];
+    assert_eq!(
+        decode_all(&bytes, Protocol::V5),
+        Err(DecodeError::PropertyNotAllowed(0x11))
+    );
+    // The same property in DISCONNECT is fine.
+    let ok = [0xe0, 7, 0, 5, 0x11, 0, 0, 0, 1];
+    assert!(decode_all(&ok, Protocol::V5).unwrap().is_some());
 }

@@ -75,6 +75,8 @@ pub enum Violation {
     NoLocalOnShared,
     #[error("DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]")]
     SessionExpiryRaised,
+    #[error("PUBLISH from a client carries a subscription identifier [MQTT-3.3.4-6]")]
+    SubscriptionIdFromClient,
     #[error("keep-alive expired: nothing received for 1.5 x {0} s [MQTT-3.1.2-24]")]
     KeepAliveTimeout(u16),
 }
@@ -395,6 +397,10 @@ impl Session {
         limits: &Limits,
         events: &mut Vec<Event>,
     ) -> Result<(), Violation> {
+        let has_sub_id = |p: &Property| matches!(p, Property::SubscriptionIdentifier(_)).then_some(());
+        if p.properties.find(has_sub_id).is_some() {
+            return Err(Violation::SubscriptionIdFromClient);
+        }
         let topic = self.resolve_topic(&p, limits)?;
         let qos = p.qos_pid.qos();
         let msg = Message::new(topic, p.payload, qos, p.retain)
