@@ -13,6 +13,7 @@ use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf,
     Splitable,
 };
+use monoio::buf::{IoBufMut, SliceMut};
 use monoio::net::TcpStream;
 
 use super::context::{ConnSignals, Ctx};
@@ -123,8 +124,8 @@ async fn read_connect(
             None => {}
         }
         buf.reserve(MIN_READ);
-        let (res, b) = stream.read(std::mem::take(buf)).await;
-        *buf = b;
+        let (res, b) = stream.read(spare_of(std::mem::take(buf))).await;
+        *buf = b.into_inner();
         match res {
             Ok(0) | Err(_) => return Err(DecodeError::Truncated("CONNECT")),
             Ok(_) => {}
@@ -263,6 +264,13 @@ async fn serve(
     ctx.apply_effects();
 }
 
+/// The unfilled part of `buf`: monoio reads into a buffer from its start, so a
+/// read that must append after a partial frame goes through this view.
+fn spare_of(buf: BytesMut) -> SliceMut<BytesMut> {
+    let (len, cap) = (buf.len(), buf.capacity());
+    buf.slice_mut(len..cap)
+}
+
 /// Smallest read buffer: what an idle connection holds while its read is pending.
 const MIN_READ: usize = 512;
 
@@ -336,8 +344,8 @@ impl Link {
             }
             let spare = sizer.prepare(&mut buf);
             let handle = self.signals.cancel_handle();
-            let (res, b) = rd.cancelable_read(buf, handle).await;
-            buf = b;
+            let (res, b) = rd.cancelable_read(spare_of(buf), handle).await;
+            buf = b.into_inner();
             match res {
                 Ok(0) => return true,
                 Ok(n) => {
