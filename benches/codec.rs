@@ -65,17 +65,13 @@ fn bench_deliver(c: &mut Criterion) {
         ("qos0", QosPid::AtMostOnce),
         ("qos1", QosPid::AtLeastOnce(Pid::new(7).unwrap())),
     ] {
-        let d = Delivery {
-            qos_pid,
-            dup: false,
-            retain: false,
-        };
+        let d = Delivery::plain(qos_pid, false, false);
         group.bench_function(name, |b| {
             b.iter(|| {
                 if out.len() > 60_000 {
                     out.clear();
                 }
-                msg.encode_for(&mut out, Protocol::V3_1_1, d);
+                msg.encode_for(&mut out, Protocol::V3_1_1, &d);
             })
         });
     }

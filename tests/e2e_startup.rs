@@ -1,13 +1,15 @@
-//! Broker start-up as the tests (and embedders) use it: `Broker::start` must
-//! report the address every core listens on, including with port 0.
+//! Broker start-up as the tests (and embedders) use it: with port 0,
+//! `Broker::start` must report the one port that every core listens on.
+//!
+//! Regression test for a bug found by these tests (fixed in 9df3136): each
+//! core bound its own SO_REUSEPORT listener to port 0, so every core got a
+//! different ephemeral port and `Broker::addr` named only one of them.
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use common::*;
-use ringmq::server::Broker;
 
 /// Local ports of the listening TCP sockets on 127.0.0.1 in this network
 /// namespace (from /proc/net/tcp), one entry per socket.
@@ -25,69 +27,57 @@ fn loopback_listeners() -> Vec<u16> {
         .collect()
 }
 
-/// With an explicit port, every core listens on it (SO_REUSEPORT), and the
-/// harness's reserved port is what `Broker::start` reports.
+/// Port 0: every core's SO_REUSEPORT listener is on the reported port.
 #[test]
-fn every_core_listens_on_the_reported_port() {
-    let broker = start(2, |_| {});
-    assert_eq!(broker.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let on_port = loopback_listeners()
-        .into_iter()
-        .filter(|p| *p == broker.port)
-        .count();
-    assert_eq!(on_port, 2, "one SO_REUSEPORT listener per core on port {}", broker.port);
+fn port_zero_every_core_listens_on_the_reported_port() {
+    for cores in [1, 2, 4] {
+        let broker = start(cores, |_| {});
+        assert_eq!(broker.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let on_port = loopback_listeners()
+            .into_iter()
+            .filter(|p| *p == broker.port)
+            .count();
+        assert_eq!(
+            on_port, cores,
+            "{cores} cores: one SO_REUSEPORT listener per core on port {}",
+            broker.port
+        );
+    }
 }
 
-/// BROKER BUG (reported; the harness works around it by reserving a port, see
-/// `reserve_port` in tests/common/mod.rs).
-///
-/// With `port = 0`, each core's worker binds its own SO_REUSEPORT listener to
-/// port 0 (src/server/worker.rs `serve` -> `bind_reuseport(addr)` with the
-/// configured addr), so the kernel gives every core a *different* ephemeral
-/// port. `Broker::start` (src/server/mod.rs) keeps whichever core reported
-/// last as `addr`: clients only ever reach that one core's listener, the
-/// other cores' listeners sit on ports nobody knows, and the accept load is
-/// not spread at all.
-///
-/// Fix: bind core 0 first with the configured address, then start the other
-/// cores with core 0's actual `local_addr()` (or resolve port 0 once in
-/// `Broker::start` before spawning the workers).
-#[test]
-fn bug_port_zero_gives_each_core_its_own_port() {
-    let mut config = test_config(2);
-    config.port = 0;
-    let broker = Broker::start(config).expect("broker starts");
-    assert_ne!(broker.addr.port(), 0, "Broker::start must report the bound port");
-    let port = broker.addr.port();
-    let on_port = loopback_listeners().into_iter().filter(|p| *p == port).count();
-    // Shut down before asserting so a failure does not leak the broker threads.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        broker.shutdown();
-        let _ = tx.send(());
-    });
-    let _ = rx.recv_timeout(Duration::from_secs(10));
-    assert_eq!(
-        on_port, 2,
-        "with port 0, both cores must listen on the reported port {port}; \
-         only {on_port} does (each core bound its own ephemeral port)"
-    );
-}
-
-/// The port-0 broker still serves clients on the reported address (whatever
-/// core accepts, the connection is handed to the owner of its client id).
+/// Four cores: a subscriber on every core gets the messages of a publisher
+/// on every core (all twelve cross-core paths and the four local ones).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_zero_broker_serves_clients_on_reported_addr() {
-    let mut config = test_config(2);
-    config.port = 0;
-    let broker = Broker::start(config).expect("broker starts");
-    let addr = broker.addr;
-    let mut sub = V4::connect(addr, &id_on(1, 2, "p0-sub")).await;
-    sub.subscribe_ok("p0/t", v4::QoS::AtLeastOnce).await;
-    let publisher = V4::connect(addr, &id_on(0, 2, "p0-pub")).await;
-    publisher.publish("p0/t", v4::QoS::AtLeastOnce, false, "hello").await;
-    let got = sub.recv_publish().await;
-    assert_eq!(&got.payload[..], b"hello");
-    drop((sub, publisher));
-    tokio::task::spawn_blocking(move || broker.shutdown());
+async fn four_cores_every_path() {
+    let broker = start(4, |_| {});
+    let mut subs = Vec::new();
+    for core in 0..4 {
+        let mut s = V4::connect(broker.addr, &id_on(core, 4, &format!("c4-sub{core}"))).await;
+        s.subscribe_ok("c4/+", v4::QoS::AtLeastOnce).await;
+        subs.push(s);
+    }
+    for core in 0..4 {
+        let mut p = V4::connect(broker.addr, &id_on(core, 4, &format!("c4-pub{core}"))).await;
+        p.publish(
+            &format!("c4/{core}"),
+            v4::QoS::AtLeastOnce,
+            false,
+            format!("from{core}"),
+        )
+        .await;
+        p.wait_acks(1, v4::QoS::AtLeastOnce).await;
+    }
+    for (core, s) in subs.iter_mut().enumerate() {
+        let got: Vec<String> = s
+            .recv_publishes(4)
+            .await
+            .into_iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        assert_eq!(
+            got,
+            ["from0", "from1", "from2", "from3"],
+            "subscriber on core {core}"
+        );
+    }
 }

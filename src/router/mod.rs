@@ -263,7 +263,7 @@ impl Core {
         let Some(old) = e.conn.take() else {
             return;
         };
-        let will = e.session.detach(true, &limits, now);
+        let will = e.session.detach(&limits, now);
         self.counters.takeovers += 1;
         self.counters.connections_current -= 1;
         self.closing.push((old, CloseReason::SessionTakenOver));
@@ -271,8 +271,9 @@ impl Core {
         self.release_will(key, will, now);
     }
 
-    /// The connection `conn` of session `key` ended. `abnormal`: not by DISCONNECT.
-    pub fn disconnected(&mut self, key: SessionKey, conn: ConnId, abnormal: bool, now: u64) {
+    /// The connection `conn` of session `key` ended. The session still holds a
+    /// will unless a DISCONNECT cleared it.
+    pub fn disconnected(&mut self, key: SessionKey, conn: ConnId, now: u64) {
         let limits = self.limits.clone();
         let Some(e) = self.sessions.get_mut(key) else {
             return;
@@ -282,7 +283,7 @@ impl Core {
         }
         e.conn = None;
         self.counters.connections_current -= 1;
-        let will = e.session.detach(abnormal, &limits, now);
+        let will = e.session.detach(&limits, now);
         let expiry = e.session.session_expiry();
         self.activate_shared(key, false);
         self.release_will(key, will, now);

@@ -158,7 +158,7 @@ fn unsubscribe_withdraws_interest() {
     let mut c = Cluster::new(2);
     let sub = c.connect(1, "sub", true);
     c.subscribe(1, sub, "x", QoS::AtMostOnce);
-    c.cores[1].disconnected(sub, 1, false, 0);
+    c.cores[1].disconnected(sub, 1, 0);
     c.settle();
     let publ = c.connect(0, "pub", true);
     c.publish(0, publ, "x", false, b"1");
@@ -223,6 +223,6 @@ fn takeover_resumes_persistent_session() {
     assert_eq!(again.key, first);
     assert_eq!(c.cores[0].closing, vec![(1, CloseReason::SessionTakenOver)]);
     // The old connection's end is ignored: the session belongs to connection 2.
-    c.cores[0].disconnected(first, 1, true, 0);
+    c.cores[0].disconnected(first, 1, 0);
     assert_eq!(c.cores[0].counters.sessions_current, 1);
 }

@@ -252,14 +252,14 @@ async fn serve(
         protocol,
     };
     let writer = monoio::spawn(write_loop(link.clone(), write_half));
-    let abnormal = link.read_loop(read_half, buf, &client_id).await;
+    link.read_loop(read_half, buf, &client_id).await;
     signals.finishing.set(true);
     signals.writer.notify();
     let grace = std::time::Duration::from_secs(1);
     let _ = Box::pin(monoio::time::timeout(grace, writer)).await;
     ctx.core
         .borrow_mut()
-        .disconnected(attached.key, conn, abnormal, ctx.now());
+        .disconnected(attached.key, conn, ctx.now());
     ctx.conns.borrow_mut().remove(&conn);
     ctx.apply_effects();
 }
@@ -328,26 +328,22 @@ struct Link {
 type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
 
 impl Link {
-    /// Reads until the connection ends. Returns whether the end was abnormal (the
-    /// will is published) rather than a DISCONNECT.
-    async fn read_loop(&self, mut rd: ReadHalf, mut buf: BytesMut, client_id: &str) -> bool {
+    /// Reads until the connection ends (DISCONNECT, violation, close or error).
+    async fn read_loop(&self, mut rd: ReadHalf, mut buf: BytesMut, client_id: &str) {
         let mut sizer = ReadSizer::new(self.ctx.shared.config.read_buffer_size);
         loop {
-            match self.process(&mut buf, client_id).await {
-                Ok(true) => return false,
-                Ok(false) => {}
-                Err(()) => return true,
+            if self.process(&mut buf, client_id).await {
+                return;
             }
             if let Some(reason) = self.signals.close.get() {
-                self.log_close(client_id, reason);
-                return true;
+                return self.log_close(client_id, reason);
             }
             let spare = sizer.prepare(&mut buf);
             let handle = self.signals.cancel_handle();
             let (res, b) = rd.cancelable_read(spare_of(buf), handle).await;
             buf = b.into_inner();
             match res {
-                Ok(0) => return true,
+                Ok(0) => return,
                 Ok(n) => {
                     sizer.observe(n, spare);
                     self.ctx.core.borrow_mut().counters.bytes_received += n as u64;
@@ -358,7 +354,7 @@ impl Link {
                     } else {
                         tracing::debug!(client_id, error = %e, "read failed");
                     }
-                    return true;
+                    return;
                 }
             }
         }
@@ -388,16 +384,16 @@ impl Link {
         }
     }
 
-    /// Decodes and handles every complete frame in `buf`. `Ok(true)`: DISCONNECT.
+    /// Decodes and handles every complete frame in `buf`. True: the connection
+    /// ends (DISCONNECT or a violation).
     /// The per-packet work is synchronous ([`Link::step`]); only the rare waits
     /// (a subscription barrier, a full mesh queue) are awaited, which keeps this
     /// task's state, held by every idle connection, small.
-    async fn process(&self, buf: &mut BytesMut, client_id: &str) -> Result<bool, ()> {
+    async fn process(&self, buf: &mut BytesMut, client_id: &str) -> bool {
         loop {
             match self.step(buf, client_id) {
                 Step::Drained => break,
-                Step::Disconnect => return Ok(true),
-                Step::Violation => return Err(()),
+                Step::Disconnect | Step::Violation => return true,
                 Step::Subscribe(mut pending) => {
                     if let Some(barrier) = pending.barrier.take() {
                         self.ctx.apply_effects();
@@ -413,7 +409,7 @@ impl Link {
             // Boxed: rare, and its timer would otherwise enlarge every connection.
             Box::pin(self.ctx.wait_outbox_drained()).await;
         }
-        Ok(false)
+        false
     }
 
     /// Handles frames until the buffer is drained or something must be awaited.

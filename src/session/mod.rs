@@ -231,15 +231,14 @@ impl Session {
         self.will = connect.will.clone();
     }
 
-    /// The connection ended. Returns the will to publish when the end was abnormal
-    /// (or a 5.0 DISCONNECT 0x04 kept it).
-    pub fn detach(&mut self, abnormal: bool, limits: &Limits, now: u64) -> Option<WillRelease> {
+    /// The connection ended. Returns the will to publish: after an abnormal end,
+    /// or a 5.0 DISCONNECT with reason 0x04.
+    pub fn detach(&mut self, limits: &Limits, now: u64) -> Option<WillRelease> {
         self.connected = false;
         self.tx.clear();
+        // A normal DISCONNECT already cleared the will, unless its reason (5.0
+        // 0x04) asked for it to be published.
         let will = self.will.take()?;
-        if !abnormal {
-            return None;
-        }
         let topic = TopicName::new(will.topic, limits.max_topic_levels).ok()?;
         let delay = will.properties.find(|p| match p {
             Property::WillDelayInterval(d) => Some(*d),

@@ -12,7 +12,7 @@
 //! Every wait here is bounded: [`STEP`] for one expected event, explicit
 //! deadlines elsewhere. A hang fails the test with a message, never the CI job.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -21,14 +21,14 @@ use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::channel::mpsc;
+use futures::StreamExt;
 use ringmq::codec::{self, Protocol};
 use ringmq::config::Config;
 use ringmq::metrics::Counters;
 use ringmq::router::owner_core;
 use ringmq::server::Broker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use futures::channel::mpsc;
-use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 /// Longest wait for one expected event (a CONNACK, a SUBACK, the next message).
@@ -54,8 +54,6 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub port: u16,
     pub cores: usize,
-    /// Keeps the port reserved (see [`reserve_port`]) while the broker runs.
-    _reservation: socket2::Socket,
 }
 
 impl Deref for TestBroker {
@@ -100,46 +98,26 @@ impl Drop for TestBroker {
             let _ = tx.send(());
         });
         if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            eprintln!("WARNING: broker on port {} did not shut down within 10 s", self.port);
+            eprintln!(
+                "WARNING: broker on port {} did not shut down within 10 s",
+                self.port
+            );
         }
     }
 }
 
-/// Reserves a free loopback port: a socket bound with SO_REUSEPORT but never
-/// listening. It receives no connections, yet no other `bind(0)` (in any
-/// process) can be handed this port while it is held, and the broker's own
-/// SO_REUSEPORT listeners (same user) may still bind it.
-///
-/// Why not port 0: each core binds its own SO_REUSEPORT listener, so with port
-/// 0 each core gets a *different* kernel-chosen port and `Broker::addr` reports
-/// only one of them (see `bug_port_zero_gives_each_core_its_own_port` in
-/// tests/e2e_session.rs).
-fn reserve_port() -> (socket2::Socket, u16) {
-    use socket2::{Domain, Protocol as P, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(P::TCP)).expect("socket");
-    s.set_reuse_address(true).expect("SO_REUSEADDR");
-    s.set_reuse_port(true).expect("SO_REUSEPORT");
-    let any: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
-    s.bind(&any.into()).expect("bind 127.0.0.1:0");
-    let port = s
-        .local_addr()
-        .expect("local addr")
-        .as_socket()
-        .expect("inet")
-        .port();
-    (s, port)
-}
-
-/// The configuration every test starts from: loopback, `cores` cores, no
-/// pinning (the CI machine is shared), quiet logs.
+/// The configuration every test starts from: loopback, port 0 (the kernel
+/// picks one, shared by every core's listener), `cores` cores, no pinning (the
+/// CI machine is shared), quiet logs.
 pub fn test_config(cores: usize) -> Config {
-    let mut config = Config::default();
-    config.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    config.port = 0;
-    config.cores = cores;
-    config.pin_cores = false;
-    config.log_level = "warn".to_owned();
-    config
+    Config {
+        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 0,
+        cores,
+        pin_cores: false,
+        log_level: "warn".to_owned(),
+        ..Config::default()
+    }
 }
 
 /// Starts a broker on 127.0.0.1 with `cores` cores, after `tweak` adjusted the
@@ -148,20 +126,15 @@ pub fn start(cores: usize, tweak: impl FnOnce(&mut Config)) -> TestBroker {
     let mut config = test_config(cores);
     tweak(&mut config);
     config.validate().expect("test configuration must be valid");
-    let (reservation, port) = reserve_port();
-    config.port = port;
     let broker = Broker::start(config).expect("broker starts");
-    assert_eq!(
-        broker.addr,
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        "Broker::start must report the address it listens on"
-    );
+    let port = broker.addr.port();
+    assert_ne!(port, 0, "Broker::start must report the port it bound");
+    assert_eq!(broker.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
     TestBroker {
         addr: broker.addr,
         port,
         cores,
         broker: Some(broker),
-        _reservation: reservation,
     }
 }
 
@@ -298,7 +271,11 @@ impl V4 {
 
     /// Waits for the first packet `pick` accepts; others are kept, in order,
     /// for later calls.
-    pub async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&v4::Packet) -> Option<T>) -> T {
+    pub async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&v4::Packet) -> Option<T>,
+    ) -> T {
         let mut skipped = VecDeque::new();
         let deadline = tokio::time::Instant::now() + STEP;
         let found = loop {
@@ -319,7 +296,10 @@ impl V4 {
 
     /// Subscribes and waits for the SUBACK; returns its return codes.
     pub async fn subscribe(&mut self, filter: &str, qos: v4::QoS) -> Vec<v4::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue SUBSCRIBE");
         self.expect(&format!("SUBACK for {filter}"), |p| match p {
             v4::Packet::SubAck(s) => Some(s.return_codes.clone()),
             _ => None,
@@ -330,10 +310,20 @@ impl V4 {
     /// Subscribes and asserts the broker granted `qos`.
     pub async fn subscribe_ok(&mut self, filter: &str, qos: v4::QoS) {
         let codes = self.subscribe(filter, qos).await;
-        assert_eq!(codes, vec![v4::SubscribeReasonCode::Success(qos)], "SUBACK for {filter}");
+        assert_eq!(
+            codes,
+            vec![v4::SubscribeReasonCode::Success(qos)],
+            "SUBACK for {filter}"
+        );
     }
 
-    pub async fn publish(&self, topic: &str, qos: v4::QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: v4::QoS,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) {
         self.client
             .publish(topic, qos, retain, payload)
             .await
@@ -356,7 +346,9 @@ impl V4 {
             match self.next_within(STEP).await {
                 Some(Ev::Packet(v4::Packet::Publish(p))) => got.push(p),
                 Some(Ev::Packet(_)) => {}
-                Some(Ev::Closed(e)) => panic!("{}: closed after {} of {n}: {e}", self.id, got.len()),
+                Some(Ev::Closed(e)) => {
+                    panic!("{}: closed after {} of {n}: {e}", self.id, got.len())
+                }
                 None => panic!(
                     "{}: only {} of {n} PUBLISHes arrived (next missing after {STEP:?})",
                     self.id,
@@ -396,10 +388,15 @@ impl V4 {
         while acks < n {
             match self.next_within(STEP).await {
                 Some(Ev::Packet(v4::Packet::PubAck(_))) if qos == v4::QoS::AtLeastOnce => acks += 1,
-                Some(Ev::Packet(v4::Packet::PubComp(_))) if qos == v4::QoS::ExactlyOnce => acks += 1,
+                Some(Ev::Packet(v4::Packet::PubComp(_))) if qos == v4::QoS::ExactlyOnce => {
+                    acks += 1
+                }
                 Some(Ev::Packet(p)) => skipped.push_back(Ev::Packet(p)),
                 Some(Ev::Closed(e)) => panic!("{}: closed after {acks}/{n} acks: {e}", self.id),
-                None => panic!("{}: only {acks}/{n} acks within {STEP:?} of the last", self.id),
+                None => panic!(
+                    "{}: only {acks}/{n} acks within {STEP:?} of the last",
+                    self.id
+                ),
             }
         }
         skipped.extend(self.backlog.drain(..));
@@ -435,8 +432,8 @@ impl V4 {
 
 pub mod v5 {
     pub use rumqttc::v5::mqttbytes::v5::{
-        ConnAck, ConnectReturnCode, LastWill, Packet, Publish, PublishProperties,
-        SubscribeReasonCode,
+        ConnAck, ConnectReturnCode, Filter, LastWill, Packet, Publish, PublishProperties,
+        RetainForwardRule, SubscribeReasonCode,
     };
     pub use rumqttc::v5::mqttbytes::QoS;
     pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -523,7 +520,11 @@ impl V5 {
         }
     }
 
-    pub async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&v5::Packet) -> Option<T>) -> T {
+    pub async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&v5::Packet) -> Option<T>,
+    ) -> T {
         let mut skipped = VecDeque::new();
         let deadline = tokio::time::Instant::now() + STEP;
         let found = loop {
@@ -542,15 +543,67 @@ impl V5 {
         found
     }
 
+    /// Subscribes to several filters (5.0 options) in one SUBSCRIBE; returns
+    /// the SUBACK reason codes.
+    pub async fn subscribe_filters(
+        &mut self,
+        filters: Vec<v5::Filter>,
+    ) -> Vec<v5::SubscribeReasonCode> {
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.expect("SUBACK", |p| match p {
+            v5::Packet::SubAck(s) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn recv_publish(&mut self) -> v5::Publish {
+        self.expect("PUBLISH", |p| match p {
+            v5::Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asserts that no PUBLISH arrives within `quiet` (negative check).
+    pub async fn assert_no_publish(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next_within(left).await {
+                Some(Ev::Packet(v5::Packet::Publish(p))) => panic!(
+                    "{}: unexpected PUBLISH on {:?} (retain={}): {:?}",
+                    self.id, p.topic, p.retain, p.payload
+                ),
+                Some(Ev::Packet(_)) => {}
+                Some(Ev::Closed(e)) => panic!("{}: closed: {e}", self.id),
+                None => return,
+            }
+        }
+    }
+
     pub async fn subscribe_ok(&mut self, filter: &str, qos: v5::QoS) {
-        self.client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue SUBSCRIBE");
         let codes = self
             .expect(&format!("SUBACK for {filter}"), |p| match p {
                 v5::Packet::SubAck(s) => Some(s.return_codes.clone()),
                 _ => None,
             })
             .await;
-        assert_eq!(codes, vec![v5::SubscribeReasonCode::Success(qos)], "SUBACK for {filter}");
+        assert_eq!(
+            codes,
+            vec![v5::SubscribeReasonCode::Success(qos)],
+            "SUBACK for {filter}"
+        );
     }
 
     pub async fn recv_publishes(&mut self, n: usize) -> Vec<v5::Publish> {
@@ -559,7 +612,9 @@ impl V5 {
             match self.next_within(STEP).await {
                 Some(Ev::Packet(v5::Packet::Publish(p))) => got.push(p),
                 Some(Ev::Packet(_)) => {}
-                Some(Ev::Closed(e)) => panic!("{}: closed after {} of {n}: {e}", self.id, got.len()),
+                Some(Ev::Closed(e)) => {
+                    panic!("{}: closed after {} of {n}: {e}", self.id, got.len())
+                }
                 None => panic!("{}: only {} of {n} PUBLISHes arrived", self.id, got.len()),
             }
         }
@@ -572,10 +627,15 @@ impl V5 {
         while acks < n {
             match self.next_within(STEP).await {
                 Some(Ev::Packet(v5::Packet::PubAck(_))) if qos == v5::QoS::AtLeastOnce => acks += 1,
-                Some(Ev::Packet(v5::Packet::PubComp(_))) if qos == v5::QoS::ExactlyOnce => acks += 1,
+                Some(Ev::Packet(v5::Packet::PubComp(_))) if qos == v5::QoS::ExactlyOnce => {
+                    acks += 1
+                }
                 Some(Ev::Packet(p)) => skipped.push_back(Ev::Packet(p)),
                 Some(Ev::Closed(e)) => panic!("{}: closed after {acks}/{n} acks: {e}", self.id),
-                None => panic!("{}: only {acks}/{n} acks within {STEP:?} of the last", self.id),
+                None => panic!(
+                    "{}: only {acks}/{n} acks within {STEP:?} of the last",
+                    self.id
+                ),
             }
         }
         skipped.extend(self.backlog.drain(..));
@@ -598,9 +658,10 @@ impl V5 {
 
 // ---- raw sockets with ringmq's codec -----------------------------------------------
 
+pub use codec::QoS as RawQoS;
 pub use codec::{
-    Ack, ConnAck, Connect, Disconnect, Packet, Pid, Properties, Property, Publish, QoS, QosPid,
-    SubAck, SubOptions, Subscribe, Will,
+    Ack, ConnAck, Connect, Disconnect, Packet, Pid, Properties, Property, Publish, QosPid, SubAck,
+    SubOptions, Subscribe, Will,
 };
 
 /// What a raw read produced.
@@ -641,7 +702,7 @@ pub fn connect_packet(
     }))
 }
 
-pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> Will {
+pub fn will(topic: &str, payload: &str, qos: RawQoS, retain: bool) -> Will {
     Will {
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
@@ -655,7 +716,7 @@ pub fn pid(n: u16) -> Pid {
     Pid::new(n).expect("non-zero packet id")
 }
 
-pub fn subscribe_packet(pid_: u16, filters: &[(&str, QoS)]) -> Packet {
+pub fn subscribe_packet(pid_: u16, filters: &[(&str, RawQoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
         pid: pid(pid_),
         filters: filters
@@ -722,10 +783,22 @@ impl Raw {
     }
 
     /// Connects with 3.1.1 and waits for an accepting CONNACK.
-    pub async fn connect(addr: SocketAddr, id: &str, clean: bool, keep_alive: u16, will: Option<Will>) -> Raw {
+    pub async fn connect(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        keep_alive: u16,
+        will: Option<Will>,
+    ) -> Raw {
         let mut raw = Raw::open(addr).await;
         let ack = raw
-            .handshake(connect_packet(Protocol::V3_1_1, id, clean, keep_alive, will))
+            .handshake(connect_packet(
+                Protocol::V3_1_1,
+                id,
+                clean,
+                keep_alive,
+                will,
+            ))
             .await;
         assert_eq!(ack.code, 0, "{id}: CONNACK refused: {ack:?}");
         raw
@@ -796,15 +869,15 @@ impl Raw {
             match self.next_within(left).await {
                 RawEv::Closed => return before,
                 RawEv::Packet(p) => before.push(p),
-                RawEv::Silent => panic!(
-                    "broker did not close the connection within {limit:?} (sent {before:?})"
-                ),
+                RawEv::Silent => {
+                    panic!("broker did not close the connection within {limit:?} (sent {before:?})")
+                }
             }
         }
     }
 
     /// Subscribes and returns the SUBACK codes.
-    pub async fn subscribe(&mut self, pid_: u16, filters: &[(&str, QoS)]) -> Vec<u8> {
+    pub async fn subscribe(&mut self, pid_: u16, filters: &[(&str, RawQoS)]) -> Vec<u8> {
         self.send(&subscribe_packet(pid_, filters)).await;
         match self.recv().await {
             Packet::SubAck(s) => s.codes,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite as CI does: every crate of the workspace, every
+# target (unit, integration and end-to-end tests; benches run once in test
+# mode).
+#
+# The end-to-end tests in tests/e2e_mosquitto_clients.rs drive Eclipse
+# Mosquitto's command-line clients and fail loudly when they are missing, so
+# this script installs them first when it can (root with apt-get). Idempotent:
+# nothing is installed when the tools are already there. Quiet on success
+# apart from cargo's own output. Extra arguments go to `cargo test`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+for tool in mosquitto_pub mosquitto_sub stdbuf; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+
+if ((${#missing[@]} > 0)); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients coreutils >/dev/null
+    else
+        echo "scripts/test.sh: missing ${missing[*]}; install them first," \
+            "e.g. sudo apt-get install -y mosquitto mosquitto-clients" >&2
+        exit 1
+    fi
+fi
+
+exec cargo test --workspace --all-targets "$@"

@@ -1,0 +1,487 @@
+//! Retained messages, `$` topics and wills, end to end.
+//!
+//! Wills are produced by raw clients (ringmq's codec over a plain socket) so
+//! that a connection can end exactly as wanted: socket dropped, keep-alive
+//! expired, protocol violation, takeover, or a proper DISCONNECT. The
+//! observers are rumqttc clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::v4::QoS;
+use common::*;
+use ringmq::codec::Protocol;
+
+// ---- retained ----------------------------------------------------------------------
+
+/// Store, replace, clear; delivered on subscribe with RETAIN=1 (exact and
+/// wildcard filters, at min(QoS)), forwarded live with RETAIN=0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_store_replace_clear() {
+    // No $SYS: its retained messages would count in `retained_current`.
+    let broker = start(2, |c| c.sys_interval = Duration::ZERO);
+    let mut publisher = V4::connect(broker.addr, &id_on(0, 2, "rt-pub")).await;
+    publisher
+        .publish("rt/a", QoS::AtLeastOnce, true, "v1")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+
+    // Store: a new subscriber (other core) gets it with RETAIN=1.
+    let mut live = V4::connect(broker.addr, &id_on(1, 2, "rt-live")).await;
+    live.subscribe_ok("rt/a", QoS::AtLeastOnce).await;
+    let p = live.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("rt/a", &b"v1"[..], true)
+    );
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+
+    // Replace: the existing subscriber gets it live with RETAIN=0 ...
+    publisher
+        .publish("rt/a", QoS::AtLeastOnce, true, "v2")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    let p = live.recv_publish().await;
+    assert_eq!(
+        (&p.payload[..], p.retain),
+        (&b"v2"[..], false),
+        "live copy has RETAIN=0"
+    );
+    // ... and new subscribers (either core, exact and wildcard filters, at
+    // min(subscription, message) QoS) get only the new value with RETAIN=1.
+    for (core, filter, qos) in [
+        (0, "rt/a", QoS::AtLeastOnce),
+        (1, "rt/+", QoS::AtMostOnce),
+        (0, "rt/#", QoS::ExactlyOnce),
+        (1, "#", QoS::AtLeastOnce),
+    ] {
+        let mut s = V4::connect(broker.addr, &id_on(core, 2, &format!("rt-new-{filter}"))).await;
+        s.subscribe_ok(filter, qos).await;
+        let p = s.recv_publish().await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..], p.retain),
+            ("rt/a", &b"v2"[..], true),
+            "retained via {filter}"
+        );
+        let want = if qos == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        assert_eq!(
+            p.qos, want,
+            "retained via {filter}: min(sub {qos:?}, message QoS 1)"
+        );
+        s.assert_no_publish(Duration::from_millis(100)).await;
+    }
+
+    // Clear with an empty retained payload: live subscribers see it (empty),
+    // later subscribers get nothing.
+    publisher
+        .publish("rt/a", QoS::AtLeastOnce, true, Vec::new())
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    let p = live.recv_publish().await;
+    assert!(p.payload.is_empty());
+    // A retained marker on another topic: it arrives right after SUBACK with
+    // any other retained match, so after it a short quiet window suffices.
+    publisher
+        .publish("rt/marker", QoS::AtLeastOnce, true, "m")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    let mut late = V4::connect(broker.addr, &id_on(1, 2, "rt-late")).await;
+    late.subscribe_ok("rt/#", QoS::AtLeastOnce).await;
+    let p = late.recv_publish().await;
+    assert_eq!(
+        p.topic, "rt/marker",
+        "the cleared topic must not be retained"
+    );
+    late.assert_no_publish(QUIET).await;
+    broker
+        .wait_counters(STEP, "one retained message left", |c| {
+            // Each core keeps a replica (summed here): rt/marker on both.
+            c.retained_current == 2
+        })
+        .await;
+}
+
+/// Retained messages from publishers on both cores land in every core's
+/// replica; a subscriber to `#` on each core sees both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_from_both_cores_reach_both_cores() {
+    let broker = start2();
+    for core in 0..2 {
+        let mut p = V4::connect(broker.addr, &id_on(core, 2, &format!("rb-pub{core}"))).await;
+        p.publish(
+            &format!("rb/{core}"),
+            QoS::AtLeastOnce,
+            true,
+            format!("from{core}"),
+        )
+        .await;
+        p.wait_acks(1, QoS::AtLeastOnce).await;
+    }
+    for core in 0..2 {
+        let mut s = V4::connect(broker.addr, &id_on(core, 2, &format!("rb-sub{core}"))).await;
+        s.subscribe_ok("rb/+", QoS::AtLeastOnce).await;
+        let mut got: Vec<String> = s
+            .recv_publishes(2)
+            .await
+            .into_iter()
+            .inspect(|p| assert!(p.retain))
+            .map(|p| p.topic)
+            .collect();
+        got.sort();
+        assert_eq!(got, vec!["rb/0", "rb/1"], "subscriber on core {core}");
+    }
+}
+
+// ---- $ topics ------------------------------------------------------------------------
+
+fn is_dollar(p: &v4::Publish) -> bool {
+    p.topic.starts_with('$')
+}
+
+/// Receives PUBLISHes until one on `marker`; returns those before it.
+async fn until_marker(c: &mut V4, marker: &str) -> Vec<v4::Publish> {
+    let mut before = Vec::new();
+    within(STEP, &format!("{marker} at {}", c.id), async {
+        loop {
+            let p = c.recv_publish().await;
+            if p.topic == marker {
+                return;
+            }
+            before.push(p);
+        }
+    })
+    .await;
+    before
+}
+
+/// `#` never matches `$SYS/...` or `$foo`, live or retained; `$SYS/#` gets the
+/// broker's periodic `$SYS` messages; `$foo/#` gets `$foo` messages; a client's
+/// own PUBLISH to `$SYS/x` is dropped (counted), not delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dollar_topics_and_sys() {
+    let broker = start(2, |c| c.sys_interval = Duration::from_secs(1));
+    let mut hash0 = V4::connect(broker.addr, &id_on(0, 2, "dl-hash0")).await;
+    hash0.subscribe_ok("#", QoS::AtLeastOnce).await;
+    let mut hash1 = V4::connect(broker.addr, &id_on(1, 2, "dl-hash1")).await;
+    hash1.subscribe_ok("#", QoS::AtLeastOnce).await;
+    let mut plus1 = V4::connect(broker.addr, &id_on(1, 2, "dl-plus1")).await;
+    plus1.subscribe_ok("+/#", QoS::AtLeastOnce).await;
+    let mut sys = V4::connect(broker.addr, &id_on(1, 2, "dl-sys")).await;
+    sys.subscribe_ok("$SYS/#", QoS::AtLeastOnce).await;
+    sys.subscribe_ok("dl/marker", QoS::AtLeastOnce).await;
+    let mut foo = V4::connect(broker.addr, &id_on(0, 2, "dl-foo")).await;
+    foo.subscribe_ok("$foo/#", QoS::AtLeastOnce).await;
+
+    // The broker publishes $SYS (from core 0) every second: wait for a live one.
+    let t0 = Instant::now();
+    let first_live = within(Duration::from_secs(4), "a live $SYS message", async {
+        loop {
+            let p = sys.recv_publish().await;
+            assert!(p.topic.starts_with("$SYS/"), "unexpected {}", p.topic);
+            if !p.retain {
+                return p;
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "first live $SYS message {} after {:?}",
+        first_live.topic,
+        t0.elapsed()
+    );
+
+    let mut publisher = V4::connect(broker.addr, &id_on(1, 2, "dl-pub")).await;
+    publisher
+        .publish("$foo/bar", QoS::AtLeastOnce, false, "foo")
+        .await;
+    publisher
+        .publish("$SYS/x", QoS::AtLeastOnce, false, "forged")
+        .await;
+    publisher
+        .publish("dl/marker", QoS::AtLeastOnce, false, "end")
+        .await;
+    publisher.wait_acks(3, QoS::AtLeastOnce).await;
+
+    let p = foo.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("$foo/bar", &b"foo"[..])
+    );
+    // Everything the `#` and `+/#` subscribers got up to the marker (which
+    // was routed after the live $SYS message and the $foo/$SYS publishes).
+    for c in [&mut hash0, &mut hash1, &mut plus1] {
+        let before = until_marker(c, "dl/marker").await;
+        let dollar: Vec<&String> = before
+            .iter()
+            .filter(|p| is_dollar(p))
+            .map(|p| &p.topic)
+            .collect();
+        assert!(
+            dollar.is_empty(),
+            "{}: wildcard matched $ topics: {dollar:?}",
+            c.id
+        );
+    }
+    let before = until_marker(&mut sys, "dl/marker").await;
+    assert!(
+        before.iter().all(|p| p.topic != "$SYS/x"),
+        "a client's PUBLISH to $SYS/x was delivered"
+    );
+    broker
+        .wait_counters(STEP, "dropped_sys_publish == 1", |c| {
+            c.dropped_sys_publish == 1
+        })
+        .await;
+
+    // Retained $SYS messages exist now; a new `#` subscriber gets none of them.
+    publisher
+        .publish("dl/retained", QoS::AtLeastOnce, true, "r")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    let mut late = V4::connect(broker.addr, &id_on(1, 2, "dl-late")).await;
+    late.subscribe_ok("#", QoS::AtLeastOnce).await;
+    let p = late.recv_publish().await;
+    assert_eq!(p.topic, "dl/retained");
+    // Retained matches are all sent right after the SUBACK: a short negative
+    // window is enough to see a $SYS one if it were (wrongly) matched.
+    late.assert_no_publish(QUIET).await;
+    // Whereas a new `$SYS/#` subscriber gets the retained $SYS messages.
+    let mut late_sys = V4::connect(broker.addr, &id_on(0, 2, "dl-late-sys")).await;
+    late_sys
+        .subscribe_ok("$SYS/broker/version", QoS::AtMostOnce)
+        .await;
+    let p = late_sys.recv_publish().await;
+    assert!(p.retain && p.payload.starts_with(b"ringmq"), "{p:?}");
+}
+
+// ---- wills -----------------------------------------------------------------------------
+
+/// A watcher subscribed to `will/#` at QoS 2 on `core`.
+async fn watcher(broker: &TestBroker, core: usize, name: &str) -> V4 {
+    let mut w = V4::connect(broker.addr, &id_on(core, 2, &format!("watch-{name}"))).await;
+    w.subscribe_ok("will/#", QoS::ExactlyOnce).await;
+    w
+}
+
+/// Waits until the broker has finished with the connections that ended (the
+/// point after which a will would have been published), via the counters.
+async fn settle(broker: &TestBroker, connections: u64) -> ringmq::metrics::Counters {
+    broker
+        .wait_counters(
+            STEP,
+            &format!("connections_current == {connections}"),
+            |c| c.connections_current == connections,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_socket_drop() {
+    let broker = start2();
+    let mut w = watcher(&broker, 1, "drop").await;
+    let raw = Raw::connect(
+        broker.addr,
+        &id_on(0, 2, "will-drop"),
+        true,
+        0,
+        Some(will("will/drop", "gone", RawQoS::AtLeastOnce, false)),
+    )
+    .await;
+    drop(raw); // no DISCONNECT
+    let p = w.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("will/drop", &b"gone"[..])
+    );
+    assert_eq!(p.qos, QoS::AtLeastOnce, "will QoS honoured");
+    assert!(!p.retain);
+    settle(&broker, 1).await;
+    broker
+        .wait_counters(STEP, "wills_published == 1", |c| c.wills_published == 1)
+        .await;
+}
+
+/// keep_alive = 1 s, then silence: the broker closes the connection after
+/// 1.5 x keep-alive (checked on a 500 ms tick) and publishes the will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_keep_alive_expiry() {
+    let broker = start2();
+    let mut w = watcher(&broker, 0, "ka").await;
+    let t0 = Instant::now();
+    let mut raw = Raw::connect(
+        broker.addr,
+        &id_on(1, 2, "will-ka"),
+        true,
+        1,
+        Some(will("will/ka", "silent", RawQoS::AtMostOnce, false)),
+    )
+    .await;
+    raw.expect_closed(Duration::from_secs(4)).await;
+    let closed = t0.elapsed();
+    let p = w.recv_publish().await;
+    let published = t0.elapsed();
+    assert_eq!(p.topic, "will/ka");
+    assert_eq!(p.qos, QoS::AtMostOnce);
+    eprintln!("keep-alive 1 s: closed after {closed:?}, will after {published:?}");
+    assert!(
+        closed >= Duration::from_millis(1400),
+        "closed too early: {closed:?}"
+    );
+    assert!(
+        published <= Duration::from_secs(3),
+        "will too late: {published:?}"
+    );
+    broker
+        .wait_counters(STEP, "keepalive_timeouts == 1", |c| {
+            c.keepalive_timeouts == 1
+        })
+        .await;
+}
+
+/// A second CONNECT on a connection is a protocol violation: closed, will
+/// published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_protocol_violation() {
+    let broker = start2();
+    let mut w = watcher(&broker, 1, "pv").await;
+    let id = id_on(0, 2, "will-pv");
+    let mut raw = Raw::connect(
+        broker.addr,
+        &id,
+        true,
+        0,
+        Some(will("will/pv", "violated", RawQoS::ExactlyOnce, false)),
+    )
+    .await;
+    raw.send(&connect_packet(Protocol::V3_1_1, &id, true, 0, None))
+        .await;
+    raw.expect_closed(STEP).await;
+    let p = w.recv_publish().await;
+    assert_eq!((p.topic.as_str(), p.qos), ("will/pv", QoS::ExactlyOnce));
+    broker
+        .wait_counters(STEP, "protocol_violations == 1", |c| {
+            c.protocol_violations == 1
+        })
+        .await;
+}
+
+/// Takeover by a connection with the same client id publishes the old
+/// connection's will (as Mosquitto does) and closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_takeover() {
+    let broker = start2();
+    let mut w = watcher(&broker, 0, "to").await;
+    let id = id_on(1, 2, "will-to");
+    let mut old = Raw::connect(
+        broker.addr,
+        &id,
+        true,
+        0,
+        Some(will("will/to", "replaced", RawQoS::AtLeastOnce, false)),
+    )
+    .await;
+    let _new = Raw::connect(broker.addr, &id, true, 0, None).await;
+    old.expect_closed(STEP).await;
+    let p = w.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("will/to", &b"replaced"[..])
+    );
+    // Exactly one will.
+    w.assert_no_publish(QUIET).await;
+}
+
+/// No will after a normal DISCONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_will_after_disconnect() {
+    let broker = start2();
+    let mut w = watcher(&broker, 1, "dc").await;
+    let mut raw = Raw::connect(
+        broker.addr,
+        &id_on(0, 2, "will-dc"),
+        true,
+        0,
+        Some(will(
+            "will/dc",
+            "must not appear",
+            RawQoS::AtLeastOnce,
+            true,
+        )),
+    )
+    .await;
+    raw.send(&Packet::Disconnect(Disconnect::default())).await;
+    raw.expect_closed(STEP).await;
+    let c = settle(&broker, 1).await;
+    assert_eq!(c.wills_published, 0);
+    // A marker published after the connection is gone arrives, and nothing
+    // before it.
+    let publisher = V4::connect(broker.addr, &id_on(0, 2, "dc-pub")).await;
+    publisher
+        .publish("will/marker", QoS::AtLeastOnce, false, "m")
+        .await;
+    let p = w.recv_publish().await;
+    assert_eq!(
+        p.topic, "will/marker",
+        "a will was published after DISCONNECT"
+    );
+    w.assert_no_publish(QUIET).await;
+    // Nor was it retained.
+    let mut late = V4::connect(broker.addr, &id_on(1, 2, "dc-late")).await;
+    late.subscribe_ok("will/dc", QoS::AtLeastOnce).await;
+    late.assert_no_publish(QUIET).await;
+}
+
+/// A retained QoS 2 will: delivered live at QoS 2 (RETAIN=0 for the live
+/// copy, 3.1.1) and retained for later subscribers (RETAIN=1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_will_is_retained() {
+    let broker = start2();
+    let mut w = watcher(&broker, 0, "rw").await;
+    let raw = Raw::connect(
+        broker.addr,
+        &id_on(1, 2, "will-rw"),
+        true,
+        0,
+        Some(will("will/rw", "last words", RawQoS::ExactlyOnce, true)),
+    )
+    .await;
+    drop(raw);
+    let p = w.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), p.qos, p.retain),
+        ("will/rw", QoS::ExactlyOnce, false)
+    );
+    settle(&broker, 1).await;
+    for core in 0..2 {
+        let mut late = V4::connect(broker.addr, &id_on(core, 2, &format!("rw-late{core}"))).await;
+        late.subscribe_ok("will/+", QoS::ExactlyOnce).await;
+        let p = late.recv_publish().await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..], p.qos, p.retain),
+            ("will/rw", &b"last words"[..], QoS::ExactlyOnce, true),
+            "retained will, subscriber on core {core}"
+        );
+    }
+}
+
+/// A will from a rumqttc client (its LastWill option) whose process "dies".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_last_will_on_abrupt_end() {
+    let broker = start2();
+    let mut w = watcher(&broker, 1, "rq").await;
+    let c = V4::connect_with(broker.addr, &id_on(0, 2, "will-rq"), |o| {
+        o.set_last_will(v4::LastWill::new("will/rq", "bye", QoS::AtLeastOnce, false));
+    })
+    .await;
+    c.kill();
+    let p = w.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.qos),
+        ("will/rq", &b"bye"[..], QoS::AtLeastOnce)
+    );
+}

@@ -1,0 +1,270 @@
+//! Sessions with rumqttc (3.1.1): persistence across reconnects (clean
+//! session = 0), session takeover by a second connection with the same id,
+//! and clean session = 1 discarding what was there.
+
+mod common;
+
+use bytes::Bytes;
+use common::v4::QoS;
+use common::*;
+
+/// Subscribes `id` with clean session = 0 at QoS 1, then disconnects normally.
+async fn park_session(addr: std::net::SocketAddr, id: &str, filter: &str) {
+    let mut s = V4::connect_with(addr, id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    assert!(
+        !s.connack.session_present,
+        "{id}: first connect has no session"
+    );
+    s.subscribe_ok(filter, QoS::AtLeastOnce).await;
+    s.disconnect().await;
+}
+
+/// QoS 1 messages published while a persistent subscriber is offline are
+/// delivered, in order, when it reconnects (session present = 1); QoS 0 ones
+/// are not (the broker does not queue QoS 0 for offline clients); the
+/// subscription itself survived (live messages flow without re-subscribing).
+async fn offline_queue(pub_core: usize, sub_core: usize) {
+    const Q1: usize = 20;
+    const Q0: usize = 5;
+    let broker = start2();
+    let sub_id = id_on(sub_core, 2, &format!("ps-sub{pub_core}{sub_core}"));
+    park_session(broker.addr, &sub_id, "ps/+").await;
+
+    let mut publisher = V4::connect(broker.addr, &id_on(pub_core, 2, "ps-pub")).await;
+    for i in 0..Q1 {
+        publisher
+            .publish("ps/q1", QoS::AtLeastOnce, false, numbered("q1", i))
+            .await;
+        if i % 4 == 0 && i / 4 < Q0 {
+            publisher
+                .publish("ps/q0", QoS::AtMostOnce, false, numbered("q0", i / 4))
+                .await;
+        }
+    }
+    publisher.wait_acks(Q1, QoS::AtLeastOnce).await;
+    // The QoS 0 ones were routed to the offline session and dropped there
+    // (counted), after the QoS 1 ones before them in the same stream.
+    broker
+        .wait_counters(STEP, "dropped_offline_qos0 == Q0", |c| {
+            c.dropped_offline_qos0 == Q0 as u64
+        })
+        .await;
+
+    let mut sub = V4::connect_with(broker.addr, &sub_id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    assert!(
+        sub.connack.session_present,
+        "resumed session must be present"
+    );
+    let got = sub.recv_publishes(Q1).await;
+    for p in &got {
+        assert_eq!((p.topic.as_str(), p.qos), ("ps/q1", QoS::AtLeastOnce));
+    }
+    let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
+    assert_sequence(&sub_id, "q1", &payloads, Q1);
+    // No QoS 0 message from the offline period (negative check).
+    sub.assert_no_publish(QUIET).await;
+
+    // The subscription survived: live traffic flows without re-subscribing.
+    publisher
+        .publish("ps/live", QoS::AtLeastOnce, false, "live")
+        .await;
+    let live = sub.recv_publish().await;
+    assert_eq!(
+        (live.topic.as_str(), &live.payload[..]),
+        ("ps/live", &b"live"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_queues_qos1_across_cores() {
+    offline_queue(0, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_queues_qos1_same_core() {
+    offline_queue(1, 1).await;
+}
+
+/// A second connection with the same client id takes the session over: the
+/// first connection is closed by the broker, the second gets session
+/// present = 1 and keeps receiving on the old subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_closes_the_first_connection_and_keeps_the_session() {
+    let broker = start2();
+    let id = id_on(1, 2, "to-client");
+    let mut first = V4::connect_with(broker.addr, &id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    first.subscribe_ok("to/t", QoS::AtLeastOnce).await;
+
+    let mut second = V4::connect_with(broker.addr, &id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    assert!(
+        second.connack.session_present,
+        "takeover resumes the session"
+    );
+    let why = first.wait_closed(STEP).await;
+    eprintln!("first connection closed: {why}");
+
+    let mut publisher = V4::connect(broker.addr, &id_on(0, 2, "to-pub")).await;
+    publisher
+        .publish("to/t", QoS::AtLeastOnce, false, "after")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    let got = second.recv_publish().await;
+    assert_eq!(&got.payload[..], b"after");
+    broker
+        .wait_counters(STEP, "takeovers == 1", |c| c.takeovers == 1)
+        .await;
+}
+
+/// Takeover with clean session = 1 on the new connection: the old
+/// connection is closed and the session starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_with_clean_session_starts_afresh() {
+    let broker = start2();
+    let id = id_on(0, 2, "toc-client");
+    let mut first = V4::connect_with(broker.addr, &id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    first.subscribe_ok("toc/t", QoS::AtLeastOnce).await;
+    let mut second = V4::connect(broker.addr, &id).await;
+    assert!(!second.connack.session_present);
+    first.wait_closed(STEP).await;
+    let mut publisher = V4::connect(broker.addr, &id_on(1, 2, "toc-pub")).await;
+    publisher
+        .publish("toc/t", QoS::AtLeastOnce, false, "x")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    // The old subscription is gone (negative check).
+    second.assert_no_publish(QUIET).await;
+}
+
+/// Clean session = 1 discards a stored session: session present = 0, no
+/// messages queued for the old session, no old subscriptions; and the
+/// discarded session does not come back on a later clean session = 0 connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_session_discards_the_previous_session() {
+    let broker = start2();
+    let id = id_on(1, 2, "cs-client");
+    park_session(broker.addr, &id, "cs/t").await;
+    let mut publisher = V4::connect(broker.addr, &id_on(0, 2, "cs-pub")).await;
+    publisher
+        .publish("cs/t", QoS::AtLeastOnce, false, "queued")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+
+    let mut clean = V4::connect(broker.addr, &id).await;
+    assert!(
+        !clean.connack.session_present,
+        "clean session: no session present"
+    );
+    // Neither the queued message nor (after a live publish) the old
+    // subscription: negative checks with a short window.
+    clean.assert_no_publish(QUIET).await;
+    publisher
+        .publish("cs/t", QoS::AtLeastOnce, false, "live")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    clean.assert_no_publish(QUIET).await;
+    clean.disconnect().await;
+
+    let again = V4::connect_with(broker.addr, &id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    assert!(
+        !again.connack.session_present,
+        "the discarded session must not come back"
+    );
+}
+
+/// A persistent session whose client vanished (socket dropped, no
+/// DISCONNECT) still queues QoS 1 and delivers it on reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_survives_an_abrupt_disconnect() {
+    let broker = start2();
+    let id = id_on(0, 2, "ab-client");
+    let mut s = V4::connect_with(broker.addr, &id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    s.subscribe_ok("ab/t", QoS::AtLeastOnce).await;
+    s.kill();
+    broker
+        .wait_counters(STEP, "the dropped connection is gone", |c| {
+            c.connections_current == 0
+        })
+        .await;
+    let mut publisher = V4::connect(broker.addr, &id_on(1, 2, "ab-pub")).await;
+    for i in 0..10 {
+        publisher
+            .publish("ab/t", QoS::AtLeastOnce, false, numbered("ab", i))
+            .await;
+    }
+    publisher.wait_acks(10, QoS::AtLeastOnce).await;
+    let mut back = V4::connect_with(broker.addr, &id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    assert!(back.connack.session_present);
+    let got = back.recv_publishes(10).await;
+    let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
+    assert_sequence(&id, "ab", &payloads, 10);
+}
+
+/// Unacknowledged QoS 1 deliveries are re-sent with DUP=1 when the session
+/// resumes [MQTT-4.4.0-1]. The receiver is a raw client that never PUBACKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_qos1_is_resent_with_dup_on_resume() {
+    let broker = start2();
+    let id = id_on(1, 2, "dup-client");
+    let mut raw = Raw::connect(broker.addr, &id, false, 0, None).await;
+    assert_eq!(
+        raw.subscribe(1, &[("dup/t", RawQoS::AtLeastOnce)]).await,
+        vec![1]
+    );
+    let mut publisher = V4::connect(broker.addr, &id_on(0, 2, "dup-pub")).await;
+    publisher
+        .publish("dup/t", QoS::AtLeastOnce, false, "once")
+        .await;
+    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    let first = match raw.recv().await {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    assert!(!first.dup);
+    drop(raw); // no PUBACK
+    broker
+        .wait_counters(STEP, "raw client gone", |c| c.connections_current == 1)
+        .await;
+    let mut raw = Raw::open(broker.addr).await;
+    let ack = raw
+        .handshake(connect_packet(
+            ringmq::codec::Protocol::V3_1_1,
+            &id,
+            false,
+            0,
+            None,
+        ))
+        .await;
+    assert!(ack.session_present);
+    match raw.recv().await {
+        Packet::Publish(p) => {
+            assert!(p.dup, "re-sent PUBLISH must have DUP=1");
+            assert_eq!(p.qos_pid, first.qos_pid, "same packet id");
+            assert_eq!(&p.payload[..], b"once");
+        }
+        other => panic!("expected the re-sent PUBLISH, got {other:?}"),
+    }
+}
