@@ -81,6 +81,9 @@ impl Message {
     /// Keeps the forwardable properties; a message expiry interval becomes
     /// `expires_at` on the broker clock (`now`, milliseconds).
     pub fn with_properties(mut self, properties: Properties, now: u64) -> Message {
+        if properties.is_empty() {
+            return self;
+        }
         let mut kept = Vec::new();
         for p in properties.0 {
             match p {

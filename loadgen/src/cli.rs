@@ -64,7 +64,10 @@ impl ScenarioKind {
 
     /// Scenarios that publish messages (the others only connect).
     pub fn has_messages(self) -> bool {
-        matches!(self, ScenarioKind::P2p | ScenarioKind::FanOut | ScenarioKind::FanIn)
+        matches!(
+            self,
+            ScenarioKind::P2p | ScenarioKind::FanOut | ScenarioKind::FanIn
+        )
     }
 }
 
@@ -166,13 +169,13 @@ pub struct LoadArgs {
     /// Seconds a connect (TCP + CONNACK + SUBACK) may take before it counts as failed.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// MQTT user name sent in CONNECT.
     #[arg(short = 'u', long)]
     pub username: Option<String>,
+    /// MQTT password sent in CONNECT.
     #[arg(short = 'P', long)]
+    #[serde(skip)]
     pub password: Option<String>,
-    /// Microseconds before each send that the timer spins for precision (0: 1 ms timer, no spin).
-    #[arg(long, default_value_t = 1000)]
-    pub spin_us: u64,
     /// Write the summary (config, machine, totals, percentiles) as JSON.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]

@@ -9,7 +9,7 @@ pub mod chart;
 pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod compare;
+pub mod commands;
 pub mod machine;
 pub mod pacer;
 pub mod payload;

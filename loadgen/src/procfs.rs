@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn memory_fields_are_read_in_kib() {
-        let status = "Name:\tmosquitto\nVmPeak:\t  20000 kB\nVmHWM:\t    9000 kB\nVmRSS:\t    8000 kB\n";
+        let status =
+            "Name:\tmosquitto\nVmPeak:\t  20000 kB\nVmHWM:\t    9000 kB\nVmRSS:\t    8000 kB\n";
         assert_eq!(
             parse_memory(status),
             Some(Memory {

@@ -50,7 +50,11 @@ impl<'a> Monitor<'a> {
     }
 
     /// Returns `true` once `done` holds, `false` if `deadline` passes first.
-    pub fn wait_until(&mut self, deadline: Instant, mut done: impl FnMut(&Snapshot) -> bool) -> bool {
+    pub fn wait_until(
+        &mut self,
+        deadline: Instant,
+        mut done: impl FnMut(&Snapshot) -> bool,
+    ) -> bool {
         loop {
             let snap = self.shared.snapshot();
             if done(&snap) {

@@ -31,7 +31,8 @@ pub struct Config {
     pub connect_rate: f64,
     pub keepalive_s: u16,
     pub clean: bool,
-    pub spin_us: u128,
+    /// "io_uring timerfd" (µs-precise send schedule) or "monoio 1 ms" (epoll fallback).
+    pub timer: &'static str,
 }
 
 impl Config {
@@ -45,33 +46,49 @@ impl Config {
             inflight: s.inflight,
             publishers: plan.publishers,
             subscribers: plan.subscribers,
-            clients: plan
-                .storm_concurrency
-                .unwrap_or(plan.clients.len()),
+            clients: plan.storm_concurrency.unwrap_or(plan.clients.len()),
             duration_s: s.duration.as_secs_f64(),
             warmup_s: s.warmup.as_secs_f64(),
             threads: s.threads,
             connect_rate: s.connect_rate,
             keepalive_s: s.keepalive,
             clean: s.clean,
-            spin_us: s.spin.as_micros(),
+            timer: if monoio::utils::detect_uring() {
+                "io_uring timerfd"
+            } else {
+                "monoio 1 ms"
+            },
         }
     }
 
     /// One line saying what was measured.
     pub fn describe(&self) -> String {
+        if self.publishers + self.subscribers == 0 {
+            let what = if self.scenario == "storm" {
+                "in flight at most"
+            } else {
+                "clients"
+            };
+            return format!(
+                "{}: {} {what}, {}/s connect rate, {} s measured after {} s warm-up, MQTT v{}, {} thread(s)",
+                self.scenario,
+                self.clients,
+                self.connect_rate,
+                self.duration_s,
+                self.warmup_s,
+                self.protocol_version,
+                self.threads
+            );
+        }
         let pace = match self.pace {
             Pace::OpenLoop { rate } => format!("{rate} msg/s per publisher (open loop)"),
             Pace::MaxRate => "max rate (closed loop)".to_string(),
         };
-        let clients = if self.publishers + self.subscribers > 0 {
-            format!("{} pub -> {} sub", self.publishers, self.subscribers)
-        } else {
-            format!("{} clients", self.clients)
-        };
         format!(
-            "{}: {clients}, QoS {}, {} B, {pace}, {} s measured after {} s warm-up, MQTT v{}, {} thread(s)",
+            "{}: {} pub -> {} sub, QoS {}, {} B, {pace}, {} s measured after {} s warm-up, MQTT v{}, {} thread(s)",
             self.scenario,
+            self.publishers,
+            self.subscribers,
             self.qos,
             self.payload_bytes,
             self.duration_s,
@@ -132,11 +149,20 @@ pub struct Summary {
     pub totals: Totals,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<Broker>,
+    /// This generator's CPU use over the window, in % of its threads' cores:
+    /// near 100 means the generator, not the broker, set the pace.
+    pub generator_cpu_percent: Option<f64>,
 }
 
 impl Summary {
     pub fn new(r: &RunResult, config: &Config, machine: &Machine) -> Summary {
-        let per_s = |n: u64| if r.window_s > 0.0 { n as f64 / r.window_s } else { 0.0 };
+        let per_s = |n: u64| {
+            if r.window_s > 0.0 {
+                n as f64 / r.window_s
+            } else {
+                0.0
+            }
+        };
         let delivered = r.stats.received_in_window;
         Summary {
             target: r.target.clone(),
@@ -153,6 +179,10 @@ impl Summary {
             connect_ms: Percentiles::of(&r.stats.connect),
             totals: totals(r),
             broker: r.target.pid.map(|_| broker(r, delivered)),
+            generator_cpu_percent: r
+                .generator_cpu_seconds
+                .filter(|_| r.window_s > 0.0)
+                .map(|c| c / r.window_s / config.threads as f64 * 100.0),
         }
     }
 }
@@ -178,7 +208,9 @@ fn broker(r: &RunResult, delivered: u64) -> Broker {
     let cpu = r.broker.cpu_seconds;
     Broker {
         cpu_seconds: cpu,
-        cpu_percent: cpu.filter(|_| r.window_s > 0.0).map(|c| c / r.window_s * 100.0),
+        cpu_percent: cpu
+            .filter(|_| r.window_s > 0.0)
+            .map(|c| c / r.window_s * 100.0),
         cpu_s_per_million_msgs: cpu
             .filter(|_| delivered > 0)
             .map(|c| c / (delivered as f64 / 1e6)),
@@ -220,34 +252,88 @@ fn messaging(s: &Summary) -> bool {
 
 fn metrics() -> Vec<Metric> {
     vec![
-        metric!("sent/s", 0, |s| messaging(s).then_some(s.throughput.sent_per_s)),
-        metric!("received/s", 0, |s| messaging(s).then_some(s.throughput.received_per_s)),
-        metric!("connects/s", 0, |s| (!messaging(s) && s.config.clients > 0 && s.config.scenario == "storm")
+        metric!("sent/s", 0, |s| messaging(s)
+            .then_some(s.throughput.sent_per_s)),
+        metric!("received/s", 0, |s| messaging(s)
+            .then_some(s.throughput.received_per_s)),
+        metric!("connects/s", 0, |s| (!messaging(s)
+            && s.config.clients > 0
+            && s.config.scenario == "storm")
             .then_some(s.throughput.connects_per_s)),
-        metric!("latency p50 (ms)", 3, |s| s.latency_ms.as_ref().map(|p| p.p50)),
-        metric!("latency p90 (ms)", 3, |s| s.latency_ms.as_ref().map(|p| p.p90)),
-        metric!("latency p99 (ms)", 3, |s| s.latency_ms.as_ref().map(|p| p.p99)),
-        metric!("latency p99.9 (ms)", 3, |s| s.latency_ms.as_ref().map(|p| p.p99_9)),
-        metric!("latency p99.99 (ms)", 3, |s| s.latency_ms.as_ref().map(|p| p.p99_99)),
-        metric!("latency max (ms)", 3, |s| s.latency_ms.as_ref().map(|p| p.max)),
-        metric!("sent", 0, |s| messaging(s).then(|| count(s.totals.sent)).flatten()),
-        metric!("acked", 0, |s| (messaging(s) && s.config.qos > 0).then_some(s.totals.acked as f64)),
-        metric!("received", 0, |s| messaging(s).then(|| count(s.totals.received)).flatten()),
+        metric!("latency p50 (ms)", 3, |s| s
+            .latency_ms
+            .as_ref()
+            .map(|p| p.p50)),
+        metric!("latency p90 (ms)", 3, |s| s
+            .latency_ms
+            .as_ref()
+            .map(|p| p.p90)),
+        metric!("latency p99 (ms)", 3, |s| s
+            .latency_ms
+            .as_ref()
+            .map(|p| p.p99)),
+        metric!("latency p99.9 (ms)", 3, |s| s
+            .latency_ms
+            .as_ref()
+            .map(|p| p.p99_9)),
+        metric!("latency p99.99 (ms)", 3, |s| s
+            .latency_ms
+            .as_ref()
+            .map(|p| p.p99_99)),
+        metric!("latency max (ms)", 3, |s| s
+            .latency_ms
+            .as_ref()
+            .map(|p| p.max)),
+        metric!("sent", 0, |s| messaging(s)
+            .then(|| count(s.totals.sent))
+            .flatten()),
+        metric!("acked", 0, |s| (messaging(s) && s.config.qos > 0)
+            .then_some(s.totals.acked as f64)),
+        metric!("received", 0, |s| messaging(s)
+            .then(|| count(s.totals.received))
+            .flatten()),
         metric!("lost", 0, |s| messaging(s).then_some(s.totals.lost as f64)),
-        metric!("duplicated", 0, |s| messaging(s).then_some(s.totals.duplicated as f64)),
-        metric!("out of order", 0, |s| messaging(s).then_some(s.totals.out_of_order as f64)),
+        metric!("duplicated", 0, |s| messaging(s)
+            .then_some(s.totals.duplicated as f64)),
+        metric!("out of order", 0, |s| messaging(s)
+            .then_some(s.totals.out_of_order as f64)),
         metric!("unexpected", 0, |s| nonzero(s.totals.unexpected)),
         metric!("foreign", 0, |s| nonzero(s.totals.foreign)),
         metric!("connects ok", 0, |s| count(s.totals.connects_ok)),
         metric!("connects failed", 0, |s| count(s.totals.connects_failed)),
-        metric!("connect p50 (ms)", 3, |s| s.connect_ms.as_ref().map(|p| p.p50)),
-        metric!("connect p99 (ms)", 3, |s| s.connect_ms.as_ref().map(|p| p.p99)),
-        metric!("connect max (ms)", 3, |s| s.connect_ms.as_ref().map(|p| p.max)),
+        metric!("connect p50 (ms)", 3, |s| s
+            .connect_ms
+            .as_ref()
+            .map(|p| p.p50)),
+        metric!("connect p99 (ms)", 3, |s| s
+            .connect_ms
+            .as_ref()
+            .map(|p| p.p99)),
+        metric!("connect max (ms)", 3, |s| s
+            .connect_ms
+            .as_ref()
+            .map(|p| p.max)),
         metric!("errors", 0, |s| count(s.totals.errors)),
-        metric!("broker CPU (% of a core)", 1, |s| s.broker.as_ref()?.cpu_percent),
-        metric!("broker CPU s / M msgs", 3, |s| s.broker.as_ref()?.cpu_s_per_million_msgs.filter(|_| messaging(s))),
-        metric!("broker peak RSS (MiB)", 1, |s| s.broker.as_ref()?.peak_rss_kb.map(|k| k as f64 / 1024.0)),
-        metric!("broker bytes / connection", 0, |s| s.broker.as_ref()?.memory_per_connection_bytes),
+        metric!("broker CPU (% of a core)", 1, |s| s
+            .broker
+            .as_ref()?
+            .cpu_percent),
+        metric!("broker CPU s / M msgs", 3, |s| s
+            .broker
+            .as_ref()?
+            .cpu_s_per_million_msgs
+            .filter(|_| messaging(s))),
+        metric!("broker peak RSS (MiB)", 1, |s| s
+            .broker
+            .as_ref()?
+            .peak_rss_kb
+            .map(|k| k as f64 / 1024.0)),
+        metric!("broker bytes / connection", 0, |s| s
+            .broker
+            .as_ref()?
+            .memory_per_connection_bytes),
+        metric!("loadgen CPU (% of its cores)", 1, |s| s
+            .generator_cpu_percent),
     ]
 }
 
@@ -257,7 +343,10 @@ pub fn table(summaries: &[Summary]) -> String {
     let mut header = vec!["metric".to_string()];
     header.extend(summaries.iter().map(|s| s.target.name.clone()));
     if let Some((first, rest)) = summaries.split_first() {
-        header.extend(rest.iter().map(|s| format!("{}/{}", s.target.name, first.target.name)));
+        header.extend(
+            rest.iter()
+                .map(|s| format!("{}/{}", s.target.name, first.target.name)),
+        );
     }
     let mut rows = vec![header];
     for m in metrics() {
@@ -292,7 +381,13 @@ fn ratio(base: Option<f64>, v: Option<f64>) -> String {
 /// Left-aligned labels, right-aligned numbers.
 fn render(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let width = |c: usize| rows.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0);
+    let width = |c: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(c))
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(0)
+    };
     let widths: Vec<usize> = (0..cols).map(width).collect();
     let mut out = String::new();
     for r in rows {
@@ -328,7 +423,10 @@ pub fn hdr_text(h: &Histogram<u64>) -> String {
             let q = v.quantile_iterated_to();
             let value = v.value_iterated_to() as f64 / SCALE;
             let line = if q < 1.0 {
-                format!("{value:12.3} {q:2.12} {total:10} {:14.2}\n", 1.0 / (1.0 - q))
+                format!(
+                    "{value:12.3} {q:2.12} {total:10} {:14.2}\n",
+                    1.0 / (1.0 - q)
+                )
             } else {
                 format!("{value:12.3} {q:2.12} {total:10}\n")
             };
@@ -341,9 +439,18 @@ pub fn hdr_text(h: &Histogram<u64>) -> String {
         (h.mean() / SCALE, h.stdev() / SCALE, h.max() as f64 / SCALE)
     };
     let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
-    let _ = writeln!(out, "#[Max     = {max:12.3}, Total count    = {:12}]", h.len());
+    let _ = writeln!(
+        out,
+        "#[Max     = {max:12.3}, Total count    = {:12}]",
+        h.len()
+    );
     // 3 significant digits: 2048 sub-buckets per bucket.
-    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), 2048);
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        2048
+    );
     out
 }
 
@@ -371,10 +478,12 @@ mod tests {
         assert!(text.contains("0.500000000000"), "{text}");
         let last_value = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .last()
+            .rfind(|l| !l.starts_with('#') && !l.is_empty())
             .unwrap();
-        assert!(last_value.contains("1.000000000000       1000"), "{last_value}");
+        assert!(
+            last_value.contains("1.000000000000       1000"),
+            "{last_value}"
+        );
         assert!(text.contains("#[Max     =        1.000, Total count    =         1000]"));
     }
 

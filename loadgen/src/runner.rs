@@ -49,6 +49,9 @@ pub struct RunResult {
     /// Clients connected when the load started (connections scenario: held).
     pub connected: u64,
     pub broker: BrokerUsage,
+    /// CPU seconds this process used inside the window: near threads x window
+    /// means the generator, not the broker, was the limit.
+    pub generator_cpu_seconds: Option<f64>,
     pub runs: usize,
 }
 
@@ -75,6 +78,10 @@ impl RunResult {
         self.window_s += other.window_s;
         self.connected = self.connected.max(other.connected);
         self.broker.absorb(other.broker, self.runs);
+        self.generator_cpu_seconds = self
+            .generator_cpu_seconds
+            .zip(other.generator_cpu_seconds)
+            .map(|(a, b)| a + b);
         self.runs += other.runs;
     }
 }
@@ -114,7 +121,8 @@ pub fn run_once(settings: &Settings, plan: &Plan) -> Result<RunResult> {
     }
     let (tx, rx) = mpsc::channel();
     let handles = spawn_workers(&settings, &plan, &shared, clock, tx)?;
-    let mut mon = Monitor::new(&shared, rx, plan.clients.len(), settings.progress, probe);
+    let target_clients = plan.storm_concurrency.unwrap_or(plan.clients.len());
+    let mut mon = Monitor::new(&shared, rx, target_clients, settings.progress, probe);
     let connected = connect_phase(&mut mon, &settings, &plan, &shared)?;
     if settings.scenario == ScenarioKind::Connections {
         if let Some(p) = probe {
@@ -123,7 +131,7 @@ pub fn run_once(settings: &Settings, plan: &Plan) -> Result<RunResult> {
         }
     }
     let window = start(&shared, &settings, clock);
-    let cpu_seconds = measure(&mut mon, probe, window, clock);
+    let (cpu_seconds, generator_cpu_seconds) = measure(&mut mon, probe, window, clock);
     if settings.scenario.has_messages() {
         drain(&mut mon, &settings);
     }
@@ -145,6 +153,7 @@ pub fn run_once(settings: &Settings, plan: &Plan) -> Result<RunResult> {
         window_s: window.seconds(),
         connected,
         broker,
+        generator_cpu_seconds,
         runs: 1,
     })
 }
@@ -201,13 +210,22 @@ fn start(shared: &Shared, s: &Settings, clock: Clock) -> Window {
     }
 }
 
-/// Runs through the window; returns the broker's CPU seconds inside it.
-fn measure(mon: &mut Monitor, probe: Option<Probe>, window: Window, clock: Clock) -> Option<f64> {
+/// Runs through the window; returns the CPU seconds the broker (if known) and
+/// this generator used inside it.
+fn measure(
+    mon: &mut Monitor,
+    probe: Option<Probe>,
+    window: Window,
+    clock: Clock,
+) -> (Option<f64>, Option<f64>) {
+    let me = Probe::new(std::process::id());
+    let cpu = |p: Option<Probe>| p.and_then(|p| p.cpu_seconds().ok());
     mon.sleep_until(clock.instant(window.start_ns));
-    let before = probe.and_then(|p| p.cpu_seconds().ok());
+    let before = (cpu(probe), cpu(Some(me)));
     mon.sleep_until(clock.instant(window.end_ns));
-    let after = probe.and_then(|p| p.cpu_seconds().ok());
-    Some(after? - before?)
+    let after = (cpu(probe), cpu(Some(me)));
+    let used = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+    (used(after.0, before.0), used(after.1, before.1))
 }
 
 /// After the last send: wait for every expected delivery and ack, at most
@@ -233,7 +251,9 @@ fn drain(mon: &mut Monitor, s: &Settings) {
 fn join(handles: Vec<std::thread::JoinHandle<Result<ThreadStats>>>) -> Result<ThreadStats> {
     let mut merged = ThreadStats::new();
     for h in handles {
-        let stats = h.join().map_err(|_| anyhow!("a worker thread panicked"))??;
+        let stats = h
+            .join()
+            .map_err(|_| anyhow!("a worker thread panicked"))??;
         merged.merge(stats);
     }
     Ok(merged)

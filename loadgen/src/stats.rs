@@ -18,6 +18,13 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new(SIGFIGS).expect("3 significant figures is a valid histogram precision")
 }
 
+/// Records `value`, growing the histogram if needed. (`saturating_record`
+/// would clamp to the current top instead of growing.)
+pub fn record(h: &mut Histogram<u64>, value: u64) {
+    h.record(value)
+        .expect("an auto-resizing u64 histogram takes any u64 on 64-bit targets");
+}
+
 /// End-to-end latency measured from the *intended* send time: an open-loop
 /// publisher that is held up by a stalled broker still stamps the time it
 /// should have sent, so the stall shows as latency (no coordinated omission).
@@ -26,24 +33,39 @@ pub fn latency_ns(intended_ns: u64, received_ns: u64) -> u64 {
 }
 
 /// The open-loop schedule: message `k` of a publisher is due at
-/// `start + k / rate`, whatever happened to message `k - 1`.
+/// `start + k / rate`, whatever happened to message `k - 1`, rounded up to the
+/// timer's grain. Putting the grain into the *intended* time keeps the timer's
+/// wake-up granularity out of the measured latency, while the long-run rate
+/// and the independence from the broker (what makes it open loop) stay intact.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     pub start_ns: u64,
     pub period_ns: f64,
+    pub grain_ns: u64,
 }
 
 impl Schedule {
+    /// An exact schedule (grain of 1 ns).
     pub fn new(start_ns: u64, rate_per_s: f64) -> Schedule {
         Schedule {
             start_ns,
             period_ns: 1e9 / rate_per_s,
+            grain_ns: 1,
+        }
+    }
+
+    /// The same schedule on a coarser time grid.
+    pub fn with_grain(self, grain_ns: u64) -> Schedule {
+        Schedule {
+            grain_ns: grain_ns.max(1),
+            ..self
         }
     }
 
     /// Intended send time of message `k`.
     pub fn due(&self, k: u64) -> u64 {
-        self.start_ns + (k as f64 * self.period_ns) as u64
+        let exact = self.start_ns + (k as f64 * self.period_ns) as u64;
+        exact.div_ceil(self.grain_ns) * self.grain_ns
     }
 }
 
@@ -306,9 +328,9 @@ impl ThreadStats {
     pub fn on_message(&mut self, key: PairKey, seq: u64, intended_ns: u64, now_ns: u64) -> Arrival {
         let arrival = self.trackers.entry(key).or_default().record(seq);
         let latency = latency_ns(intended_ns, now_ns);
-        self.interval.saturating_record(latency);
+        record(&mut self.interval, latency);
         if arrival != Arrival::Duplicate && self.window.contains(intended_ns) {
-            self.latency.saturating_record(latency);
+            record(&mut self.latency, latency);
             self.received_in_window += 1;
         }
         arrival
@@ -322,7 +344,7 @@ impl ThreadStats {
 
     /// A finished connect attempt measured from `since_ns` (intended or actual start).
     pub fn on_connect(&mut self, since_ns: u64, now_ns: u64) {
-        self.connect.saturating_record(latency_ns(since_ns, now_ns));
+        record(&mut self.connect, latency_ns(since_ns, now_ns));
         if self.window.contains(now_ns) {
             self.connects_in_window += 1;
         }
@@ -463,7 +485,10 @@ mod tests {
         assert_eq!(Routing::AllToAll.pairs(2, 3).len(), 6);
         assert_eq!(Routing::AllToAll.fanout(3), 3);
         let d = delivery(Routing::AllToAll, &[5, 6], 3, &trackers);
-        assert_eq!(d.lost, 3, "publisher 1 sent one more than each subscriber got");
+        assert_eq!(
+            d.lost, 3,
+            "publisher 1 sent one more than each subscriber got"
+        );
     }
 
     #[test]
@@ -490,6 +515,21 @@ mod tests {
     }
 
     #[test]
+    fn grained_schedule_keeps_the_rate_and_is_never_early() {
+        let exact = Schedule::new(12_345, 30_000.0);
+        let grained = exact.with_grain(100_000);
+        for k in 0..10_000 {
+            let due = grained.due(k);
+            assert_eq!(due % 100_000, 0);
+            assert!(due >= exact.due(k) && due - exact.due(k) < 100_000);
+        }
+        // 30,000/s: one second later, exactly 30,000 messages are due.
+        let one_second = grained.due(0) + 1_000_000_000;
+        let due = (0..40_000).filter(|&k| grained.due(k) < one_second).count();
+        assert!((29_999..=30_001).contains(&due), "{due}");
+    }
+
+    #[test]
     fn window_excludes_warmup_from_latency() {
         let mut st = ThreadStats::new();
         st.window = Window {
@@ -497,9 +537,15 @@ mod tests {
             end_ns: 2_000,
         };
         st.on_message(key(0, 0), 0, 500, 600); // warm-up
-        st.on_message(key(0, 0), 1, 1_500, 1_700);
-        st.on_message(key(0, 0), 1, 1_500, 1_800); // duplicate
+        st.on_message(key(0, 0), 1, 1_500, 201_500);
+        st.on_message(key(0, 0), 1, 1_500, 301_800); // duplicate
         assert_eq!(st.latency.len(), 1);
+        let p = Percentiles::of(&st.latency).unwrap();
+        assert!(
+            (p.p50 - 0.2).abs() < 0.001,
+            "200 µs recorded as {} ms",
+            p.p50
+        );
         assert_eq!(st.received_in_window, 1);
         assert_eq!(st.interval.len(), 3);
         assert_eq!(st.trackers[&key(0, 0)].duplicates, 1);

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 
 use crate::client::{run_client, Conn};
 use crate::clock::Clock;
-use crate::pacer::{Pacer, Precision};
+use crate::pacer::{Pacer, GRAIN_NS};
 use crate::scenario::{churn, Plan, Settings};
 use crate::shared::{Counters, Phase, Shared};
 use crate::stats::{Schedule, ThreadStats, Window};
@@ -22,6 +22,8 @@ use crate::stats::{Schedule, ThreadStats, Window};
 const CONTROL_POLL: Duration = Duration::from_millis(2);
 /// How long a worker waits for its connections to close after `Done`.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How often connections are checked for a due keep-alive ping.
+const KEEPALIVE_SWEEP: Duration = Duration::from_secs(1);
 /// Connect/handshake errors printed per thread before going quiet.
 const ERRORS_LOGGED: u32 = 3;
 
@@ -73,7 +75,7 @@ pub fn spawn(args: WorkerArgs) -> Result<JoinHandle<Result<ThreadStats>>> {
 async fn run(args: WorkerArgs) -> ThreadStats {
     let w = Rc::new(Worker {
         index: args.index,
-        pacer: Pacer::new(args.clock, args.settings.spin),
+        pacer: Pacer::new(args.clock),
         settings: args.settings,
         plan: args.plan,
         shared: args.shared,
@@ -88,6 +90,7 @@ async fn run(args: WorkerArgs) -> ThreadStats {
     monoio::spawn(w.pacer.clone().run());
     monoio::spawn(control(w.clone()));
     monoio::spawn(ticker(w.clone(), args.progress));
+    monoio::spawn(keepalive(w.clone()));
     connect_all(&w).await;
     w.shared.mark_ready();
     if let Some(concurrency) = w.plan.storm_concurrency {
@@ -112,11 +115,12 @@ async fn connect_all(w: &Rc<Worker>) {
         .filter(|c| c.index % threads == w.index)
         .cloned()
         .collect();
-    let schedule = Schedule::new(w.pacer.now_ns(), w.settings.connect_rate / threads as f64);
+    let rate = w.settings.connect_rate / threads as f64;
+    let schedule = Schedule::new(w.pacer.now_ns(), rate).with_grain(GRAIN_NS);
     w.handshakes_pending.set(mine.len());
     for (k, spec) in mine.into_iter().enumerate() {
         let due = schedule.due(k as u64);
-        w.pacer.sleep_until(due, Precision::Precise).await;
+        w.pacer.sleep_until(due).await;
         monoio::spawn(run_client(w.clone(), spec, due));
     }
     w.wait_for(|| w.handshakes_pending.get() == 0).await;
@@ -145,6 +149,20 @@ async fn ticker(w: Rc<Worker>, progress: Sender<Histogram<u64>>) {
         let interval = w.stats.borrow_mut().take_interval();
         if progress.send(interval).is_err() {
             return;
+        }
+    }
+}
+
+/// Wakes the writers of connections that owe the broker a PINGREQ: one timer
+/// for the whole thread instead of one per connection.
+async fn keepalive(w: Rc<Worker>) {
+    while w.phase() != Phase::Done {
+        w.pacer.sleep(KEEPALIVE_SWEEP).await;
+        let now = w.pacer.now_ns();
+        for conn in w.conns.borrow().iter().filter_map(Weak::upgrade) {
+            if conn.ping_due(&w, now) {
+                conn.wake.notify();
+            }
         }
     }
 }
@@ -194,10 +212,6 @@ impl Worker {
     pub fn task_guard(self: &Rc<Self>) -> TaskGuard {
         self.live.set(self.live.get() + 1);
         TaskGuard(self.clone())
-    }
-
-    pub fn live_tasks(&self) -> usize {
-        self.live.get()
     }
 
     /// Prints the first few errors of this thread; the counters have them all.

@@ -102,7 +102,9 @@ impl Property {
             0x1F => ReasonString(r.string()?),
             0x21 => ReceiveMaximum(nonzero_u16(id, r)?),
             0x22 => TopicAliasMaximum(r.u16()?),
-            0x23 => TopicAlias(nonzero_u16(id, r)?),
+            // 0 is invalid, but as a topic alias error (0x94), which the session
+            // answers, not as a malformed packet.
+            0x23 => TopicAlias(r.u16()?),
             0x24 => MaximumQoS(bool_byte(id, r)?),
             0x25 => RetainAvailable(bool_byte(id, r)?),
             0x26 => UserProperty(r.string()?, r.string()?),
@@ -264,7 +266,11 @@ impl Properties {
 
     /// Rejects a property that `place` may not carry [MQTT-2.2.2-2].
     pub fn check_place(&self, place: Place) -> Result<(), DecodeError> {
-        match self.0.iter().find(|p| allowed_places(p.id()) & (1 << place as u16) == 0) {
+        match self
+            .0
+            .iter()
+            .find(|p| allowed_places(p.id()) & (1 << place as u16) == 0)
+        {
             Some(p) => Err(DecodeError::PropertyNotAllowed(p.id())),
             None => Ok(()),
         }

@@ -62,7 +62,7 @@ struct Entry {
     /// Offline with a finite session expiry: when the session ends.
     expires_at: Option<u64>,
     /// A will waiting out its 5.0 will delay interval.
-    delayed_will: Option<(u64, Arc<Message>)>,
+    delayed_will: Option<(u64, WillRelease)>,
 }
 
 /// Result of the packets handled for one connection.
@@ -149,8 +149,14 @@ impl Core {
         self.sessions.get(key).map(|e| &e.session)
     }
 
+    /// Collects the session's refill tally and, if it has bytes to write, marks
+    /// it for the server. Called after every call that touched the session.
     fn mark_dirty(&mut self, key: SessionKey) {
         if let Some(e) = self.sessions.get_mut(key) {
+            let t = e.session.take_tally();
+            self.counters.messages_sent += t.sent;
+            self.counters.dropped_expired += t.expired;
+            self.counters.dropped_too_large += t.too_large;
             if !e.dirty && e.conn.is_some() && !e.session.tx.is_empty() {
                 e.dirty = true;
                 self.dirty.push(key);
@@ -189,7 +195,7 @@ impl Core {
         let limits = self.limits.clone();
         if let Some(e) = self.sessions.get_mut(key) {
             if e.conn == Some(conn) {
-                self.counters.dropped_expired += e.session.pump(&limits, now) as u64;
+                e.session.pump(&limits, now);
                 self.mark_dirty(key);
             }
         }
@@ -250,7 +256,7 @@ impl Core {
         e.delayed_will = None;
         e.session.attach(connect, &limits, now);
         e.session.send_connack(true, None, &limits);
-        self.counters.dropped_expired += e.session.resume(&limits, now) as u64;
+        e.session.resume(&limits, now);
         self.counters.connections_current += 1;
         self.activate_shared(key, true);
         self.mark_dirty(key);
@@ -263,7 +269,7 @@ impl Core {
         let Some(old) = e.conn.take() else {
             return;
         };
-        let will = e.session.detach(&limits, now);
+        let will = e.session.detach(&limits);
         self.counters.takeovers += 1;
         self.counters.connections_current -= 1;
         self.closing.push((old, CloseReason::SessionTakenOver));
@@ -283,7 +289,7 @@ impl Core {
         }
         e.conn = None;
         self.counters.connections_current -= 1;
-        let will = e.session.detach(&limits, now);
+        let will = e.session.detach(&limits);
         let expiry = e.session.session_expiry();
         self.activate_shared(key, false);
         self.release_will(key, will, now);
@@ -300,16 +306,16 @@ impl Core {
             return;
         };
         if will.delay == 0 {
-            self.publish_will(will.msg, now);
+            self.publish_will(will, now);
         } else {
             let at = now + u64::from(will.delay) * 1000;
-            self.sessions[key].delayed_will = Some((at, will.msg));
+            self.sessions[key].delayed_will = Some((at, will));
         }
     }
 
-    fn publish_will(&mut self, will: Arc<Message>, now: u64) {
+    fn publish_will(&mut self, will: WillRelease, now: u64) {
         self.counters.wills_published += 1;
-        self.route(will, now);
+        self.route(will.into_message(now), now);
     }
 
     /// Ends a session: a pending will goes out [MQTT-3.1.2-8], subscriptions go.

@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf,
     Splitable,
 };
-use monoio::buf::{IoBufMut, SliceMut};
 use monoio::net::TcpStream;
 
 use super::context::{ConnSignals, Ctx};
@@ -390,8 +390,10 @@ impl Link {
     /// (a subscription barrier, a full mesh queue) are awaited, which keeps this
     /// task's state, held by every idle connection, small.
     async fn process(&self, buf: &mut BytesMut, client_id: &str) -> bool {
+        // One clock read per read, not per packet.
+        let now = self.ctx.now();
         loop {
-            match self.step(buf, client_id) {
+            match self.step(buf, client_id, now) {
                 Step::Drained => break,
                 Step::Disconnect | Step::Violation => return true,
                 Step::Subscribe(mut pending) => {
@@ -413,7 +415,7 @@ impl Link {
     }
 
     /// Handles frames until the buffer is drained or something must be awaited.
-    fn step(&self, buf: &mut BytesMut, client_id: &str) -> Step {
+    fn step(&self, buf: &mut BytesMut, client_id: &str, now: u64) -> Step {
         let max = self.ctx.shared.config.limits.max_packet_size;
         loop {
             let packet = match decode(buf, self.protocol, max) {
@@ -425,7 +427,6 @@ impl Link {
                 }
             };
             let mut followup = Followup::default();
-            let now = self.ctx.now();
             let result =
                 self.ctx
                     .core

@@ -113,12 +113,34 @@ pub enum Outcome {
     DroppedTooLarge,
 }
 
-/// A will to publish now or after its delay.
+/// A will to publish now or after its delay. The message is built when it is
+/// published, so its 5.0 expiry interval counts from then (5.0 section 3.1.3.2.4).
 #[derive(Debug)]
 pub struct WillRelease {
-    pub msg: Arc<Message>,
+    topic: TopicName,
+    will: Will,
+    publisher: Arc<str>,
     /// 5.0 will delay interval, seconds.
     pub delay: u32,
+}
+
+impl WillRelease {
+    pub fn into_message(self, now: u64) -> Arc<Message> {
+        let w = self.will;
+        Message::new(self.topic, w.payload, w.qos, w.retain)
+            .with_properties(w.properties, now)
+            .from_client(self.publisher)
+            .shared()
+    }
+}
+
+/// Deliveries that happened inside the session (a window refill after an ack or
+/// a write), for the router's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub sent: u64,
+    pub expired: u64,
+    pub too_large: u64,
 }
 
 /// One client's session: subscriptions, QoS state, and (while connected) its output.
@@ -143,6 +165,8 @@ pub struct Session {
     aliases_in: Vec<Option<TopicName>>,
     /// 5.0 topic aliases the broker set towards the client.
     aliases_out: HashMap<TopicName, u16>,
+    /// Deliveries made by window refills since the router last looked.
+    tally: Tally,
     /// Encoded bytes waiting for the connection to write them.
     pub tx: BytesMut,
 }
@@ -165,6 +189,7 @@ impl Session {
             awaiting_rel: HashMap::new(),
             aliases_in: Vec::new(),
             aliases_out: HashMap::new(),
+            tally: Tally::default(),
             tx: BytesMut::new(),
         };
         session.attach(connect, limits, now);
@@ -233,29 +258,28 @@ impl Session {
 
     /// The connection ended. Returns the will to publish: after an abnormal end,
     /// or a 5.0 DISCONNECT with reason 0x04.
-    pub fn detach(&mut self, limits: &Limits, now: u64) -> Option<WillRelease> {
+    pub fn detach(&mut self, limits: &Limits) -> Option<WillRelease> {
         self.connected = false;
         self.tx.clear();
         // A normal DISCONNECT already cleared the will, unless its reason (5.0
         // 0x04) asked for it to be published.
         let will = self.will.take()?;
-        let topic = TopicName::new(will.topic, limits.max_topic_levels).ok()?;
+        let topic = TopicName::new(will.topic.clone(), limits.max_topic_levels).ok()?;
         let delay = will.properties.find(|p| match p {
             Property::WillDelayInterval(d) => Some(*d),
             _ => None,
         });
-        let msg = Message::new(topic, will.payload, will.qos, will.retain)
-            .with_properties(will.properties, now)
-            .from_client(self.client_id.clone());
         Some(WillRelease {
-            msg: msg.shared(),
+            topic,
+            will,
+            publisher: self.client_id.clone(),
             delay: delay.unwrap_or(0),
         })
     }
 
     /// Re-sends what the client has not acknowledged, with DUP set [MQTT-4.4.0-1],
-    /// then whatever queued up while it was away. Returns the messages that expired.
-    pub fn resume(&mut self, limits: &Limits, now: u64) -> usize {
+    /// then whatever queued up while it was away.
+    pub fn resume(&mut self, limits: &Limits, now: u64) {
         let protocol = self.protocol;
         for entry in &self.out.inflight {
             match entry.state {
@@ -275,7 +299,12 @@ impl Session {
                 }
             }
         }
-        self.pump(limits, now)
+        self.pump(limits, now);
+    }
+
+    /// What window refills delivered or dropped since the last call.
+    pub fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
     }
 
     /// Accepts the connection: CONNACK first in `tx`, with the 5.0 properties that
@@ -396,7 +425,8 @@ impl Session {
         limits: &Limits,
         events: &mut Vec<Event>,
     ) -> Result<(), Violation> {
-        let has_sub_id = |p: &Property| matches!(p, Property::SubscriptionIdentifier(_)).then_some(());
+        let has_sub_id =
+            |p: &Property| matches!(p, Property::SubscriptionIdentifier(_)).then_some(());
         if p.properties.find(has_sub_id).is_some() {
             return Err(Violation::SubscriptionIdFromClient);
         }
@@ -656,10 +686,9 @@ impl Session {
     }
 
     /// Moves queued messages into the inflight window while it and the output
-    /// buffer have room. Called after acks and after the connection drained `tx`.
-    /// Returns how many queued messages expired on the way.
-    pub fn pump(&mut self, limits: &Limits, now: u64) -> usize {
-        let mut expired = 0;
+    /// buffer have room. Called after acks and after the connection drained `tx`;
+    /// what it delivers or drops is recorded in the tally.
+    pub fn pump(&mut self, limits: &Limits, now: u64) {
         while self.connected
             && self.out.inflight.len() < self.window(limits)
             && self.tx.len() < limits.max_write_buffer
@@ -668,12 +697,15 @@ impl Session {
                 break;
             };
             if item.msg.expired(now) {
-                expired += 1;
+                self.tally.expired += 1;
                 continue;
             }
-            self.send_inflight(item, now);
+            match self.send_inflight(item, now) {
+                Outcome::Sent => self.tally.sent += 1,
+                Outcome::DroppedTooLarge => self.tally.too_large += 1,
+                _ => {}
+            }
         }
-        expired
     }
 
     /// Messages that came through shared subscriptions and were not received for

@@ -201,7 +201,7 @@ fn reconnect_resends_with_dup_and_pubrel() {
     };
     let q2_id = q2.qos_pid.pid().unwrap();
     handle(&mut s, 1, Packet::PubRec(Ack::new(q2_id))).unwrap();
-    s.detach(&lim, 0);
+    s.detach(&lim);
     // Offline: QoS 1 is queued, QoS 0 is not.
     assert_eq!(
         s.deliver(msg("c", QoS::AtLeastOnce), &lim, 0),
@@ -258,13 +258,10 @@ fn keep_alive_expires_at_one_and_a_half() {
 fn will_on_abnormal_end_only() {
     let lim = limits();
     let mut s = session(true);
-    assert!(s.detach(&lim, 0).is_some());
+    assert!(s.detach(&lim).is_some());
     s.attach(&connect(true, 10), &lim, 0);
     handle(&mut s, 1, Packet::Disconnect(Disconnect::default())).unwrap();
-    assert!(
-        s.detach(&lim, 0).is_none(),
-        "no will after DISCONNECT"
-    );
+    assert!(s.detach(&lim).is_none(), "no will after DISCONNECT");
 }
 
 #[test]

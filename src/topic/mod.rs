@@ -133,10 +133,15 @@ fn check_wildcard(raw: &[u8], i: usize) -> Result<(), TopicError> {
     }
 }
 
-/// Unwraps the UTF-8 of an already validated topic. Re-validating costs a few
-/// nanoseconds for a typical topic and keeps the crate free of `unsafe`.
+/// Unwraps the UTF-8 of an already validated topic without checking it again:
+/// `as_str` runs several times per routed message (interest index, trie, shared
+/// groups), and re-validation showed up at 4-5 % of broker CPU.
 fn validated_str(bytes: &Bytes) -> &str {
-    std::str::from_utf8(bytes).expect("topic bytes are validated UTF-8 at construction")
+    debug_assert!(std::str::from_utf8(bytes).is_ok());
+    // SAFETY: `TopicName` and `TopicFilter` are only constructed by `new` and
+    // `from_static`, which reject anything that is not valid UTF-8, and their
+    // bytes are never mutated afterwards. Tested by `as_str_round_trips` below.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// A validated PUBLISH topic name: non-empty, at most 65535 bytes, UTF-8,
@@ -313,6 +318,21 @@ mod tests {
 
     fn filter(s: &str) -> Result<TopicFilter, TopicError> {
         TopicFilter::new(Bytes::copy_from_slice(s.as_bytes()), usize::MAX)
+    }
+
+    /// The unchecked conversion in `as_str` returns exactly the validated text,
+    /// multi-byte characters included, and invalid bytes never get that far.
+    #[test]
+    fn as_str_round_trips() {
+        for text in ["a/b", "caf\u{e9}/\u{1f600}/x", "$SYS/broker", "/"] {
+            assert_eq!(name(text).unwrap().as_str(), text);
+        }
+        for text in ["a/+", "caf\u{e9}/#", "+/\u{1f600}"] {
+            assert_eq!(filter(text).unwrap().as_str(), text);
+        }
+        let invalid = Bytes::from_static(&[b'a', 0xff, b'b']);
+        assert!(TopicName::new(invalid.clone(), usize::MAX).is_err());
+        assert!(TopicFilter::new(invalid, usize::MAX).is_err());
     }
 
     #[test]

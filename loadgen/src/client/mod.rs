@@ -15,10 +15,10 @@ use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ringmq::codec::{
-    decode, encode, Connect, Packet, Pid, Properties, Property, Subscribe, SubOptions,
+    decode, encode, Connect, Packet, Pid, Properties, Property, SubOptions, Subscribe,
 };
 
-use crate::pacer::{timeout, Precision};
+use crate::pacer::timeout;
 use crate::scenario::{ClientSpec, Role};
 use crate::signal::Notify;
 use crate::worker::Worker;
@@ -43,16 +43,26 @@ pub struct Conn {
     pub inflight: RefCell<Inflight>,
     /// Set by the reader when the connection is gone.
     pub closed: Cell<bool>,
+    /// When the writer last wrote, for keep-alive.
+    pub last_write: Cell<u64>,
 }
 
 impl Conn {
-    fn new(inflight: Inflight) -> Rc<Conn> {
+    fn new(inflight: Inflight, now: u64) -> Rc<Conn> {
         Rc::new(Conn {
             outbox: RefCell::new(BytesMut::new()),
             wake: Notify::default(),
             inflight: RefCell::new(inflight),
             closed: Cell::new(false),
+            last_write: Cell::new(now),
         })
+    }
+
+    /// Silent for half the keep-alive: time for a PINGREQ, so the broker
+    /// never sees a client quiet for the whole interval.
+    pub fn ping_due(&self, w: &Worker, now: u64) -> bool {
+        let half = u64::from(w.settings.keepalive) * 500_000_000;
+        half > 0 && now >= self.last_write.get() + half
     }
 
     /// Queues a control packet for the writer.
@@ -106,7 +116,9 @@ pub async fn connect_timed(
     let c = w.counters();
     match result {
         Ok(session) => {
-            w.stats.borrow_mut().on_connect(intended_ns, w.pacer.now_ns());
+            w.stats
+                .borrow_mut()
+                .on_connect(intended_ns, w.pacer.now_ns());
             crate::shared::Counters::add(&c.connect_ok, 1);
             Some(session)
         }
@@ -151,8 +163,14 @@ fn connect_packet(w: &Worker, id: &str) -> Packet {
         keep_alive: s.keepalive,
         client_id: Bytes::copy_from_slice(id.as_bytes()),
         will: None,
-        username: s.username.as_deref().map(|u| Bytes::copy_from_slice(u.as_bytes())),
-        password: s.password.as_deref().map(|p| Bytes::copy_from_slice(p.as_bytes())),
+        username: s
+            .username
+            .as_deref()
+            .map(|u| Bytes::copy_from_slice(u.as_bytes())),
+        password: s
+            .password
+            .as_deref()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes())),
         properties: Properties::default(),
     }))
 }
@@ -239,7 +257,7 @@ async fn run_session(w: &Rc<Worker>, spec: &ClientSpec, session: Session) -> Res
     if let Some(max) = session.receive_maximum {
         inflight.limit_to(max);
     }
-    let conn = Conn::new(inflight);
+    let conn = Conn::new(inflight, w.pacer.now_ns());
     w.register(&conn);
     let (rd, wr) = session.stream.into_split();
     let reader = monoio::spawn(reader::run(
@@ -258,18 +276,23 @@ async fn run_session(w: &Rc<Worker>, spec: &ClientSpec, session: Session) -> Res
     // The broker closes after our DISCONNECT; don't wait forever if it doesn't.
     let limit = std::time::Duration::from_secs(2);
     let read = timeout(&w.pacer, limit, reader).await.unwrap_or(Ok(()));
-    crate::shared::Counters::add(&w.counters().closed, 1);
-    written.and(read)
+    let c = w.counters();
+    crate::shared::Counters::add(&c.closed, 1);
+    let result = written.and(read);
+    if result.is_err() {
+        crate::shared::Counters::add(&c.errors, 1);
+    }
+    result
 }
 
 /// Waits for the writer's next reason to act: a notification or `deadline_ns`.
-pub async fn wait(w: &Worker, conn: &Conn, deadline_ns: Option<u64>, precision: Precision) {
+pub async fn wait(w: &Worker, conn: &Conn, deadline_ns: Option<u64>) {
     use futures::future::select;
     use std::pin::pin;
     match deadline_ns {
         None => conn.wake.notified().await,
         Some(due) => {
-            let timer = pin!(w.pacer.sleep_until(due, precision));
+            let timer = pin!(w.pacer.sleep_until(due));
             let _ = select(timer, pin!(conn.wake.notified())).await;
         }
     }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use ringmq::codec::{encode_publish, Properties, PublishHeader, QoS, QosPid};
 
 use super::Conn;
+use crate::pacer::GRAIN_NS;
 use crate::payload::Header;
 use crate::scenario::Pace;
 use crate::shared::Counters;
@@ -21,8 +22,10 @@ pub struct Publisher {
     topic: Bytes,
     payload: Vec<u8>,
     properties: Properties,
-    /// Set when the run starts.
+    /// Open loop: the send schedule; max rate: sends from `start_ns`. Both set
+    /// when the run starts.
     schedule: Option<Schedule>,
+    start_ns: u64,
     end_ns: u64,
     seq: u64,
 }
@@ -35,6 +38,7 @@ impl Publisher {
             payload: vec![0; w.settings.payload_size],
             properties: Properties::default(),
             schedule: None,
+            start_ns: 0,
             end_ns: 0,
             seq: 0,
         }
@@ -46,14 +50,20 @@ impl Publisher {
             return;
         }
         let Some(start) = w.start_ns() else { return };
+        let offset = match w.settings.pace {
+            // Spread publishers over one period so they don't all fire at once.
+            Pace::OpenLoop { rate } => {
+                let spread = self.id as f64 / w.plan.publishers.max(1) as f64;
+                (spread * 1e9 / rate) as u64
+            }
+            Pace::MaxRate => 0,
+        };
         let rate = match w.settings.pace {
             Pace::OpenLoop { rate } => rate,
-            Pace::MaxRate => 1.0,
+            Pace::MaxRate => 1.0, // unused: max rate stamps the send time
         };
-        // Spread publishers over one period so they don't all fire at once.
-        let spread = self.id as f64 / w.plan.publishers.max(1) as f64;
-        let offset = (spread * 1e9 / rate) as u64;
-        self.schedule = Some(Schedule::new(start + offset, rate));
+        self.start_ns = start + offset;
+        self.schedule = Some(Schedule::new(self.start_ns, rate).with_grain(GRAIN_NS));
         self.end_ns = w.stats.borrow().window.end_ns;
     }
 
@@ -66,14 +76,16 @@ impl Publisher {
         }
         match w.settings.pace {
             Pace::OpenLoop { .. } => Some(schedule.due(self.seq)).filter(|&d| d < self.end_ns),
-            Pace::MaxRate => Some(now).filter(|&n| n < self.end_ns),
+            Pace::MaxRate => Some(now.max(self.start_ns)).filter(|&n| n < self.end_ns),
         }
     }
 
     /// Encodes every message due by `now` (window and batch permitting).
     pub fn fill(&mut self, w: &Worker, conn: &Conn, now: u64) {
         self.start(w);
-        let Some(schedule) = self.schedule else { return };
+        let Some(schedule) = self.schedule else {
+            return;
+        };
         let batch = match w.settings.pace {
             Pace::OpenLoop { .. } => OPEN_LOOP_BATCH,
             Pace::MaxRate => MAX_RATE_BATCH,
@@ -87,7 +99,7 @@ impl Publisher {
                 Pace::OpenLoop { .. } => schedule.due(self.seq),
                 Pace::MaxRate => now,
             };
-            if intended > now || intended >= self.end_ns {
+            if intended > now || intended < self.start_ns || intended >= self.end_ns {
                 break;
             }
             let qos_pid = match w.settings.qos {

@@ -37,9 +37,6 @@ pub async fn run(
     let result = read_loop(&w, &conn, &role, &mut rd, &mut buf, capacity).await;
     conn.closed.set(true);
     conn.wake.notify();
-    if result.is_err() {
-        Counters::add(&w.counters().errors, 1);
-    }
     result
 }
 
@@ -138,6 +135,7 @@ fn on_publish(
         subscriber: sub,
         publisher: h.publisher,
     };
-    w.stats.borrow_mut().on_message(key, h.seq, h.intended_ns, now);
+    w.stats
+        .borrow_mut()
+        .on_message(key, h.seq, h.intended_ns, now);
 }
-

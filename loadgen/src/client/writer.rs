@@ -1,6 +1,8 @@
 //! The writing half of a connection: each turn gathers everything due (the
 //! publisher's messages, the reader's acks, a keep-alive ping) into one buffer
-//! and writes it with one call, then sleeps until the next reason to write.
+//! and writes it with one call, then sleeps until the next reason to write:
+//! the publisher's next send time, or a notification (an ack to send, a freed
+//! window, a phase change, the worker's keep-alive sweep).
 
 use std::rc::Rc;
 
@@ -11,8 +13,8 @@ use monoio::net::TcpStream;
 use ringmq::codec::{Disconnect, Packet};
 
 use super::{wait, Conn, Publisher};
-use crate::pacer::Precision;
 use crate::shared::Phase;
+use crate::signal::yield_now;
 use crate::worker::Worker;
 
 pub async fn run(
@@ -21,9 +23,6 @@ pub async fn run(
     mut wr: OwnedWriteHalf<TcpStream>,
     mut publisher: Option<Publisher>,
 ) -> Result<()> {
-    // Ping at half the keep-alive so the broker never sees a silent client.
-    let ping_every = u64::from(w.settings.keepalive) * 500_000_000;
-    let mut last_write = w.pacer.now_ns();
     let mut spare = BytesMut::new();
     loop {
         if conn.closed.get() {
@@ -36,8 +35,7 @@ pub async fn run(
         if let Some(p) = publisher.as_mut() {
             p.fill(w, conn, now);
         }
-        let ping_due = (ping_every > 0).then_some(last_write + ping_every);
-        if ping_due.is_some_and(|due| due <= now) && conn.outbox.borrow().is_empty() {
+        if conn.ping_due(w, now) && conn.outbox.borrow().is_empty() {
             conn.queue(&Packet::PingReq, w);
         }
         if !conn.outbox.borrow().is_empty() {
@@ -46,16 +44,14 @@ pub async fn run(
             res.context("writing to the broker")?;
             buf.clear();
             spare = buf;
-            last_write = now;
+            conn.last_write.set(now);
+            // A max-rate publisher always has more to send; let the thread's
+            // readers run (the epoll driver may complete writes without yielding).
+            yield_now().await;
             continue;
         }
         let send_due = publisher.as_ref().and_then(|p| p.next_due(w, conn, now));
-        let (due, precision) = match (send_due, ping_due) {
-            (Some(s), Some(p)) if p < s => (Some(p), Precision::Coarse),
-            (Some(s), _) => (Some(s), Precision::Precise),
-            (None, p) => (p, Precision::Coarse),
-        };
-        wait(w, conn, due, precision).await;
+        wait(w, conn, send_due).await;
     }
 }
 

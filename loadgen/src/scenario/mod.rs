@@ -75,7 +75,6 @@ pub struct Settings {
     pub connect_rate: f64,
     pub connect_timeout: Duration,
     pub threads: usize,
-    pub spin: Duration,
     /// Random per run, in every payload and client id.
     pub run_id: u32,
     pub progress: bool,
@@ -106,7 +105,6 @@ impl Settings {
             connect_rate: args.connect_rate,
             connect_timeout: seconds(args.connect_timeout),
             threads: args.threads.unwrap_or_else(default_threads).max(1),
-            spin: Duration::from_micros(args.spin_us),
             run_id: new_run_id(),
             progress: !args.quiet,
         })
@@ -212,7 +210,10 @@ impl Plan {
         let roles = subs
             .into_iter()
             .map(|(id, filter)| Role::Subscriber { id, filter })
-            .chain(pubs.into_iter().map(|(id, topic)| Role::Publisher { id, topic }));
+            .chain(
+                pubs.into_iter()
+                    .map(|(id, topic)| Role::Publisher { id, topic }),
+            );
         Plan {
             clients: roles
                 .enumerate()

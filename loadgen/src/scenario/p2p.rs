@@ -16,7 +16,11 @@ pub fn plan(args: &LoadArgs) -> Result<Plan> {
         bail!("p2p needs %i in --topic so that each pair has its own topic");
     }
     let topics = || (0..pairs).map(|i| (i, topic_for(pattern, i)));
-    Ok(Plan::messaging(topics().collect(), topics().collect(), Routing::Pairs))
+    Ok(Plan::messaging(
+        topics().collect(),
+        topics().collect(),
+        Routing::Pairs,
+    ))
 }
 
 #[cfg(test)]

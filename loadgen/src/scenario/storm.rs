@@ -11,7 +11,7 @@ use ringmq::codec::{encode, Disconnect, Packet};
 use super::Plan;
 use crate::cli::LoadArgs;
 use crate::client::{client_id, connect_timed, Session};
-use crate::pacer::Precision;
+use crate::pacer::GRAIN_NS;
 use crate::shared::Counters;
 use crate::stats::{Routing, Schedule};
 use crate::worker::Worker;
@@ -38,13 +38,13 @@ pub async fn churn(w: &Rc<Worker>, concurrency: usize) {
     // Threads interleave their schedules instead of connecting in lockstep.
     let offset = (w.index as f64 / threads as f64 * 1e9 / rate) as u64;
     let start = w.start_ns().unwrap_or_else(|| w.pacer.now_ns());
-    let schedule = Schedule::new(start + offset, rate);
+    let schedule = Schedule::new(start + offset, rate).with_grain(GRAIN_NS);
     for k in 0.. {
         let due = schedule.due(k);
         if due >= end {
             break;
         }
-        w.pacer.sleep_until(due, Precision::Precise).await;
+        w.pacer.sleep_until(due).await;
         w.wait_for(|| in_flight.get() < limit).await;
         in_flight.set(in_flight.get() + 1);
         monoio::spawn(attempt(w.clone(), k as usize, due, in_flight.clone()));

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# ringmq vs Mosquitto on this machine, in one command.
+#
+#   scripts/bench.sh            # ~3-4 minutes on 2 cores
+#   DURATION=30 scripts/bench.sh
+#
+# Builds the workspace (release), installs Mosquitto from the distribution's
+# packages if it is missing, starts both brokers on loopback (pinned to core 0,
+# the load generator to core 1, when there are at least 2 cores), runs the
+# standard scenarios with `loadgen compare`, writes JSON, SVG and HdrHistogram
+# files under results/<date>/, prints the comparison tables, and stops what it
+# started.
+#
+# Environment: DURATION (s, per run, default 10), WARMUP (s, default 2),
+# ROUNDS (default 1), RINGMQ_PORT (1883), MOSQUITTO_PORT (1884).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-1}
+RINGMQ_PORT=${RINGMQ_PORT:-1883}
+MOSQUITTO_PORT=${MOSQUITTO_PORT:-1884}
+OUT=results/$(date +%Y-%m-%d_%H%M%S)
+mkdir -p "$OUT"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT INT TERM
+
+install_mosquitto() {
+    command -v mosquitto >/dev/null && return
+    log "installing mosquitto from the distribution's packages"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    if command -v apt-get >/dev/null; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto
+    elif command -v dnf >/dev/null; then
+        $sudo dnf install -y mosquitto
+    else
+        echo "bench.sh: install mosquitto with your package manager, then rerun" >&2
+        exit 1
+    fi
+}
+
+# 10,000 idle clients need 10,000 descriptors in the generator and the broker.
+raise_fd_limit() {
+    local hard
+    hard=$(ulimit -Hn)
+    if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then
+        ulimit -n 65536
+    else
+        ulimit -n "$hard"
+    fi
+    if [ "$(ulimit -n)" -lt 10240 ]; then
+        echo "bench.sh: warning: ulimit -n is $(ulimit -n); the 10k-connection run may fail" >&2
+    fi
+}
+
+wait_for_port() {
+    local port=$1 name=$2 log=$3
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return
+        fi
+        sleep 0.05
+    done
+    echo "bench.sh: $name did not open port $port; its log:" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+log "building (release)"
+cargo build --release --workspace
+install_mosquitto
+raise_fd_limit
+
+BROKER_CPU=()
+GEN_CPU=()
+THREADS=$(nproc)
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    BROKER_CPU=(taskset -c 0)
+    GEN_CPU=(taskset -c 1)
+    THREADS=1
+fi
+
+cat >"$OUT/mosquitto.conf" <<EOF
+listener $MOSQUITTO_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 0
+set_tcp_nodelay true
+log_type error
+log_type warning
+EOF
+
+log "starting ringmq on :$RINGMQ_PORT and mosquitto on :$MOSQUITTO_PORT"
+"${BROKER_CPU[@]}" target/release/ringmq --bind 127.0.0.1 --port "$RINGMQ_PORT" --cores 1 \
+    2>"$OUT/ringmq.log" &
+RINGMQ_PID=$!
+PIDS+=("$RINGMQ_PID")
+"${BROKER_CPU[@]}" mosquitto -c "$OUT/mosquitto.conf" 2>"$OUT/mosquitto.log" &
+MOSQUITTO_PID=$!
+PIDS+=("$MOSQUITTO_PID")
+wait_for_port "$RINGMQ_PORT" ringmq "$OUT/ringmq.log"
+wait_for_port "$MOSQUITTO_PORT" mosquitto "$OUT/mosquitto.log"
+
+RUNS=()
+compare() {
+    local name=$1
+    shift
+    RUNS+=("$name")
+    log "$name"
+    "${GEN_CPU[@]}" target/release/loadgen compare "$@" \
+        --target "ringmq=127.0.0.1:$RINGMQ_PORT" \
+        --target "mosquitto=127.0.0.1:$MOSQUITTO_PORT" \
+        --broker-pid "ringmq=$RINGMQ_PID" --broker-pid "mosquitto=$MOSQUITTO_PID" \
+        --threads "$THREADS" --rounds "$ROUNDS" --quiet \
+        --json "$OUT/$name.json" --svg "$OUT/$name.svg" --hdr "$OUT/$name.hdr" |
+        tee "$OUT/$name.txt"
+}
+
+# Each broker on one pinned core; fixed rates the peers can sustain, so that
+# latency and CPU per message compare like for like.
+compare p2p-qos1 p2p -c 50 --rate 1000 --qos 1 --duration "$DURATION" --warmup "$WARMUP"
+compare fan-out-qos0 fan-out --publishers 1 --subscribers 100 --rate 1000 --qos 0 \
+    --duration "$DURATION" --warmup "$WARMUP"
+compare fan-in-qos0 fan-in -c 8 --rate 5000 --qos 0 --duration "$DURATION" --warmup "$WARMUP"
+compare connections-10k connections -c 10000 --connect-rate 2500 \
+    --duration "$((DURATION / 2))" --warmup 0
+
+log "results in $OUT"
+for name in "${RUNS[@]}"; do
+    printf '\n' && cat "$OUT/$name.txt"
+done
