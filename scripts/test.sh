@@ -29,4 +29,17 @@ if ((${#missing[@]} > 0)); then
     fi
 fi
 
+# Paho's Python client (MQTT 5) drives tests/e2e_paho.rs.
+if ! python3 -c 'import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.startswith("2") else 1)' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+fi
+
+# The protocol core stays pure: no sockets, threads, runtimes or clocks in the
+# codec, topic, message and session modules (see README, Architecture).
+if grep -rnE 'monoio|std::net|std::thread|Instant::now|SystemTime' \
+    src/codec src/topic src/session src/message.rs; then
+    echo "scripts/test.sh: I/O, threads or clock reads in the pure protocol core (above)" >&2
+    exit 1
+fi
+
 exec cargo test --workspace --all-targets "$@"
