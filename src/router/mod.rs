@@ -56,13 +56,15 @@ struct Subscriber {
 
 #[derive(Debug)]
 struct Entry {
-    session: Session,
+    /// Boxed: the slab holds many entries and grows by doubling, so its slots
+    /// stay small and the session is allocated at its exact size.
+    session: Box<Session>,
     conn: Option<ConnId>,
     dirty: bool,
     /// Offline with a finite session expiry: when the session ends.
     expires_at: Option<u64>,
     /// A will waiting out its 5.0 will delay interval.
-    delayed_will: Option<(u64, WillRelease)>,
+    delayed_will: Option<Box<(u64, WillRelease)>>,
 }
 
 /// Result of the packets handled for one connection.
@@ -146,7 +148,7 @@ impl Core {
     }
 
     pub fn session(&self, key: SessionKey) -> Option<&Session> {
-        self.sessions.get(key).map(|e| &e.session)
+        self.sessions.get(key).map(|e| &*e.session)
     }
 
     /// Collects the session's refill tally and, if it has bytes to write, marks
@@ -231,7 +233,7 @@ impl Core {
         let mut session = Session::new(client_id.clone(), connect, &limits, now);
         session.send_connack(false, assigned_id.then_some(&*client_id), &limits);
         let key = self.sessions.insert(Entry {
-            session,
+            session: Box::new(session),
             conn: Some(conn),
             dirty: false,
             expires_at: None,
@@ -309,7 +311,7 @@ impl Core {
             self.publish_will(will, now);
         } else {
             let at = now + u64::from(will.delay) * 1000;
-            self.sessions[key].delayed_will = Some((at, will));
+            self.sessions[key].delayed_will = Some(Box::new((at, will)));
         }
     }
 
@@ -323,7 +325,7 @@ impl Core {
         let mut e = self.sessions.remove(key);
         self.by_client_id.remove(e.session.client_id());
         self.counters.sessions_current -= 1;
-        if let Some((_, will)) = e.delayed_will.take() {
+        if let Some((_, will)) = e.delayed_will.take().map(|b| *b) {
             self.publish_will(will, now);
         }
         let filters: Vec<_> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
@@ -443,8 +445,8 @@ impl Core {
                 self.counters.awaiting_rel_expired +=
                     e.session.expire_awaiting_rel(now, &limits) as u64;
             }
-            if e.delayed_will.as_ref().is_some_and(|(at, _)| now >= *at) {
-                wills.extend(e.delayed_will.take().map(|(_, w)| w));
+            if e.delayed_will.as_ref().is_some_and(|w| now >= w.0) {
+                wills.extend(e.delayed_will.take().map(|b| b.1));
             }
             if e.expires_at.is_some_and(|at| now >= at) {
                 expired.push(key);

@@ -11,18 +11,15 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf,
-    Splitable,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable,
 };
 use monoio::net::TcpStream;
 
-use super::context::{ConnSignals, Ctx};
+use super::context::{ConnSignals, Ctx, WriteHalf};
 use crate::codec::{
     decode, encode, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
 };
-use crate::router::{
-    owner_core, CloseReason, ConnId, Followup, Handoff, MeshMsg, PendingSubscribe, SessionKey,
-};
+use crate::router::{owner_core, CloseReason, Followup, Handoff, MeshMsg, PendingSubscribe};
 use crate::session::{check_connect, Refusal};
 
 /// Above this, an idle connection's buffers are released rather than kept.
@@ -230,38 +227,45 @@ async fn serve(
     _slot: ConnectionSlot,
 ) {
     let conn = ctx.next_conn_id();
-    let signals = Rc::new(ConnSignals::new());
-    ctx.conns.borrow_mut().insert(conn, signals.clone());
+    let protocol = connect.protocol;
+    let (read_half, write_half) = stream.into_split();
     let now = ctx.now();
     let attached = ctx
         .core
         .borrow_mut()
         .connect(&connect, client_id.clone(), conn, now, assigned);
-    ctx.apply_effects();
-    tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
-    let protocol = connect.protocol;
     // The CONNECT's bytes share the read buffer's allocation: release them so the
     // buffer can be reused in place.
     drop(connect);
-    let (read_half, write_half) = stream.into_split();
+    let signals = Rc::new(ConnSignals::new(attached.key, conn, protocol, write_half));
+    ctx.conns.borrow_mut().insert(conn, signals.clone());
+    ctx.apply_effects();
+    tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
     let link = Link {
         ctx: ctx.clone(),
-        conn,
-        key: attached.key,
         signals: signals.clone(),
-        protocol,
     };
-    let writer = monoio::spawn(write_loop(link.clone(), write_half));
     link.read_loop(read_half, buf, &client_id).await;
-    signals.finishing.set(true);
-    signals.writer.notify();
-    let grace = std::time::Duration::from_secs(1);
-    let _ = Box::pin(monoio::time::timeout(grace, writer)).await;
+    finish_writes(&ctx, &signals).await;
     ctx.core
         .borrow_mut()
         .disconnected(attached.key, conn, ctx.now());
     ctx.conns.borrow_mut().remove(&conn);
     ctx.apply_effects();
+}
+
+/// Flushes what the session still owes the client (and a 5.0 DISCONNECT), for at
+/// most a second: a client that stopped reading does not hold the close up.
+async fn finish_writes(ctx: &Rc<Ctx>, signals: &Rc<ConnSignals>) {
+    let grace = std::time::Duration::from_secs(1);
+    signals.finishing.set(true);
+    if signals.writer_active() {
+        signals.writer.notify();
+        let _ = Box::pin(monoio::time::timeout(grace, signals.writer_done.notified())).await;
+    } else if let Some(half) = signals.take_write_half() {
+        let flush = write_loop(ctx.clone(), signals.clone(), half);
+        let _ = Box::pin(monoio::time::timeout(grace, flush)).await;
+    }
 }
 
 /// The unfilled part of `buf`: monoio reads into a buffer from its start, so a
@@ -316,13 +320,9 @@ enum Step {
     Subscribe(Box<PendingSubscribe>),
 }
 
-#[derive(Clone)]
 struct Link {
     ctx: Rc<Ctx>,
-    conn: ConnId,
-    key: SessionKey,
     signals: Rc<ConnSignals>,
-    protocol: Protocol,
 }
 
 type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
@@ -379,7 +379,7 @@ impl Link {
     }
 
     fn set_final_disconnect(&self, reason: u8) {
-        if self.protocol.is_v5() {
+        if self.signals.protocol.is_v5() {
             self.signals.final_disconnect.set(Some(reason));
         }
     }
@@ -402,7 +402,7 @@ impl Link {
                         let _ = barrier.await;
                     }
                     let mut core = self.ctx.core.borrow_mut();
-                    core.complete_subscribe(self.key, *pending, self.ctx.now());
+                    core.complete_subscribe(self.signals.key, *pending, self.ctx.now());
                 }
             }
         }
@@ -418,7 +418,7 @@ impl Link {
     fn step(&self, buf: &mut BytesMut, client_id: &str, now: u64) -> Step {
         let max = self.ctx.shared.config.limits.max_packet_size;
         loop {
-            let packet = match decode(buf, self.protocol, max) {
+            let packet = match decode(buf, self.signals.protocol, max) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Step::Drained,
                 Err(e) => {
@@ -427,11 +427,12 @@ impl Link {
                 }
             };
             let mut followup = Followup::default();
-            let result =
-                self.ctx
-                    .core
-                    .borrow_mut()
-                    .handle_packet(self.key, now, packet, &mut followup);
+            let result = self.ctx.core.borrow_mut().handle_packet(
+                self.signals.key,
+                now,
+                packet,
+                &mut followup,
+            );
             if let Err(v) = result {
                 self.violation(client_id, &v.to_string(), v.reason_code());
                 return Step::Violation;
@@ -454,20 +455,21 @@ impl Link {
 }
 
 /// Drains the session's output: one write per wake-up, whatever accumulated.
-async fn write_loop(link: Link, mut wr: OwnedWriteHalf<TcpStream>) {
+/// Runs while there is something to write, then parks the write half and ends;
+/// when the connection is finishing, sends the last bytes and shuts it down.
+pub(super) async fn write_loop(ctx: Rc<Ctx>, signals: Rc<ConnSignals>, mut wr: WriteHalf) {
     let mut spare = BytesMut::new();
     loop {
-        let taken = link
-            .ctx
+        let taken = ctx
             .core
             .borrow_mut()
-            .take_tx(link.key, link.conn, spare);
+            .take_tx(signals.key, signals.conn, spare);
         match taken {
             Ok(buf) => {
                 let len = buf.len();
                 let (res, mut buf) = wr.write_all(buf).await;
                 if res.is_err() {
-                    link.signals.close(CloseReason::WriteFailed);
+                    signals.close(CloseReason::WriteFailed);
                     break;
                 }
                 buf.clear();
@@ -476,23 +478,17 @@ async fn write_loop(link: Link, mut wr: OwnedWriteHalf<TcpStream>) {
                 } else {
                     buf
                 };
-                let now = link.ctx.now();
-                link.ctx
-                    .core
+                let now = ctx.now();
+                ctx.core
                     .borrow_mut()
-                    .written(link.key, link.conn, len, now);
-                link.ctx.apply_effects();
+                    .written(signals.key, signals.conn, len, now);
+                ctx.apply_effects();
             }
-            Err(s) => {
-                spare = s;
-                if link.signals.finishing.get() {
-                    break;
-                }
-                link.signals.writer.notified().await;
-            }
+            Err(_) if !signals.finishing.get() => return signals.park_writer(wr),
+            Err(_) => break,
         }
     }
-    if let Some(reason) = link.signals.final_disconnect.take() {
+    if let Some(reason) = signals.final_disconnect.take() {
         let mut out = BytesMut::new();
         let d = Disconnect {
             reason,
@@ -502,4 +498,5 @@ async fn write_loop(link: Link, mut wr: OwnedWriteHalf<TcpStream>) {
         let _ = wr.write_all(out).await;
     }
     let _ = wr.shutdown().await;
+    signals.writer_finished();
 }

@@ -10,11 +10,26 @@ use monoio::io::Canceller;
 
 use super::notify::Notify;
 use super::Shared;
-use crate::router::{CloseReason, ConnId, Core};
+use crate::codec::Protocol;
+use crate::router::{CloseReason, ConnId, Core, SessionKey};
+
+pub type WriteHalf = monoio::io::OwnedWriteHalf<monoio::net::TcpStream>;
 
 /// How a connection is told to stop and to write.
+///
+/// The writer is a task only while there is something to write: when it runs
+/// dry it parks the socket's write half here and ends, so an idle connection
+/// holds no writer task and no output buffer.
 pub struct ConnSignals {
+    pub key: SessionKey,
+    pub conn: ConnId,
+    pub protocol: Protocol,
+    /// Wakes a running writer.
     pub writer: Notify,
+    write_half: RefCell<Option<WriteHalf>>,
+    writer_active: Cell<bool>,
+    /// Rung when a writer finishes the connection (final flush done).
+    pub writer_done: Notify,
     /// Set once: why the connection must end (the reader acts on it).
     pub close: Cell<Option<CloseReason>>,
     /// Cancels the reader's pending read when the connection must end.
@@ -26,14 +41,55 @@ pub struct ConnSignals {
 }
 
 impl ConnSignals {
-    pub fn new() -> ConnSignals {
+    pub fn new(key: SessionKey, conn: ConnId, protocol: Protocol, half: WriteHalf) -> ConnSignals {
         ConnSignals {
+            key,
+            conn,
+            protocol,
             writer: Notify::default(),
+            write_half: RefCell::new(Some(half)),
+            writer_active: Cell::new(false),
+            writer_done: Notify::default(),
             close: Cell::new(None),
             canceller: RefCell::new(Canceller::new()),
             final_disconnect: Cell::new(None),
             finishing: Cell::new(false),
         }
+    }
+
+    /// Makes sure a writer runs: wakes the running one or starts one.
+    pub fn wake_writer(self: &Rc<Self>, ctx: &Rc<Ctx>) {
+        if self.writer_active.get() {
+            self.writer.notify();
+        } else if let Some(half) = self.write_half.borrow_mut().take() {
+            self.writer_active.set(true);
+            monoio::spawn(super::connection::write_loop(
+                ctx.clone(),
+                self.clone(),
+                half,
+            ));
+        }
+    }
+
+    pub fn writer_active(&self) -> bool {
+        self.writer_active.get()
+    }
+
+    /// A writer that ran dry parks the write half and ends.
+    pub fn park_writer(&self, half: WriteHalf) {
+        *self.write_half.borrow_mut() = Some(half);
+        self.writer_active.set(false);
+    }
+
+    /// A writer that finished the connection.
+    pub fn writer_finished(&self) {
+        self.writer_active.set(false);
+        self.writer_done.notify();
+    }
+
+    /// The parked write half, for the final flush when no writer runs.
+    pub fn take_write_half(&self) -> Option<WriteHalf> {
+        self.write_half.borrow_mut().take()
     }
 
     pub fn cancel_handle(&self) -> monoio::io::CancelHandle {
@@ -94,7 +150,7 @@ impl Ctx {
         for key in dirty.drain(..) {
             if let Some(conn) = core.take_dirty(key) {
                 if let Some(s) = conns.get(&conn) {
-                    s.writer.notify();
+                    s.wake_writer(self);
                 }
             }
         }

@@ -156,7 +156,8 @@ pub struct Session {
     requested_keep_alive: u16,
     last_rx: u64,
     connected: bool,
-    will: Option<Will>,
+    /// Boxed: most sessions have none, and it is large.
+    will: Option<Box<Will>>,
     subscriptions: HashMap<TopicFilter, SubEntry>,
     out: Outbound,
     /// Incoming QoS 2 packet ids not yet released, with their arrival time.
@@ -253,7 +254,7 @@ impl Session {
             self.aliases_in
                 .resize(usize::from(limits.max_topic_alias), None);
         }
-        self.will = connect.will.clone();
+        self.will = connect.will.clone().map(Box::new);
     }
 
     /// The connection ended. Returns the will to publish: after an abnormal end,
@@ -263,7 +264,7 @@ impl Session {
         self.tx.clear();
         // A normal DISCONNECT already cleared the will, unless its reason (5.0
         // 0x04) asked for it to be published.
-        let will = self.will.take()?;
+        let will = *self.will.take()?;
         let topic = TopicName::new(will.topic.clone(), limits.max_topic_levels).ok()?;
         let delay = will.properties.find(|p| match p {
             Property::WillDelayInterval(d) => Some(*d),
