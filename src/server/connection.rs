@@ -17,7 +17,8 @@ use monoio::net::TcpStream;
 
 use super::context::{ConnSignals, Ctx, WriteHalf};
 use crate::codec::{
-    decode, encode, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
+    decode, encode, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
+    Property, Protocol,
 };
 use crate::router::{owner_core, CloseReason, Followup, Handoff, MeshMsg, PendingSubscribe};
 use crate::session::{check_connect, Refusal};
@@ -154,10 +155,15 @@ async fn refuse(ctx: &Ctx, mut stream: TcpStream, peer: SocketAddr, c: &Connect,
     tracing::info!(%peer, client_id = c.client_id_str(), rule = r.rule, "CONNECT refused");
     if let Some(code) = r.code {
         let mut out = BytesMut::new();
+        let mut properties = Properties::default();
+        if c.protocol.is_v5() {
+            let text = bytes::Bytes::from_static(r.rule.as_bytes());
+            properties.push(Property::ReasonString(text));
+        }
         let ack = ConnAck {
             session_present: false,
             code: code.byte(c.protocol),
-            properties: Properties::default(),
+            properties,
         };
         encode(&Packet::ConnAck(ack), c.protocol, &mut out);
         let _ = stream.write_all(out).await;
@@ -365,22 +371,24 @@ impl Link {
             CloseReason::KeepAliveTimeout => {
                 self.ctx.core.borrow_mut().counters.keepalive_timeouts += 1;
                 tracing::info!(client_id, "closed: keep-alive expired [MQTT-3.1.2-24]");
-                self.set_final_disconnect(crate::codec::reason::KEEP_ALIVE_TIMEOUT);
+                self.set_final_disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep-alive expired");
             }
             CloseReason::SessionTakenOver => {
                 tracing::info!(client_id, "closed: session taken over by a new connection");
-                self.set_final_disconnect(crate::codec::reason::SESSION_TAKEN_OVER);
+                self.set_final_disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
             }
             CloseReason::ServerShutdown => {
-                self.set_final_disconnect(crate::codec::reason::SERVER_SHUTTING_DOWN);
+                self.set_final_disconnect(reason::SERVER_SHUTTING_DOWN, "server shutting down");
             }
             CloseReason::WriteFailed => tracing::debug!(client_id, "closed: write failed"),
         }
     }
 
-    fn set_final_disconnect(&self, reason: u8) {
+    /// Queues the 5.0 DISCONNECT the writer sends last, with the rule as its
+    /// reason string (DISCONNECT may always carry one [MQTT-3.14.2-3]).
+    fn set_final_disconnect(&self, code: u8, text: &str) {
         if self.signals.protocol.is_v5() {
-            self.signals.final_disconnect.set(Some(reason));
+            *self.signals.final_disconnect.borrow_mut() = Some((code, text.into()));
         }
     }
 
@@ -450,7 +458,7 @@ impl Link {
     fn violation(&self, client_id: &str, rule: &str, reason: u8) {
         self.ctx.core.borrow_mut().counters.protocol_violations += 1;
         tracing::warn!(client_id, rule, "closed: protocol violation");
-        self.set_final_disconnect(reason);
+        self.set_final_disconnect(reason, rule);
     }
 }
 
@@ -488,11 +496,13 @@ pub(super) async fn write_loop(ctx: Rc<Ctx>, signals: Rc<ConnSignals>, mut wr: W
             Err(_) => break,
         }
     }
-    if let Some(reason) = signals.final_disconnect.take() {
+    let last = signals.final_disconnect.borrow_mut().take();
+    if let Some((code, text)) = last {
         let mut out = BytesMut::new();
+        let text = bytes::Bytes::copy_from_slice(text.as_bytes());
         let d = Disconnect {
-            reason,
-            properties: Properties::default(),
+            reason: code,
+            properties: Properties(vec![Property::ReasonString(text)]),
         };
         encode(&Packet::Disconnect(d), Protocol::V5, &mut out);
         let _ = wr.write_all(out).await;

@@ -34,8 +34,8 @@ pub struct ConnSignals {
     pub close: Cell<Option<CloseReason>>,
     /// Cancels the reader's pending read when the connection must end.
     canceller: RefCell<Canceller>,
-    /// 5.0 DISCONNECT reason the writer sends last, if any.
-    pub final_disconnect: Cell<Option<u8>>,
+    /// 5.0 DISCONNECT reason code and reason string the writer sends last, if any.
+    pub final_disconnect: RefCell<Option<(u8, Box<str>)>>,
     /// The reader is done; the writer flushes what is left and exits.
     pub finishing: Cell<bool>,
 }
@@ -52,7 +52,7 @@ impl ConnSignals {
             writer_done: Notify::default(),
             close: Cell::new(None),
             canceller: RefCell::new(Canceller::new()),
-            final_disconnect: Cell::new(None),
+            final_disconnect: RefCell::new(None),
             finishing: Cell::new(false),
         }
     }
