@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Core, CoreSet, Match, MeshMsg, SessionKey};
+use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
 use crate::message::Message;
 use crate::session::Routed;
 use crate::topic::share::parse_shared;
@@ -18,15 +18,11 @@ impl Core {
                 targets.union(set)
             });
         if msg.retain {
-            self.store_retained(&msg, true);
+            self.update_retained(&msg);
         }
         for core in (0..self.cores).filter(|c| *c != self.id) {
-            let deliver = targets.contains(core);
-            if deliver || msg.retain {
-                self.outbox[core].push(MeshMsg::Publish {
-                    msg: msg.clone(),
-                    deliver,
-                });
+            if targets.contains(core) {
+                self.outbox[core].push(MeshMsg::Publish { msg: msg.clone() });
             }
         }
         if targets.contains(self.id) {
@@ -174,9 +170,33 @@ impl Core {
         }
     }
 
-    /// Updates this core's retained replica. `origin`: counted here only, so a
-    /// refusal is not counted once per core.
-    fn store_retained(&mut self, msg: &Arc<Message>, origin: bool) {
+    /// Retained updates for a topic are ordered by one owner core (the same hash
+    /// as client ids): it stores, then forwards to every other replica.
+    fn update_retained(&mut self, msg: &Arc<Message>) {
+        let owner = owner_core(msg.topic.as_str(), self.cores);
+        if owner != self.id {
+            let msg = msg.clone();
+            self.outbox[owner].push(MeshMsg::Retain {
+                msg,
+                from_owner: false,
+            });
+            return;
+        }
+        if !self.store_retained(msg) {
+            self.counters.dropped_retained_cap += 1;
+            return;
+        }
+        for core in (0..self.cores).filter(|c| *c != self.id) {
+            let msg = msg.clone();
+            self.outbox[core].push(MeshMsg::Retain {
+                msg,
+                from_owner: true,
+            });
+        }
+    }
+
+    /// Updates this core's retained replica; false when a cap refused it.
+    fn store_retained(&mut self, msg: &Arc<Message>) -> bool {
         let topic = msg.topic.as_str();
         if msg.payload.is_empty() {
             if let Some(old) = self.retained.remove(topic) {
@@ -188,29 +208,31 @@ impl Core {
             let over_count = is_new && self.retained.len() >= self.limits.max_retained_messages;
             let bytes = self.retained_bytes - old_weight + msg.weight();
             if over_count || bytes > self.limits.max_retained_bytes {
-                if origin {
-                    self.counters.dropped_retained_cap += 1;
-                }
-                return;
+                return false;
             }
             self.retained.insert(topic, msg.clone());
             self.retained_bytes = bytes;
         }
         self.counters.retained_current = self.retained.len() as u64;
+        true
     }
 
     /// Applies one message from another core. A handoff or shutdown is returned to
     /// the caller, which owns sockets.
     pub fn handle_mesh(&mut self, msg: MeshMsg, now: u64) -> Option<MeshMsg> {
         match msg {
-            MeshMsg::Publish { msg, deliver } => {
-                if msg.retain {
-                    self.store_retained(&msg, false);
-                }
-                if deliver {
-                    self.deliver_local(&msg, now);
-                }
+            MeshMsg::Publish { msg } => self.deliver_local(&msg, now),
+            MeshMsg::Retain {
+                msg,
+                from_owner: true,
+            } => {
+                // The owner already applied the caps; a replica holds the same set.
+                self.store_retained(&msg);
             }
+            MeshMsg::Retain {
+                msg,
+                from_owner: false,
+            } => self.update_retained(&msg),
             MeshMsg::Interest {
                 filter,
                 core,

@@ -18,11 +18,16 @@ use crate::topic::TopicFilter;
 /// What cores tell each other.
 #[derive(Debug)]
 pub enum MeshMsg {
-    /// A publish from another core. `deliver`: this core has interest; otherwise it
-    /// only updates the retained replica.
+    /// A publish from another core, for this core's subscribers.
     Publish {
         msg: Arc<Message>,
-        deliver: bool,
+    },
+    /// A retained-store update. To the topic's owner core (`from_owner` false),
+    /// which orders updates and forwards them to every replica (`from_owner`
+    /// true), so all cores apply one topic's updates in the same order.
+    Retain {
+        msg: Arc<Message>,
+        from_owner: bool,
     },
     /// `core` gained (or lost) its first (last) subscriber of `filter`. With `ack`,
     /// the sender waits for an [`MeshMsg::InterestAck`] before answering SUBACK.

@@ -226,3 +226,36 @@ fn takeover_resumes_persistent_session() {
     c.cores[0].disconnected(first, 1, 0);
     assert_eq!(c.cores[0].counters.sessions_current, 1);
 }
+
+#[test]
+fn concurrent_retained_updates_converge_on_every_replica() {
+    let mut c = Cluster::new(3);
+    let keys: Vec<SessionKey> = (0..3)
+        .map(|i| c.connect(i, &format!("p{i}"), true))
+        .collect();
+    // Three cores update the same retained topic before any mesh message moves.
+    for (core, payload) in [(0, b"a"), (1, b"b"), (2, b"c")] {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos_pid: QosPid::AtMostOnce,
+            retain: true,
+            topic: Bytes::from_static(b"same/topic"),
+            properties: Properties::default(),
+            payload: Bytes::from_static(payload),
+        });
+        let mut f = Followup::default();
+        c.cores[core]
+            .handle_packet(keys[core], 0, p, &mut f)
+            .unwrap();
+    }
+    c.settle();
+    let held: Vec<Vec<u8>> = c
+        .cores
+        .iter()
+        .map(|core| core.retained.get("same/topic").unwrap().payload.to_vec())
+        .collect();
+    assert!(
+        held.iter().all(|p| *p == held[0]),
+        "replicas differ: {held:?}"
+    );
+}
