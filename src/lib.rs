@@ -8,6 +8,7 @@
 //! - [`session`]: one client's state machine, sans-io, time passed in.
 //! - [`router`]: per-core routing state and the cross-core mesh.
 //! - [`server`]: the only I/O: per-core monoio workers, listeners, connections.
+//! - [`store`]: storage behind small interfaces (in memory for now).
 //! - [`config`], [`metrics`], [`auth`]: leaves used by the server.
 
 pub mod auth;
@@ -18,4 +19,5 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod topic;

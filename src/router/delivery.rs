@@ -197,24 +197,9 @@ impl Core {
 
     /// Updates this core's retained replica; false when a cap refused it.
     fn store_retained(&mut self, msg: &Arc<Message>) -> bool {
-        let topic = msg.topic.as_str();
-        if msg.payload.is_empty() {
-            if let Some(old) = self.retained.remove(topic) {
-                self.retained_bytes -= old.weight();
-            }
-        } else {
-            let old_weight = self.retained.get(topic).map_or(0, |m| m.weight());
-            let is_new = old_weight == 0;
-            let over_count = is_new && self.retained.len() >= self.limits.max_retained_messages;
-            let bytes = self.retained_bytes - old_weight + msg.weight();
-            if over_count || bytes > self.limits.max_retained_bytes {
-                return false;
-            }
-            self.retained.insert(topic, msg.clone());
-            self.retained_bytes = bytes;
-        }
+        let stored = self.retained.set(msg);
         self.counters.retained_current = self.retained.len() as u64;
-        true
+        stored
     }
 
     /// Applies one message from another core. A handoff or shutdown is returned to

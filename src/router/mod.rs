@@ -29,7 +29,8 @@ use crate::config::{Limits, SharedStrategy};
 use crate::message::Message;
 use crate::metrics::Counters;
 use crate::session::{Event, Session, Violation, WillRelease};
-use crate::topic::{trie::MatchScratch, TopicTree, Trie};
+use crate::store::RetainedStore;
+use crate::topic::{trie::MatchScratch, Trie};
 use shared::{GroupCounts, Picker, SharedGroups};
 
 /// Index of a session in its core's table.
@@ -107,8 +108,7 @@ pub struct Core {
     shared_index: Trie<Vec<GroupCounts>>,
     shared: SharedGroups,
     picker: Picker,
-    retained: TopicTree<Arc<Message>>,
-    retained_bytes: usize,
+    retained: RetainedStore,
     outbox: Vec<Vec<MeshMsg>>,
     barriers: HashMap<u64, Barrier>,
     next_token: u64,
@@ -123,6 +123,7 @@ pub struct Core {
 
 impl Core {
     pub fn new(id: usize, cores: usize, limits: Arc<Limits>, strategy: SharedStrategy) -> Core {
+        let retained = RetainedStore::new(limits.max_retained_messages, limits.max_retained_bytes);
         Core {
             id,
             cores,
@@ -134,8 +135,7 @@ impl Core {
             shared_index: Trie::new(),
             shared: SharedGroups::default(),
             picker: Picker::new(strategy, 0x9e37_79b9_7f4a_7c15 ^ id as u64),
-            retained: TopicTree::new(),
-            retained_bytes: 0,
+            retained,
             outbox: (0..cores).map(|_| Vec::new()).collect(),
             barriers: HashMap::new(),
             next_token: 0,
