@@ -12,14 +12,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use futures::channel::mpsc as fmpsc;
-use futures::StreamExt;
 use ringmq::codec::{Auth, Protocol};
 use rumqttc::v5::mqttbytes::v5::{
     Filter, PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
@@ -60,6 +56,18 @@ async fn raw_publish(raw: &mut Raw) -> Publish {
         Packet::Publish(p) => p,
         other => panic!("expected PUBLISH, got {other:?}"),
     }
+}
+
+/// Subscribes a raw client to one filter (packet id 1) and asserts the
+/// SUBACK grants `granted`.
+async fn raw_subscribe_ok(raw: &mut Raw, filter: &str, qos: RawQoS, granted: u8) {
+    assert_eq!(raw.subscribe(1, &[(filter, qos)]).await, vec![granted]);
+}
+
+/// Acknowledges a QoS 1 PUBLISH a raw client received.
+async fn raw_puback(raw: &mut Raw, p: &Publish) {
+    raw.send(&Packet::PubAck(Ack::new(p.qos_pid.pid().unwrap())))
+        .await;
 }
 
 /// Asserts that a raw client receives nothing within `quiet` (negative check).
@@ -184,10 +192,7 @@ async fn connack_properties() {
             "capped Session Expiry Interval: {props:?}"
         );
         // The assigned id is a working session: it receives its own publish.
-        assert_eq!(
-            raw.subscribe(1, &[("ca/t", RawQoS::AtMostOnce)]).await,
-            vec![0]
-        );
+        raw_subscribe_ok(&mut raw, "ca/t", RawQoS::AtMostOnce, 0).await;
         raw.send(&publish_packet("ca/t", QosPid::AtMostOnce, false, b"self"))
             .await;
         assert_eq!(&raw_publish(&mut raw).await.payload[..], b"self");
@@ -240,10 +245,8 @@ async fn session_expiry_resume_within_interval() {
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "se-pub")).await;
         for i in 0..3 {
             publisher
-                .client
                 .publish("se/t", QoS::AtLeastOnce, false, numbered("se", i))
-                .await
-                .unwrap();
+                .await;
         }
         publisher.wait_acks(3, QoS::AtLeastOnce).await;
 
@@ -279,10 +282,8 @@ async fn session_expiry_elapsed_session_gone() {
         assert!(!sub.connack.session_present, "session must have expired");
         let publisher = V5::connect(broker.addr, &id_on(0, 2, "sx-pub")).await;
         publisher
-            .client
             .publish("sx/t", QoS::AtLeastOnce, false, "late")
-            .await
-            .unwrap();
+            .await;
         sub.assert_no_publish(QUIET).await; // the old subscription went with the session
     })
     .await
@@ -319,10 +320,7 @@ async fn session_expiry_zero_and_clean_start_keep_nothing() {
             ))
             .await;
         assert_eq!(ack.code, 0);
-        assert_eq!(
-            raw.subscribe(1, &[("s0/b", RawQoS::AtLeastOnce)]).await,
-            vec![1]
-        );
+        raw_subscribe_ok(&mut raw, "s0/b", RawQoS::AtLeastOnce, 1).await;
         raw.send(&Packet::Disconnect(Disconnect {
             reason: 0,
             properties: Properties(vec![Property::SessionExpiryInterval(0)]),
@@ -342,10 +340,8 @@ async fn session_expiry_zero_and_clean_start_keep_nothing() {
         c.subscribe_ok("s0/d", QoS::AtLeastOnce).await;
         c.disconnect().await;
         publisher
-            .client
             .publish("s0/d", QoS::AtLeastOnce, false, "queued")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(1, QoS::AtLeastOnce).await;
         let mut c = V5::connect_with(broker.addr, &d, session(60, true)).await;
         assert!(
@@ -438,10 +434,8 @@ async fn expired_retained_not_delivered() {
             .await
             .unwrap();
         publisher
-            .client
             .publish("mr/keep", QoS::AtLeastOnce, true, "keep")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(2, QoS::AtLeastOnce).await;
 
         let mut early = V5::connect(broker.addr, &id_on(1, 2, "mr-early")).await;
@@ -589,10 +583,7 @@ async fn topic_alias_broker_to_client() {
             vec![Property::TopicAliasMaximum(2)],
         )
         .await;
-        assert_eq!(
-            raw.subscribe(1, &[("tb/#", RawQoS::AtMostOnce)]).await,
-            vec![0]
-        );
+        raw_subscribe_ok(&mut raw, "tb/#", RawQoS::AtMostOnce, 0).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "tb-pub")).await;
         let sends = [
             ("tb/a", "1"),
@@ -603,11 +594,7 @@ async fn topic_alias_broker_to_client() {
             ("tb/a", "6"),
         ];
         for (t, p) in sends {
-            publisher
-                .client
-                .publish(t, QoS::AtLeastOnce, false, p)
-                .await
-                .unwrap();
+            publisher.publish(t, QoS::AtLeastOnce, false, p).await;
         }
         publisher.wait_acks(sends.len(), QoS::AtLeastOnce).await;
         // (topic on the wire, alias)
@@ -723,10 +710,8 @@ async fn subscription_identifiers() {
         let broker = start2();
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "si-pub")).await;
         publisher
-            .client
             .publish("si/r", QoS::AtLeastOnce, true, "retained")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(1, QoS::AtLeastOnce).await;
 
         let mut sub = V5::connect(broker.addr, &id_on(1, 2, "si-sub")).await;
@@ -766,10 +751,8 @@ async fn subscription_identifiers() {
         );
 
         publisher
-            .client
             .publish("si/a", QoS::AtLeastOnce, false, "both")
-            .await
-            .unwrap();
+            .await;
         let p = sub.recv_publish().await;
         assert_eq!(&p.payload[..], b"both");
         let mut ids = p
@@ -781,10 +764,8 @@ async fn subscription_identifiers() {
         sub.assert_no_publish(QUIET).await; // exactly one copy
 
         publisher
-            .client
             .publish("si/a/b", QoS::AtLeastOnce, false, "deep")
-            .await
-            .unwrap();
+            .await;
         let p = sub.recv_publish().await;
         assert_eq!(&p.payload[..], b"deep");
         assert_eq!(
@@ -849,10 +830,8 @@ async fn retain_as_published_and_retain_handling() {
         let broker = start2();
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "rap-pub")).await;
         publisher
-            .client
             .publish("rap/kept", QoS::AtLeastOnce, true, "kept")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(1, QoS::AtLeastOnce).await;
 
         let filter = |rule| Filter {
@@ -912,10 +891,8 @@ async fn retain_as_published_and_retain_handling() {
         };
         assert_eq!(plain.subscribe_filters(vec![f]).await, ok);
         publisher
-            .client
             .publish("rap/live", QoS::AtLeastOnce, true, "live")
-            .await
-            .unwrap();
+            .await;
         assert!(
             rap.recv_publish().await.retain,
             "retain as published keeps RETAIN=1"
@@ -942,17 +919,12 @@ async fn receive_maximum_limits_unacked() {
             vec![Property::ReceiveMaximum(2)],
         )
         .await;
-        assert_eq!(
-            raw.subscribe(1, &[("rm/t", RawQoS::AtLeastOnce)]).await,
-            vec![1]
-        );
+        raw_subscribe_ok(&mut raw, "rm/t", RawQoS::AtLeastOnce, 1).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "rm-pub")).await;
         for i in 0..5 {
             publisher
-                .client
                 .publish("rm/t", QoS::AtLeastOnce, false, numbered("rm", i))
-                .await
-                .unwrap();
+                .await;
         }
         publisher.wait_acks(5, QoS::AtLeastOnce).await;
 
@@ -996,37 +968,24 @@ async fn maximum_packet_size_drops_large_messages() {
             vec![Property::MaximumPacketSize(100)],
         )
         .await;
-        assert_eq!(
-            raw.subscribe(1, &[("mps/#", RawQoS::AtLeastOnce)]).await,
-            vec![1]
-        );
+        raw_subscribe_ok(&mut raw, "mps/#", RawQoS::AtLeastOnce, 1).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mps-pub")).await;
         let big = vec![b'x'; 500];
         publisher
-            .client
             .publish("mps/t", QoS::AtLeastOnce, false, "small-1")
-            .await
-            .unwrap();
+            .await;
         publisher
-            .client
             .publish("mps/t", QoS::AtLeastOnce, false, big.clone())
-            .await
-            .unwrap();
+            .await;
         publisher
-            .client
             .publish("mps/t", QoS::AtMostOnce, false, big)
-            .await
-            .unwrap();
+            .await;
         publisher
-            .client
             .publish("mps/t", QoS::AtMostOnce, false, "small-2")
-            .await
-            .unwrap();
+            .await;
         publisher
-            .client
             .publish("mps/t", QoS::AtLeastOnce, false, "small-3")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(3, QoS::AtLeastOnce).await;
         for want in ["small-1", "small-2", "small-3"] {
             let p = raw_publish(&mut raw).await;
@@ -1261,116 +1220,6 @@ async fn mixed_versions() {
 
 // ---- Mosquitto clients, 5.0 ----------------------------------------------------------
 
-/// A running `mosquitto_sub -d` whose output lines arrive on a channel.
-struct MosqSub {
-    child: Child,
-    lines: fmpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for MosqSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl MosqSub {
-    /// Starts `mosquitto_sub -d <args>` (line-buffered) and waits for its SUBACK.
-    async fn start(port: u16, args: &[&str]) -> MosqSub {
-        require_program("mosquitto_sub");
-        require_program("stdbuf");
-        let port = port.to_string();
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p", &port])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mosquitto_sub");
-        let (tx, rx) = fmpsc::unbounded();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    match line {
-                        Ok(l) => {
-                            if tx.unbounded_send(l).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-        let mut s = MosqSub {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        };
-        s.wait_line("SUBACK", |l| l.contains("received SUBACK"))
-            .await;
-        s
-    }
-
-    async fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.next()).await {
-                Ok(Some(l)) => {
-                    self.seen.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Ok(None) => panic!(
-                    "mosquitto_sub exited before {what}; output: {:#?}",
-                    self.seen
-                ),
-                Err(_) => panic!(
-                    "mosquitto_sub: no {what} within {STEP:?}; output: {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// The next formatted message line (`MSG|...`), without the prefix.
-    async fn msg(&mut self) -> String {
-        let l = self.wait_line("message", |l| l.starts_with("MSG|")).await;
-        l["MSG|".len()..].to_owned()
-    }
-}
-
-/// Runs `mosquitto_pub` to completion (bounded by its own -W... and a kill).
-fn mosquitto_pub(port: u16, args: &[&str]) {
-    require_program("mosquitto_pub");
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mosquitto_pub");
-    let deadline = Instant::now() + STEP;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "mosquitto_pub {args:?} failed: {status}");
-            return;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mosquitto_pub {args:?} did not finish within {STEP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10)); // polling a process, not synchronisation
-    }
-}
-
 /// mosquitto_pub -V 5 with message expiry, user properties (repeated key),
 /// content type and response topic -> mosquitto_sub -V 5 subscribed with
 /// subscription identifier 7, on another core: the properties arrive (expiry
@@ -1399,10 +1248,10 @@ async fn mosquitto_v5_properties_and_subscription_id() {
                  -D publish user-property k v1 -D publish user-property k v2 \
                  -D publish content-type text/plain -D publish response-topic mq/reply"
             );
-            mosquitto_pub(port, &args.split_whitespace().collect::<Vec<_>>());
+            mosquitto_pub_args(port, &args.split_whitespace().collect::<Vec<_>>());
         }
         let args = format!("-V 311 -q 1 -i {pub_id} -t mq/b -m three");
-        mosquitto_pub(port, &args.split_whitespace().collect::<Vec<_>>());
+        mosquitto_pub_args(port, &args.split_whitespace().collect::<Vec<_>>());
         let mut got = Vec::new();
         for _ in 0..3 {
             got.push(sub.msg().await);
@@ -1498,10 +1347,7 @@ async fn maximum_packet_size_queued_message_dropped_and_counted() {
                 .code,
             0
         );
-        assert_eq!(
-            raw.subscribe(1, &[("mpq/#", RawQoS::AtLeastOnce)]).await,
-            vec![1]
-        );
+        raw_subscribe_ok(&mut raw, "mpq/#", RawQoS::AtLeastOnce, 1).await;
         raw.send(&Packet::Disconnect(Disconnect::default())).await;
         raw.expect_closed(STEP).await;
 
@@ -1512,10 +1358,8 @@ async fn maximum_packet_size_queued_message_dropped_and_counted() {
             .await
             .unwrap();
         publisher
-            .client
             .publish("mpq/t", QoS::AtLeastOnce, false, "small")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(2, QoS::AtLeastOnce).await;
 
         let mut raw = Raw::open(broker.addr).await;
@@ -1525,8 +1369,7 @@ async fn maximum_packet_size_queued_message_dropped_and_counted() {
         assert!(ack.session_present);
         let p = raw_publish(&mut raw).await;
         assert_eq!(&p.payload[..], b"small");
-        raw.send(&Packet::PubAck(Ack::new(p.qos_pid.pid().unwrap())))
-            .await;
+        raw_puback(&mut raw, &p).await;
         raw_silent(&mut raw, QUIET, "the 500-byte message").await;
         broker
             .wait_counters(STEP, "dropped_too_large >= 1", |c| c.dropped_too_large >= 1)
@@ -1570,10 +1413,7 @@ async fn message_expiry_behind_full_window_dropped_and_counted() {
             vec![Property::ReceiveMaximum(1)],
         )
         .await;
-        assert_eq!(
-            raw.subscribe(1, &[("mew/t", RawQoS::AtLeastOnce)]).await,
-            vec![1]
-        );
+        raw_subscribe_ok(&mut raw, "mew/t", RawQoS::AtLeastOnce, 1).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mew-pub")).await;
         for (payload, expiry) in [("m0", None), ("m1", Some(1)), ("m2", None)] {
             let props = expiry.map(expiry_props).unwrap_or_default();
@@ -1588,12 +1428,10 @@ async fn message_expiry_behind_full_window_dropped_and_counted() {
         assert_eq!(&p0.payload[..], b"m0");
         // Message expiry is a timer: hold the window past m1's 1 s lifetime.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        raw.send(&Packet::PubAck(Ack::new(p0.qos_pid.pid().unwrap())))
-            .await;
+        raw_puback(&mut raw, &p0).await;
         let p = raw_publish(&mut raw).await;
         assert_eq!(&p.payload[..], b"m2", "m1 expired while queued");
-        raw.send(&Packet::PubAck(Ack::new(p.qos_pid.pid().unwrap())))
-            .await;
+        raw_puback(&mut raw, &p).await;
         raw_silent(&mut raw, QUIET, "nothing more").await;
         broker
             .wait_counters(STEP, "dropped_expired >= 1", |c| c.dropped_expired >= 1)
@@ -1640,10 +1478,8 @@ async fn messages_sent_counts_queued_deliveries() {
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "msc-pub")).await;
         for i in 0..3 {
             publisher
-                .client
                 .publish("msc/t", QoS::AtLeastOnce, false, numbered("q", i))
-                .await
-                .unwrap();
+                .await;
         }
         publisher.wait_acks(3, QoS::AtLeastOnce).await;
         let mut sub = V5::connect_with(broker.addr, &sid, session(60, false)).await;
@@ -1709,10 +1545,8 @@ async fn assigned_client_id_resumes_session() {
         c.disconnect().await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "acr-pub")).await;
         publisher
-            .client
             .publish("acr/t", QoS::AtLeastOnce, false, "queued")
-            .await
-            .unwrap();
+            .await;
         publisher.wait_acks(1, QoS::AtLeastOnce).await;
         let mut c = V5::connect_with(broker.addr, &id, session(60, false)).await;
         assert!(c.connack.session_present, "session of assigned id {id}");

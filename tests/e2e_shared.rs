@@ -11,13 +11,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use futures::channel::mpsc as fmpsc;
-use futures::StreamExt;
 use ringmq::codec::Protocol;
 use ringmq::config::SharedStrategy;
 use rumqttc::v5::mqttbytes::v5::{Filter, SubscribeProperties};
@@ -680,75 +676,6 @@ async fn shared_delivery_carries_subscription_identifier() {
 }
 
 // ---- mosquitto_sub as a 3.1.1 member -------------------------------------------------------
-
-struct MosqSub {
-    child: Child,
-    lines: fmpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for MosqSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl MosqSub {
-    /// Starts `mosquitto_sub -d <args>` (line-buffered) and waits for its SUBACK.
-    async fn start(port: u16, args: &[&str]) -> MosqSub {
-        require_program("mosquitto_sub");
-        require_program("stdbuf");
-        let port = port.to_string();
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p", &port])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mosquitto_sub");
-        let (tx, rx) = fmpsc::unbounded();
-        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [out, err] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.unbounded_send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        let mut s = MosqSub {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        };
-        let deadline = tokio::time::Instant::now() + STEP;
-        while !s.seen.iter().any(|l| l.contains("received SUBACK")) {
-            match tokio::time::timeout_at(deadline, s.lines.next()).await {
-                Ok(Some(l)) => s.seen.push(l),
-                Ok(None) | Err(_) => panic!("mosquitto_sub: no SUBACK; output {:#?}", s.seen),
-            }
-        }
-        s
-    }
-
-    /// Message payloads printed so far (lines `MSG|payload`), reading what
-    /// arrives within `limit`.
-    async fn drain(&mut self, limit: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut msgs = Vec::new();
-        while let Ok(Some(l)) = tokio::time::timeout_at(deadline, self.lines.next()).await {
-            if let Some(p) = l.strip_prefix("MSG|") {
-                msgs.push(p.to_owned());
-            }
-            self.seen.push(l);
-        }
-        msgs
-    }
-}
 
 /// A 3.1.1 member that is mosquitto_sub (`-V 311 -t '$share/g/...'`) and a
 /// rumqttc 5.0 member on the other core share 40 QoS 1 messages exactly once.

@@ -151,13 +151,22 @@ pub fn id_on(core: usize, cores: usize, prefix: &str) -> String {
         .expect("some id hashes to every core")
 }
 
-// ---- rumqttc 3.1.1 ---------------------------------------------------------------
+// ---- rumqttc clients (3.1.1 and 5.0) -----------------------------------------------
 
 pub mod v4 {
     pub use rumqttc::{
-        AsyncClient, ConnAck, ConnectReturnCode, Event, LastWill, MqttOptions, Packet, Publish,
-        QoS, SubscribeReasonCode,
+        AsyncClient, ConnAck, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Packet,
+        Publish, QoS, SubscribeReasonCode,
     };
+}
+
+pub mod v5 {
+    pub use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, Filter, LastWill, Packet, Publish, PublishProperties,
+        RetainForwardRule, SubscribeReasonCode,
+    };
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 }
 
 /// What a client's event-loop task reports.
@@ -168,18 +177,163 @@ pub enum Ev<P> {
     Closed(String),
 }
 
-/// A rumqttc 3.1.1 client whose event loop runs in its own task. It does not
-/// reconnect: a dropped connection shows up as [`Ev::Closed`].
-pub struct V4 {
-    pub client: v4::AsyncClient,
-    pub id: String,
-    rx: mpsc::UnboundedReceiver<Ev<v4::Packet>>,
-    backlog: VecDeque<Ev<v4::Packet>>,
-    task: JoinHandle<()>,
-    pub connack: v4::ConnAck,
+/// What [`Client`] needs from one version of rumqttc: its types, how to poll
+/// its event loop and how to read the few packets the harness looks at.
+pub trait Proto: Sized + 'static {
+    type Client: Send + Sync;
+    type EventLoop: Send + 'static;
+    type Packet: std::fmt::Debug + Send + 'static;
+    type Publish: Clone + std::fmt::Debug;
+    type ConnAck;
+    type QoS: Copy + PartialEq + std::fmt::Debug + Send;
+    type SubCode: std::fmt::Debug + PartialEq;
+
+    /// The next event: `Some(packet)` for an incoming packet worth reporting,
+    /// `None` for outgoing packets and PINGRESPs, `Err` when the connection ended.
+    fn poll(
+        eventloop: &mut Self::EventLoop,
+    ) -> impl Future<Output = Result<Option<Self::Packet>, String>> + Send;
+    fn connack(p: &Self::Packet) -> Option<Self::ConnAck>;
+    fn as_publish(p: &Self::Packet) -> Option<&Self::Publish>;
+    fn into_publish(p: Self::Packet) -> Result<Self::Publish, Self::Packet>;
+    fn suback(p: &Self::Packet) -> Option<Vec<Self::SubCode>>;
+    /// Whether `p` completes an outgoing PUBLISH of `qos` (PUBACK or PUBCOMP).
+    fn completes(p: &Self::Packet, qos: Self::QoS) -> bool;
+    fn granted(qos: Self::QoS) -> Self::SubCode;
+    fn subscribe(
+        client: &Self::Client,
+        filter: &str,
+        qos: Self::QoS,
+    ) -> impl Future<Output = ()> + Send;
+    fn publish(
+        client: &Self::Client,
+        topic: &str,
+        qos: Self::QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = ()> + Send;
+    fn disconnect(client: &Self::Client) -> impl Future<Output = ()> + Send;
 }
 
-impl Drop for V4 {
+/// rumqttc's 3.1.1 client.
+pub struct Mqtt311;
+/// rumqttc's 5.0 client.
+pub struct Mqtt5;
+
+/// Implements [`Proto`] for one rumqttc version: `$m` is its module (`v4` or
+/// `v5`), `$ping` the pattern of its PINGRESP packet.
+macro_rules! rumqttc_proto {
+    ($name:ident, $m:ident, $ping:pat) => {
+        impl Proto for $name {
+            type Client = $m::AsyncClient;
+            type EventLoop = $m::EventLoop;
+            type Packet = $m::Packet;
+            type Publish = $m::Publish;
+            type ConnAck = $m::ConnAck;
+            type QoS = $m::QoS;
+            type SubCode = $m::SubscribeReasonCode;
+
+            fn poll(
+                eventloop: &mut $m::EventLoop,
+            ) -> impl Future<Output = Result<Option<$m::Packet>, String>> + Send {
+                async move {
+                    match eventloop.poll().await {
+                        Ok($m::Event::Incoming($ping)) | Ok($m::Event::Outgoing(_)) => Ok(None),
+                        Ok($m::Event::Incoming(p)) => Ok(Some(p)),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
+            fn connack(p: &$m::Packet) -> Option<$m::ConnAck> {
+                match p {
+                    $m::Packet::ConnAck(ack) => Some(ack.clone()),
+                    _ => None,
+                }
+            }
+            fn as_publish(p: &$m::Packet) -> Option<&$m::Publish> {
+                match p {
+                    $m::Packet::Publish(p) => Some(p),
+                    _ => None,
+                }
+            }
+            fn into_publish(p: $m::Packet) -> Result<$m::Publish, $m::Packet> {
+                match p {
+                    $m::Packet::Publish(p) => Ok(p),
+                    other => Err(other),
+                }
+            }
+            fn suback(p: &$m::Packet) -> Option<Vec<$m::SubscribeReasonCode>> {
+                match p {
+                    $m::Packet::SubAck(s) => Some(s.return_codes.clone()),
+                    _ => None,
+                }
+            }
+            fn completes(p: &$m::Packet, qos: $m::QoS) -> bool {
+                match p {
+                    $m::Packet::PubAck(_) => qos == $m::QoS::AtLeastOnce,
+                    $m::Packet::PubComp(_) => qos == $m::QoS::ExactlyOnce,
+                    _ => false,
+                }
+            }
+            fn granted(qos: $m::QoS) -> $m::SubscribeReasonCode {
+                $m::SubscribeReasonCode::Success(qos)
+            }
+            fn subscribe(
+                client: &$m::AsyncClient,
+                filter: &str,
+                qos: $m::QoS,
+            ) -> impl Future<Output = ()> + Send {
+                let filter = filter.to_owned();
+                async move {
+                    client
+                        .subscribe(filter, qos)
+                        .await
+                        .expect("queue SUBSCRIBE")
+                }
+            }
+            fn publish(
+                client: &$m::AsyncClient,
+                topic: &str,
+                qos: $m::QoS,
+                retain: bool,
+                payload: Vec<u8>,
+            ) -> impl Future<Output = ()> + Send {
+                let topic = topic.to_owned();
+                async move {
+                    client
+                        .publish(topic, qos, retain, payload)
+                        .await
+                        .expect("queue PUBLISH")
+                }
+            }
+            fn disconnect(client: &$m::AsyncClient) -> impl Future<Output = ()> + Send {
+                async move { client.disconnect().await.expect("queue DISCONNECT") }
+            }
+        }
+    };
+}
+
+rumqttc_proto!(Mqtt311, v4, v4::Packet::PingResp);
+rumqttc_proto!(Mqtt5, v5, v5::Packet::PingResp(_));
+
+/// A rumqttc client whose event loop runs in its own task, every incoming
+/// packet forwarded to a channel. It does not reconnect: a dropped connection
+/// shows up as [`Ev::Closed`].
+pub struct Client<P: Proto> {
+    pub client: P::Client,
+    pub id: String,
+    rx: mpsc::UnboundedReceiver<Ev<P::Packet>>,
+    backlog: VecDeque<Ev<P::Packet>>,
+    task: JoinHandle<()>,
+    pub connack: P::ConnAck,
+}
+
+/// A rumqttc 3.1.1 client.
+pub type V4 = Client<Mqtt311>;
+/// A rumqttc 5.0 client.
+pub type V5 = Client<Mqtt5>;
+
+impl<P: Proto> Drop for Client<P> {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -193,7 +347,7 @@ pub fn v4_options(addr: SocketAddr, id: &str) -> v4::MqttOptions {
     o
 }
 
-impl V4 {
+impl Client<Mqtt311> {
     /// Connects with default options (clean session).
     pub async fn connect(addr: SocketAddr, id: &str) -> V4 {
         Self::connect_with(addr, id, |_| {}).await
@@ -208,37 +362,97 @@ impl V4 {
     ) -> V4 {
         let mut opts = v4_options(addr, id);
         tweak(&mut opts);
-        let (client, mut eventloop) = v4::AsyncClient::new(opts, 10_000);
+        let (client, eventloop) = v4::AsyncClient::new(opts, 10_000);
+        let c = Self::run(client, eventloop, id).await;
+        assert_eq!(
+            c.connack.code,
+            v4::ConnectReturnCode::Success,
+            "{id} refused"
+        );
+        c
+    }
+
+    /// Subscribes and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(&mut self, filter: &str, qos: v4::QoS) -> Vec<v4::SubscribeReasonCode> {
+        Mqtt311::subscribe(&self.client, filter, qos).await;
+        self.suback(filter).await
+    }
+}
+
+impl Client<Mqtt5> {
+    pub async fn connect(addr: SocketAddr, id: &str) -> V5 {
+        Self::connect_with(addr, id, |_| {}).await
+    }
+
+    pub async fn connect_with(
+        addr: SocketAddr,
+        id: &str,
+        tweak: impl FnOnce(&mut v5::MqttOptions),
+    ) -> V5 {
+        let mut opts = v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(Some(1 << 20));
+        tweak(&mut opts);
+        let (client, eventloop) = v5::AsyncClient::new(opts, 10_000);
+        let c = Self::run(client, eventloop, id).await;
+        assert_eq!(
+            c.connack.code,
+            v5::ConnectReturnCode::Success,
+            "{id} refused"
+        );
+        c
+    }
+
+    /// Subscribes to several filters (5.0 options) in one SUBSCRIBE; returns
+    /// the SUBACK reason codes.
+    pub async fn subscribe_filters(
+        &mut self,
+        filters: Vec<v5::Filter>,
+    ) -> Vec<v5::SubscribeReasonCode> {
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.expect("SUBACK", Mqtt5::suback).await
+    }
+}
+
+impl<P: Proto> Client<P> {
+    /// Waits (bounded) for the CONNACK on `eventloop`, then runs the event
+    /// loop in its own task, forwarding every incoming packet.
+    async fn run(client: P::Client, mut eventloop: P::EventLoop, id: &str) -> Self {
         let connack = within(STEP, &format!("CONNACK for {id}"), async {
             loop {
-                match eventloop.poll().await {
-                    Ok(v4::Event::Incoming(v4::Packet::ConnAck(ack))) => return ack,
-                    Ok(_) => {}
+                match P::poll(&mut eventloop).await {
+                    Ok(Some(p)) => {
+                        if let Some(ack) = P::connack(&p) {
+                            return ack;
+                        }
+                    }
+                    Ok(None) => {}
                     Err(e) => panic!("{id}: connect failed: {e}"),
                 }
             }
         })
         .await;
-        assert_eq!(connack.code, v4::ConnectReturnCode::Success, "{id} refused");
         let (tx, rx) = mpsc::unbounded();
         let task = tokio::spawn(async move {
             loop {
-                match eventloop.poll().await {
-                    Ok(v4::Event::Incoming(v4::Packet::PingResp)) => {}
-                    Ok(v4::Event::Incoming(p)) => {
+                match P::poll(&mut eventloop).await {
+                    Ok(Some(p)) => {
                         if tx.unbounded_send(Ev::Packet(p)).is_err() {
                             return;
                         }
                     }
-                    Ok(v4::Event::Outgoing(_)) => {}
+                    Ok(None) => {}
                     Err(e) => {
-                        let _ = tx.unbounded_send(Ev::Closed(e.to_string()));
+                        let _ = tx.unbounded_send(Ev::Closed(e));
                         return;
                     }
                 }
             }
         });
-        V4 {
+        Client {
             client,
             id: id.to_owned(),
             rx,
@@ -249,7 +463,7 @@ impl V4 {
     }
 
     /// The next event within `limit`, or `None` if nothing came.
-    pub async fn next_within(&mut self, limit: Duration) -> Option<Ev<v4::Packet>> {
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Ev<P::Packet>> {
         if let Some(ev) = self.backlog.pop_front() {
             return Some(ev);
         }
@@ -261,7 +475,7 @@ impl V4 {
     }
 
     /// The next incoming packet; fails on timeout or a closed connection.
-    pub async fn next(&mut self) -> v4::Packet {
+    pub async fn next(&mut self) -> P::Packet {
         match self.next_within(STEP).await {
             Some(Ev::Packet(p)) => p,
             Some(Ev::Closed(e)) => panic!("{}: connection closed: {e}", self.id),
@@ -274,7 +488,7 @@ impl V4 {
     pub async fn expect<T>(
         &mut self,
         what: &str,
-        mut pick: impl FnMut(&v4::Packet) -> Option<T>,
+        mut pick: impl FnMut(&P::Packet) -> Option<T>,
     ) -> T {
         let mut skipped = VecDeque::new();
         let deadline = tokio::time::Instant::now() + STEP;
@@ -294,58 +508,44 @@ impl V4 {
         found
     }
 
-    /// Subscribes and waits for the SUBACK; returns its return codes.
-    pub async fn subscribe(&mut self, filter: &str, qos: v4::QoS) -> Vec<v4::SubscribeReasonCode> {
-        self.client
-            .subscribe(filter, qos)
+    /// Waits for the next SUBACK; returns its codes.
+    async fn suback(&mut self, filter: &str) -> Vec<P::SubCode> {
+        self.expect(&format!("SUBACK for {filter}"), P::suback)
             .await
-            .expect("queue SUBSCRIBE");
-        self.expect(&format!("SUBACK for {filter}"), |p| match p {
-            v4::Packet::SubAck(s) => Some(s.return_codes.clone()),
-            _ => None,
-        })
-        .await
     }
 
     /// Subscribes and asserts the broker granted `qos`.
-    pub async fn subscribe_ok(&mut self, filter: &str, qos: v4::QoS) {
-        let codes = self.subscribe(filter, qos).await;
-        assert_eq!(
-            codes,
-            vec![v4::SubscribeReasonCode::Success(qos)],
-            "SUBACK for {filter}"
-        );
+    pub async fn subscribe_ok(&mut self, filter: &str, qos: P::QoS) {
+        P::subscribe(&self.client, filter, qos).await;
+        let codes = self.suback(filter).await;
+        assert_eq!(codes, vec![P::granted(qos)], "SUBACK for {filter}");
     }
 
     pub async fn publish(
         &self,
         topic: &str,
-        qos: v4::QoS,
+        qos: P::QoS,
         retain: bool,
         payload: impl Into<Vec<u8>>,
     ) {
-        self.client
-            .publish(topic, qos, retain, payload)
-            .await
-            .expect("queue PUBLISH");
+        P::publish(&self.client, topic, qos, retain, payload.into()).await;
     }
 
     /// Waits for the next incoming PUBLISH (other packets are kept for later).
-    pub async fn recv_publish(&mut self) -> v4::Publish {
-        self.expect("PUBLISH", |p| match p {
-            v4::Packet::Publish(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await
+    pub async fn recv_publish(&mut self) -> P::Publish {
+        self.expect("PUBLISH", |p| P::as_publish(p).cloned()).await
     }
 
     /// Collects exactly `n` PUBLISHes, each within [`STEP`] of the previous one.
-    pub async fn recv_publishes(&mut self, n: usize) -> Vec<v4::Publish> {
+    pub async fn recv_publishes(&mut self, n: usize) -> Vec<P::Publish> {
         let mut got = Vec::with_capacity(n);
         while got.len() < n {
             match self.next_within(STEP).await {
-                Some(Ev::Packet(v4::Packet::Publish(p))) => got.push(p),
-                Some(Ev::Packet(_)) => {}
+                Some(Ev::Packet(p)) => {
+                    if let Ok(p) = P::into_publish(p) {
+                        got.push(p);
+                    }
+                }
                 Some(Ev::Closed(e)) => {
                     panic!("{}: closed after {} of {n}: {e}", self.id, got.len())
                 }
@@ -369,11 +569,11 @@ impl V4 {
                 return;
             }
             match self.next_within(left).await {
-                Some(Ev::Packet(v4::Packet::Publish(p))) => panic!(
-                    "{}: unexpected PUBLISH on {} ({:?}, retain={}): {:?}",
-                    self.id, p.topic, p.qos, p.retain, p.payload
-                ),
-                Some(Ev::Packet(_)) => {}
+                Some(Ev::Packet(p)) => {
+                    if let Some(p) = P::as_publish(&p) {
+                        panic!("{}: unexpected PUBLISH: {p:?}", self.id);
+                    }
+                }
                 Some(Ev::Closed(e)) => panic!("{}: closed: {e}", self.id),
                 None => return,
             }
@@ -382,15 +582,12 @@ impl V4 {
 
     /// Waits for `n` PUBACKs (QoS 1) or PUBCOMPs (QoS 2) from the broker.
     /// Other packets are kept, in order, for later calls.
-    pub async fn wait_acks(&mut self, n: usize, qos: v4::QoS) {
+    pub async fn wait_acks(&mut self, n: usize, qos: P::QoS) {
         let mut acks = 0;
         let mut skipped = VecDeque::new();
         while acks < n {
             match self.next_within(STEP).await {
-                Some(Ev::Packet(v4::Packet::PubAck(_))) if qos == v4::QoS::AtLeastOnce => acks += 1,
-                Some(Ev::Packet(v4::Packet::PubComp(_))) if qos == v4::QoS::ExactlyOnce => {
-                    acks += 1
-                }
+                Some(Ev::Packet(p)) if P::completes(&p, qos) => acks += 1,
                 Some(Ev::Packet(p)) => skipped.push_back(Ev::Packet(p)),
                 Some(Ev::Closed(e)) => panic!("{}: closed after {acks}/{n} acks: {e}", self.id),
                 None => panic!(
@@ -418,241 +615,13 @@ impl V4 {
 
     /// Normal DISCONNECT; waits until the broker closed the connection.
     pub async fn disconnect(mut self) {
-        self.client.disconnect().await.expect("queue DISCONNECT");
+        P::disconnect(&self.client).await;
         self.wait_closed(STEP).await;
     }
 
     /// Ends the connection abruptly (no DISCONNECT): the socket is dropped.
     pub fn kill(self) {
         drop(self);
-    }
-}
-
-// ---- rumqttc 5.0 -----------------------------------------------------------------
-
-pub mod v5 {
-    pub use rumqttc::v5::mqttbytes::v5::{
-        ConnAck, ConnectReturnCode, Filter, LastWill, Packet, Publish, PublishProperties,
-        RetainForwardRule, SubscribeReasonCode,
-    };
-    pub use rumqttc::v5::mqttbytes::QoS;
-    pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-}
-
-/// A rumqttc 5.0 client, like [`V4`].
-pub struct V5 {
-    pub client: v5::AsyncClient,
-    pub id: String,
-    rx: mpsc::UnboundedReceiver<Ev<v5::Packet>>,
-    backlog: VecDeque<Ev<v5::Packet>>,
-    task: JoinHandle<()>,
-    pub connack: v5::ConnAck,
-}
-
-impl Drop for V5 {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl V5 {
-    pub async fn connect(addr: SocketAddr, id: &str) -> V5 {
-        Self::connect_with(addr, id, |_| {}).await
-    }
-
-    pub async fn connect_with(
-        addr: SocketAddr,
-        id: &str,
-        tweak: impl FnOnce(&mut v5::MqttOptions),
-    ) -> V5 {
-        let mut opts = v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(Some(1 << 20));
-        tweak(&mut opts);
-        let (client, mut eventloop) = v5::AsyncClient::new(opts, 10_000);
-        let connack = within(STEP, &format!("CONNACK for {id}"), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(v5::Event::Incoming(v5::Packet::ConnAck(ack))) => return ack,
-                    Ok(_) => {}
-                    Err(e) => panic!("{id}: v5 connect failed: {e}"),
-                }
-            }
-        })
-        .await;
-        assert_eq!(connack.code, v5::ConnectReturnCode::Success, "{id} refused");
-        let (tx, rx) = mpsc::unbounded();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(v5::Event::Incoming(v5::Packet::PingResp(_))) => {}
-                    Ok(v5::Event::Incoming(p)) => {
-                        if tx.unbounded_send(Ev::Packet(p)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(v5::Event::Outgoing(_)) => {}
-                    Err(e) => {
-                        let _ = tx.unbounded_send(Ev::Closed(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        });
-        V5 {
-            client,
-            id: id.to_owned(),
-            rx,
-            backlog: VecDeque::new(),
-            task,
-            connack,
-        }
-    }
-
-    pub async fn next_within(&mut self, limit: Duration) -> Option<Ev<v5::Packet>> {
-        if let Some(ev) = self.backlog.pop_front() {
-            return Some(ev);
-        }
-        match tokio::time::timeout(limit, self.rx.next()).await {
-            Ok(Some(ev)) => Some(ev),
-            Ok(None) => Some(Ev::Closed("event loop task ended".into())),
-            Err(_) => None,
-        }
-    }
-
-    pub async fn expect<T>(
-        &mut self,
-        what: &str,
-        mut pick: impl FnMut(&v5::Packet) -> Option<T>,
-    ) -> T {
-        let mut skipped = VecDeque::new();
-        let deadline = tokio::time::Instant::now() + STEP;
-        let found = loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await {
-                Some(Ev::Packet(p)) => match pick(&p) {
-                    Some(v) => break v,
-                    None => skipped.push_back(Ev::Packet(p)),
-                },
-                Some(Ev::Closed(e)) => panic!("{}: closed while waiting for {what}: {e}", self.id),
-                None => panic!("{}: no {what} within {STEP:?}", self.id),
-            }
-        };
-        skipped.extend(self.backlog.drain(..));
-        self.backlog = skipped;
-        found
-    }
-
-    /// Subscribes to several filters (5.0 options) in one SUBSCRIBE; returns
-    /// the SUBACK reason codes.
-    pub async fn subscribe_filters(
-        &mut self,
-        filters: Vec<v5::Filter>,
-    ) -> Vec<v5::SubscribeReasonCode> {
-        self.client
-            .subscribe_many(filters)
-            .await
-            .expect("queue SUBSCRIBE");
-        self.expect("SUBACK", |p| match p {
-            v5::Packet::SubAck(s) => Some(s.return_codes.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn recv_publish(&mut self) -> v5::Publish {
-        self.expect("PUBLISH", |p| match p {
-            v5::Packet::Publish(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Asserts that no PUBLISH arrives within `quiet` (negative check).
-    pub async fn assert_no_publish(&mut self, quiet: Duration) {
-        let deadline = tokio::time::Instant::now() + quiet;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.next_within(left).await {
-                Some(Ev::Packet(v5::Packet::Publish(p))) => panic!(
-                    "{}: unexpected PUBLISH on {:?} (retain={}): {:?}",
-                    self.id, p.topic, p.retain, p.payload
-                ),
-                Some(Ev::Packet(_)) => {}
-                Some(Ev::Closed(e)) => panic!("{}: closed: {e}", self.id),
-                None => return,
-            }
-        }
-    }
-
-    pub async fn subscribe_ok(&mut self, filter: &str, qos: v5::QoS) {
-        self.client
-            .subscribe(filter, qos)
-            .await
-            .expect("queue SUBSCRIBE");
-        let codes = self
-            .expect(&format!("SUBACK for {filter}"), |p| match p {
-                v5::Packet::SubAck(s) => Some(s.return_codes.clone()),
-                _ => None,
-            })
-            .await;
-        assert_eq!(
-            codes,
-            vec![v5::SubscribeReasonCode::Success(qos)],
-            "SUBACK for {filter}"
-        );
-    }
-
-    pub async fn recv_publishes(&mut self, n: usize) -> Vec<v5::Publish> {
-        let mut got = Vec::with_capacity(n);
-        while got.len() < n {
-            match self.next_within(STEP).await {
-                Some(Ev::Packet(v5::Packet::Publish(p))) => got.push(p),
-                Some(Ev::Packet(_)) => {}
-                Some(Ev::Closed(e)) => {
-                    panic!("{}: closed after {} of {n}: {e}", self.id, got.len())
-                }
-                None => panic!("{}: only {} of {n} PUBLISHes arrived", self.id, got.len()),
-            }
-        }
-        got
-    }
-
-    pub async fn wait_acks(&mut self, n: usize, qos: v5::QoS) {
-        let mut acks = 0;
-        let mut skipped = VecDeque::new();
-        while acks < n {
-            match self.next_within(STEP).await {
-                Some(Ev::Packet(v5::Packet::PubAck(_))) if qos == v5::QoS::AtLeastOnce => acks += 1,
-                Some(Ev::Packet(v5::Packet::PubComp(_))) if qos == v5::QoS::ExactlyOnce => {
-                    acks += 1
-                }
-                Some(Ev::Packet(p)) => skipped.push_back(Ev::Packet(p)),
-                Some(Ev::Closed(e)) => panic!("{}: closed after {acks}/{n} acks: {e}", self.id),
-                None => panic!(
-                    "{}: only {acks}/{n} acks within {STEP:?} of the last",
-                    self.id
-                ),
-            }
-        }
-        skipped.extend(self.backlog.drain(..));
-        self.backlog = skipped;
-    }
-
-    pub async fn disconnect(mut self) {
-        self.client.disconnect().await.expect("queue DISCONNECT");
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await {
-                Some(Ev::Closed(_)) => return,
-                Some(Ev::Packet(_)) => {}
-                None => panic!("{}: still open after DISCONNECT", self.id),
-            }
-        }
     }
 }
 
@@ -924,4 +893,130 @@ pub fn require_program(name: &str) -> std::path::PathBuf {
         "`{name}` is not installed but these tests need it: \
          apt-get install -y mosquitto-clients (scripts/test.sh does this)"
     );
+}
+
+// ---- Mosquitto's command-line clients ---------------------------------------------------
+
+/// A running `mosquitto_sub -d` whose output lines (stdout and stderr) arrive
+/// on a channel; killed when dropped.
+pub struct MosqSub {
+    child: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far, for failure messages.
+    pub seen: Vec<String>,
+}
+
+impl Drop for MosqSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MosqSub {
+    /// Starts `mosquitto_sub -d <args>` (line-buffered) and waits for its SUBACK.
+    pub async fn start(port: u16, args: &[&str]) -> MosqSub {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        require_program("mosquitto_sub");
+        require_program("stdbuf");
+        let port = port.to_string();
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let (tx, rx) = mpsc::unbounded();
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.unbounded_send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut s = MosqSub {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        s.wait_line("SUBACK", |l| l.contains("received SUBACK"))
+            .await;
+        s
+    }
+
+    /// Reads lines until one satisfies `pred`, for at most [`STEP`].
+    pub async fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.next()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!(
+                    "mosquitto_sub exited before {what}; output: {:#?}",
+                    self.seen
+                ),
+                Err(_) => panic!(
+                    "mosquitto_sub: no {what} within {STEP:?}; output: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// The next formatted message line (`MSG|...`), without the prefix.
+    pub async fn msg(&mut self) -> String {
+        let l = self.wait_line("message", |l| l.starts_with("MSG|")).await;
+        l["MSG|".len()..].to_owned()
+    }
+
+    /// Message lines (`MSG|...`, without the prefix) printed within `limit`.
+    pub async fn drain(&mut self, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut msgs = Vec::new();
+        while let Ok(Some(l)) = tokio::time::timeout_at(deadline, self.lines.next()).await {
+            if let Some(p) = l.strip_prefix("MSG|") {
+                msgs.push(p.to_owned());
+            }
+            self.seen.push(l);
+        }
+        msgs
+    }
+}
+
+/// Runs `mosquitto_pub -h 127.0.0.1 -p <port> <args>` to completion, killing
+/// it (and failing) if it is not done within [`STEP`].
+pub fn mosquitto_pub_args(port: u16, args: &[&str]) {
+    use std::process::{Command, Stdio};
+    require_program("mosquitto_pub");
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mosquitto_pub");
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "mosquitto_pub {args:?} failed: {status}");
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mosquitto_pub {args:?} did not finish within {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a process, not synchronisation
+    }
 }

@@ -2,9 +2,8 @@
 
 use anyhow::Result;
 
-use super::{count, topic_for, wildcard, Plan};
+use super::{count, Plan};
 use crate::cli::LoadArgs;
-use crate::stats::Routing;
 
 const DEFAULT_PUBLISHERS: usize = 8;
 const DEFAULT_TOPIC: &str = "bench/fanin/%i";
@@ -13,12 +12,7 @@ pub fn plan(args: &LoadArgs) -> Result<Plan> {
     let pubs = count(args.publishers, args.clients, DEFAULT_PUBLISHERS)?;
     let subs = count(args.subscribers, None, 1)?;
     let pattern = args.topic.as_deref().unwrap_or(DEFAULT_TOPIC);
-    let filter = wildcard(pattern);
-    Ok(Plan::messaging(
-        (0..pubs).map(|i| (i, topic_for(pattern, i))).collect(),
-        (0..subs).map(|i| (i, filter.clone())).collect(),
-        Routing::AllToAll,
-    ))
+    Ok(Plan::all_to_all(pubs, subs, pattern))
 }
 
 #[cfg(test)]

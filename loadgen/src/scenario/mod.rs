@@ -226,6 +226,18 @@ impl Plan {
         }
     }
 
+    /// `pubs` publishers, publisher `i` on `pattern` with `%i` = `i`, and `subs`
+    /// subscribers of the wildcard over all of them: every subscriber gets
+    /// every message (fan-in and fan-out).
+    fn all_to_all(pubs: u32, subs: u32, pattern: &str) -> Plan {
+        let filter = wildcard(pattern);
+        Plan::messaging(
+            (0..pubs).map(|i| (i, topic_for(pattern, i))).collect(),
+            (0..subs).map(|i| (i, filter.clone())).collect(),
+            Routing::AllToAll,
+        )
+    }
+
     pub fn fanout(&self) -> u64 {
         self.routing.fanout(self.subscribers)
     }
