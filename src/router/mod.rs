@@ -293,7 +293,13 @@ impl Core {
         self.counters.connections_current -= 1;
         let will = e.session.detach(&limits);
         let expiry = e.session.session_expiry();
+        // A shared-group member that goes away hands what it has not acknowledged
+        // to another member, even if its session stays.
+        let unacked = e.session.take_shared_unacked();
         self.activate_shared(key, false);
+        for item in unacked {
+            self.reroute_shared(item, now);
+        }
         self.release_will(key, will, now);
         match expiry {
             0 => self.end_session(key, now),

@@ -259,3 +259,32 @@ fn concurrent_retained_updates_converge_on_every_replica() {
         "replicas differ: {held:?}"
     );
 }
+
+#[test]
+fn persistent_shared_member_hands_unacked_messages_over_on_disconnect() {
+    let mut c = Cluster::new(2);
+    let m1 = c.connect(0, "m1", false);
+    let m2 = c.connect(1, "m2", true);
+    c.subscribe(0, m1, "$share/g/t", QoS::AtLeastOnce);
+    c.subscribe(1, m2, "$share/g/t", QoS::AtLeastOnce);
+    c.take_packets(0, m1);
+    c.take_packets(1, m2);
+    let publ = c.connect(0, "pub", true);
+    for _ in 0..4 {
+        c.publish(0, publ, "t", false, b"x");
+    }
+    let (got1, got2) = (c.publishes(0, m1).len(), c.publishes(1, m2).len());
+    assert_eq!((got1, got2), (2, 2), "round-robin over the two members");
+    // m1 goes away without acknowledging; its session stays (clean session 0).
+    c.cores[0].disconnected(m1, 1, 0);
+    c.settle();
+    assert_eq!(
+        c.publishes(1, m2).len(),
+        2,
+        "m1's unacknowledged messages reach m2"
+    );
+    assert!(
+        c.cores[0].session(m1).is_some(),
+        "the persistent session is kept"
+    );
+}
