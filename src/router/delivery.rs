@@ -78,11 +78,10 @@ impl Core {
     }
 
     fn deliver_to(&mut self, key: SessionKey, item: Routed, now: u64) {
-        let limits = self.limits.clone();
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        let outcome = e.session.deliver(item, &limits, now);
+        let outcome = e.session.deliver(item, &self.limits, now);
         self.counters.count(outcome);
         if outcome == crate::session::Outcome::Sent {
             self.mark_dirty(key);

@@ -114,6 +114,7 @@ pub struct Core {
     next_token: u64,
     scratch: MatchScratch,
     matches: Vec<Match>,
+    events: Vec<Event>,
     pub counters: Counters,
     /// Sessions with new bytes in `tx` since the server last looked.
     pub dirty: Vec<SessionKey>,
@@ -141,6 +142,7 @@ impl Core {
             next_token: 0,
             scratch: MatchScratch::new(),
             matches: Vec::new(),
+            events: Vec::new(),
             counters: Counters::default(),
             dirty: Vec::new(),
             closing: Vec::new(),
@@ -194,10 +196,9 @@ impl Core {
     /// After a write: refill the window from the queue.
     pub fn written(&mut self, key: SessionKey, conn: ConnId, bytes: usize, now: u64) {
         self.counters.bytes_sent += bytes as u64;
-        let limits = self.limits.clone();
         if let Some(e) = self.sessions.get_mut(key) {
             if e.conn == Some(conn) {
-                e.session.pump(&limits, now);
+                e.session.pump(&self.limits, now);
                 self.mark_dirty(key);
             }
         }
@@ -353,17 +354,19 @@ impl Core {
         packet: Packet,
         followup: &mut Followup,
     ) -> Result<(), Violation> {
-        let limits = self.limits.clone();
-        let mut events = Vec::new();
+        // A scratch vector reused across packets: no allocation per publish.
+        let mut events = std::mem::take(&mut self.events);
         if matches!(packet, Packet::Publish(_)) {
             self.counters.messages_received += 1;
         }
-        let result = self.sessions[key]
-            .session
-            .handle_packet(now, packet, &limits, &mut events);
-        for event in events {
+        let result =
+            self.sessions[key]
+                .session
+                .handle_packet(now, packet, &self.limits, &mut events);
+        for event in events.drain(..) {
             self.handle_event(key, event, followup, now);
         }
+        self.events = events;
         self.mark_dirty(key);
         result
     }
