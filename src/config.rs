@@ -97,6 +97,9 @@ pub struct Limits {
     /// Longest 5.0 session expiry interval honoured, in seconds; longer requests
     /// are capped and the client is told so in CONNACK.
     pub max_session_expiry: u32,
+    /// Seconds a 3.1.1 persistent (clean session 0) session outlives its
+    /// connection; `u32::MAX`: forever (Mosquitto's `persistent_client_expiration`).
+    pub persistent_client_expiration: u32,
 }
 
 impl Default for Limits {
@@ -119,6 +122,7 @@ impl Default for Limits {
             max_subscriptions_per_client: 10_000,
             max_topic_alias: 10,
             max_session_expiry: u32::MAX,
+            persistent_client_expiration: u32::MAX,
         }
     }
 }
@@ -366,6 +370,11 @@ impl Limits {
         check.range(
             "max_subscriptions_per_client",
             self.max_subscriptions_per_client as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "persistent_client_expiration",
+            u64::from(self.persistent_client_expiration),
             AT_LEAST_ONE,
         );
     }
@@ -624,6 +633,9 @@ pub struct FileConfig {
     /// Longest 5.0 session expiry interval honoured, in seconds (default 4294967295 = never expires; longer requests are capped and announced in CONNACK)
     #[arg(long, env = "RINGMQ_MAX_SESSION_EXPIRY", value_name = "SECS", help_heading = LIMITS)]
     pub max_session_expiry: Option<u32>,
+    /// Seconds an offline 3.1.1 persistent session (clean session 0) is kept (default 4294967295 = forever, as Mosquitto; then it and its queue are discarded)
+    #[arg(long, env = "RINGMQ_PERSISTENT_CLIENT_EXPIRATION", value_name = "SECS", help_heading = LIMITS)]
+    pub persistent_client_expiration: Option<u32>,
     /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
     #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY")]
     pub shared_strategy: Option<SharedStrategy>,
@@ -658,7 +670,8 @@ impl FileConfig {
             max_connections, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
             max_awaiting_rel, awaiting_rel_timeout, max_retained_messages, max_retained_bytes,
-            max_subscriptions_per_client, max_topic_alias, max_session_expiry, shared_strategy,
+            max_subscriptions_per_client, max_topic_alias, max_session_expiry,
+            persistent_client_expiration, shared_strategy,
         )
     }
 
@@ -728,6 +741,9 @@ impl FileConfig {
                 .unwrap_or(d.max_subscriptions_per_client),
             max_topic_alias: self.max_topic_alias.unwrap_or(d.max_topic_alias),
             max_session_expiry: self.max_session_expiry.unwrap_or(d.max_session_expiry),
+            persistent_client_expiration: self
+                .persistent_client_expiration
+                .unwrap_or(d.persistent_client_expiration),
         })
     }
 }

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::codec::{decode, Pid, Properties, Protocol, Publish, QoS, QosPid, Subscribe};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 
 struct Cluster {
     cores: Vec<Core>,
@@ -287,4 +287,34 @@ fn persistent_shared_member_hands_unacked_messages_over_on_disconnect() {
         c.cores[0].session(m1).is_some(),
         "the persistent session is kept"
     );
+}
+
+#[test]
+fn persistent_client_expiration_ends_offline_311_sessions() {
+    let (mesh, _inboxes) = mesh(1, 8);
+    let limits = Arc::new(Limits {
+        persistent_client_expiration: 60,
+        ..Config::default().limits
+    });
+    let mut core = Core::new(0, 1, limits, SharedStrategy::RoundRobin);
+    let connect = Connect {
+        protocol: Protocol::V3_1_1,
+        clean_start: false,
+        keep_alive: 0,
+        client_id: Bytes::from_static(b"dev"),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    };
+    let a = core.connect(&connect, "dev".into(), 1, 0, false);
+    core.disconnected(a.key, 1, 1_000);
+    core.tick(60_999);
+    assert!(
+        core.session(a.key).is_some(),
+        "kept until the expiration passes"
+    );
+    core.tick(61_000);
+    assert!(core.session(a.key).is_none(), "ended once it passed");
+    assert!(core.flush(&mesh));
 }

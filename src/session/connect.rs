@@ -89,7 +89,11 @@ pub struct ClientParams {
 impl ClientParams {
     pub fn from_connect(c: &Connect, limits: &Limits) -> ClientParams {
         if c.protocol != Protocol::V5 {
-            let session_expiry = if c.clean_start { 0 } else { u32::MAX };
+            let session_expiry = if c.clean_start {
+                0
+            } else {
+                limits.persistent_client_expiration
+            };
             return ClientParams {
                 session_expiry,
                 receive_maximum: u16::MAX,
