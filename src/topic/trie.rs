@@ -28,11 +28,16 @@ pub(super) const ROOT: NodeId = 0;
 /// `HashMap`. Comparing a few short keys is cheaper than hashing one.
 const SMALL_MAX: usize = 8;
 
+/// Level -> child map. foldhash is randomly seeded per process, like std's
+/// SipHash, so clients choosing levels still cannot aim collisions, but hashes
+/// a short level several times faster; it is the hasher hashbrown itself uses.
+type LevelMap = HashMap<Box<str>, NodeId, foldhash::fast::RandomState>;
+
 /// Literal (non-wildcard) children of a node, keyed by level.
 #[derive(Debug)]
 pub(super) enum Children {
     Small(Vec<(Box<str>, NodeId)>),
-    Map(HashMap<Box<str>, NodeId>),
+    Map(LevelMap),
 }
 
 impl Default for Children {
@@ -54,7 +59,7 @@ impl Children {
         match self {
             Self::Small(v) if v.len() < SMALL_MAX => v.push((level.into(), id)),
             Self::Small(v) => {
-                let mut map: HashMap<_, _> = v.drain(..).collect();
+                let mut map: LevelMap = v.drain(..).collect();
                 map.insert(level.into(), id);
                 *self = Self::Map(map);
             }
