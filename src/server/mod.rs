@@ -86,7 +86,7 @@ impl Broker {
             let bound = bound_rx
                 .recv()
                 .context("a core exited before binding its listener")?;
-            addr = bound.with_context(|| format!("binding {addr}"))?;
+            addr = bound.with_context(|| format!("starting a core on {addr}"))?;
         }
         Ok(Broker {
             shared,

@@ -30,6 +30,7 @@ pub fn run(
         pin(id);
     }
     let entries = shared.config.ring_entries;
+    let required = shared.config.io_driver == IoDriver::IoUring;
     let want_uring = match shared.config.io_driver {
         IoDriver::Epoll => false,
         IoDriver::IoUring | IoDriver::Auto => monoio::utils::detect_uring(),
@@ -44,15 +45,23 @@ pub fn run(
                 tracing::info!(core = id, driver = "io_uring", entries, "core started");
                 return rt.block_on(serve(id, shared, inbox, bound));
             }
+            Err(e) if required => {
+                let _ = bound.send(Err(std::io::Error::other(format!(
+                    "--io-driver io-uring: cannot set up io_uring: {e}"
+                ))));
+                return;
+            }
             Err(e) => {
                 tracing::warn!(core = id, error = %e, "io_uring unavailable; falling back to epoll")
             }
         }
-    } else if shared.config.io_driver == IoDriver::IoUring {
-        tracing::warn!(
-            core = id,
-            "io_uring requested but blocked by the kernel; using epoll"
-        );
+    } else if required {
+        let msg =
+            "--io-driver io-uring: the kernel does not allow io_uring here (use auto or epoll)";
+        let _ = bound.send(Err(std::io::Error::other(msg)));
+        return;
+    } else if shared.config.io_driver == IoDriver::Auto {
+        tracing::warn!(core = id, "io_uring blocked by the kernel; using epoll");
     }
     let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
