@@ -10,21 +10,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable};
 use monoio::net::TcpStream;
 
-use super::context::{ConnSignals, Ctx, WriteHalf};
+use super::context::{ConnSignals, Ctx};
 use crate::codec::{
-    decode, encode, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
-    Property, Protocol,
+    decode, encode, reason, ConnAck, Connect, DecodeError, Packet, Properties, Property, Protocol,
 };
 use crate::router::{owner_core, CloseReason, Followup, Handoff, MeshMsg, PendingSubscribe};
 use crate::session::{check_connect, Refusal};
-
-/// Above this, an idle connection's buffers are released rather than kept.
-const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Releases the connection's slot in `max_connections` when the task ends.
 struct ConnectionSlot(Arc<super::Shared>);
@@ -252,26 +246,12 @@ async fn serve(
         signals: signals.clone(),
     };
     link.read_loop(read_half, buf, &client_id).await;
-    finish_writes(&ctx, &signals).await;
+    super::writer::finish_writes(&ctx, &signals).await;
     ctx.core
         .borrow_mut()
         .disconnected(attached.key, conn, ctx.now());
     ctx.conns.borrow_mut().remove(&conn);
     ctx.apply_effects();
-}
-
-/// Flushes what the session still owes the client (and a 5.0 DISCONNECT), for at
-/// most a second: a client that stopped reading does not hold the close up.
-async fn finish_writes(ctx: &Rc<Ctx>, signals: &Rc<ConnSignals>) {
-    let grace = std::time::Duration::from_secs(1);
-    signals.finishing.set(true);
-    if signals.writer_active() {
-        signals.writer.notify();
-        let _ = Box::pin(monoio::time::timeout(grace, signals.writer_done.notified())).await;
-    } else if let Some(half) = signals.take_write_half() {
-        let flush = write_loop(ctx.clone(), signals.clone(), half);
-        let _ = Box::pin(monoio::time::timeout(grace, flush)).await;
-    }
 }
 
 /// The unfilled part of `buf`: monoio reads into a buffer from its start, so a
@@ -460,53 +440,4 @@ impl Link {
         tracing::warn!(client_id, rule, "closed: protocol violation");
         self.set_final_disconnect(reason, rule);
     }
-}
-
-/// Drains the session's output: one write per wake-up, whatever accumulated.
-/// Runs while there is something to write, then parks the write half and ends;
-/// when the connection is finishing, sends the last bytes and shuts it down.
-pub(super) async fn write_loop(ctx: Rc<Ctx>, signals: Rc<ConnSignals>, mut wr: WriteHalf) {
-    let mut spare = BytesMut::new();
-    loop {
-        let taken = ctx
-            .core
-            .borrow_mut()
-            .take_tx(signals.key, signals.conn, spare);
-        match taken {
-            Ok(buf) => {
-                let len = buf.len();
-                let (res, mut buf) = wr.write_all(buf).await;
-                if res.is_err() {
-                    signals.close(CloseReason::WriteFailed);
-                    break;
-                }
-                buf.clear();
-                spare = if buf.capacity() > KEEP_CAPACITY {
-                    BytesMut::new()
-                } else {
-                    buf
-                };
-                let now = ctx.now();
-                ctx.core
-                    .borrow_mut()
-                    .written(signals.key, signals.conn, len, now);
-                ctx.apply_effects();
-            }
-            Err(_) if !signals.finishing.get() => return signals.park_writer(wr),
-            Err(_) => break,
-        }
-    }
-    let last = signals.final_disconnect.borrow_mut().take();
-    if let Some((code, text)) = last {
-        let mut out = BytesMut::new();
-        let text = bytes::Bytes::copy_from_slice(text.as_bytes());
-        let d = Disconnect {
-            reason: code,
-            properties: Properties(vec![Property::ReasonString(text)]),
-        };
-        encode(&Packet::Disconnect(d), Protocol::V5, &mut out);
-        let _ = wr.write_all(out).await;
-    }
-    let _ = wr.shutdown().await;
-    signals.writer_finished();
 }

@@ -63,11 +63,7 @@ impl ConnSignals {
             self.writer.notify();
         } else if let Some(half) = self.write_half.borrow_mut().take() {
             self.writer_active.set(true);
-            monoio::spawn(super::connection::write_loop(
-                ctx.clone(),
-                self.clone(),
-                half,
-            ));
+            monoio::spawn(super::writer::write_loop(ctx.clone(), self.clone(), half));
         }
     }
 

@@ -8,6 +8,7 @@ mod listener;
 mod notify;
 mod sys;
 mod worker;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

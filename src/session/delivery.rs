@@ -1,0 +1,133 @@
+//! Messages to the client: QoS 0 straight to the output buffer, QoS 1/2 through
+//! the inflight window and the queue, with 5.0 topic aliases, Receive Maximum
+//! and Maximum Packet Size.
+
+use super::*;
+
+impl Session {
+    /// Accepts a message routed to this session (`item.qos` is already the
+    /// minimum of publish and subscription QoS).
+    pub fn deliver(&mut self, item: Routed, limits: &Limits, now: u64) -> Outcome {
+        if item.msg.expired(now) {
+            return Outcome::DroppedExpired;
+        }
+        if item.qos == QoS::AtMostOnce {
+            return self.deliver_qos0(&item, limits, now);
+        }
+        let window_open = self.connected
+            && self.out.queue.is_empty()
+            && self.out.inflight.len() < self.window(limits)
+            && self.tx.len() < limits.max_write_buffer;
+        if window_open {
+            return self.send_inflight(item, now);
+        }
+        if !self.out.has_room(
+            item.msg.weight(),
+            limits.max_queued_messages,
+            limits.max_queued_bytes,
+        ) {
+            return Outcome::DroppedQueueFull;
+        }
+        self.out.enqueue(item);
+        Outcome::Queued
+    }
+
+    /// The outgoing window: our cap, narrowed by the client's Receive Maximum.
+    fn window(&self, limits: &Limits) -> usize {
+        usize::from(
+            limits
+                .max_inflight_messages
+                .min(self.params.receive_maximum),
+        )
+    }
+
+    fn deliver_qos0(&mut self, item: &Routed, limits: &Limits, now: u64) -> Outcome {
+        if !self.connected {
+            return Outcome::DroppedOffline;
+        }
+        if self.tx.len() >= limits.max_write_buffer {
+            return Outcome::DroppedSlowConsumer;
+        }
+        self.encode_delivery(item, QosPid::AtMostOnce, now)
+    }
+
+    /// Encodes one PUBLISH, choosing a topic alias when the client accepts them,
+    /// and takes it back if it exceeds the client's maximum packet size.
+    fn encode_delivery(&mut self, item: &Routed, qos_pid: QosPid, now: u64) -> Outcome {
+        let alias = self.outgoing_alias(&item.msg.topic);
+        let d = Delivery {
+            qos_pid,
+            dup: false,
+            retain: item.retain,
+            sub_ids: &item.sub_ids,
+            alias,
+            now,
+        };
+        let start = self.tx.len();
+        let len = item.msg.encode_for(&mut self.tx, self.protocol, &d);
+        if len > self.params.maximum_packet_size as usize {
+            self.tx.truncate(start);
+            return Outcome::DroppedTooLarge;
+        }
+        if let Alias::Set(a) = alias {
+            self.aliases_out.insert(item.msg.topic.clone(), a);
+        }
+        Outcome::Sent
+    }
+
+    fn outgoing_alias(&self, topic: &TopicName) -> Alias {
+        let max = self.params.topic_alias_maximum;
+        if max == 0 {
+            return Alias::None;
+        }
+        match self.aliases_out.get(topic) {
+            Some(a) => Alias::Use(*a),
+            None if self.aliases_out.len() < usize::from(max) => {
+                Alias::Set(self.aliases_out.len() as u16 + 1)
+            }
+            None => Alias::None,
+        }
+    }
+
+    fn send_inflight(&mut self, item: Routed, now: u64) -> Outcome {
+        let pid = self.out.allocate_pid();
+        let outcome = self.encode_delivery(&item, QosPid::new(item.qos, pid), now);
+        if outcome == Outcome::Sent {
+            self.out.inflight.push_back(Inflight {
+                pid,
+                item,
+                state: OutState::Published,
+            });
+        }
+        outcome
+    }
+
+    /// Moves queued messages into the inflight window while it and the output
+    /// buffer have room. Called after acks and after the connection drained `tx`;
+    /// what it delivers or drops is recorded in the tally.
+    pub fn pump(&mut self, limits: &Limits, now: u64) {
+        while self.connected
+            && self.out.inflight.len() < self.window(limits)
+            && self.tx.len() < limits.max_write_buffer
+        {
+            let Some(item) = self.out.dequeue() else {
+                break;
+            };
+            if item.msg.expired(now) {
+                self.tally.expired += 1;
+                continue;
+            }
+            match self.send_inflight(item, now) {
+                Outcome::Sent => self.tally.sent += 1,
+                Outcome::DroppedTooLarge => self.tally.too_large += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Messages that came through shared subscriptions and were not received for
+    /// sure: handed back so another group member gets them.
+    pub fn take_shared_unacked(&mut self) -> Vec<Routed> {
+        self.out.take_shared_unacked()
+    }
+}

@@ -1,0 +1,255 @@
+//! Packets from the client: publishes and their acknowledgements, subscriptions,
+//! pings and DISCONNECT.
+
+use super::*;
+
+impl Session {
+    /// Handles one packet from the client. Events for the router go to `events`.
+    pub fn handle_packet(
+        &mut self,
+        now: u64,
+        packet: Packet,
+        limits: &Limits,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Violation> {
+        self.last_rx = now;
+        match packet {
+            Packet::Publish(p) => self.on_publish(now, p, limits, events)?,
+            Packet::PubAck(a) => self.on_puback(a.pid, limits, now),
+            Packet::PubRec(a) => self.on_pubrec(a, limits, now),
+            Packet::PubRel(a) => self.on_pubrel(a.pid),
+            Packet::PubComp(a) => self.on_pubcomp(a.pid, limits, now),
+            Packet::Subscribe(s) => self.on_subscribe(s, limits, events)?,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, limits, events),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(d, limits, events)?,
+            Packet::Connect(_) => return Err(Violation::SecondConnect),
+            Packet::Auth(_) => return Err(Violation::UnexpectedAuth),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => return Err(Violation::ServerOnlyPacket(other.name())),
+        }
+        Ok(())
+    }
+
+    fn on_disconnect(
+        &mut self,
+        d: crate::codec::Disconnect,
+        limits: &Limits,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Violation> {
+        if let Some(expiry) = d.properties.find(session_expiry) {
+            if self.connect_expiry_zero && expiry != 0 {
+                return Err(Violation::SessionExpiryRaised);
+            }
+            self.params.session_expiry = expiry.min(limits.max_session_expiry);
+        }
+        // 5.0 reason 0x04 asks for the will to be published anyway.
+        if d.reason != reason::DISCONNECT_WITH_WILL {
+            self.will = None;
+        }
+        events.push(Event::Disconnect);
+        Ok(())
+    }
+
+    /// The topic of a 5.0 PUBLISH, through its topic alias if it has one.
+    fn resolve_topic(&mut self, p: &Publish, limits: &Limits) -> Result<TopicName, Violation> {
+        let alias = p.properties.find(|p| match p {
+            Property::TopicAlias(a) => Some(*a),
+            _ => None,
+        });
+        let Some(alias) = alias else {
+            return TopicName::new(p.topic.clone(), limits.max_topic_levels)
+                .map_err(Violation::InvalidTopic);
+        };
+        let slot = usize::from(alias).checked_sub(1);
+        let Some(entry) = slot.and_then(|i| self.aliases_in.get_mut(i)) else {
+            return Err(Violation::TopicAliasInvalid);
+        };
+        if p.topic.is_empty() {
+            return entry.clone().ok_or(Violation::TopicAliasUnknown);
+        }
+        let topic = TopicName::new(p.topic.clone(), limits.max_topic_levels)
+            .map_err(Violation::InvalidTopic)?;
+        *entry = Some(topic.clone());
+        Ok(topic)
+    }
+
+    fn on_publish(
+        &mut self,
+        now: u64,
+        p: Publish,
+        limits: &Limits,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Violation> {
+        let has_sub_id =
+            |p: &Property| matches!(p, Property::SubscriptionIdentifier(_)).then_some(());
+        if p.properties.find(has_sub_id).is_some() {
+            return Err(Violation::SubscriptionIdFromClient);
+        }
+        let topic = self.resolve_topic(&p, limits)?;
+        let qos = p.qos_pid.qos();
+        let msg = Message::new(topic, p.payload, qos, p.retain)
+            .with_properties(p.properties, now)
+            .from_client(self.client_id.clone())
+            .shared();
+        match p.qos_pid {
+            QosPid::AtMostOnce => events.push(Event::Publish(msg)),
+            QosPid::AtLeastOnce(pid) => {
+                events.push(Event::Publish(msg));
+                self.send(&Packet::PubAck(Ack::new(pid)));
+            }
+            QosPid::ExactlyOnce(pid) => {
+                // A retransmission of an unreleased id is acknowledged but not routed
+                // again: exactly once [MQTT-4.3.3-2].
+                if !self.awaiting_rel.contains_key(&pid) {
+                    if self.awaiting_rel.len() >= limits.max_awaiting_rel {
+                        return Err(Violation::AwaitingRelFull);
+                    }
+                    self.awaiting_rel.insert(pid, now);
+                    events.push(Event::Publish(msg));
+                }
+                self.send(&Packet::PubRec(Ack::new(pid)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_pubrel(&mut self, pid: Pid) {
+        let mut ack = Ack::new(pid);
+        if self.awaiting_rel.remove(&pid).is_none() && self.protocol.is_v5() {
+            ack.reason = reason::PACKET_ID_NOT_FOUND;
+        }
+        self.send(&Packet::PubComp(ack));
+    }
+
+    fn on_puback(&mut self, pid: Pid, limits: &Limits, now: u64) {
+        if let Some(i) = self
+            .out
+            .position(pid, OutState::Published, QoS::AtLeastOnce)
+        {
+            self.out.inflight.remove(i);
+            self.pump(limits, now);
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: Ack, limits: &Limits, now: u64) {
+        let Some(i) = self
+            .out
+            .position(ack.pid, OutState::Published, QoS::ExactlyOnce)
+        else {
+            if self.protocol.is_v5() {
+                let mut rel = Ack::new(ack.pid);
+                rel.reason = reason::PACKET_ID_NOT_FOUND;
+                self.send(&Packet::PubRel(rel));
+            }
+            return;
+        };
+        if ack.reason >= 0x80 {
+            // 5.0: the receiver refused it; the flow ends here [MQTT-4.3.3-4].
+            self.out.inflight.remove(i);
+            self.pump(limits, now);
+            return;
+        }
+        self.out.inflight[i].state = OutState::Released;
+        self.send(&Packet::PubRel(Ack::new(ack.pid)));
+    }
+
+    fn on_pubcomp(&mut self, pid: Pid, limits: &Limits, now: u64) {
+        if let Some(i) = self.out.position(pid, OutState::Released, QoS::ExactlyOnce) {
+            self.out.inflight.remove(i);
+            self.pump(limits, now);
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        s: Subscribe,
+        limits: &Limits,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Violation> {
+        let v5 = self.protocol.is_v5();
+        let id = s.properties.find(|p| match p {
+            Property::SubscriptionIdentifier(i) => Some(*i),
+            _ => None,
+        });
+        let refused = |v5_code: u8| if v5 { v5_code } else { 0x80 };
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut added = Vec::with_capacity(s.filters.len());
+        let mut existed = Vec::with_capacity(s.filters.len());
+        for (raw, opts) in s.filters {
+            let Ok(filter) = TopicFilter::new(raw, limits.max_topic_levels) else {
+                codes.push(refused(reason::TOPIC_FILTER_INVALID));
+                continue;
+            };
+            match parse_shared(filter.as_str()) {
+                Some(Err(())) => {
+                    codes.push(refused(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                Some(Ok(_)) if opts.no_local && v5 => return Err(Violation::NoLocalOnShared),
+                _ => {}
+            }
+            let exists = self.subscriptions.contains_key(&filter);
+            if !exists && self.subscriptions.len() >= limits.max_subscriptions_per_client {
+                codes.push(refused(reason::QUOTA_EXCEEDED));
+                continue;
+            }
+            // A repeated filter replaces the old subscription [MQTT-3.8.4-3].
+            let entry = SubEntry { opts, id };
+            self.subscriptions.insert(filter.clone(), entry);
+            codes.push(opts.qos as u8);
+            added.push((filter, entry));
+            existed.push(exists);
+        }
+        events.push(Event::Subscribe {
+            pid: s.pid,
+            codes,
+            added,
+            existed,
+        });
+        Ok(())
+    }
+
+    /// Completes a SUBSCRIBE once the router has made the subscriptions effective.
+    pub fn send_suback(&mut self, pid: Pid, codes: Vec<u8>) {
+        self.send(&Packet::SubAck(SubAck {
+            pid,
+            codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe, limits: &Limits, events: &mut Vec<Event>) {
+        let mut removed = Vec::with_capacity(u.filters.len());
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in u.filters {
+            let filter = TopicFilter::new(raw, limits.max_topic_levels);
+            match filter.map(|f| (self.subscriptions.remove(&f).is_some(), f)) {
+                Ok((true, f)) => {
+                    removed.push(f);
+                    codes.push(reason::SUCCESS);
+                }
+                Ok((false, _)) => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
+                Err(_) => codes.push(reason::TOPIC_FILTER_INVALID),
+            }
+        }
+        if !self.protocol.is_v5() {
+            codes.clear();
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            pid: u.pid,
+            codes,
+            properties: Properties::default(),
+        }));
+        events.push(Event::Unsubscribe(removed));
+    }
+}
+
+fn session_expiry(p: &Property) -> Option<u32> {
+    match p {
+        Property::SessionExpiryInterval(s) => Some(*s),
+        _ => None,
+    }
+}
