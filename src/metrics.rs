@@ -88,17 +88,42 @@ counters! {
     handoffs,
     /// Sessions (connected or persistent offline) held now.
     sessions_current,
-    /// Retained messages held now (this core's replica).
+    /// Retained messages held now (one replica; every core holds the same).
     retained_current,
     /// Subscriptions held now.
     subscriptions_current,
 }
 
-/// Sums the published snapshots of all cores.
+/// Sums the published snapshots of all cores. The retained store is replicated
+/// on every core, so its size is the largest replica, not the sum.
 pub fn total(cores: &[SharedCounters]) -> Counters {
     let mut sum = Counters::default();
+    let mut retained = 0;
     for c in cores {
-        sum.add(&c.snapshot());
+        let snapshot = c.snapshot();
+        retained = retained.max(snapshot.retained_current);
+        sum.add(&snapshot);
     }
+    sum.retained_current = retained;
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_counters_but_not_replicas() {
+        let cores = [SharedCounters::default(), SharedCounters::default()];
+        for c in &cores {
+            c.publish(&Counters {
+                messages_sent: 5,
+                retained_current: 7,
+                ..Counters::default()
+            });
+        }
+        let t = total(&cores);
+        assert_eq!(t.messages_sent, 10);
+        assert_eq!(t.retained_current, 7);
+    }
 }
