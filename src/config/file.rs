@@ -1,0 +1,288 @@
+//! The layers: the TOML file and the command line share one struct of optional
+//! keys, merged over the defaults.
+
+use std::path::Path;
+
+use clap::{ArgAction, Args, Parser};
+use serde::Deserialize;
+
+use super::validate::{bounds, narrow};
+use super::*;
+
+const LIMITS: &str = "Limits";
+
+/// One configuration layer: every key optional, so "not given" stays
+/// distinguishable from "given the default" until the layers are merged.
+///
+/// This is the TOML file's schema (unknown keys are rejected so a typo cannot
+/// silently fall back to a default) and, flattened into [`Cli`], the set of
+/// command-line flags and environment variables.
+#[derive(Args, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on (default 0.0.0.0, all IPv4 interfaces; use :: for IPv6)
+    #[arg(
+        long = "bind",
+        alias = "bind-address",
+        env = "RINGMQ_BIND_ADDRESS",
+        value_name = "IP"
+    )]
+    pub bind_address: Option<IpAddr>,
+    /// TCP port for MQTT (default 1883; 0 lets the kernel pick a free port)
+    #[arg(short, long, env = "RINGMQ_PORT")]
+    pub port: Option<u16>,
+    /// Worker threads, one per core, each owning its connections (default: number of CPUs; 1..=256)
+    #[arg(long, env = "RINGMQ_CORES", value_name = "N")]
+    pub cores: Option<usize>,
+    /// Pin each worker to its own CPU (default true; on the command line use --no-pin)
+    #[arg(skip)]
+    pub pin_cores: Option<bool>,
+    /// I/O backend (default auto: io_uring if the kernel allows it, else epoll)
+    #[arg(long, env = "RINGMQ_IO_DRIVER", value_name = "DRIVER")]
+    pub io_driver: Option<IoDriver>,
+    /// io_uring queue entries per core (default 1024; power of two 64..=32768; more absorbs bigger bursts)
+    #[arg(long, env = "RINGMQ_RING_ENTRIES", value_name = "N")]
+    pub ring_entries: Option<u32>,
+    /// Largest read per connection (default 16KiB; a busy connection grows to it, an idle one shrinks back to 512 bytes)
+    #[arg(
+        long = "read-buffer",
+        alias = "read-buffer-size",
+        env = "RINGMQ_READ_BUFFER_SIZE",
+        value_name = "BYTES"
+    )]
+    pub read_buffer_size: Option<ByteSize>,
+    /// Batches buffered per core-to-core queue (default 1024; when full, the sending core waits for the receiver)
+    #[arg(
+        long = "mesh-queue",
+        alias = "mesh-queue-capacity",
+        env = "RINGMQ_MESH_QUEUE_CAPACITY",
+        value_name = "N"
+    )]
+    pub mesh_queue_capacity: Option<usize>,
+    /// Accept clients that send no username (default true; false refuses them as not authorized; there is no password file yet, so any username is accepted)
+    #[arg(long, env = "RINGMQ_ALLOW_ANONYMOUS", value_name = "BOOL", action = ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_anonymous: Option<bool>,
+    /// Log filter in tracing EnvFilter syntax, e.g. warn or info,ringmq=debug (default info)
+    #[arg(long, env = "RINGMQ_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Seconds between $SYS statistics publishes (default 10; 0 disables $SYS)
+    #[arg(long, env = "RINGMQ_SYS_INTERVAL", value_name = "SECS")]
+    pub sys_interval: Option<u64>,
+
+    /// Largest packet accepted (default 1MiB; a client sending a bigger one is disconnected; 64..=268435455)
+    #[arg(long, env = "RINGMQ_MAX_PACKET_SIZE", value_name = "BYTES", help_heading = LIMITS)]
+    pub max_packet_size: Option<ByteSize>,
+    /// Open connections across the whole broker (default 100000; further connections are closed on accept)
+    #[arg(long, env = "RINGMQ_MAX_CONNECTIONS", value_name = "N", help_heading = LIMITS)]
+    pub max_connections: Option<usize>,
+    /// Unacknowledged QoS 1/2 messages in flight per client (default 20; more wait in the client's queue)
+    #[arg(long, env = "RINGMQ_MAX_INFLIGHT_MESSAGES", value_name = "N", help_heading = LIMITS)]
+    pub max_inflight_messages: Option<u16>,
+    /// Messages queued per client behind the in-flight window (default 1000; when full, new messages to it are dropped)
+    #[arg(long, env = "RINGMQ_MAX_QUEUED_MESSAGES", value_name = "N", help_heading = LIMITS)]
+    pub max_queued_messages: Option<usize>,
+    /// Bytes queued per client behind the in-flight window (default 16MiB; when full, new messages to it are dropped)
+    #[arg(long, env = "RINGMQ_MAX_QUEUED_BYTES", value_name = "BYTES", help_heading = LIMITS)]
+    pub max_queued_bytes: Option<ByteSize>,
+    /// Unsent output per connection (default 1MiB; past it QoS 0 to that client is dropped and counted, QoS 1/2 wait in its queue)
+    #[arg(long, env = "RINGMQ_MAX_WRITE_BUFFER", value_name = "BYTES", help_heading = LIMITS)]
+    pub max_write_buffer: Option<ByteSize>,
+    /// Levels in a topic name or filter (default 128; deeper topics are rejected)
+    #[arg(long, env = "RINGMQ_MAX_TOPIC_LEVELS", value_name = "N", help_heading = LIMITS)]
+    pub max_topic_levels: Option<usize>,
+    /// Longest client id in bytes (default 256; longer ids get CONNACK "identifier rejected"; 23..=65535)
+    #[arg(long, env = "RINGMQ_MAX_CLIENT_ID_LEN", value_name = "BYTES", help_heading = LIMITS)]
+    pub max_client_id_len: Option<usize>,
+    /// Seconds a new connection has to send CONNECT (default 10; then it is closed)
+    #[arg(long, env = "RINGMQ_CONNECT_TIMEOUT", value_name = "SECS", help_heading = LIMITS)]
+    pub connect_timeout: Option<u64>,
+    /// Largest keep-alive in seconds (default 65535 = no cap; v5 clients asking more are told this, v3 are refused)
+    #[arg(long, env = "RINGMQ_MAX_KEEPALIVE", value_name = "SECS", help_heading = LIMITS)]
+    pub max_keepalive: Option<u16>,
+    /// QoS 2 messages per client awaiting PUBREL (default 100; a client exceeding it is disconnected)
+    #[arg(long, env = "RINGMQ_MAX_AWAITING_REL", value_name = "N", help_heading = LIMITS)]
+    pub max_awaiting_rel: Option<usize>,
+    /// Seconds a QoS 2 message may await its PUBREL (default 300; then it is discarded)
+    #[arg(long, env = "RINGMQ_AWAITING_REL_TIMEOUT", value_name = "SECS", help_heading = LIMITS)]
+    pub awaiting_rel_timeout: Option<u64>,
+    /// Retained messages stored broker-wide (default 1000000; beyond it new retained topics are not stored)
+    #[arg(long, env = "RINGMQ_MAX_RETAINED_MESSAGES", value_name = "N", help_heading = LIMITS)]
+    pub max_retained_messages: Option<usize>,
+    /// Retained payload bytes stored broker-wide (default 256MiB; beyond it new retained topics are not stored)
+    #[arg(long, env = "RINGMQ_MAX_RETAINED_BYTES", value_name = "BYTES", help_heading = LIMITS)]
+    pub max_retained_bytes: Option<ByteSize>,
+    /// Subscriptions per client (default 10000; further SUBSCRIBEs get a failure return code)
+    #[arg(long, env = "RINGMQ_MAX_SUBSCRIPTIONS_PER_CLIENT", value_name = "N", help_heading = LIMITS)]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Topic aliases a 5.0 client may use when publishing (default 10; 0 disables; an alias beyond it closes the connection with 0x94)
+    #[arg(long, env = "RINGMQ_MAX_TOPIC_ALIAS", value_name = "N", help_heading = LIMITS)]
+    pub max_topic_alias: Option<u16>,
+    /// Longest 5.0 session expiry interval honoured, in seconds (default 4294967295 = never expires; longer requests are capped and announced in CONNACK)
+    #[arg(long, env = "RINGMQ_MAX_SESSION_EXPIRY", value_name = "SECS", help_heading = LIMITS)]
+    pub max_session_expiry: Option<u32>,
+    /// Seconds an offline 3.1.1 persistent session (clean session 0) is kept (default 4294967295 = forever, as Mosquitto; then it and its queue are discarded)
+    #[arg(long, env = "RINGMQ_PERSISTENT_CLIENT_EXPIRATION", value_name = "SECS", help_heading = LIMITS)]
+    pub persistent_client_expiration: Option<u32>,
+    /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
+    #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY")]
+    pub shared_strategy: Option<SharedStrategy>,
+}
+
+/// Build a layer whose every field is `self.field.or(lower.field)`. A struct
+/// literal is used so that adding a field without merging it fails to compile.
+macro_rules! overlay {
+    ($upper:ident, $lower:ident; $($field:ident),* $(,)?) => {
+        FileConfig { $($field: $upper.$field.or($lower.$field)),* }
+    };
+}
+
+impl FileConfig {
+    /// Read and parse a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// This layer on top of `lower`: keys set here win.
+    pub fn over(self, lower: FileConfig) -> FileConfig {
+        overlay!(self, lower;
+            bind_address, port, cores, pin_cores, io_driver, ring_entries, read_buffer_size,
+            mesh_queue_capacity, allow_anonymous, log_level, sys_interval, max_packet_size,
+            max_connections, max_inflight_messages, max_queued_messages, max_queued_bytes,
+            max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
+            max_awaiting_rel, awaiting_rel_timeout, max_retained_messages, max_retained_bytes,
+            max_subscriptions_per_client, max_topic_alias, max_session_expiry,
+            persistent_client_expiration, shared_strategy,
+        )
+    }
+
+    /// Fill unset keys from the defaults and convert to the config's types.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let limits = self.resolve_limits(d.limits)?;
+        Ok(Config {
+            bind: self.bind_address.unwrap_or(d.bind),
+            port: self.port.unwrap_or(d.port),
+            cores: self.cores.unwrap_or(d.cores),
+            pin_cores: self.pin_cores.unwrap_or(d.pin_cores),
+            io_driver: self.io_driver.unwrap_or(d.io_driver),
+            ring_entries: self.ring_entries.unwrap_or(d.ring_entries),
+            read_buffer_size: size(
+                "read_buffer_size",
+                self.read_buffer_size,
+                d.read_buffer_size,
+            )?,
+            mesh_queue_capacity: self.mesh_queue_capacity.unwrap_or(d.mesh_queue_capacity),
+            allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
+            log_level: self.log_level.unwrap_or(d.log_level),
+            sys_interval: secs(self.sys_interval, d.sys_interval),
+            shared_strategy: self.shared_strategy.unwrap_or(d.shared_strategy),
+            limits,
+        })
+    }
+
+    fn resolve_limits(&self, d: Limits) -> Result<Limits, ConfigError> {
+        let max_packet_size = match self.max_packet_size {
+            Some(ByteSize(v)) => narrow("max_packet_size", v, bounds::MAX_PACKET_SIZE)?,
+            None => d.max_packet_size,
+        };
+        Ok(Limits {
+            max_packet_size,
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_inflight_messages: self
+                .max_inflight_messages
+                .unwrap_or(d.max_inflight_messages),
+            max_queued_messages: self.max_queued_messages.unwrap_or(d.max_queued_messages),
+            max_queued_bytes: size(
+                "max_queued_bytes",
+                self.max_queued_bytes,
+                d.max_queued_bytes,
+            )?,
+            max_write_buffer: size(
+                "max_write_buffer",
+                self.max_write_buffer,
+                d.max_write_buffer,
+            )?,
+            max_topic_levels: self.max_topic_levels.unwrap_or(d.max_topic_levels),
+            max_client_id_len: self.max_client_id_len.unwrap_or(d.max_client_id_len),
+            connect_timeout: secs(self.connect_timeout, d.connect_timeout),
+            max_keepalive: self.max_keepalive.unwrap_or(d.max_keepalive),
+            max_awaiting_rel: self.max_awaiting_rel.unwrap_or(d.max_awaiting_rel),
+            awaiting_rel_timeout: secs(self.awaiting_rel_timeout, d.awaiting_rel_timeout),
+            max_retained_messages: self
+                .max_retained_messages
+                .unwrap_or(d.max_retained_messages),
+            max_retained_bytes: size(
+                "max_retained_bytes",
+                self.max_retained_bytes,
+                d.max_retained_bytes,
+            )?,
+            max_subscriptions_per_client: self
+                .max_subscriptions_per_client
+                .unwrap_or(d.max_subscriptions_per_client),
+            max_topic_alias: self.max_topic_alias.unwrap_or(d.max_topic_alias),
+            max_session_expiry: self.max_session_expiry.unwrap_or(d.max_session_expiry),
+            persistent_client_expiration: self
+                .persistent_client_expiration
+                .unwrap_or(d.persistent_client_expiration),
+        })
+    }
+}
+
+fn size(key: &str, value: Option<ByteSize>, default: usize) -> Result<usize, ConfigError> {
+    value.map_or(Ok(default), |ByteSize(v)| {
+        narrow(key, v, bounds::AT_LEAST_ONE)
+    })
+}
+
+fn secs(value: Option<u64>, default: Duration) -> Duration {
+    value.map_or(default, Duration::from_secs)
+}
+
+/// The command line. Settings live in the flattened [`FileConfig`]; the
+/// fields here are about the invocation itself.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringmq",
+    version,
+    about = "ringmq: a thread-per-core MQTT 3.1.1/5.0 broker on io_uring",
+    long_about = "ringmq: a thread-per-core MQTT 3.1.1/5.0 broker on io_uring.\n\n\
+        Each worker thread owns one CPU core, its own io_uring and its own connections; \
+        cores exchange messages over bounded core-to-core queues instead of sharing locks.\n\n\
+        Settings come from, lowest precedence first: built-in defaults, the TOML file given \
+        with -c (keys are the long flag names with '_', see ringmq.example.toml), RINGMQ_* \
+        environment variables, and command-line flags. Sizes take bytes or a KiB/MiB/GiB \
+        suffix; durations are whole seconds."
+)]
+pub struct Cli {
+    /// TOML config file; its keys are the long flag names with '_' (default: none)
+    #[arg(short = 'c', long, env = "RINGMQ_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Do not pin worker threads to CPUs (default: pinned; use when sharing the machine)
+    #[arg(long, env = "RINGMQ_NO_PIN", action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_pin: bool,
+    /// Validate the configuration and exit instead of starting (default: off)
+    #[arg(long)]
+    pub test_config: bool,
+    #[command(flatten)]
+    pub settings: FileConfig,
+}
+
+impl Cli {
+    /// The settings given by flags and environment, as one layer.
+    pub(super) fn into_layer(self) -> FileConfig {
+        let mut layer = self.settings;
+        if self.no_pin {
+            layer.pin_cores = Some(false);
+        }
+        layer
+    }
+}

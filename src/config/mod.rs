@@ -1,0 +1,307 @@
+//! Broker configuration: built-in defaults, an optional TOML file, `RINGMQ_*`
+//! environment variables and command-line flags, merged in that order of
+//! increasing precedence and then validated as a whole.
+//!
+//! Every setting has one key name, shared by all layers: the TOML key is the
+//! struct field (Mosquitto's name where Mosquitto has the same setting), the
+//! long flag is its kebab-case form (a few have a shorter primary spelling,
+//! e.g. `--bind`, with the kebab-case key as an alias) and the environment
+//! variable is `RINGMQ_` plus the upper-case key. To make drift between the
+//! layers impossible, the file layer ([`FileConfig`]) is also the flattened
+//! body of the command-line parser: one struct, one set of names, one help
+//! text.
+
+mod file;
+mod size;
+mod validate;
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+pub use file::{Cli, FileConfig};
+pub use size::ByteSize;
+use validate::{bounds, Checker};
+
+/// Which kernel I/O interface the per-core event loops use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoDriver {
+    /// io_uring when the kernel supports it (and seccomp allows it), else epoll.
+    #[default]
+    Auto,
+    /// Require io_uring; startup fails if it is unavailable.
+    #[value(name = "io-uring", alias = "iouring")]
+    #[serde(alias = "iouring")]
+    IoUring,
+    /// Readiness-based epoll, for kernels or sandboxes without io_uring.
+    Epoll,
+}
+
+/// How a shared subscription group picks the member that gets a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A member chosen at random.
+    Random,
+    /// The same member for the same publisher (hash of its client id), so one
+    /// device's messages stay in order at one consumer.
+    HashClientId,
+}
+
+/// Resource caps. Each one bounds memory or work that a client (or all
+/// clients together) could otherwise grow without limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest packet (fixed header included) accepted from a client, in bytes.
+    pub max_packet_size: u32,
+    /// Open client connections across the whole broker (all cores together).
+    pub max_connections: usize,
+    /// Unacknowledged outgoing QoS 1/2 messages per client (MQTT 5 Receive
+    /// Maximum semantics).
+    pub max_inflight_messages: u16,
+    /// Messages queued per client behind the in-flight window.
+    pub max_queued_messages: usize,
+    /// Bytes queued per client behind the in-flight window.
+    pub max_queued_bytes: usize,
+    /// Unsent output bytes per connection. Past it, QoS 0 messages to that
+    /// client are dropped (and counted) and QoS 1/2 wait in its session queue,
+    /// so that one stalled reader cannot hold the broker's memory hostage.
+    pub max_write_buffer: usize,
+    /// Topic levels in a topic name or filter; bounds trie depth and matching work.
+    pub max_topic_levels: usize,
+    /// Longest client identifier, in bytes. The protocol allows 65535, but
+    /// clients in the wild stay short (UUIDs are 36 bytes), so 256 costs no
+    /// real client anything while keeping session tables and logs from
+    /// carrying 64 KiB keys. MQTT requires servers to accept at least 23.
+    pub max_client_id_len: usize,
+    /// Time a new connection has to send CONNECT before it is closed.
+    pub connect_timeout: Duration,
+    /// Largest keep-alive a client may use, in seconds; 65535 means no cap.
+    pub max_keepalive: u16,
+    /// QoS 2 messages per client received but still awaiting PUBREL.
+    pub max_awaiting_rel: usize,
+    /// How long a QoS 2 message may wait for its PUBREL before it is discarded.
+    pub awaiting_rel_timeout: Duration,
+    /// Retained messages stored broker-wide.
+    pub max_retained_messages: usize,
+    /// Retained payload bytes stored broker-wide.
+    pub max_retained_bytes: usize,
+    /// Subscriptions held by one client session.
+    pub max_subscriptions_per_client: usize,
+    /// Topic aliases a 5.0 client may use towards the broker (0 disables them).
+    pub max_topic_alias: u16,
+    /// Longest 5.0 session expiry interval honoured, in seconds; longer requests
+    /// are capped and the client is told so in CONNACK.
+    pub max_session_expiry: u32,
+    /// Seconds a 3.1.1 persistent (clean session 0) session outlives its
+    /// connection; `u32::MAX`: forever (Mosquitto's `persistent_client_expiration`).
+    pub persistent_client_expiration: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1 << 20,
+            max_connections: 100_000,
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
+            max_write_buffer: 1 << 20,
+            max_topic_levels: 128,
+            max_client_id_len: 256,
+            connect_timeout: Duration::from_secs(10),
+            max_keepalive: 65_535,
+            max_awaiting_rel: 100,
+            awaiting_rel_timeout: Duration::from_secs(300),
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 << 20,
+            max_subscriptions_per_client: 10_000,
+            max_topic_alias: 10,
+            max_session_expiry: u32::MAX,
+            persistent_client_expiration: u32::MAX,
+        }
+    }
+}
+
+/// The fully resolved, validated broker configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Address the MQTT listener binds to.
+    pub bind: IpAddr,
+    /// TCP port of the MQTT listener; 0 lets the kernel pick one (tests).
+    pub port: u16,
+    /// Worker threads, one per core; each owns its connections outright.
+    pub cores: usize,
+    /// Pin each worker to its own CPU so caches and the ring stay warm.
+    pub pin_cores: bool,
+    /// Kernel I/O interface used by the workers.
+    pub io_driver: IoDriver,
+    /// io_uring submission queue entries per core (power of two).
+    pub ring_entries: u32,
+    /// Largest read a busy connection grows to. Idle connections shrink back to
+    /// a small buffer, so this costs memory only while a client is sending.
+    pub read_buffer_size: usize,
+    /// Batches buffered in each core-to-core queue.
+    pub mesh_queue_capacity: usize,
+    /// Whether clients without a username are accepted.
+    pub allow_anonymous: bool,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax.
+    pub log_level: String,
+    /// Interval between `$SYS` statistics publishes; zero disables them.
+    pub sys_interval: Duration,
+    /// How shared subscription groups pick a member.
+    pub shared_strategy: SharedStrategy,
+    /// Resource caps.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 1883,
+            cores: default_cores(),
+            pin_cores: true,
+            io_driver: IoDriver::Auto,
+            ring_entries: 1024,
+            read_buffer_size: 16 * 1024,
+            mesh_queue_capacity: 1024,
+            allow_anonymous: true,
+            log_level: "info".to_owned(),
+            sys_interval: Duration::from_secs(10),
+            shared_strategy: SharedStrategy::RoundRobin,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// One core per available CPU, clamped to the supported maximum so that the
+/// default is always valid, even on very large machines.
+fn default_cores() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    cpus.min(*bounds::CORES.end() as usize)
+}
+
+/// What the process was asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Start the broker.
+    Run(Config),
+    /// `--test-config`: the configuration is valid; report and exit.
+    TestConfig(Config),
+}
+
+/// Why a configuration could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad command line. `--help` and `--version` also arrive here; callers
+    /// should call [`clap::Error::exit`], which prints to the right stream
+    /// and uses the right exit code for each case.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or has an unknown key or a value of
+    /// the wrong type; `message` names the key and line.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of its allowed range; lists every offending key.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parse from the process's arguments (`std::env::args_os`) and environment.
+    pub fn from_env_args() -> Result<Command, ConfigError> {
+        Self::from_args(std::env::args_os())
+    }
+
+    /// Parse from an explicit argv (`argv[0]` is the program name), reading
+    /// the config file named by `-c` and `RINGMQ_*` environment variables.
+    pub fn from_args<I, T>(argv: I) -> Result<Command, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(argv)?;
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let test_config = cli.test_config;
+        let config = cli.into_layer().over(file).resolve()?;
+        config.validate()?;
+        Ok(if test_config {
+            Command::TestConfig(config)
+        } else {
+            Command::Run(config)
+        })
+    }
+
+    /// Check every bound, reporting all violations at once (each naming its
+    /// key and allowed range) so a broken config is fixed in one pass.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut check = Checker::default();
+        self.check_runtime(&mut check);
+        self.limits.check(&mut check);
+        check.finish()
+    }
+
+    fn check_runtime(&self, check: &mut Checker) {
+        check.range("cores", self.cores as u64, bounds::CORES);
+        check.range(
+            "ring_entries",
+            self.ring_entries.into(),
+            bounds::RING_ENTRIES,
+        );
+        if !self.ring_entries.is_power_of_two() {
+            check.fail(format!(
+                "ring_entries = {} must be a power of two (64, 128, ..., 32768)",
+                self.ring_entries
+            ));
+        }
+        check.range(
+            "read_buffer_size",
+            self.read_buffer_size as u64,
+            bounds::READ_BUFFER,
+        );
+        // Only meaningful once max_packet_size itself is valid; otherwise
+        // its own range error is the one to fix.
+        let packet_size = u64::from(self.limits.max_packet_size);
+        if bounds::MAX_PACKET_SIZE.contains(&packet_size)
+            && self.read_buffer_size as u64 > packet_size
+        {
+            check.fail(format!(
+                "read_buffer_size = {} must not exceed max_packet_size = {}",
+                self.read_buffer_size, self.limits.max_packet_size
+            ));
+        }
+        check.range(
+            "mesh_queue_capacity",
+            self.mesh_queue_capacity as u64,
+            bounds::MESH_QUEUE,
+        );
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            check.fail(format!(
+                "log_level = {:?} is not a valid filter: {e}",
+                self.log_level
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use super::*;
+use clap::CommandFactory;
+
+#[test]
+fn cli_definition_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn every_flag_help_states_its_default() {
+    let cmd = Cli::command();
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version") {
+            continue;
+        }
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            help.contains("default"),
+            "help for {id} lacks its default: {help:?}"
+        );
+    }
+}
+
+#[test]
+fn defaults_are_valid() {
+    Config::default()
+        .validate()
+        .expect("defaults must validate");
+    assert!((1..=256).contains(&Config::default().cores));
+}
+
+#[test]
+fn byte_sizes_parse_with_and_without_suffix() {
+    let parse = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+    assert_eq!(parse("1048576"), Ok(1 << 20));
+    assert_eq!(parse("1_048_576"), Ok(1 << 20));
+    assert_eq!(parse("64KiB"), Ok(64 << 10));
+    assert_eq!(parse("1 MiB"), Ok(1 << 20));
+    assert_eq!(parse("2g"), Ok(2 << 30));
+    assert!(parse("1MB").is_err());
+    assert!(parse("").is_err());
+    assert!(parse("-5").is_err());
+    assert!(parse("99999999999999999999GiB").is_err());
+}
+
+#[test]
+fn toml_sizes_accept_integers_and_strings() {
+    let file: FileConfig =
+        toml::from_str("max_packet_size = 4096\nmax_queued_bytes = \"2MiB\"").expect("parse");
+    assert_eq!(file.max_packet_size, Some(ByteSize(4096)));
+    assert_eq!(file.max_queued_bytes, Some(ByteSize(2 << 20)));
+    assert!(toml::from_str::<FileConfig>("max_write_buffer = -1").is_err());
+}
+
+#[test]
+fn io_driver_accepts_both_spellings() {
+    for name in ["io-uring", "iouring"] {
+        let file: FileConfig = toml::from_str(&format!("io_driver = {name:?}")).expect("parse");
+        assert_eq!(file.io_driver, Some(IoDriver::IoUring));
+        assert_eq!(IoDriver::from_str(name, false), Ok(IoDriver::IoUring));
+    }
+}
+
+#[test]
+fn upper_layer_wins_key_by_key() {
+    let upper = FileConfig {
+        port: Some(1),
+        ..FileConfig::default()
+    };
+    let lower = FileConfig {
+        port: Some(2),
+        cores: Some(3),
+        ..FileConfig::default()
+    };
+    let merged = upper.over(lower);
+    assert_eq!((merged.port, merged.cores), (Some(1), Some(3)));
+}
+
+#[test]
+fn validation_reports_every_violation() {
+    let mut config = Config {
+        cores: 0,
+        ring_entries: 100,
+        ..Config::default()
+    };
+    config.limits.max_inflight_messages = 0;
+    let message = config.validate().expect_err("invalid").to_string();
+    for key in ["cores", "ring_entries", "max_inflight_messages"] {
+        assert!(message.contains(key), "{key} missing from {message}");
+    }
+}
+
+#[test]
+fn read_buffer_may_not_exceed_max_packet_size() {
+    let mut config = Config::default();
+    config.limits.max_packet_size = 1024;
+    let message = config.validate().expect_err("invalid").to_string();
+    assert!(message.contains("read_buffer_size") && message.contains("max_packet_size"));
+}
+
+#[test]
+fn oversized_packet_size_names_key_and_range() {
+    let layer = FileConfig {
+        max_packet_size: Some(ByteSize(1 << 40)),
+        ..FileConfig::default()
+    };
+    let message = layer.resolve().expect_err("too big").to_string();
+    assert!(
+        message.contains("max_packet_size") && message.contains("64..=268435455"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_log_filter_is_rejected() {
+    let config = Config {
+        log_level: "info,ringmq=loud".to_owned(),
+        ..Config::default()
+    };
+    assert!(config
+        .validate()
+        .expect_err("invalid")
+        .to_string()
+        .contains("log_level"));
+}

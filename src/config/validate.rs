@@ -1,0 +1,160 @@
+//! Validation: every bound, reported together, each naming its key and range.
+
+use std::ops::RangeInclusive;
+
+use super::*;
+
+impl Limits {
+    pub(super) fn check(&self, check: &mut Checker) {
+        use bounds::AT_LEAST_ONE;
+        check.range(
+            "max_packet_size",
+            self.max_packet_size.into(),
+            bounds::MAX_PACKET_SIZE,
+        );
+        check.range("max_connections", self.max_connections as u64, AT_LEAST_ONE);
+        check.range(
+            "max_inflight_messages",
+            self.max_inflight_messages.into(),
+            bounds::U16_NONZERO,
+        );
+        check.range(
+            "max_queued_messages",
+            self.max_queued_messages as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_queued_bytes",
+            self.max_queued_bytes as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_write_buffer",
+            self.max_write_buffer as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_topic_levels",
+            self.max_topic_levels as u64,
+            bounds::TOPIC_LEVELS,
+        );
+        check.range(
+            "max_client_id_len",
+            self.max_client_id_len as u64,
+            bounds::CLIENT_ID_LEN,
+        );
+        check.range(
+            "connect_timeout",
+            self.connect_timeout.as_secs(),
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_keepalive",
+            self.max_keepalive.into(),
+            bounds::U16_NONZERO,
+        );
+        check.range(
+            "max_awaiting_rel",
+            self.max_awaiting_rel as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "awaiting_rel_timeout",
+            self.awaiting_rel_timeout.as_secs(),
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_retained_messages",
+            self.max_retained_messages as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_retained_bytes",
+            self.max_retained_bytes as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "max_subscriptions_per_client",
+            self.max_subscriptions_per_client as u64,
+            AT_LEAST_ONE,
+        );
+        check.range(
+            "persistent_client_expiration",
+            u64::from(self.persistent_client_expiration),
+            AT_LEAST_ONE,
+        );
+    }
+}
+
+/// Allowed ranges, shared by validation and by the narrowing of file/CLI
+/// values into the config's field types.
+pub(super) mod bounds {
+    use std::ops::RangeInclusive;
+
+    pub const CORES: RangeInclusive<u64> = 1..=256;
+    pub const RING_ENTRIES: RangeInclusive<u64> = 64..=32_768;
+    /// A read buffer smaller than a fixed header plus a short topic would
+    /// force a regrow on nearly every packet.
+    pub const READ_BUFFER: RangeInclusive<u64> = 64..=268_435_455;
+    pub const MESH_QUEUE: RangeInclusive<u64> = 1..=1 << 20;
+    /// 268_435_455 is the largest length MQTT's variable-byte integer can encode.
+    pub const MAX_PACKET_SIZE: RangeInclusive<u64> = 64..=268_435_455;
+    /// A 65535-byte topic has at most 32768 levels.
+    pub const TOPIC_LEVELS: RangeInclusive<u64> = 1..=32_768;
+    /// MQTT 3.1.1 §3.1.3.1: servers MUST accept client ids of 1..=23 bytes,
+    /// and a UTF-8 string field cannot exceed 65535 bytes.
+    pub const CLIENT_ID_LEN: RangeInclusive<u64> = 23..=65_535;
+    pub const U16_NONZERO: RangeInclusive<u64> = 1..=65_535;
+    pub const AT_LEAST_ONE: RangeInclusive<u64> = 1..=u64::MAX;
+}
+
+/// Collects validation failures instead of stopping at the first one.
+#[derive(Default)]
+pub(super) struct Checker {
+    errors: Vec<String>,
+}
+
+impl Checker {
+    pub(super) fn range(&mut self, key: &str, value: u64, allowed: RangeInclusive<u64>) {
+        if !allowed.contains(&value) {
+            self.fail(out_of_range(key, value, &allowed));
+        }
+    }
+
+    pub(super) fn fail(&mut self, message: String) {
+        self.errors.push(message);
+    }
+
+    pub(super) fn finish(self) -> Result<(), ConfigError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(self.errors.join("; ")))
+        }
+    }
+}
+
+fn out_of_range(key: &str, value: u64, allowed: &RangeInclusive<u64>) -> String {
+    if *allowed.end() == u64::MAX {
+        format!(
+            "{key} = {value} is out of range: must be at least {}",
+            allowed.start()
+        )
+    } else {
+        format!(
+            "{key} = {value} is out of range: allowed {}..={}",
+            allowed.start(),
+            allowed.end()
+        )
+    }
+}
+
+/// Narrow a parsed value to a field's type; a value too big for the type is
+/// also out of the key's range, so report it the same way.
+pub(super) fn narrow<T: TryFrom<u64>>(
+    key: &str,
+    value: u64,
+    allowed: RangeInclusive<u64>,
+) -> Result<T, ConfigError> {
+    T::try_from(value).map_err(|_| ConfigError::Invalid(out_of_range(key, value, &allowed)))
+}
