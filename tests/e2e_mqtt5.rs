@@ -1554,3 +1554,28 @@ async fn assigned_client_id_resumes_session() {
     })
     .await
 }
+
+/// PUBACK and PUBREC reason codes say what routing found: 0x10 when nobody
+/// subscribed, 0x87 for a client publishing to `$SYS`, 0x00 when delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_ack_reason_codes() {
+    let broker = start2();
+    let (mut raw, _) = raw_v5(broker.addr, &id_on(0, 2, "acks"), vec![]).await;
+    let (mut sub, _) = raw_v5(broker.addr, &id_on(1, 2, "acks-sub"), vec![]).await;
+    raw_subscribe_ok(&mut sub, "acks/watched", RawQoS::AtLeastOnce, 1).await;
+    let cases: [(&str, QosPid, u8); 3] = [
+        ("acks/nobody", QosPid::AtLeastOnce(pid(1)), 0x10),
+        ("$SYS/acks", QosPid::ExactlyOnce(pid(2)), 0x87),
+        ("acks/watched", QosPid::AtLeastOnce(pid(3)), 0x00),
+    ];
+    for (topic, qos_pid, want) in cases {
+        raw.send(&publish_packet(topic, qos_pid, false, b"x")).await;
+        let reason = match within(Duration::from_secs(5), topic, raw.recv()).await {
+            Packet::PubAck(a) | Packet::PubRec(a) => a.reason,
+            other => panic!("{topic}: expected an ack, got {other:?}"),
+        };
+        assert_eq!(reason, want, "{topic}");
+    }
+    let p = within(Duration::from_secs(5), "delivery", raw_publish(&mut sub)).await;
+    assert_eq!(&p.topic[..], b"acks/watched");
+}

@@ -10,8 +10,9 @@ use crate::session::Routed;
 use crate::topic::share::parse_shared;
 
 impl Core {
-    /// Routes a message published on (or by a will of) this core.
-    pub fn route(&mut self, msg: Arc<Message>, now: u64) {
+    /// Routes a message published on (or by a will of) this core. Returns
+    /// whether any subscription or shared group matched it.
+    pub fn route(&mut self, msg: Arc<Message>, now: u64) -> bool {
         let mut targets = CoreSet::default();
         self.interest
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
@@ -28,9 +29,8 @@ impl Core {
         if targets.contains(self.id) {
             self.deliver_local(&msg, now);
         }
-        if !self.shared_index.is_empty() {
-            self.route_shared_groups(&msg, now);
-        }
+        let shared = !self.shared_index.is_empty() && self.route_shared_groups(&msg, now);
+        !targets.is_empty() || shared
     }
 
     /// Fans a message out to this core's subscribers: once per session, at the
@@ -89,15 +89,18 @@ impl Core {
     }
 
     /// Each shared group whose filter matches gets the message once.
-    fn route_shared_groups(&mut self, msg: &Arc<Message>, now: u64) {
+    /// Returns whether any group matched.
+    fn route_shared_groups(&mut self, msg: &Arc<Message>, now: u64) -> bool {
         let mut shares: Vec<Arc<str>> = Vec::new();
         self.shared_index
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |groups| {
                 shares.extend(groups.iter().map(|g| g.share.clone()));
             });
+        let matched = !shares.is_empty();
         for share in shares {
             self.route_to_group(msg, share, None, 0, now);
         }
+        matched
     }
 
     /// Picks the core holding the next member of `share` and delivers there.

@@ -28,7 +28,7 @@ use crate::codec::{Connect, Packet, SubOptions};
 use crate::config::{Limits, SharedStrategy};
 use crate::message::Message;
 use crate::metrics::Counters;
-use crate::session::{Event, Session, Violation, WillRelease};
+use crate::session::{Event, Routing, Session, Violation, WillRelease};
 use crate::store::RetainedStore;
 use crate::topic::{trie::MatchScratch, Trie};
 use shared::{GroupCounts, Picker, SharedGroups};
@@ -373,7 +373,12 @@ impl Core {
 
     fn handle_event(&mut self, key: SessionKey, event: Event, followup: &mut Followup, now: u64) {
         match event {
-            Event::Publish(msg) => self.publish_from_client(msg, now),
+            Event::Publish { msg, ack } => {
+                let routing = self.publish_from_client(msg, now);
+                if let (Some(ack), Some(e)) = (ack, self.sessions.get_mut(key)) {
+                    e.session.acknowledge(ack, routing);
+                }
+            }
             Event::Subscribe {
                 pid,
                 codes,
@@ -389,13 +394,17 @@ impl Core {
         }
     }
 
-    fn publish_from_client(&mut self, msg: Arc<Message>, now: u64) {
+    fn publish_from_client(&mut self, msg: Arc<Message>, now: u64) -> Routing {
         if msg.topic.is_sys() {
             // Clients may not write the broker's own topics.
             self.counters.dropped_sys_publish += 1;
-            return;
+            return Routing::NotAuthorized;
         }
-        self.route(msg, now);
+        if self.route(msg, now) {
+            Routing::Delivered
+        } else {
+            Routing::NoSubscribers
+        }
     }
 
     // ---- the mesh -----------------------------------------------------------------

@@ -94,26 +94,51 @@ impl Session {
             .with_properties(p.properties, now)
             .from_client(self.client_id.clone())
             .shared();
-        match p.qos_pid {
-            QosPid::AtMostOnce => events.push(Event::Publish(msg)),
-            QosPid::AtLeastOnce(pid) => {
-                events.push(Event::Publish(msg));
-                self.send(&Packet::PubAck(Ack::new(pid)));
-            }
-            QosPid::ExactlyOnce(pid) => {
+        let ack = match p.qos_pid {
+            QosPid::AtMostOnce => None,
+            QosPid::AtLeastOnce(pid) => Some(PublishAck::PubAck(pid)),
+            QosPid::ExactlyOnce(pid) if self.awaiting_rel.contains_key(&pid) => {
                 // A retransmission of an unreleased id is acknowledged but not routed
                 // again: exactly once [MQTT-4.3.3-2].
-                if !self.awaiting_rel.contains_key(&pid) {
-                    if self.awaiting_rel.len() >= limits.max_awaiting_rel {
-                        return Err(Violation::AwaitingRelFull);
-                    }
-                    self.awaiting_rel.insert(pid, now);
-                    events.push(Event::Publish(msg));
-                }
                 self.send(&Packet::PubRec(Ack::new(pid)));
+                return Ok(());
+            }
+            QosPid::ExactlyOnce(pid) => {
+                if self.awaiting_rel.len() >= limits.max_awaiting_rel {
+                    return Err(Violation::AwaitingRelFull);
+                }
+                self.awaiting_rel.insert(pid, now);
+                Some(PublishAck::PubRec(pid))
+            }
+        };
+        events.push(Event::Publish { msg, ack });
+        Ok(())
+    }
+
+    /// Sends the PUBACK/PUBREC of a routed PUBLISH; 5.0 clients learn from its
+    /// reason code whether anyone subscribed or the topic was refused.
+    pub fn acknowledge(&mut self, ack: PublishAck, routing: Routing) {
+        let reason = match (self.protocol.is_v5(), routing) {
+            (false, _) | (true, Routing::Delivered) => reason::SUCCESS,
+            (true, Routing::NoSubscribers) => reason::NO_MATCHING_SUBSCRIBERS,
+            (true, Routing::NotAuthorized) => reason::NOT_AUTHORIZED,
+        };
+        match ack {
+            PublishAck::PubAck(pid) => {
+                let mut a = Ack::new(pid);
+                a.reason = reason;
+                self.send(&Packet::PubAck(a));
+            }
+            PublishAck::PubRec(pid) => {
+                if reason >= 0x80 {
+                    // A refusing PUBREC ends the flow: no PUBREL follows [MQTT-4.3.3].
+                    self.awaiting_rel.remove(&pid);
+                }
+                let mut a = Ack::new(pid);
+                a.reason = reason;
+                self.send(&Packet::PubRec(a));
             }
         }
-        Ok(())
     }
 
     fn on_pubrel(&mut self, pid: Pid) {

@@ -39,8 +39,12 @@ pub struct SubEntry {
 /// What the router must do after a packet was handled.
 #[derive(Debug)]
 pub enum Event {
-    /// Route this message to subscribers (and the retained store).
-    Publish(Arc<Message>),
+    /// Route this message to subscribers (and the retained store), then call
+    /// [`Session::acknowledge`] with `ack` and what the routing found.
+    Publish {
+        msg: Arc<Message>,
+        ack: Option<PublishAck>,
+    },
     /// Insert these subscriptions, then call [`Session::send_suback`] with `codes`.
     Subscribe {
         pid: Pid,
@@ -53,6 +57,23 @@ pub enum Event {
     Unsubscribe(Vec<TopicFilter>),
     /// Normal DISCONNECT: no will (unless 5.0 reason 0x04).
     Disconnect,
+}
+
+/// The acknowledgement a QoS 1/2 PUBLISH is owed once it has been routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishAck {
+    PubAck(Pid),
+    PubRec(Pid),
+}
+
+/// What routing a client's PUBLISH found, for the 5.0 ack reason code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    Delivered,
+    /// No subscriber matched (5.0 reason 0x10; the message is still accepted).
+    NoSubscribers,
+    /// The topic is the broker's own (`$SYS`): not accepted (5.0 reason 0x87).
+    NotAuthorized,
 }
 
 /// A client broke a rule: the connection is closed (after a 5.0 DISCONNECT with

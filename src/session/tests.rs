@@ -88,12 +88,58 @@ fn handle(s: &mut Session, now: u64, p: Packet) -> Result<Vec<Event>, Violation>
     Ok(events)
 }
 
+/// Routes the events' publishes as the router would, acknowledging each.
+fn route_all(s: &mut Session, events: Vec<Event>, routing: Routing) {
+    for e in events {
+        if let Event::Publish { ack: Some(ack), .. } = e {
+            s.acknowledge(ack, routing);
+        }
+    }
+}
+
 #[test]
 fn qos1_inbound_routes_then_acks() {
     let mut s = session(true);
     let events = handle(&mut s, 1, publish(QoS::AtLeastOnce, 7, "a/b")).unwrap();
-    assert!(matches!(&events[..], [Event::Publish(m)] if m.topic.as_str() == "a/b"));
+    assert!(
+        matches!(&events[..], [Event::Publish { msg, ack: Some(PublishAck::PubAck(_)) }] if msg.topic.as_str() == "a/b")
+    );
+    assert!(
+        sent(&mut s).is_empty(),
+        "no ack before the message is routed"
+    );
+    route_all(&mut s, events, Routing::Delivered);
     assert_eq!(sent(&mut s), vec![Packet::PubAck(Ack::new(pid(7)))]);
+}
+
+#[test]
+fn v5_ack_reasons_say_what_routing_found() {
+    let mut c = connect(true, 10);
+    c.protocol = Protocol::V5;
+    let mut s = Session::new("c1".into(), &c, &limits(), 0);
+    s.tx.clear();
+    let events = handle(&mut s, 1, publish(QoS::AtLeastOnce, 1, "nobody")).unwrap();
+    route_all(&mut s, events, Routing::NoSubscribers);
+    let events = handle(&mut s, 1, publish(QoS::ExactlyOnce, 2, "x")).unwrap();
+    route_all(&mut s, events, Routing::NotAuthorized);
+    let reasons: Vec<u8> = sent(&mut s)
+        .into_iter()
+        .map(|p| match p {
+            Packet::PubAck(a) | Packet::PubRec(a) => a.reason,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![reason::NO_MATCHING_SUBSCRIBERS, reason::NOT_AUTHORIZED]
+    );
+    // A refusing PUBREC ends the QoS 2 flow: the id is free again at once.
+    let again = handle(&mut s, 2, publish(QoS::ExactlyOnce, 2, "x")).unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "routed again, not treated as a retransmission"
+    );
 }
 
 #[test]
@@ -101,6 +147,7 @@ fn qos2_inbound_is_routed_exactly_once() {
     let mut s = session(true);
     let first = handle(&mut s, 1, publish(QoS::ExactlyOnce, 9, "t")).unwrap();
     assert_eq!(first.len(), 1);
+    route_all(&mut s, first, Routing::Delivered);
     // A retransmission before PUBREL is acknowledged but not routed again.
     let again = handle(&mut s, 2, publish(QoS::ExactlyOnce, 9, "t")).unwrap();
     assert!(again.is_empty());
