@@ -294,15 +294,8 @@ async fn v5_no_local_is_honoured() {
 /// A 5.0 DISCONNECT with reason 0x04 (disconnect with will message) still
 /// publishes the will; a normal 5.0 DISCONNECT does not.
 ///
-/// BROKER BUG (reported): the 0x04 will is never published.
-/// `Session::handle_packet` (src/session/mod.rs, DISCONNECT handling) keeps
-/// the will for reason 0x04 as intended, but any DISCONNECT ends the read
-/// loop with `abnormal = false` (src/server/connection.rs), so
-/// `Core::disconnected` calls `Session::detach(false, ..)`, which takes the
-/// will and returns `None` unless `abnormal`. Fix: drop the `!abnormal` early
-/// return in `detach`, since a normal DISCONNECT has already cleared the
-/// will (verified: this test then passes, and so does every other e2e test,
-/// `no_will_after_disconnect` included).
+/// Regression test: the broker once discarded the will on every DISCONNECT,
+/// 0x04 included (fixed in 3986d25).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bug_v5_disconnect_with_will_message_publishes_the_will() {
     let broker = start2();

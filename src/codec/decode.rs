@@ -36,6 +36,10 @@ pub fn peek_frame(buf: &[u8], max_packet_size: u32) -> Result<Option<FrameHeader
             return Ok(None);
         };
         remaining_len |= u32::from(byte & 0x7f) << (7 * i);
+        if i > 0 && byte == 0 {
+            // A trailing zero byte: not the minimal encoding [MQTT-1.5.5-1].
+            return Err(DecodeError::MalformedRemainingLength);
+        }
         if byte & 0x80 == 0 {
             let header = FrameHeader {
                 first_byte,

@@ -398,3 +398,12 @@ fn v5_property_in_the_wrong_packet_is_rejected() {
     let ok = [0xe0, 7, 0, 5, 0x11, 0, 0, 0, 1];
     assert!(decode_all(&ok, Protocol::V5).unwrap().is_some());
 }
+
+#[test]
+fn non_minimal_remaining_length_is_malformed() {
+    // 0 encoded in two bytes (0x80 0x00) [MQTT-1.5.5-1].
+    assert_eq!(
+        decode_all(&[0xc0, 0x80, 0x00], Protocol::V3_1_1),
+        Err(DecodeError::MalformedRemainingLength)
+    );
+}

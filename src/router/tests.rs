@@ -318,3 +318,42 @@ fn persistent_client_expiration_ends_offline_311_sessions() {
     assert!(core.session(a.key).is_none(), "ended once it passed");
     assert!(core.flush(&mesh));
 }
+
+#[test]
+fn shared_qos2_in_flight_stays_with_its_member() {
+    let mut c = Cluster::new(2);
+    let m1 = c.connect(0, "q2m1", false);
+    let m2 = c.connect(1, "q2m2", true);
+    c.subscribe(0, m1, "$share/g/q2", QoS::ExactlyOnce);
+    c.subscribe(1, m2, "$share/g/q2", QoS::ExactlyOnce);
+    c.take_packets(0, m1);
+    c.take_packets(1, m2);
+    let publ = c.connect(0, "q2pub", true);
+    for _ in 0..2 {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos_pid: QosPid::ExactlyOnce(Pid::new(7).unwrap()),
+            retain: false,
+            topic: Bytes::from_static(b"q2"),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        });
+        let mut f = Followup::default();
+        c.cores[0].handle_packet(publ, 0, p, &mut f).unwrap();
+        c.settle();
+        // Release it so the next publish with the same id is routed again.
+        let rel = Packet::PubRel(crate::codec::Ack::new(Pid::new(7).unwrap()));
+        c.cores[0].handle_packet(publ, 0, rel, &mut f).unwrap();
+    }
+    assert_eq!(c.publishes(0, m1).len(), 1);
+    assert_eq!(c.publishes(1, m2).len(), 1);
+    c.cores[0].disconnected(m1, 1, 0);
+    c.settle();
+    // QoS 2 delivery to m1 had started: it must not reach m2 [MQTT-4.8.2-5].
+    assert!(c.publishes(1, m2).is_empty());
+    assert_eq!(
+        c.cores[0].session(m1).unwrap().inflight_len(),
+        1,
+        "kept for m1"
+    );
+}

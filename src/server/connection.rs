@@ -365,7 +365,7 @@ impl Link {
     }
 
     /// Queues the 5.0 DISCONNECT the writer sends last, with the rule as its
-    /// reason string (DISCONNECT may always carry one [MQTT-3.14.2-3]).
+    /// reason string (5.0 section 3.14.2.2.3).
     fn set_final_disconnect(&self, code: u8, text: &str) {
         if self.signals.protocol.is_v5() {
             *self.signals.final_disconnect.borrow_mut() = Some((code, text.into()));

@@ -86,7 +86,7 @@ pub enum Violation {
     ServerOnlyPacket(&'static str),
     #[error("invalid topic name: {0}")]
     InvalidTopic(TopicError),
-    #[error("more than max_awaiting_rel QoS 2 messages awaiting PUBREL [MQTT-3.3.4-9]")]
+    #[error("more than max_awaiting_rel QoS 2 messages awaiting PUBREL (Receive Maximum, 5.0 section 3.3.4)")]
     AwaitingRelFull,
     #[error("topic alias 0 or above the announced maximum [MQTT-3.3.2-9]")]
     TopicAliasInvalid,
@@ -96,7 +96,7 @@ pub enum Violation {
     UnexpectedAuth,
     #[error("no local on a shared subscription [MQTT-3.8.3-4]")]
     NoLocalOnShared,
-    #[error("DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]")]
+    #[error("DISCONNECT sets a session expiry after CONNECT set 0 (5.0 section 3.14.2.2.2)")]
     SessionExpiryRaised,
     #[error("PUBLISH from a client carries a subscription identifier [MQTT-3.3.4-6]")]
     SubscriptionIdFromClient,
@@ -172,7 +172,7 @@ pub struct Session {
     client_id: Arc<str>,
     protocol: Protocol,
     params: ClientParams,
-    /// The session expiry the CONNECT asked for was 0 ([MQTT-3.14.2-2]).
+    /// The session expiry the CONNECT asked for was 0 (5.0 section 3.14.2.2.2).
     connect_expiry_zero: bool,
     keep_alive: u16,
     /// What the client asked for; differs from `keep_alive` when capped.
@@ -270,7 +270,6 @@ impl Session {
         self.last_rx = now;
         self.connected = true;
         self.tx.clear();
-        self.awaiting_rel.clear();
         self.aliases_in.clear();
         self.aliases_out.clear();
         if self.protocol.is_v5() {

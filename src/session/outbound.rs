@@ -93,11 +93,15 @@ impl Outbound {
     }
 
     /// Removes the messages that came through a shared subscription and that the
-    /// client has not received for sure (queued, or PUBLISH unacknowledged).
+    /// client has not received for sure: queued ones, and QoS 1 PUBLISHes not yet
+    /// acknowledged. A QoS 2 message whose delivery started stays with this
+    /// client: it must never reach another member [MQTT-4.8.2-4], [MQTT-4.8.2-5].
     pub fn take_shared_unacked(&mut self) -> Vec<Routed> {
         let mut taken = Vec::new();
         self.inflight.retain(|e| {
-            let move_it = e.item.shared.is_some() && e.state == OutState::Published;
+            let move_it = e.item.shared.is_some()
+                && e.state == OutState::Published
+                && e.item.qos == QoS::AtLeastOnce;
             if move_it {
                 taken.push(e.item.clone());
             }

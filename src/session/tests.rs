@@ -362,3 +362,17 @@ fn subscribe_codes_and_unsubscribe() {
     assert!(matches!(&events[..], [Event::Unsubscribe(f)] if f.len() == 1));
     assert_eq!(s.subscription_count(), 0);
 }
+
+#[test]
+fn qos2_inbound_state_survives_a_reconnect() {
+    let lim = limits();
+    let mut s = session(false);
+    let first = handle(&mut s, 1, publish(QoS::ExactlyOnce, 5, "t")).unwrap();
+    assert_eq!(first.len(), 1);
+    s.detach(&lim);
+    s.attach(&connect(false, 10), &lim, 2);
+    // The client re-sends the unreleased PUBLISH after reconnecting: acknowledged,
+    // not routed a second time [MQTT-4.3.3-2].
+    let again = handle(&mut s, 3, publish(QoS::ExactlyOnce, 5, "t")).unwrap();
+    assert!(again.is_empty(), "routed twice across a reconnect");
+}
