@@ -1441,7 +1441,7 @@ async fn message_expiry_behind_full_window_dropped_and_counted() {
 }
 
 /// A DISCONNECT may not set a non-zero Session Expiry Interval when the
-/// CONNECT's was 0 [MQTT-3.14.2-2]: protocol error, and no session is kept.
+/// CONNECT's was 0 (5.0 section 3.14.2.2.2): protocol error, and no session is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_cannot_raise_session_expiry_from_zero() {
     within(TEST_LIMIT, "test", async {
