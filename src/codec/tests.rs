@@ -407,3 +407,30 @@ fn non_minimal_remaining_length_is_malformed() {
         Err(DecodeError::MalformedRemainingLength)
     );
 }
+
+#[test]
+fn unknown_property_and_property_flood_are_refused() {
+    // PUBLISH with property id 0x7f (unknown).
+    let unknown = [0x30, 6, 0, 1, b'a', 2, 0x7f, 0];
+    assert_eq!(
+        decode_all(&unknown, Protocol::V5),
+        Err(DecodeError::UnknownProperty(0x7f))
+    );
+    // 300 user properties: past the cap, refused before they are all kept.
+    let mut props = Properties::default();
+    for _ in 0..300 {
+        props.push(Property::UserProperty("k".into(), "v".into()));
+    }
+    let flood = Packet::Publish(Publish {
+        dup: false,
+        qos_pid: QosPid::AtMostOnce,
+        retain: false,
+        topic: Bytes::from_static(b"a"),
+        properties: props,
+        payload: Bytes::new(),
+    });
+    let bytes = encode_to_vec(&flood, Protocol::V5);
+    let err = decode_all(&bytes, Protocol::V5).unwrap_err();
+    assert_eq!(err, DecodeError::TooManyProperties);
+    assert_eq!(err.reason_code(), 0x97);
+}

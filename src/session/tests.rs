@@ -376,3 +376,98 @@ fn qos2_inbound_state_survives_a_reconnect() {
     let again = handle(&mut s, 3, publish(QoS::ExactlyOnce, 5, "t")).unwrap();
     assert!(again.is_empty(), "routed twice across a reconnect");
 }
+
+fn v5_session() -> Session {
+    let mut c = connect(true, 10);
+    c.protocol = Protocol::V5;
+    let mut s = Session::new("c5".into(), &c, &limits(), 0);
+    s.tx.clear();
+    s
+}
+
+fn subscribe(pid_: u16, filters: &[(&'static str, QoS)]) -> Packet {
+    Packet::Subscribe(crate::codec::Subscribe {
+        pid: pid(pid_),
+        filters: filters
+            .iter()
+            .map(|(f, qos)| {
+                let opts = SubOptions {
+                    qos: *qos,
+                    ..Default::default()
+                };
+                (Bytes::from_static(f.as_bytes()), opts)
+            })
+            .collect(),
+        properties: Properties::default(),
+    })
+}
+
+#[test]
+fn client_publish_with_subscription_identifier_is_a_protocol_error() {
+    let mut s = v5_session();
+    let mut p = publish(QoS::AtMostOnce, 1, "t");
+    if let Packet::Publish(p) = &mut p {
+        p.properties
+            .push(crate::codec::Property::SubscriptionIdentifier(3));
+    }
+    assert_eq!(
+        handle(&mut s, 0, p).unwrap_err(),
+        Violation::SubscriptionIdFromClient
+    );
+}
+
+#[test]
+fn v5_unsuback_codes_per_filter() {
+    let mut s = v5_session();
+    handle(&mut s, 0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    s.tx.clear();
+    let unsub = Packet::Unsubscribe(crate::codec::Unsubscribe {
+        pid: pid(2),
+        filters: vec![
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"b"),
+            Bytes::from_static(b"a/#/x"),
+        ],
+        properties: Properties::default(),
+    });
+    handle(&mut s, 0, unsub).unwrap();
+    let [Packet::UnsubAck(ack)] = &sent(&mut s)[..] else {
+        panic!()
+    };
+    assert_eq!(
+        ack.codes,
+        vec![
+            reason::SUCCESS,
+            reason::NO_SUBSCRIPTION_EXISTED,
+            reason::TOPIC_FILTER_INVALID
+        ]
+    );
+}
+
+#[test]
+fn subscription_cap_and_replacement() {
+    let lim = Limits {
+        max_subscriptions_per_client: 1,
+        ..limits()
+    };
+    let mut s = v5_session();
+    let mut ev = Vec::new();
+    s.handle_packet(0, subscribe(1, &[("a", QoS::AtMostOnce)]), &lim, &mut ev)
+        .unwrap();
+    // The same filter again replaces it (new QoS) and does not count twice.
+    s.handle_packet(
+        0,
+        subscribe(2, &[("a", QoS::ExactlyOnce), ("b", QoS::AtMostOnce)]),
+        &lim,
+        &mut ev,
+    )
+    .unwrap();
+    let Event::Subscribe { codes, existed, .. } = &ev[1] else {
+        panic!()
+    };
+    assert_eq!(codes, &vec![2, reason::QUOTA_EXCEEDED]);
+    assert_eq!(existed, &vec![true]);
+    assert_eq!(s.subscription_count(), 1);
+    let (_, entry) = s.subscriptions().next().unwrap();
+    assert_eq!(entry.opts.qos, QoS::ExactlyOnce);
+}
