@@ -9,6 +9,20 @@ use super::*;
 use crate::codec::{decode, Pid, Properties, Protocol, Publish, QoS, QosPid, Subscribe};
 use crate::config::{Config, Limits};
 
+/// A 3.1.1 CONNECT for `id`.
+fn v3_connect(id: &str, clean: bool) -> Connect {
+    Connect {
+        protocol: Protocol::V3_1_1,
+        clean_start: clean,
+        keep_alive: 0,
+        client_id: Bytes::copy_from_slice(id.as_bytes()),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
 struct Cluster {
     cores: Vec<Core>,
     mesh: Arc<Mesh>,
@@ -51,16 +65,7 @@ impl Cluster {
     }
 
     fn connect(&mut self, core: usize, id: &str, clean: bool) -> SessionKey {
-        let c = Connect {
-            protocol: Protocol::V3_1_1,
-            clean_start: clean,
-            keep_alive: 0,
-            client_id: Bytes::copy_from_slice(id.as_bytes()),
-            will: None,
-            username: None,
-            password: None,
-            properties: Properties::default(),
-        };
+        let c = v3_connect(id, clean);
         let attached = self.cores[core].connect(&c, id.into(), 1, 0, false);
         self.take_packets(core, attached.key);
         attached.key
@@ -208,16 +213,7 @@ fn takeover_resumes_persistent_session() {
     let mut c = Cluster::new(1);
     let first = c.connect(0, "dev", false);
     c.subscribe(0, first, "t", QoS::AtLeastOnce);
-    let connect = Connect {
-        protocol: Protocol::V3_1_1,
-        clean_start: false,
-        keep_alive: 0,
-        client_id: Bytes::from_static(b"dev"),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    };
+    let connect = v3_connect("dev", false);
     let again = c.cores[0].connect(&connect, "dev".into(), 2, 0, false);
     assert!(again.session_present);
     assert_eq!(again.key, first);
@@ -260,15 +256,27 @@ fn concurrent_retained_updates_converge_on_every_replica() {
     );
 }
 
+/// Two members of one shared group: a persistent one on core 0, a clean one on
+/// core 1, their SUBACKs consumed.
+fn two_members(
+    c: &mut Cluster,
+    prefix: &str,
+    share: &'static str,
+    qos: QoS,
+) -> (SessionKey, SessionKey) {
+    let m1 = c.connect(0, &format!("{prefix}1"), false);
+    let m2 = c.connect(1, &format!("{prefix}2"), true);
+    c.subscribe(0, m1, share, qos);
+    c.subscribe(1, m2, share, qos);
+    c.take_packets(0, m1);
+    c.take_packets(1, m2);
+    (m1, m2)
+}
+
 #[test]
 fn persistent_shared_member_hands_unacked_messages_over_on_disconnect() {
     let mut c = Cluster::new(2);
-    let m1 = c.connect(0, "m1", false);
-    let m2 = c.connect(1, "m2", true);
-    c.subscribe(0, m1, "$share/g/t", QoS::AtLeastOnce);
-    c.subscribe(1, m2, "$share/g/t", QoS::AtLeastOnce);
-    c.take_packets(0, m1);
-    c.take_packets(1, m2);
+    let (m1, m2) = two_members(&mut c, "m", "$share/g/t", QoS::AtLeastOnce);
     let publ = c.connect(0, "pub", true);
     for _ in 0..4 {
         c.publish(0, publ, "t", false, b"x");
@@ -297,16 +305,7 @@ fn persistent_client_expiration_ends_offline_311_sessions() {
         ..Config::default().limits
     });
     let mut core = Core::new(0, 1, limits, SharedStrategy::RoundRobin);
-    let connect = Connect {
-        protocol: Protocol::V3_1_1,
-        clean_start: false,
-        keep_alive: 0,
-        client_id: Bytes::from_static(b"dev"),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    };
+    let connect = v3_connect("dev", false);
     let a = core.connect(&connect, "dev".into(), 1, 0, false);
     core.disconnected(a.key, 1, 1_000);
     core.tick(60_999);
@@ -322,12 +321,7 @@ fn persistent_client_expiration_ends_offline_311_sessions() {
 #[test]
 fn shared_qos2_in_flight_stays_with_its_member() {
     let mut c = Cluster::new(2);
-    let m1 = c.connect(0, "q2m1", false);
-    let m2 = c.connect(1, "q2m2", true);
-    c.subscribe(0, m1, "$share/g/q2", QoS::ExactlyOnce);
-    c.subscribe(1, m2, "$share/g/q2", QoS::ExactlyOnce);
-    c.take_packets(0, m1);
-    c.take_packets(1, m2);
+    let (m1, m2) = two_members(&mut c, "q2m", "$share/g/q2", QoS::ExactlyOnce);
     let publ = c.connect(0, "q2pub", true);
     for _ in 0..2 {
         let p = Packet::Publish(Publish {
