@@ -18,7 +18,7 @@ use crate::codec::{
     decode, encode, reason, ConnAck, Connect, DecodeError, Packet, Properties, Property, Protocol,
 };
 use crate::router::{owner_core, CloseReason, Followup, Handoff, MeshMsg, PendingSubscribe};
-use crate::session::{check_connect, Refusal};
+use crate::session::{check_connect, ClientParams, Refusal};
 
 /// Releases the connection's slot in `max_connections` when the task ends.
 struct ConnectionSlot(Arc<super::Shared>);
@@ -148,20 +148,39 @@ async fn refuse(ctx: &Ctx, mut stream: TcpStream, peer: SocketAddr, c: &Connect,
     ctx.core.borrow_mut().counters.connects_refused += 1;
     tracing::info!(%peer, client_id = c.client_id_str(), rule = r.rule, "CONNECT refused");
     if let Some(code) = r.code {
-        let mut out = BytesMut::new();
-        let mut properties = Properties::default();
-        if c.protocol.is_v5() {
-            let text = bytes::Bytes::from_static(r.rule.as_bytes());
-            properties.push(Property::ReasonString(text));
-        }
-        let ack = ConnAck {
-            session_present: false,
-            code: code.byte(c.protocol),
-            properties,
+        let max = ClientParams::from_connect(c, &ctx.shared.config.limits).maximum_packet_size;
+        let connack = |properties| {
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: code.byte(c.protocol),
+                properties,
+            })
         };
-        encode(&Packet::ConnAck(ack), c.protocol, &mut out);
+        let out = encode_with_reason(connack, r.rule, c.protocol, max);
         let _ = stream.write_all(out).await;
     }
+}
+
+/// Encodes `make(properties)` with a 5.0 reason string, or without it when the
+/// string would push the packet past the client's Maximum Packet Size
+/// [MQTT-3.1.2-25].
+pub(super) fn encode_with_reason(
+    make: impl Fn(Properties) -> Packet,
+    text: &str,
+    protocol: Protocol,
+    max: u32,
+) -> BytesMut {
+    let mut out = BytesMut::new();
+    if protocol.is_v5() {
+        let reason = Property::ReasonString(bytes::Bytes::copy_from_slice(text.as_bytes()));
+        encode(&make(Properties(vec![reason])), protocol, &mut out);
+        if out.len() <= max as usize {
+            return out;
+        }
+        out.clear();
+    }
+    encode(&make(Properties::default()), protocol, &mut out);
+    out
 }
 
 /// The client's id, or one assigned by the broker [MQTT-3.1.3-6] chosen so that
@@ -237,7 +256,18 @@ async fn serve(
     // The CONNECT's bytes share the read buffer's allocation: release them so the
     // buffer can be reused in place.
     drop(connect);
-    let signals = Rc::new(ConnSignals::new(attached.key, conn, protocol, write_half));
+    let max_out = ctx
+        .core
+        .borrow()
+        .session(attached.key)
+        .map_or(u32::MAX, |s| s.client_maximum_packet_size());
+    let signals = Rc::new(ConnSignals::new(
+        attached.key,
+        conn,
+        protocol,
+        write_half,
+        max_out,
+    ));
     ctx.conns.borrow_mut().insert(conn, signals.clone());
     ctx.apply_effects();
     tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
@@ -439,5 +469,28 @@ impl Link {
         self.ctx.core.borrow_mut().counters.protocol_violations += 1;
         tracing::warn!(client_id, rule, "closed: protocol violation");
         self.set_final_disconnect(reason, rule);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Disconnect;
+
+    fn disconnect(properties: Properties) -> Packet {
+        Packet::Disconnect(Disconnect {
+            reason: reason::KEEP_ALIVE_TIMEOUT,
+            properties,
+        })
+    }
+
+    #[test]
+    fn reason_string_only_when_it_fits_the_clients_maximum() {
+        let roomy = encode_with_reason(disconnect, "keep-alive expired", Protocol::V5, 1024);
+        let tight = encode_with_reason(disconnect, "keep-alive expired", Protocol::V5, 8);
+        assert!(roomy.len() > 8, "{roomy:?}");
+        assert_eq!(&tight[..], &[0xe0, 1, reason::KEEP_ALIVE_TIMEOUT]);
+        let v3 = encode_with_reason(disconnect, "ignored", Protocol::V3_1_1, 1024);
+        assert_eq!(&v3[..], &[0xe0, 0]);
     }
 }

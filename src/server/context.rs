@@ -24,6 +24,8 @@ pub struct ConnSignals {
     pub key: SessionKey,
     pub conn: ConnId,
     pub protocol: Protocol,
+    /// The client's 5.0 Maximum Packet Size (for the final DISCONNECT).
+    pub max_packet_to_client: u32,
     /// Wakes a running writer.
     pub writer: Notify,
     write_half: RefCell<Option<WriteHalf>>,
@@ -41,11 +43,18 @@ pub struct ConnSignals {
 }
 
 impl ConnSignals {
-    pub fn new(key: SessionKey, conn: ConnId, protocol: Protocol, half: WriteHalf) -> ConnSignals {
+    pub fn new(
+        key: SessionKey,
+        conn: ConnId,
+        protocol: Protocol,
+        half: WriteHalf,
+        max_packet_to_client: u32,
+    ) -> ConnSignals {
         ConnSignals {
             key,
             conn,
             protocol,
+            max_packet_to_client,
             writer: Notify::default(),
             write_half: RefCell::new(Some(half)),
             writer_active: Cell::new(false),

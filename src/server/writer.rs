@@ -6,8 +6,9 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
+use super::connection::encode_with_reason;
 use super::context::{ConnSignals, Ctx, WriteHalf};
-use crate::codec::{encode, Disconnect, Packet, Properties, Property, Protocol};
+use crate::codec::{Disconnect, Packet, Protocol};
 use crate::router::CloseReason;
 
 /// Above this, a drained output buffer is released rather than kept.
@@ -63,13 +64,14 @@ pub(super) async fn write_loop(ctx: Rc<Ctx>, signals: Rc<ConnSignals>, mut wr: W
     }
     let last = signals.final_disconnect.borrow_mut().take();
     if let Some((code, text)) = last {
-        let mut out = BytesMut::new();
-        let text = bytes::Bytes::copy_from_slice(text.as_bytes());
-        let d = Disconnect {
-            reason: code,
-            properties: Properties(vec![Property::ReasonString(text)]),
+        let disconnect = |properties| {
+            Packet::Disconnect(Disconnect {
+                reason: code,
+                properties,
+            })
         };
-        encode(&Packet::Disconnect(d), Protocol::V5, &mut out);
+        let max = signals.max_packet_to_client;
+        let out = encode_with_reason(disconnect, &text, Protocol::V5, max);
         let _ = wr.write_all(out).await;
     }
     let _ = wr.shutdown().await;

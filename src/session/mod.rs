@@ -239,6 +239,11 @@ impl Session {
         self.params.session_expiry
     }
 
+    /// The largest packet the client accepts (5.0 Maximum Packet Size).
+    pub fn client_maximum_packet_size(&self) -> u32 {
+        self.params.maximum_packet_size
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected
     }
