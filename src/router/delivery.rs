@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
+use crate::codec::QoS;
 use crate::message::Message;
 use crate::session::Routed;
 use crate::topic::share::parse_shared;
@@ -59,22 +60,51 @@ impl Core {
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|m| m.key);
         }
+        let mut ids = std::mem::take(&mut self.ids);
         let mut i = 0;
         while i < matches.len() {
             let key = matches[i].key;
             let run = matches[i..].iter().take_while(|m| m.key == key).count();
             let group = &matches[i..i + run];
-            let item = Routed {
-                msg: msg.clone(),
-                qos: group.iter().map(|m| m.qos).max().unwrap_or_default(),
-                retain: group.iter().any(|m| m.retain),
-                sub_ids: group.iter().filter_map(|m| m.id).collect(),
-                shared: None,
-            };
-            self.deliver_to(key, item, now);
+            let qos = group.iter().map(|m| m.qos).max().unwrap_or_default();
+            let retain = group.iter().any(|m| m.retain);
+            ids.clear();
+            ids.extend(group.iter().filter_map(|m| m.id));
+            if qos == QoS::AtMostOnce {
+                self.deliver_qos0_to(key, msg, retain, &ids, now);
+            } else {
+                let item = Routed {
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                    sub_ids: ids.as_slice().into(),
+                    shared: None,
+                };
+                self.deliver_to(key, item, now);
+            }
             i += run;
         }
+        self.ids = ids;
         self.matches = matches;
+    }
+
+    /// QoS 0: encoded straight from the shared message, no per-subscriber clone.
+    fn deliver_qos0_to(
+        &mut self,
+        key: SessionKey,
+        msg: &Message,
+        retain: bool,
+        ids: &[u32],
+        now: u64,
+    ) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let outcome = e.session.deliver_qos0(msg, retain, ids, &self.limits, now);
+        self.counters.count(outcome);
+        if outcome == crate::session::Outcome::Sent {
+            self.mark_dirty(key);
+        }
     }
 
     fn deliver_to(&mut self, key: SessionKey, item: Routed, now: u64) {

@@ -114,6 +114,8 @@ pub struct Core {
     next_token: u64,
     scratch: MatchScratch,
     matches: Vec<Match>,
+    /// Scratch for one delivery's subscription identifiers.
+    ids: Vec<u32>,
     events: Vec<Event>,
     pub counters: Counters,
     /// Sessions with new bytes in `tx` since the server last looked.
@@ -142,6 +144,7 @@ impl Core {
             next_token: 0,
             scratch: MatchScratch::new(),
             matches: Vec::new(),
+            ids: Vec::new(),
             events: Vec::new(),
             counters: Counters::default(),
             dirty: Vec::new(),

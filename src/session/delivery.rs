@@ -12,7 +12,7 @@ impl Session {
             return Outcome::DroppedExpired;
         }
         if item.qos == QoS::AtMostOnce {
-            return self.deliver_qos0(&item, limits, now);
+            return self.deliver_qos0(&item.msg, item.retain, &item.sub_ids, limits, now);
         }
         let window_open = self.connected
             && self.out.queue.is_empty()
@@ -41,36 +41,55 @@ impl Session {
         )
     }
 
-    fn deliver_qos0(&mut self, item: &Routed, limits: &Limits, now: u64) -> Outcome {
+    /// QoS 0 needs nothing kept after encoding, so it takes the message by
+    /// reference: the fan-out hot path clones no `Arc` per subscriber.
+    pub fn deliver_qos0(
+        &mut self,
+        msg: &Message,
+        retain: bool,
+        sub_ids: &[u32],
+        limits: &Limits,
+        now: u64,
+    ) -> Outcome {
+        if msg.expired(now) {
+            return Outcome::DroppedExpired;
+        }
         if !self.connected {
             return Outcome::DroppedOffline;
         }
         if self.tx.len() >= limits.max_write_buffer {
             return Outcome::DroppedSlowConsumer;
         }
-        self.encode_delivery(item, QosPid::AtMostOnce, now)
+        self.encode_delivery(msg, retain, sub_ids, QosPid::AtMostOnce, now)
     }
 
     /// Encodes one PUBLISH, choosing a topic alias when the client accepts them,
     /// and takes it back if it exceeds the client's maximum packet size.
-    fn encode_delivery(&mut self, item: &Routed, qos_pid: QosPid, now: u64) -> Outcome {
-        let alias = self.outgoing_alias(&item.msg.topic);
+    fn encode_delivery(
+        &mut self,
+        msg: &Message,
+        retain: bool,
+        sub_ids: &[u32],
+        qos_pid: QosPid,
+        now: u64,
+    ) -> Outcome {
+        let alias = self.outgoing_alias(&msg.topic);
         let d = Delivery {
             qos_pid,
             dup: false,
-            retain: item.retain,
-            sub_ids: &item.sub_ids,
+            retain,
+            sub_ids,
             alias,
             now,
         };
         let start = self.tx.len();
-        let len = item.msg.encode_for(&mut self.tx, self.protocol, &d);
+        let len = msg.encode_for(&mut self.tx, self.protocol, &d);
         if len > self.params.maximum_packet_size as usize {
             self.tx.truncate(start);
             return Outcome::DroppedTooLarge;
         }
         if let Alias::Set(a) = alias {
-            self.aliases_out.insert(item.msg.topic.clone(), a);
+            self.aliases_out.insert(msg.topic.clone(), a);
         }
         Outcome::Sent
     }
@@ -91,7 +110,8 @@ impl Session {
 
     fn send_inflight(&mut self, item: Routed, now: u64) -> Outcome {
         let pid = self.out.allocate_pid();
-        let outcome = self.encode_delivery(&item, QosPid::new(item.qos, pid), now);
+        let qos_pid = QosPid::new(item.qos, pid);
+        let outcome = self.encode_delivery(&item.msg, item.retain, &item.sub_ids, qos_pid, now);
         if outcome == Outcome::Sent {
             self.out.inflight.push_back(Inflight {
                 pid,
