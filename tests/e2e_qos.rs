@@ -29,42 +29,13 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
     }
 }
 
-/// Subscriber on `sub_core`, publisher on `pub_core`, `N` messages at `qos`:
-/// all arrive, in order, each once, at `qos`.
-/// rumqttc writes the PUBLISHes back to back, so broker reads end mid-frame:
-/// this also covers the framing of tests/e2e_framing.rs under load.
+/// The stream of `N` messages across (or within) cores: see
+/// `common::stream_in_order_once`.
 async fn stream(qos: QoS, pub_core: usize, sub_core: usize) {
     let t0 = Instant::now();
     let broker = start2();
     let tag = format!("q{}-{pub_core}{sub_core}", qos_name(qos));
-    let topic = format!("stream/{tag}");
-    let mut sub = V4::connect(broker.addr, &id_on(sub_core, 2, &format!("sub-{tag}"))).await;
-    sub.subscribe_ok(&topic, qos).await;
-    let mut publisher = V4::connect(broker.addr, &id_on(pub_core, 2, &format!("pub-{tag}"))).await;
-    for i in 0..N {
-        publisher
-            .publish(&topic, qos, false, numbered(&tag, i))
-            .await;
-    }
-    let got = within(
-        Duration::from_secs(15),
-        "all messages",
-        sub.recv_publishes(N),
-    )
-    .await;
-    if qos != QoS::AtMostOnce {
-        publisher.wait_acks(N, qos).await;
-    }
-    for p in &got {
-        assert_eq!(p.topic, topic);
-        assert_eq!(p.qos, qos, "delivered at the subscription's QoS");
-        assert!(!p.dup, "no DUP in a clean run");
-        assert!(!p.retain, "live delivery has RETAIN=0");
-    }
-    let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
-    assert_sequence(&tag, &tag, &payloads, N);
-    // Exactly once: nothing beyond the N (a negative check, hence the short wait).
-    sub.assert_no_publish(QUIET).await;
+    stream_in_order_once(&broker, &tag, qos, pub_core, sub_core, N).await;
     eprintln!("{tag}: {N} messages in {:?}", t0.elapsed());
 }
 
