@@ -71,12 +71,6 @@ impl PublishHeader<'_> {
         let pid_len = if self.qos_pid.pid().is_some() { 2 } else { 0 };
         2 + self.topic.len() + pid_len + props_len(self.properties, v5) + payload_len
     }
-
-    /// Size of the whole frame, to check against a client's maximum packet size.
-    pub fn frame_len(&self, protocol: Protocol, payload_len: usize) -> usize {
-        let remaining = self.remaining_len(protocol.is_v5(), payload_len);
-        1 + varint_len(remaining as u32) + remaining
-    }
 }
 
 /// The hot path: one PUBLISH straight into a connection's output buffer.

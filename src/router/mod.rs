@@ -480,11 +480,6 @@ impl Core {
             self.end_session(key, now);
         }
     }
-
-    /// Every connected session's connection, for shutdown.
-    pub fn connections(&self) -> Vec<ConnId> {
-        self.sessions.iter().filter_map(|(_, e)| e.conn).collect()
-    }
 }
 
 #[cfg(test)]

@@ -244,10 +244,6 @@ impl Session {
         self.params.maximum_packet_size
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.connected
-    }
-
     pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &SubEntry)> {
         self.subscriptions.iter()
     }
@@ -377,10 +373,6 @@ impl Session {
     /// True when the client has been silent for 1.5 x its keep-alive [MQTT-3.1.2-24].
     pub fn keep_alive_expired(&self, now: u64) -> bool {
         self.keep_alive > 0 && now.saturating_sub(self.last_rx) > u64::from(self.keep_alive) * 1500
-    }
-
-    pub fn keep_alive(&self) -> u16 {
-        self.keep_alive
     }
 
     /// Forgets QoS 2 ids whose PUBREL never came within `awaiting_rel_timeout`, so a
