@@ -232,7 +232,7 @@ fn measure(
 /// --drain, and stop early when nothing has moved for a while (QoS 0 losses).
 fn drain(mon: &mut Monitor, s: &Settings) {
     let deadline = Instant::now() + s.drain;
-    let qos0 = s.qos == ringmq::codec::QoS::AtMostOnce;
+    let qos0 = s.qos == ringmq_proto::codec::QoS::AtMostOnce;
     let mut last = (0, 0);
     let mut moved = Instant::now();
     mon.wait_until(deadline, |snap| {

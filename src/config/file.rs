@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser};
 use serde::Deserialize;
 
@@ -125,8 +126,14 @@ pub struct FileConfig {
     #[arg(long, env = "RINGMQ_PERSISTENT_CLIENT_EXPIRATION", value_name = "SECS", help_heading = LIMITS)]
     pub persistent_client_expiration: Option<u32>,
     /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
-    #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY")]
+    #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY", value_parser = shared_strategy_parser())]
     pub shared_strategy: Option<SharedStrategy>,
+}
+
+/// `--shared-strategy`: the core's names, listed in `--help` and in errors.
+fn shared_strategy_parser() -> impl clap::builder::TypedValueParser<Value = SharedStrategy> {
+    clap::builder::PossibleValuesParser::new(SharedStrategy::NAMES)
+        .try_map(|name| name.parse::<SharedStrategy>())
 }
 
 /// Build a layer whose every field is `self.field.or(lower.field)`. A struct

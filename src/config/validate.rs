@@ -4,86 +4,89 @@ use std::ops::RangeInclusive;
 
 use super::*;
 
-impl Limits {
-    pub(super) fn check(&self, check: &mut Checker) {
-        use bounds::AT_LEAST_ONE;
-        check.range(
-            "max_packet_size",
-            self.max_packet_size.into(),
-            bounds::MAX_PACKET_SIZE,
-        );
-        check.range("max_connections", self.max_connections as u64, AT_LEAST_ONE);
-        check.range(
-            "max_inflight_messages",
-            self.max_inflight_messages.into(),
-            bounds::U16_NONZERO,
-        );
-        check.range(
-            "max_queued_messages",
-            self.max_queued_messages as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_queued_bytes",
-            self.max_queued_bytes as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_write_buffer",
-            self.max_write_buffer as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_topic_levels",
-            self.max_topic_levels as u64,
-            bounds::TOPIC_LEVELS,
-        );
-        check.range(
-            "max_client_id_len",
-            self.max_client_id_len as u64,
-            bounds::CLIENT_ID_LEN,
-        );
-        check.range(
-            "connect_timeout",
-            self.connect_timeout.as_secs(),
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_keepalive",
-            self.max_keepalive.into(),
-            bounds::U16_NONZERO,
-        );
-        check.range(
-            "max_awaiting_rel",
-            self.max_awaiting_rel as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "awaiting_rel_timeout",
-            self.awaiting_rel_timeout.as_secs(),
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_retained_messages",
-            self.max_retained_messages as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_retained_bytes",
-            self.max_retained_bytes as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "max_subscriptions_per_client",
-            self.max_subscriptions_per_client as u64,
-            AT_LEAST_ONE,
-        );
-        check.range(
-            "persistent_client_expiration",
-            u64::from(self.persistent_client_expiration),
-            AT_LEAST_ONE,
-        );
-    }
+/// Every bound of the resource caps.
+pub(super) fn check_limits(limits: &Limits, check: &mut Checker) {
+    use bounds::AT_LEAST_ONE;
+    check.range(
+        "max_packet_size",
+        limits.max_packet_size.into(),
+        bounds::MAX_PACKET_SIZE,
+    );
+    check.range(
+        "max_connections",
+        limits.max_connections as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_inflight_messages",
+        limits.max_inflight_messages.into(),
+        bounds::U16_NONZERO,
+    );
+    check.range(
+        "max_queued_messages",
+        limits.max_queued_messages as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_queued_bytes",
+        limits.max_queued_bytes as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_write_buffer",
+        limits.max_write_buffer as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_topic_levels",
+        limits.max_topic_levels as u64,
+        bounds::TOPIC_LEVELS,
+    );
+    check.range(
+        "max_client_id_len",
+        limits.max_client_id_len as u64,
+        bounds::CLIENT_ID_LEN,
+    );
+    check.range(
+        "connect_timeout",
+        limits.connect_timeout.as_secs(),
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_keepalive",
+        limits.max_keepalive.into(),
+        bounds::U16_NONZERO,
+    );
+    check.range(
+        "max_awaiting_rel",
+        limits.max_awaiting_rel as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "awaiting_rel_timeout",
+        limits.awaiting_rel_timeout.as_secs(),
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_retained_messages",
+        limits.max_retained_messages as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_retained_bytes",
+        limits.max_retained_bytes as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "max_subscriptions_per_client",
+        limits.max_subscriptions_per_client as u64,
+        AT_LEAST_ONE,
+    );
+    check.range(
+        "persistent_client_expiration",
+        u64::from(limits.persistent_client_expiration),
+        AT_LEAST_ONE,
+    );
 }
 
 /// Allowed ranges, shared by validation and by the narrowing of file/CLI

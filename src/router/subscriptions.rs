@@ -9,7 +9,7 @@ use futures::channel::oneshot;
 use super::shared::{GroupCounts, Member};
 use super::{Barrier, Core, CoreSet, MeshMsg, SessionKey, Subscriber};
 use crate::codec::Pid;
-use crate::session::{Outcome, Routed, SubEntry};
+use crate::session::{Routed, SubEntry};
 use crate::topic::share::parse_shared;
 use crate::topic::TopicFilter;
 
@@ -256,21 +256,6 @@ impl Core {
         }
         if groups.is_empty() {
             self.shared_index.remove(inner);
-        }
-    }
-}
-
-impl crate::metrics::Counters {
-    /// Counts what became of one delivery.
-    pub fn count(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Sent => self.messages_sent += 1,
-            Outcome::Queued => {}
-            Outcome::DroppedSlowConsumer => self.dropped_slow_consumer += 1,
-            Outcome::DroppedOffline => self.dropped_offline_qos0 += 1,
-            Outcome::DroppedQueueFull => self.dropped_queue_full += 1,
-            Outcome::DroppedExpired => self.dropped_expired += 1,
-            Outcome::DroppedTooLarge => self.dropped_too_large += 1,
         }
     }
 }

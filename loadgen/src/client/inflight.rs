@@ -1,7 +1,7 @@
 //! Packet ids of a publisher's unacknowledged QoS 1/2 messages: the window
 //! that bounds how far a publisher may run ahead of the broker's acks.
 
-use ringmq::codec::Pid;
+use ringmq_proto::codec::Pid;
 
 /// A fixed bitmap over the 65535 ids (8 KiB, publishers only).
 pub struct Inflight {

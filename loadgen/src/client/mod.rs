@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
-use ringmq::codec::{
+use ringmq_proto::codec::{
     decode, encode, Connect, Packet, Pid, Properties, Property, SubOptions, Subscribe,
 };
 

@@ -2,7 +2,7 @@
 //! intended time, encoded straight into the connection's outbox.
 
 use bytes::Bytes;
-use ringmq::codec::{encode_publish, Properties, PublishHeader, QoS, QosPid};
+use ringmq_proto::codec::{encode_publish, Properties, PublishHeader, QoS, QosPid};
 
 use super::Conn;
 use crate::pacer::GRAIN_NS;

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use bytes::BytesMut;
 use monoio::io::OwnedReadHalf;
 use monoio::net::TcpStream;
-use ringmq::codec::{decode, Ack, Packet, Publish, QosPid};
+use ringmq_proto::codec::{decode, Ack, Packet, Publish, QosPid};
 
 use super::{read_into, Conn, MAX_PACKET};
 use crate::payload::Header;

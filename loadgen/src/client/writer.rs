@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use bytes::BytesMut;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf};
 use monoio::net::TcpStream;
-use ringmq::codec::{Disconnect, Packet};
+use ringmq_proto::codec::{Disconnect, Packet};
 
 use super::{wait, Conn, Publisher};
 use crate::shared::Phase;

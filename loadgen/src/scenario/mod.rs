@@ -12,7 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ringmq::codec::{Protocol, QoS};
+use ringmq_proto::codec::{Protocol, QoS};
 use serde::Serialize;
 
 use crate::cli::{LoadArgs, ScenarioKind};

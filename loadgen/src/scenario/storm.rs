@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-use ringmq::codec::{encode, Disconnect, Packet};
+use ringmq_proto::codec::{encode, Disconnect, Packet};
 
 use super::Plan;
 use crate::cli::LoadArgs;

@@ -9,11 +9,9 @@ fn limits() -> Limits {
     Limits {
         max_inflight_messages: 2,
         max_queued_messages: 3,
-        ..Config::default().limits
+        ..Limits::default()
     }
 }
-
-use crate::config::Config;
 
 fn connect(clean: bool, keep_alive: u16) -> Connect {
     Connect {

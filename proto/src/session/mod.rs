@@ -23,7 +23,7 @@ use crate::codec::{
     encode, reason, Ack, Connect, Packet, Pid, Properties, Property, Protocol, Publish, QoS,
     QosPid, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use crate::config::Limits;
+use crate::limits::Limits;
 use crate::message::{Alias, Delivery, Message};
 use crate::topic::share::parse_shared;
 use crate::topic::{TopicError, TopicFilter, TopicName};

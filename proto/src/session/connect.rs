@@ -1,7 +1,7 @@
 //! CONNECT validation and the 5.0 connection parameters a CONNECT carries.
 
 use crate::codec::{Connect, ConnectCode, Property, Protocol};
-use crate::config::Limits;
+use crate::limits::Limits;
 use crate::topic::TopicName;
 
 /// Why a CONNECT is refused: the CONNACK code to answer with (if any) and the rule.

@@ -1,0 +1,126 @@
+//! One core's counters: plain integers the core alone owns (no atomics on the
+//! message path). The server publishes a snapshot of them once per tick.
+
+use crate::session::Outcome;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One core's counters.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// The field names, in the order of [`Counters::values`].
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name),)*];
+
+            /// Every value, in the order of [`Counters::NAMES`].
+            pub fn values(&self) -> Vec<u64> {
+                vec![$(self.$name,)*]
+            }
+
+            /// The inverse of [`Counters::values`]; missing values are zero.
+            pub fn from_values(values: &[u64]) -> Counters {
+                let mut v = values.iter().copied();
+                Counters { $($name: v.next().unwrap_or(0),)* }
+            }
+
+            pub fn add(&mut self, other: &Counters) {
+                $(self.$name += other.$name;)*
+            }
+
+            /// `(name, value)` pairs, for logs and `$SYS`.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections open now.
+    connections_current,
+    /// Connections accepted since start.
+    connections_total,
+    /// CONNECTs refused (bad id, limits, malformed, timeout).
+    connects_refused,
+    /// Connections refused because `max_connections` was reached.
+    refused_max_connections,
+    /// PUBLISH packets received from clients.
+    messages_received,
+    /// PUBLISH packets sent to clients (deliveries, not counting resends).
+    messages_sent,
+    bytes_received,
+    bytes_sent,
+    /// QoS 0 deliveries dropped: subscriber's output buffer over `max_write_buffer`.
+    dropped_slow_consumer,
+    /// QoS 0 deliveries to offline persistent sessions (not queued, by policy).
+    dropped_offline_qos0,
+    /// QoS 1/2 deliveries dropped: session queue at `max_queued_messages`/`_bytes`.
+    dropped_queue_full,
+    /// 5.0 messages whose expiry interval passed before delivery started.
+    dropped_expired,
+    /// 5.0 deliveries larger than the subscriber's Maximum Packet Size.
+    dropped_too_large,
+    /// Shared-subscription messages with no connected member left in the group.
+    dropped_shared_no_member,
+    /// Retained messages not stored: `max_retained_messages`/`_bytes` reached.
+    dropped_retained_cap,
+    /// Client PUBLISHes to `$SYS/...`, which clients may not write.
+    dropped_sys_publish,
+    /// QoS 2 ids dropped after `awaiting_rel_timeout` without PUBREL.
+    awaiting_rel_expired,
+    /// Connections closed for a protocol violation.
+    protocol_violations,
+    /// Connections closed for keep-alive expiry.
+    keepalive_timeouts,
+    /// Sessions taken over by a new connection with the same client id.
+    takeovers,
+    /// Wills published.
+    wills_published,
+    /// Times a cross-core queue was full and a publisher waited (back-pressure).
+    mesh_full_waits,
+    /// Connections handed to the core that owns their client id.
+    handoffs,
+    /// Sessions (connected or persistent offline) held now.
+    sessions_current,
+    /// Retained messages held now (one replica; every core holds the same).
+    retained_current,
+    /// Subscriptions held now.
+    subscriptions_current,
+}
+
+impl Counters {
+    /// Counts what became of one delivery.
+    pub fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Sent => self.messages_sent += 1,
+            Outcome::Queued => {}
+            Outcome::DroppedSlowConsumer => self.dropped_slow_consumer += 1,
+            Outcome::DroppedOffline => self.dropped_offline_qos0 += 1,
+            Outcome::DroppedQueueFull => self.dropped_queue_full += 1,
+            Outcome::DroppedExpired => self.dropped_expired += 1,
+            Outcome::DroppedTooLarge => self.dropped_too_large += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_in_name_order() {
+        let c = Counters {
+            connections_total: 3,
+            subscriptions_current: 9,
+            ..Counters::default()
+        };
+        let values = c.values();
+        assert_eq!(values.len(), Counters::NAMES.len());
+        assert_eq!(Counters::from_values(&values), c);
+        let named: Vec<_> = Counters::NAMES.iter().copied().zip(values).collect();
+        assert_eq!(named, c.fields());
+    }
+}
