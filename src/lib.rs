@@ -1,17 +1,20 @@
 //! ringmq: a thread-per-core MQTT broker on monoio.
 //!
-//! The protocol core (codec, topics, messages, sessions, the retained store)
-//! is the `ringmq-proto` crate, whose dependencies leave no room for I/O; its
-//! modules are re-exported here under their usual names. This crate adds what
-//! touches the world:
-//! - [`router`]: per-core routing state and the cross-core mesh.
-//! - [`server`]: the only I/O: per-core monoio workers, listeners, connections.
-//! - [`config`], [`metrics`], [`auth`]: leaves used by the server.
+//! Two crates, dependencies pointing one way:
+//! - `ringmq-proto`, the pure core, whose dependencies leave no room for I/O,
+//!   clocks or threads: [`codec`], [`topic`], [`message`], [`session`],
+//!   [`router`] (one core's routing state; its effects go into an outbox),
+//!   [`store`], [`time`], [`limits`], [`counters`]. Re-exported here under
+//!   those names.
+//! - this crate, what touches the world:
+//!   - [`server`]: the only I/O: per-core monoio workers, listeners, the
+//!     cross-core mesh, connections (generic over the byte stream), and the
+//!     one drain point that carries out each core's outbox.
+//!   - [`config`], [`metrics`], [`auth`]: leaves used by the server.
 
-pub use ringmq_proto::{codec, counters, limits, message, session, store, time, topic};
+pub use ringmq_proto::{codec, counters, limits, message, router, session, store, time, topic};
 
 pub mod auth;
 pub mod config;
 pub mod metrics;
-pub mod router;
 pub mod server;

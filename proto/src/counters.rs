@@ -39,6 +39,9 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Connections closed abortively: the client did not take the last packets
+    /// within the close grace (it stopped reading).
+    close_aborts,
     /// Connections open now.
     connections_current,
     /// Connections accepted since start.

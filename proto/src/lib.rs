@@ -22,6 +22,7 @@ pub mod codec;
 pub mod counters;
 pub mod limits;
 pub mod message;
+pub mod router;
 pub mod session;
 pub mod store;
 pub mod time;

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{encode_publish, Properties, Property, Protocol, PublishHeader, QoS, QosPid};
+use crate::time::Time;
 use crate::topic::TopicName;
 
 /// An application message as published, shared (`Arc`) by every session and core
@@ -21,7 +22,7 @@ pub struct Message {
     /// The publishing client, for 5.0 "no local" and shared-subscription hashing.
     pub publisher: Option<Arc<str>>,
     /// Broker-clock milliseconds after which the message is not delivered (5.0).
-    pub expires_at: Option<u64>,
+    pub expires_at: Option<Time>,
     /// The 3.1.1 QoS 0 frame, encoded on first use and then copied as is into
     /// every subscriber's buffer that receives exactly those bytes (fan-out).
     frame_v3_qos0: OnceLock<Bytes>,
@@ -48,7 +49,7 @@ pub struct Delivery<'a> {
     pub sub_ids: &'a [u32],
     pub alias: Alias,
     /// Broker clock, for the remaining message expiry interval.
-    pub now: u64,
+    pub now: Time,
 }
 
 impl Delivery<'_> {
@@ -59,7 +60,7 @@ impl Delivery<'_> {
             retain,
             sub_ids: &[],
             alias: Alias::None,
-            now: 0,
+            now: Time::ZERO,
         }
     }
 }
@@ -79,8 +80,8 @@ impl Message {
     }
 
     /// Keeps the forwardable properties; a message expiry interval becomes
-    /// `expires_at` on the broker clock (`now`, milliseconds).
-    pub fn with_properties(mut self, properties: Properties, now: u64) -> Message {
+    /// `expires_at` on the broker clock.
+    pub fn with_properties(mut self, properties: Properties, now: Time) -> Message {
         if properties.is_empty() {
             return self;
         }
@@ -88,7 +89,7 @@ impl Message {
         for p in properties.0 {
             match p {
                 Property::MessageExpiryInterval(secs) => {
-                    self.expires_at = Some(now + u64::from(secs) * 1000);
+                    self.expires_at = Some(now.after_secs(secs));
                 }
                 Property::PayloadFormatIndicator(_)
                 | Property::ContentType(_)
@@ -112,7 +113,7 @@ impl Message {
     }
 
     /// True once the 5.0 message expiry interval has passed.
-    pub fn expired(&self, now: u64) -> bool {
+    pub fn expired(&self, now: Time) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
 
@@ -162,8 +163,10 @@ impl Message {
         }
         let mut props = self.properties.clone();
         if let Some(at) = self.expires_at {
-            let remaining = at.saturating_sub(d.now).div_ceil(1000);
-            props.push(Property::MessageExpiryInterval(remaining as u32));
+            // Whole seconds left, rounded up: never announce 0 for a live message.
+            let remaining = d.now.until(at).as_millis().div_ceil(1000);
+            let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
+            props.push(Property::MessageExpiryInterval(remaining));
         }
         if let Alias::Set(a) | Alias::Use(a) = d.alias {
             props.push(Property::TopicAlias(a));
@@ -216,15 +219,15 @@ mod tests {
             QoS::AtLeastOnce,
             false,
         )
-        .with_properties(props, 1_000);
-        assert_eq!(msg.expires_at, Some(11_000));
+        .with_properties(props, Time::from_millis(1_000));
+        assert_eq!(msg.expires_at, Some(Time::from_millis(11_000)));
         let d = Delivery {
             qos_pid: QosPid::AtLeastOnce(Pid::new(3).unwrap()),
             dup: false,
             retain: false,
             sub_ids: &[7, 9],
             alias: Alias::Use(2),
-            now: 4_500,
+            now: Time::from_millis(4_500),
         };
         let mut out = BytesMut::new();
         msg.encode_for(&mut out, Protocol::V5, &d);
@@ -240,8 +243,8 @@ mod tests {
                 Property::SubscriptionIdentifier(9),
             ]
         );
-        assert!(!msg.expired(10_999));
-        assert!(msg.expired(11_000));
+        assert!(!msg.expired(Time::from_millis(10_999)));
+        assert!(msg.expired(Time::from_millis(11_000)));
     }
 
     #[test]

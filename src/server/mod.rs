@@ -2,13 +2,14 @@
 //! event loop (io_uring, or epoll where io_uring is unavailable) with its own
 //! SO_REUSEPORT listener, connections, and routing state.
 
+mod accept;
 mod connection;
 mod context;
 mod listener;
+mod mesh;
 mod notify;
 mod sys;
 mod worker;
-mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use anyhow::Context as _;
 use crate::auth::{AnonymousPolicy, Authenticator};
 use crate::config::Config;
 use crate::metrics::{self, SharedCounters};
-use crate::router::{mesh, Mesh, MeshMsg};
+use mesh::{mesh, Mesh, Parcel};
 
 /// State every core can see. Immutable after start except the counters below,
 /// none of which is touched per message.
@@ -100,9 +101,9 @@ impl Broker {
     pub fn shutdown(self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         for core in 0..self.shared.mesh.cores() {
-            let mut msg = vec![MeshMsg::Shutdown];
-            while let Err(back) = self.shared.mesh.try_send(core, msg) {
-                msg = back;
+            let mut parcel = Parcel::Shutdown;
+            while let Err(back) = self.shared.mesh.try_send(core, parcel) {
+                parcel = back;
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }

@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -10,37 +11,41 @@ use super::context::Ctx;
 use crate::codec::QoS;
 use crate::message::Message;
 use crate::metrics::{self, Counters};
+use crate::time::Time;
 use crate::topic::TopicName;
 
 pub struct SysPublisher {
-    interval_ms: u64,
-    next_at: u64,
+    /// `None`: this core does not publish (only core 0 does), or `$SYS` is off.
+    interval: Option<Duration>,
+    next_at: Time,
 }
 
 impl SysPublisher {
     pub fn new(ctx: &Ctx) -> SysPublisher {
-        let interval_ms = ctx.shared.config.sys_interval.as_millis() as u64;
+        let interval = ctx.shared.config.sys_interval;
         SysPublisher {
-            interval_ms: if ctx.id == 0 { interval_ms } else { 0 },
-            next_at: 0,
+            interval: (ctx.id == 0 && !interval.is_zero()).then_some(interval),
+            next_at: Time::ZERO,
         }
     }
 
-    pub fn maybe_publish(&mut self, ctx: &Rc<Ctx>, now: u64) {
-        if self.interval_ms == 0 || now < self.next_at {
+    pub fn maybe_publish(&mut self, ctx: &Rc<Ctx>, now: Time) {
+        let Some(interval) = self.interval.filter(|_| now >= self.next_at) else {
             return;
-        }
-        self.next_at = now + self.interval_ms;
+        };
+        self.next_at = now + interval;
         let totals = metrics::total(&ctx.shared.counters);
         let uptime = ctx.shared.started.elapsed().as_secs();
-        for (topic, value) in sys_values(&totals, uptime, &ctx.shared) {
-            let Ok(topic) = TopicName::new(Bytes::from(topic), 16) else {
-                continue;
-            };
-            let msg = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true);
-            ctx.core.borrow_mut().route(msg.shared(), now);
-        }
-        ctx.apply_effects();
+        let values = sys_values(&totals, uptime, &ctx.shared);
+        ctx.with_core(|core| {
+            for (topic, value) in values {
+                let Ok(topic) = TopicName::new(Bytes::from(topic), 16) else {
+                    continue;
+                };
+                let msg = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true);
+                core.route(msg.shared(), now);
+            }
+        });
     }
 }
 

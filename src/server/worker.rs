@@ -11,9 +11,10 @@ use monoio::io::Canceller;
 
 use super::context::Ctx;
 use super::listener::bind_reuseport;
-use super::{connection, sys, Shared};
+use super::mesh::{Inbox, Parcel};
+use super::{accept, sys, Shared};
 use crate::config::IoDriver;
-use crate::router::{CloseReason, Core, Inbox, MeshMsg};
+use crate::router::{CloseReason, Core};
 
 /// How often each core checks keep-alives and publishes its counters.
 const TICK: Duration = Duration::from_millis(500);
@@ -135,8 +136,8 @@ async fn accept_loop(
     loop {
         match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, peer)) => {
-                ctx.core.borrow_mut().counters.connections_total += 1;
-                monoio::spawn(connection::accept(ctx.clone(), stream, peer));
+                ctx.count(|c| c.connections_total += 1);
+                monoio::spawn(accept::accept(ctx.clone(), stream, peer));
             }
             Err(_)
                 if ctx
@@ -155,28 +156,34 @@ async fn accept_loop(
     }
 }
 
-/// Drains this core's inbox whenever another core rings.
+/// Drains this core's inbox whenever another core rings: router messages in
+/// one call into the core, connections moving here, the stop.
 async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
     loop {
         inbox.doorbell.wait().await;
-        while let Ok(batch) = inbox.rx.try_recv() {
-            for msg in batch {
-                let now = ctx.now();
-                let rest = ctx.core.borrow_mut().handle_mesh(msg, now);
-                match rest {
-                    Some(MeshMsg::Handoff(h)) => {
-                        monoio::spawn(connection::adopt(ctx.clone(), *h));
+        let mut stop = false;
+        let now = ctx.now();
+        ctx.with_core(|core| {
+            while let Ok(parcel) = inbox.rx.try_recv() {
+                match parcel {
+                    Parcel::Routing(batch) => {
+                        for msg in batch {
+                            core.handle_mesh(msg, now);
+                        }
                     }
-                    Some(MeshMsg::Shutdown) => {
-                        begin_shutdown(&ctx);
-                        ctx.apply_effects();
-                        return;
+                    Parcel::Handoff(h) => {
+                        monoio::spawn(accept::adopt(ctx.clone(), *h));
                     }
-                    _ => {}
+                    Parcel::Shutdown => {
+                        stop = true;
+                        break;
+                    }
                 }
             }
+        });
+        if stop {
+            return begin_shutdown(&ctx);
         }
-        ctx.apply_effects();
     }
 }
 
@@ -188,9 +195,7 @@ fn begin_shutdown(ctx: &Rc<Ctx>) {
             c.cancel();
         }
     });
-    for s in ctx.conns.borrow().values() {
-        s.close(CloseReason::ServerShutdown);
-    }
+    ctx.close_all(CloseReason::ServerShutdown);
 }
 
 thread_local! {
@@ -199,13 +204,12 @@ thread_local! {
 
 async fn close_all(ctx: &Rc<Ctx>) {
     for _ in 0..300 {
-        if ctx.conns.borrow().is_empty() {
+        if !ctx.has_links() {
             break;
         }
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    let counters = &ctx.core.borrow().counters;
-    ctx.shared.counters[ctx.id].publish(counters);
+    ctx.shared.counters[ctx.id].publish(&ctx.core().counters);
 }
 
 /// Housekeeping: keep-alive expiry, QoS 2 state expiry, counters, `$SYS`.
@@ -214,9 +218,8 @@ async fn tick_loop(ctx: Rc<Ctx>) {
     loop {
         monoio::time::sleep(TICK).await;
         let now = ctx.now();
-        ctx.core.borrow_mut().tick(now);
-        ctx.apply_effects();
-        ctx.shared.counters[ctx.id].publish(&ctx.core.borrow().counters);
+        ctx.with_core(|core| core.tick(now));
+        ctx.shared.counters[ctx.id].publish(&ctx.core().counters);
         sys.maybe_publish(&ctx, now);
         if ctx
             .shared

@@ -4,7 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::packet::*;
-use super::{Properties, Protocol, QosPid};
+use super::{Properties, Property, Protocol, QosPid};
 
 pub(crate) fn varint_len(value: u32) -> usize {
     match value {
@@ -259,5 +259,50 @@ fn encode_connect(out: &mut BytesMut, c: &Connect, remaining: usize) {
     }
     if let Some(p) = &c.password {
         put_binary(out, p);
+    }
+}
+
+/// Encodes `make(properties)` with a 5.0 reason string, or without it when the
+/// string would push the packet past the client's Maximum Packet Size
+/// [MQTT-3.1.2-25] (for CONNACK and DISCONNECT, which end a connection).
+pub fn encode_with_reason(
+    make: impl Fn(Properties) -> Packet,
+    text: &str,
+    protocol: Protocol,
+    max: u32,
+) -> BytesMut {
+    let mut out = BytesMut::new();
+    if protocol.is_v5() {
+        let reason = Property::ReasonString(bytes::Bytes::copy_from_slice(text.as_bytes()));
+        encode(&make(Properties(vec![reason])), protocol, &mut out);
+        if out.len() <= max as usize {
+            return out;
+        }
+        out.clear();
+    }
+    encode(&make(Properties::default()), protocol, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::reason;
+
+    fn disconnect(properties: Properties) -> Packet {
+        Packet::Disconnect(Disconnect {
+            reason: reason::KEEP_ALIVE_TIMEOUT,
+            properties,
+        })
+    }
+
+    #[test]
+    fn reason_string_only_when_it_fits_the_clients_maximum() {
+        let roomy = encode_with_reason(disconnect, "keep-alive expired", Protocol::V5, 1024);
+        let tight = encode_with_reason(disconnect, "keep-alive expired", Protocol::V5, 8);
+        assert!(roomy.len() > 8, "{roomy:?}");
+        assert_eq!(&tight[..], &[0xe0, 1, reason::KEEP_ALIVE_TIMEOUT]);
+        let v3 = encode_with_reason(disconnect, "ignored", Protocol::V3_1_1, 1024);
+        assert_eq!(&v3[..], &[0xe0, 0]);
     }
 }

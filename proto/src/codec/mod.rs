@@ -14,7 +14,7 @@ mod properties;
 mod reader;
 
 pub use decode::{decode, peek_frame, FrameHeader};
-pub use encode::{encode, encode_publish, encoded_len, PublishHeader};
+pub use encode::{encode, encode_publish, encode_with_reason, encoded_len, PublishHeader};
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{Place, Properties, Property};

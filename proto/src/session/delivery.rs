@@ -7,7 +7,7 @@ use super::*;
 impl Session {
     /// Accepts a message routed to this session (`item.qos` is already the
     /// minimum of publish and subscription QoS).
-    pub fn deliver(&mut self, item: Routed, limits: &Limits, now: u64) -> Outcome {
+    pub fn deliver(&mut self, item: Routed, limits: &Limits, now: Time) -> Outcome {
         if item.msg.expired(now) {
             return Outcome::DroppedExpired;
         }
@@ -49,7 +49,7 @@ impl Session {
         retain: bool,
         sub_ids: &[u32],
         limits: &Limits,
-        now: u64,
+        now: Time,
     ) -> Outcome {
         if msg.expired(now) {
             return Outcome::DroppedExpired;
@@ -71,7 +71,7 @@ impl Session {
         retain: bool,
         sub_ids: &[u32],
         qos_pid: QosPid,
-        now: u64,
+        now: Time,
     ) -> Outcome {
         let alias = self.outgoing_alias(&msg.topic);
         let d = Delivery {
@@ -108,7 +108,7 @@ impl Session {
         }
     }
 
-    fn send_inflight(&mut self, item: Routed, now: u64) -> Outcome {
+    fn send_inflight(&mut self, item: Routed, now: Time) -> Outcome {
         let pid = self.out.allocate_pid();
         let qos_pid = QosPid::new(item.qos, pid);
         let outcome = self.encode_delivery(&item.msg, item.retain, &item.sub_ids, qos_pid, now);
@@ -125,7 +125,7 @@ impl Session {
     /// Moves queued messages into the inflight window while it and the output
     /// buffer have room. Called after acks and after the connection drained `tx`;
     /// what it delivers or drops is recorded in the tally.
-    pub fn pump(&mut self, limits: &Limits, now: u64) {
+    pub fn pump(&mut self, limits: &Limits, now: Time) {
         while self.connected
             && self.out.inflight.len() < self.window(limits)
             && self.tx.len() < limits.max_write_buffer

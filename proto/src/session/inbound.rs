@@ -7,7 +7,7 @@ impl Session {
     /// Handles one packet from the client. Events for the router go to `events`.
     pub fn handle_packet(
         &mut self,
-        now: u64,
+        now: Time,
         packet: Packet,
         limits: &Limits,
         events: &mut Vec<Event>,
@@ -78,7 +78,7 @@ impl Session {
 
     fn on_publish(
         &mut self,
-        now: u64,
+        now: Time,
         p: Publish,
         limits: &Limits,
         events: &mut Vec<Event>,
@@ -149,7 +149,7 @@ impl Session {
         self.send(&Packet::PubComp(ack));
     }
 
-    fn on_puback(&mut self, pid: Pid, limits: &Limits, now: u64) {
+    fn on_puback(&mut self, pid: Pid, limits: &Limits, now: Time) {
         if let Some(i) = self
             .out
             .position(pid, OutState::Published, QoS::AtLeastOnce)
@@ -159,7 +159,7 @@ impl Session {
         }
     }
 
-    fn on_pubrec(&mut self, ack: Ack, limits: &Limits, now: u64) {
+    fn on_pubrec(&mut self, ack: Ack, limits: &Limits, now: Time) {
         let Some(i) = self
             .out
             .position(ack.pid, OutState::Published, QoS::ExactlyOnce)
@@ -181,7 +181,7 @@ impl Session {
         self.send(&Packet::PubRel(Ack::new(ack.pid)));
     }
 
-    fn on_pubcomp(&mut self, pid: Pid, limits: &Limits, now: u64) {
+    fn on_pubcomp(&mut self, pid: Pid, limits: &Limits, now: Time) {
         if let Some(i) = self.out.position(pid, OutState::Released, QoS::ExactlyOnce) {
             self.out.inflight.remove(i);
             self.pump(limits, now);
@@ -204,17 +204,15 @@ impl Session {
         let mut added = Vec::with_capacity(s.filters.len());
         let mut existed = Vec::with_capacity(s.filters.len());
         for (raw, opts) in s.filters {
-            let Ok(filter) = TopicFilter::new(raw, limits.max_topic_levels) else {
+            let parsed = TopicFilter::new(raw, limits.max_topic_levels)
+                .ok()
+                .and_then(|f| SubFilter::parse(f).ok());
+            let Some(filter) = parsed else {
                 codes.push(refused(reason::TOPIC_FILTER_INVALID));
                 continue;
             };
-            match parse_shared(filter.as_str()) {
-                Some(Err(())) => {
-                    codes.push(refused(reason::TOPIC_FILTER_INVALID));
-                    continue;
-                }
-                Some(Ok(_)) if opts.no_local && v5 => return Err(Violation::NoLocalOnShared),
-                _ => {}
+            if filter.is_shared() && opts.no_local && v5 {
+                return Err(Violation::NoLocalOnShared);
             }
             let exists = self.subscriptions.contains_key(&filter);
             if !exists && self.subscriptions.len() >= limits.max_subscriptions_per_client {
@@ -250,15 +248,17 @@ impl Session {
         let mut removed = Vec::with_capacity(u.filters.len());
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in u.filters {
-            let filter = TopicFilter::new(raw, limits.max_topic_levels);
-            match filter.map(|f| (self.subscriptions.remove(&f).is_some(), f)) {
-                Ok((true, f)) => {
-                    removed.push(f);
-                    codes.push(reason::SUCCESS);
-                }
-                Ok((false, _)) => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
-                Err(_) => codes.push(reason::TOPIC_FILTER_INVALID),
-            }
+            let code = match TopicFilter::new(raw, limits.max_topic_levels) {
+                Ok(f) => match self.subscriptions.remove_entry(f.as_str()) {
+                    Some((filter, _)) => {
+                        removed.push(filter);
+                        reason::SUCCESS
+                    }
+                    None => reason::NO_SUBSCRIPTION_EXISTED,
+                },
+                Err(_) => reason::TOPIC_FILTER_INVALID,
+            };
+            codes.push(code);
         }
         if !self.protocol.is_v5() {
             codes.clear();

@@ -25,8 +25,8 @@ use crate::codec::{
 };
 use crate::limits::Limits;
 use crate::message::{Alias, Delivery, Message};
-use crate::topic::share::parse_shared;
-use crate::topic::{TopicError, TopicFilter, TopicName};
+use crate::time::{keep_alive_grace, Time};
+use crate::topic::{SubFilter, TopicError, TopicFilter, TopicName};
 
 /// A subscription as the session records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +49,12 @@ pub enum Event {
     Subscribe {
         pid: Pid,
         codes: Vec<u8>,
-        added: Vec<(TopicFilter, SubEntry)>,
+        added: Vec<(SubFilter, SubEntry)>,
         /// Filters whose subscription already existed (retain handling 1 uses it).
         existed: Vec<bool>,
     },
     /// Remove these subscriptions (the UNSUBACK is already written).
-    Unsubscribe(Vec<TopicFilter>),
+    Unsubscribe(Vec<SubFilter>),
     /// Normal DISCONNECT: no will (unless 5.0 reason 0x04).
     Disconnect,
 }
@@ -148,7 +148,7 @@ pub struct WillRelease {
 }
 
 impl WillRelease {
-    pub fn into_message(self, now: u64) -> Arc<Message> {
+    pub fn into_message(self, now: Time) -> Arc<Message> {
         let w = self.will;
         Message::new(self.topic, w.payload, w.qos, w.retain)
             .with_properties(w.properties, now)
@@ -177,14 +177,14 @@ pub struct Session {
     keep_alive: u16,
     /// What the client asked for; differs from `keep_alive` when capped.
     requested_keep_alive: u16,
-    last_rx: u64,
+    last_rx: Time,
     connected: bool,
     /// Boxed: most sessions have none, and it is large.
     will: Option<Box<Will>>,
-    subscriptions: HashMap<TopicFilter, SubEntry>,
+    subscriptions: HashMap<SubFilter, SubEntry>,
     out: Outbound,
     /// Incoming QoS 2 packet ids not yet released, with their arrival time.
-    awaiting_rel: HashMap<Pid, u64>,
+    awaiting_rel: HashMap<Pid, Time>,
     /// 5.0 topic aliases the client set (index = alias - 1).
     aliases_in: Vec<Option<TopicName>>,
     /// 5.0 topic aliases the broker set towards the client.
@@ -197,7 +197,7 @@ pub struct Session {
 
 impl Session {
     /// A fresh session for an accepted CONNECT (checked with [`check_connect`]).
-    pub fn new(client_id: Arc<str>, connect: &Connect, limits: &Limits, now: u64) -> Session {
+    pub fn new(client_id: Arc<str>, connect: &Connect, limits: &Limits, now: Time) -> Session {
         let mut session = Session {
             client_id,
             protocol: connect.protocol,
@@ -244,7 +244,7 @@ impl Session {
         self.params.maximum_packet_size
     }
 
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &SubEntry)> {
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&SubFilter, &SubEntry)> {
         self.subscriptions.iter()
     }
 
@@ -262,7 +262,7 @@ impl Session {
 
     /// Binds the session to a new connection (fresh, or resumed by a CONNECT with
     /// clean start 0): takes the connection's protocol, parameters and will.
-    pub fn attach(&mut self, connect: &Connect, limits: &Limits, now: u64) {
+    pub fn attach(&mut self, connect: &Connect, limits: &Limits, now: Time) {
         self.protocol = connect.protocol;
         self.params = ClientParams::from_connect(connect, limits);
         self.connect_expiry_zero = self.params.session_expiry == 0;
@@ -303,7 +303,7 @@ impl Session {
 
     /// Re-sends what the client has not acknowledged, with DUP set [MQTT-4.4.0-1],
     /// then whatever queued up while it was away.
-    pub fn resume(&mut self, limits: &Limits, now: u64) {
+    pub fn resume(&mut self, limits: &Limits, now: Time) {
         let protocol = self.protocol;
         for entry in &self.out.inflight {
             match entry.state {
@@ -371,17 +371,16 @@ impl Session {
     }
 
     /// True when the client has been silent for 1.5 x its keep-alive [MQTT-3.1.2-24].
-    pub fn keep_alive_expired(&self, now: u64) -> bool {
-        self.keep_alive > 0 && now.saturating_sub(self.last_rx) > u64::from(self.keep_alive) * 1500
+    pub fn keep_alive_expired(&self, now: Time) -> bool {
+        keep_alive_grace(self.keep_alive).is_some_and(|grace| now.since(self.last_rx) > grace)
     }
 
     /// Forgets QoS 2 ids whose PUBREL never came within `awaiting_rel_timeout`, so a
     /// client can't pin state forever. Returns how many were dropped.
-    pub fn expire_awaiting_rel(&mut self, now: u64, limits: &Limits) -> usize {
-        let timeout = limits.awaiting_rel_timeout.as_millis() as u64;
+    pub fn expire_awaiting_rel(&mut self, now: Time, limits: &Limits) -> usize {
         let before = self.awaiting_rel.len();
         self.awaiting_rel
-            .retain(|_, &mut at| now.saturating_sub(at) < timeout);
+            .retain(|_, &mut at| now.since(at) < limits.awaiting_rel_timeout);
         before - self.awaiting_rel.len()
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::codec::{Pid, QoS};
 use crate::message::Message;
+use crate::topic::SharedFilter;
 
 /// Where an outgoing QoS 1/2 message stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct Routed {
     pub sub_ids: Box<[u32]>,
     /// The shared subscription (`$share/g/f`) it came through: if this client
     /// goes away unacknowledged, the message goes to another member.
-    pub shared: Option<Arc<str>>,
+    pub shared: Option<SharedFilter>,
 }
 
 #[derive(Clone, Debug)]

@@ -5,6 +5,10 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::codec::{decode, Connect, Disconnect, Will};
 
+fn t(millis: u64) -> Time {
+    Time::from_millis(millis)
+}
+
 fn limits() -> Limits {
     Limits {
         max_inflight_messages: 2,
@@ -33,7 +37,7 @@ fn connect(clean: bool, keep_alive: u16) -> Connect {
 }
 
 fn session(clean: bool) -> Session {
-    let mut s = Session::new("c1".into(), &connect(clean, 10), &limits(), 0);
+    let mut s = Session::new("c1".into(), &connect(clean, 10), &limits(), t(0));
     s.tx.clear();
     s
 }
@@ -82,7 +86,7 @@ fn msg(topic: &'static str, qos: QoS) -> Routed {
 
 fn handle(s: &mut Session, now: u64, p: Packet) -> Result<Vec<Event>, Violation> {
     let mut events = Vec::new();
-    s.handle_packet(now, p, &limits(), &mut events)?;
+    s.handle_packet(t(now), p, &limits(), &mut events)?;
     Ok(events)
 }
 
@@ -114,7 +118,7 @@ fn qos1_inbound_routes_then_acks() {
 fn v5_ack_reasons_say_what_routing_found() {
     let mut c = connect(true, 10);
     c.protocol = Protocol::V5;
-    let mut s = Session::new("c1".into(), &c, &limits(), 0);
+    let mut s = Session::new("c1".into(), &c, &limits(), t(0));
     s.tx.clear();
     let events = handle(&mut s, 1, publish(QoS::AtLeastOnce, 1, "nobody")).unwrap();
     route_all(&mut s, events, Routing::NoSubscribers);
@@ -175,14 +179,14 @@ fn awaiting_rel_cap_is_a_violation_and_times_out() {
     };
     let mut s = session(true);
     let mut ev = Vec::new();
-    s.handle_packet(0, publish(QoS::ExactlyOnce, 1, "t"), &lim, &mut ev)
+    s.handle_packet(t(0), publish(QoS::ExactlyOnce, 1, "t"), &lim, &mut ev)
         .unwrap();
-    s.handle_packet(0, publish(QoS::ExactlyOnce, 2, "t"), &lim, &mut ev)
+    s.handle_packet(t(0), publish(QoS::ExactlyOnce, 2, "t"), &lim, &mut ev)
         .unwrap();
-    let err = s.handle_packet(0, publish(QoS::ExactlyOnce, 3, "t"), &lim, &mut ev);
+    let err = s.handle_packet(t(0), publish(QoS::ExactlyOnce, 3, "t"), &lim, &mut ev);
     assert_eq!(err, Err(Violation::AwaitingRelFull));
     let timeout = lim.awaiting_rel_timeout.as_millis() as u64;
-    assert_eq!(s.expire_awaiting_rel(timeout + 1, &lim), 2);
+    assert_eq!(s.expire_awaiting_rel(t(timeout + 1), &lim), 2);
 }
 
 #[test]
@@ -190,7 +194,7 @@ fn outbound_qos1_window_queue_and_ack() {
     let lim = limits();
     let mut s = session(false);
     for _ in 0..4 {
-        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0);
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, t(0));
     }
     // Window of 2: two PUBLISHes sent, two queued.
     let out = sent(&mut s);
@@ -198,11 +202,11 @@ fn outbound_qos1_window_queue_and_ack() {
     assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
     // Queue cap 3: one more fits, the next is dropped.
     assert_eq!(
-        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0),
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, t(0)),
         Outcome::Queued
     );
     assert_eq!(
-        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0),
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, t(0)),
         Outcome::DroppedQueueFull
     );
     let Packet::Publish(first) = &out[0] else {
@@ -219,7 +223,7 @@ fn outbound_qos1_window_queue_and_ack() {
 fn outbound_qos2_flow() {
     let lim = limits();
     let mut s = session(true);
-    s.deliver(msg("t", QoS::ExactlyOnce), &lim, 0);
+    s.deliver(msg("t", QoS::ExactlyOnce), &lim, t(0));
     let [Packet::Publish(p)] = &sent(&mut s)[..] else {
         panic!()
     };
@@ -238,8 +242,8 @@ fn outbound_qos2_flow() {
 fn reconnect_resends_with_dup_and_pubrel() {
     let lim = limits();
     let mut s = session(false);
-    s.deliver(msg("a", QoS::AtLeastOnce), &lim, 0);
-    s.deliver(msg("b", QoS::ExactlyOnce), &lim, 0);
+    s.deliver(msg("a", QoS::AtLeastOnce), &lim, t(0));
+    s.deliver(msg("b", QoS::ExactlyOnce), &lim, t(0));
     let out = sent(&mut s);
     let Packet::Publish(q2) = &out[1] else {
         panic!()
@@ -249,15 +253,15 @@ fn reconnect_resends_with_dup_and_pubrel() {
     s.detach(&lim);
     // Offline: QoS 1 is queued, QoS 0 is not.
     assert_eq!(
-        s.deliver(msg("c", QoS::AtLeastOnce), &lim, 0),
+        s.deliver(msg("c", QoS::AtLeastOnce), &lim, t(0)),
         Outcome::Queued
     );
     assert_eq!(
-        s.deliver(msg("d", QoS::AtMostOnce), &lim, 0),
+        s.deliver(msg("d", QoS::AtMostOnce), &lim, t(0)),
         Outcome::DroppedOffline
     );
-    s.attach(&connect(false, 10), &lim, 5);
-    s.resume(&lim, 5);
+    s.attach(&connect(false, 10), &lim, t(5));
+    s.resume(&lim, t(5));
     let out = sent(&mut s);
     let Packet::Publish(re) = &out[0] else {
         panic!()
@@ -280,11 +284,11 @@ fn slow_consumer_drops_qos0_only() {
     let mut s = session(true);
     let mut outcomes = Vec::new();
     for _ in 0..20 {
-        outcomes.push(s.deliver(msg("t", QoS::AtMostOnce), &lim, 0));
+        outcomes.push(s.deliver(msg("t", QoS::AtMostOnce), &lim, t(0)));
     }
     assert!(outcomes.contains(&Outcome::DroppedSlowConsumer));
     assert_eq!(
-        s.deliver(msg("t", QoS::AtLeastOnce), &lim, 0),
+        s.deliver(msg("t", QoS::AtLeastOnce), &lim, t(0)),
         Outcome::Queued
     );
 }
@@ -292,11 +296,11 @@ fn slow_consumer_drops_qos0_only() {
 #[test]
 fn keep_alive_expires_at_one_and_a_half() {
     let mut s = session(true);
-    assert!(!s.keep_alive_expired(15_000));
-    assert!(s.keep_alive_expired(15_001));
+    assert!(!s.keep_alive_expired(t(15_000)));
+    assert!(s.keep_alive_expired(t(15_001)));
     handle(&mut s, 15_000, Packet::PingReq).unwrap();
     assert_eq!(sent(&mut s), vec![Packet::PingResp]);
-    assert!(!s.keep_alive_expired(30_000));
+    assert!(!s.keep_alive_expired(t(30_000)));
 }
 
 #[test]
@@ -304,7 +308,7 @@ fn will_on_abnormal_end_only() {
     let lim = limits();
     let mut s = session(true);
     assert!(s.detach(&lim).is_some());
-    s.attach(&connect(true, 10), &lim, 0);
+    s.attach(&connect(true, 10), &lim, t(0));
     handle(&mut s, 1, Packet::Disconnect(Disconnect::default())).unwrap();
     assert!(s.detach(&lim).is_none(), "no will after DISCONNECT");
 }
@@ -368,7 +372,7 @@ fn qos2_inbound_state_survives_a_reconnect() {
     let first = handle(&mut s, 1, publish(QoS::ExactlyOnce, 5, "t")).unwrap();
     assert_eq!(first.len(), 1);
     s.detach(&lim);
-    s.attach(&connect(false, 10), &lim, 2);
+    s.attach(&connect(false, 10), &lim, t(2));
     // The client re-sends the unreleased PUBLISH after reconnecting: acknowledged,
     // not routed a second time [MQTT-4.3.3-2].
     let again = handle(&mut s, 3, publish(QoS::ExactlyOnce, 5, "t")).unwrap();
@@ -378,7 +382,7 @@ fn qos2_inbound_state_survives_a_reconnect() {
 fn v5_session() -> Session {
     let mut c = connect(true, 10);
     c.protocol = Protocol::V5;
-    let mut s = Session::new("c5".into(), &c, &limits(), 0);
+    let mut s = Session::new("c5".into(), &c, &limits(), t(0));
     s.tx.clear();
     s
 }
@@ -450,11 +454,11 @@ fn subscription_cap_and_replacement() {
     };
     let mut s = v5_session();
     let mut ev = Vec::new();
-    s.handle_packet(0, subscribe(1, &[("a", QoS::AtMostOnce)]), &lim, &mut ev)
+    s.handle_packet(t(0), subscribe(1, &[("a", QoS::AtMostOnce)]), &lim, &mut ev)
         .unwrap();
     // The same filter again replaces it (new QoS) and does not count twice.
     s.handle_packet(
-        0,
+        t(0),
         subscribe(2, &[("a", QoS::ExactlyOnce), ("b", QoS::AtMostOnce)]),
         &lim,
         &mut ev,

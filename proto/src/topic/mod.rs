@@ -11,8 +11,8 @@
 //! * [`TopicTree`] maps topic names to values and answers "which stored topics
 //!   does this filter match" (the retained-message store).
 //!
-//! `$share/...` filters validate as ordinary filters; [`share`] splits them
-//! into group and filter for the router.
+//! `$share/...` filters validate as ordinary filters; [`SubFilter::parse`]
+//! then splits them into group and filter, once, at SUBSCRIBE.
 
 use std::fmt;
 
@@ -22,6 +22,7 @@ pub mod share;
 pub mod tree;
 pub mod trie;
 
+pub use share::{SharedFilter, SubFilter};
 pub use tree::TopicTree;
 pub use trie::{MatchScratch, Trie};
 

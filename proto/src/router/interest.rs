@@ -34,6 +34,11 @@ impl CoreSet {
     }
 }
 
+/// Every core but `me`, in order.
+pub(super) fn other_cores(me: usize, cores: usize) -> impl Iterator<Item = usize> {
+    (0..cores).filter(move |c| *c != me)
+}
+
 /// The core that owns a client id's session. Every core computes the same answer,
 /// so a client reconnecting anywhere lands where its session lives (FNV-1a).
 pub fn owner_core(client_id: &str, cores: usize) -> usize {

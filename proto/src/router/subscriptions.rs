@@ -2,59 +2,84 @@
 //! and shared-group counts, and the barrier that makes a SUBACK mean "effective
 //! on every core".
 
-use std::sync::Arc;
-
-use futures::channel::oneshot;
-
+use super::interest::other_cores;
 use super::shared::{GroupCounts, Member};
-use super::{Barrier, Core, CoreSet, MeshMsg, SessionKey, Subscriber};
+use super::{ConnId, Core, CoreSet, MeshMsg, Next, SessionKey, Subscriber};
 use crate::codec::Pid;
 use crate::session::{Routed, SubEntry};
-use crate::topic::share::parse_shared;
-use crate::topic::TopicFilter;
+use crate::time::Time;
+use crate::topic::{SharedFilter, SubFilter, TopicFilter};
 
-/// A SUBSCRIBE whose SUBACK waits for other cores to know about the new interest,
-/// so that anything published after the SUBACK reaches the subscriber.
+/// A SUBSCRIBE whose SUBACK waits for other cores to acknowledge the new
+/// interest, so that anything published after the SUBACK reaches the
+/// subscriber whichever core the publisher is on.
 #[derive(Debug)]
-pub struct PendingSubscribe {
+pub(super) struct PendingSubscribe {
+    key: SessionKey,
+    /// The connection that sent it: if the session moved on to another
+    /// connection meanwhile, no SUBACK is owed to the new one.
+    conn: ConnId,
     pid: Pid,
     codes: Vec<u8>,
-    added: Vec<(TopicFilter, SubEntry)>,
+    added: Vec<(SubFilter, SubEntry)>,
     existed: Vec<bool>,
-    /// Resolves when every other core acknowledged; `None`: nothing to wait for.
-    pub barrier: Option<oneshot::Receiver<()>>,
+    /// Acknowledgements still to come.
+    remaining: usize,
 }
 
 impl Core {
+    /// Makes the subscriptions effective here and announces them. Answers now
+    /// when no other core must acknowledge; otherwise the connection pauses
+    /// until the last acknowledgement completes the SUBSCRIBE.
     pub(super) fn subscribe(
         &mut self,
         key: SessionKey,
         pid: Pid,
         codes: Vec<u8>,
-        added: Vec<(TopicFilter, SubEntry)>,
+        added: Vec<(SubFilter, SubEntry)>,
         existed: Vec<bool>,
-    ) -> PendingSubscribe {
+        now: Time,
+    ) -> Next {
         let token = self.next_token;
-        let mut waits = 0;
+        self.next_token += 1;
+        let mut remaining = 0;
         for (filter, entry) in &added {
-            waits += self.subscribe_one(key, filter, *entry, token);
+            remaining += self.subscribe_one(key, filter, *entry, token);
         }
-        let barrier = (waits > 0).then(|| {
-            self.next_token += 1;
-            let (done, wait) = oneshot::channel();
-            let barrier = Barrier {
-                remaining: waits,
-                done,
-            };
-            self.barriers.insert(token, barrier);
-            wait
-        });
-        PendingSubscribe {
+        let Some(conn) = self.sessions.get(key).and_then(|e| e.conn) else {
+            return Next::Continue;
+        };
+        let pending = PendingSubscribe {
+            key,
+            conn,
             pid,
             codes,
             added,
             existed,
-            barrier,
+            remaining,
+        };
+        if remaining == 0 {
+            self.complete_subscribe(pending, now);
+            return Next::Continue;
+        }
+        self.pending_subscribes.insert(token, pending);
+        Next::Pause
+    }
+
+    /// One more core acknowledged barrier `token`.
+    pub(super) fn interest_acked(&mut self, token: u64, now: Time) {
+        let Some(pending) = self.pending_subscribes.get_mut(&token) else {
+            return;
+        };
+        pending.remaining -= 1;
+        if pending.remaining > 0 {
+            return;
+        }
+        if let Some(pending) = self.pending_subscribes.remove(&token) {
+            let conn = pending.conn;
+            if self.complete_subscribe(pending, now) {
+                self.outbox.resume.push(conn);
+            }
         }
     }
 
@@ -62,24 +87,25 @@ impl Core {
     fn subscribe_one(
         &mut self,
         key: SessionKey,
-        filter: &TopicFilter,
+        filter: &SubFilter,
         entry: SubEntry,
         token: u64,
     ) -> usize {
-        if let Some(Ok(shared)) = parse_shared(filter.as_str()) {
-            let share: Arc<str> = filter.as_str().into();
-            let member = Member {
-                key,
-                opts: entry.opts,
-                id: entry.id,
-            };
-            if !self.shared.join(&share, member) {
-                return 0;
+        let filter = match filter {
+            SubFilter::Shared(share) => {
+                let member = Member {
+                    key,
+                    opts: entry.opts,
+                    id: entry.id,
+                };
+                if !self.shared.join(share, member) {
+                    return 0;
+                }
+                self.counters.subscriptions_current += 1;
+                return self.announce_shared(share, 1, Some(token));
             }
-            self.counters.subscriptions_current += 1;
-            let inner = shared.filter.to_owned();
-            return self.announce_shared(&share, &inner, 1, Some(token));
-        }
+            SubFilter::Plain(filter) => filter,
+        };
         let list = self.subs.get_or_insert_with(filter.as_str(), Vec::new);
         let sub = Subscriber {
             key,
@@ -105,13 +131,17 @@ impl Core {
 
     /// Sends SUBACK, then the retained messages the new subscriptions match
     /// (RETAIN=1 [MQTT-3.3.1-8]), per 5.0 retain handling. Shared subscriptions
-    /// get no retained messages [MQTT-4.8.2].
-    pub fn complete_subscribe(&mut self, key: SessionKey, pending: PendingSubscribe, now: u64) {
+    /// get no retained messages [MQTT-4.8.2]. False when the connection that
+    /// subscribed is gone.
+    fn complete_subscribe(&mut self, pending: PendingSubscribe, now: Time) -> bool {
         let limits = self.limits.clone();
-        let Some(e) = self.sessions.get_mut(key) else {
-            return;
-        };
-        e.session.send_suback(pending.pid, pending.codes);
+        let key = pending.key;
+        match self.sessions.get_mut(key) {
+            Some(e) if e.conn == Some(pending.conn) => {
+                e.session.send_suback(pending.pid, pending.codes)
+            }
+            _ => return false,
+        }
         let mut found = Vec::new();
         for ((filter, entry), existed) in pending.added.iter().zip(pending.existed) {
             let send = match entry.opts.retain_handling {
@@ -119,7 +149,10 @@ impl Core {
                 1 => !existed,
                 _ => false,
             };
-            if send && parse_shared(filter.as_str()).is_none() {
+            let SubFilter::Plain(filter) = filter else {
+                continue;
+            };
+            if send {
                 self.retained.for_each_matching(filter.as_str(), |_, msg| {
                     found.push(Routed {
                         msg: msg.clone(),
@@ -137,17 +170,20 @@ impl Core {
             self.counters.count(outcome);
         }
         self.mark_dirty(key);
+        true
     }
 
-    pub(super) fn unsubscribe_one(&mut self, key: SessionKey, filter: &TopicFilter) {
-        if let Some(Ok(shared)) = parse_shared(filter.as_str()) {
-            if self.shared.leave(filter.as_str(), key) {
-                self.counters.subscriptions_current -= 1;
-                let share: Arc<str> = filter.as_str().into();
-                self.announce_shared(&share, shared.filter, -1, None);
+    pub(super) fn unsubscribe_one(&mut self, key: SessionKey, filter: &SubFilter) {
+        let filter = match filter {
+            SubFilter::Shared(share) => {
+                if self.shared.leave(share, key) {
+                    self.counters.subscriptions_current -= 1;
+                    self.announce_shared(share, -1, None);
+                }
+                return;
             }
-            return;
-        }
+            SubFilter::Plain(filter) => filter,
+        };
         let Some(list) = self.subs.get_mut(filter.as_str()) else {
             return;
         };
@@ -163,17 +199,15 @@ impl Core {
     /// A shared member counts only while connected: this (de)activates all of a
     /// session's shared subscriptions when its connection comes or goes.
     pub(super) fn activate_shared(&mut self, key: SessionKey, active: bool) {
-        let entries: Vec<(TopicFilter, SubEntry)> = self.sessions[key]
+        let shares: Vec<(SharedFilter, SubEntry)> = self.sessions[key]
             .session
             .subscriptions()
-            .filter(|(f, _)| parse_shared(f.as_str()).is_some())
-            .map(|(f, e)| (f.clone(), *e))
+            .filter_map(|(f, e)| match f {
+                SubFilter::Shared(share) => Some((share.clone(), *e)),
+                SubFilter::Plain(_) => None,
+            })
             .collect();
-        for (filter, entry) in entries {
-            let Some(Ok(shared)) = parse_shared(filter.as_str()) else {
-                continue;
-            };
-            let share: Arc<str> = filter.as_str().into();
+        for (share, entry) in shares {
             let changed = if active {
                 let member = Member {
                     key,
@@ -185,7 +219,7 @@ impl Core {
                 self.shared.leave(&share, key)
             };
             if changed {
-                self.announce_shared(&share, shared.filter, if active { 1 } else { -1 }, None);
+                self.announce_shared(&share, if active { 1 } else { -1 }, None);
             }
         }
     }
@@ -194,16 +228,18 @@ impl Core {
     /// many acknowledgements to wait for.
     fn announce_interest(&mut self, filter: &TopicFilter, add: bool, ack: Option<u64>) -> usize {
         self.apply_interest(filter, self.id, add);
-        let others: Vec<usize> = (0..self.cores).filter(|c| *c != self.id).collect();
-        for &core in &others {
-            self.outbox[core].push(MeshMsg::Interest {
+        let mut told = 0;
+        for core in other_cores(self.id, self.cores) {
+            let msg = MeshMsg::Interest {
                 filter: filter.clone(),
                 core: self.id,
                 add,
                 ack,
-            });
+            };
+            self.outbox.send(core, msg);
+            told += 1;
         }
-        others.len()
+        told
     }
 
     pub(super) fn apply_interest(&mut self, filter: &TopicFilter, core: usize, add: bool) {
@@ -220,28 +256,26 @@ impl Core {
     }
 
     /// Applies a member-count change of a shared group here and on every core.
-    fn announce_shared(
-        &mut self,
-        share: &Arc<str>,
-        inner: &str,
-        delta: i32,
-        ack: Option<u64>,
-    ) -> usize {
-        self.apply_shared(share, inner, self.id, delta);
-        let others: Vec<usize> = (0..self.cores).filter(|c| *c != self.id).collect();
-        for &core in &others {
-            self.outbox[core].push(MeshMsg::SharedInterest {
+    /// Returns how many acknowledgements to wait for.
+    fn announce_shared(&mut self, share: &SharedFilter, delta: i32, ack: Option<u64>) -> usize {
+        self.apply_shared(share, self.id, delta);
+        let mut told = 0;
+        for core in other_cores(self.id, self.cores) {
+            let msg = MeshMsg::SharedInterest {
                 share: share.clone(),
                 core: self.id,
                 delta,
                 ack,
-            });
+            };
+            self.outbox.send(core, msg);
+            told += 1;
         }
-        others.len()
+        told
     }
 
-    pub(super) fn apply_shared(&mut self, share: &Arc<str>, inner: &str, core: usize, delta: i32) {
+    pub(super) fn apply_shared(&mut self, share: &SharedFilter, core: usize, delta: i32) {
         let cores = self.cores;
+        let inner = share.filter().as_str();
         let groups = self.shared_index.get_or_insert_with(inner, Vec::new);
         let i = match groups.iter().position(|g| g.share == *share) {
             Some(i) => i,

@@ -4,16 +4,31 @@
 
 use std::sync::Arc;
 
+use super::interest::other_cores;
 use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
 use crate::codec::QoS;
 use crate::message::Message;
-use crate::session::Routed;
-use crate::topic::share::parse_shared;
+use crate::session::{Routed, Routing};
+use crate::time::Time;
+use crate::topic::SharedFilter;
 
 impl Core {
+    /// A client's PUBLISH: routed unless it writes the broker's own topics.
+    pub(super) fn publish_from_client(&mut self, msg: Arc<Message>, now: Time) -> Routing {
+        if msg.topic.is_sys() {
+            self.counters.dropped_sys_publish += 1;
+            return Routing::NotAuthorized;
+        }
+        if self.route(msg, now) {
+            Routing::Delivered
+        } else {
+            Routing::NoSubscribers
+        }
+    }
+
     /// Routes a message published on (or by a will of) this core. Returns
     /// whether any subscription or shared group matched it.
-    pub fn route(&mut self, msg: Arc<Message>, now: u64) -> bool {
+    pub fn route(&mut self, msg: Arc<Message>, now: Time) -> bool {
         let mut targets = CoreSet::default();
         self.interest
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
@@ -22,10 +37,9 @@ impl Core {
         if msg.retain {
             self.update_retained(&msg);
         }
-        for core in (0..self.cores).filter(|c| *c != self.id) {
-            if targets.contains(core) {
-                self.outbox[core].push(MeshMsg::Publish { msg: msg.clone() });
-            }
+        for core in other_cores(self.id, self.cores).filter(|c| targets.contains(*c)) {
+            self.outbox
+                .send(core, MeshMsg::Publish { msg: msg.clone() });
         }
         if targets.contains(self.id) {
             self.deliver_local(&msg, now);
@@ -37,7 +51,7 @@ impl Core {
     /// Fans a message out to this core's subscribers: once per session, at the
     /// highest QoS among its matching subscriptions (capped by the publish QoS),
     /// with every matching 5.0 subscription identifier.
-    fn deliver_local(&mut self, msg: &Arc<Message>, now: u64) {
+    fn deliver_local(&mut self, msg: &Arc<Message>, now: Time) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let sessions = &self.sessions;
@@ -95,7 +109,7 @@ impl Core {
         msg: &Message,
         retain: bool,
         ids: &[u32],
-        now: u64,
+        now: Time,
     ) {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
@@ -107,7 +121,7 @@ impl Core {
         }
     }
 
-    fn deliver_to(&mut self, key: SessionKey, item: Routed, now: u64) {
+    fn deliver_to(&mut self, key: SessionKey, item: Routed, now: Time) {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
@@ -120,8 +134,8 @@ impl Core {
 
     /// Each shared group whose filter matches gets the message once.
     /// Returns whether any group matched.
-    fn route_shared_groups(&mut self, msg: &Arc<Message>, now: u64) -> bool {
-        let mut shares: Vec<Arc<str>> = Vec::new();
+    fn route_shared_groups(&mut self, msg: &Arc<Message>, now: Time) -> bool {
+        let mut shares: Vec<SharedFilter> = Vec::new();
         self.shared_index
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |groups| {
                 shares.extend(groups.iter().map(|g| g.share.clone()));
@@ -137,28 +151,28 @@ impl Core {
     fn route_to_group(
         &mut self,
         msg: &Arc<Message>,
-        share: Arc<str>,
+        share: SharedFilter,
         exclude: Option<usize>,
         hops: u8,
-        now: u64,
+        now: Time,
     ) {
-        let Some(Ok(parsed)) = parse_shared(&share) else {
-            return;
-        };
         let publisher = msg.publisher.as_deref();
         let picker = &mut self.picker;
         let core = self
             .shared_index
-            .get_mut(parsed.filter)
+            .get_mut(share.filter().as_str())
             .and_then(|groups| groups.iter_mut().find(|g| g.share == share))
             .and_then(|g| g.pick_core(picker, publisher, exclude));
         match core {
             Some(c) if c == self.id => self.deliver_shared(msg, share, hops, now),
-            Some(c) => self.outbox[c].push(MeshMsg::SharedPublish {
-                msg: msg.clone(),
-                share,
-                hops,
-            }),
+            Some(c) => {
+                let msg = MeshMsg::SharedPublish {
+                    msg: msg.clone(),
+                    share,
+                    hops,
+                };
+                self.outbox.send(c, msg);
+            }
             None => self.counters.dropped_shared_no_member += 1,
         }
     }
@@ -168,9 +182,9 @@ impl Core {
     pub(super) fn deliver_shared(
         &mut self,
         msg: &Arc<Message>,
-        share: Arc<str>,
+        share: SharedFilter,
         hops: u8,
-        now: u64,
+        now: Time,
     ) {
         let publisher = msg.publisher.as_deref();
         let member = match self.shared.local.get_mut(&share) {
@@ -196,7 +210,7 @@ impl Core {
     }
 
     /// A shared message its member did not acknowledge: to another member.
-    pub(super) fn reroute_shared(&mut self, item: Routed, now: u64) {
+    pub(super) fn reroute_shared(&mut self, item: Routed, now: Time) {
         if let Some(share) = item.shared {
             self.route_to_group(&item.msg, share, None, 0, now);
         }
@@ -207,23 +221,23 @@ impl Core {
     fn update_retained(&mut self, msg: &Arc<Message>) {
         let owner = owner_core(msg.topic.as_str(), self.cores);
         if owner != self.id {
-            let msg = msg.clone();
-            self.outbox[owner].push(MeshMsg::Retain {
-                msg,
+            let msg = MeshMsg::Retain {
+                msg: msg.clone(),
                 from_owner: false,
-            });
+            };
+            self.outbox.send(owner, msg);
             return;
         }
         if !self.store_retained(msg) {
             self.counters.dropped_retained_cap += 1;
             return;
         }
-        for core in (0..self.cores).filter(|c| *c != self.id) {
-            let msg = msg.clone();
-            self.outbox[core].push(MeshMsg::Retain {
-                msg,
+        for core in other_cores(self.id, self.cores) {
+            let msg = MeshMsg::Retain {
+                msg: msg.clone(),
                 from_owner: true,
-            });
+            };
+            self.outbox.send(core, msg);
         }
     }
 
@@ -234,9 +248,8 @@ impl Core {
         stored
     }
 
-    /// Applies one message from another core. A handoff or shutdown is returned to
-    /// the caller, which owns sockets.
-    pub fn handle_mesh(&mut self, msg: MeshMsg, now: u64) -> Option<MeshMsg> {
+    /// Applies one message from another core.
+    pub fn handle_mesh(&mut self, msg: MeshMsg, now: Time) {
         match msg {
             MeshMsg::Publish { msg } => self.deliver_local(&msg, now),
             MeshMsg::Retain {
@@ -258,7 +271,7 @@ impl Core {
             } => {
                 self.apply_interest(&filter, core, add);
                 if let Some(token) = ack {
-                    self.outbox[core].push(MeshMsg::InterestAck { token });
+                    self.outbox.send(core, MeshMsg::InterestAck { token });
                 }
             }
             MeshMsg::SharedInterest {
@@ -267,21 +280,16 @@ impl Core {
                 delta,
                 ack,
             } => {
-                if let Some(Ok(parsed)) = parse_shared(&share) {
-                    let inner = parsed.filter.to_owned();
-                    self.apply_shared(&share, &inner, core, delta);
-                }
+                self.apply_shared(&share, core, delta);
                 if let Some(token) = ack {
-                    self.outbox[core].push(MeshMsg::InterestAck { token });
+                    self.outbox.send(core, MeshMsg::InterestAck { token });
                 }
             }
             MeshMsg::SharedPublish { msg, share, hops } => {
                 self.deliver_shared(&msg, share, hops, now)
             }
-            MeshMsg::InterestAck { token } => self.interest_acked(token),
-            other => return Some(other),
+            MeshMsg::InterestAck { token } => self.interest_acked(token, now),
         }
-        None
     }
 }
 

@@ -7,17 +7,16 @@
 //! message to the core holding it; that core picks among its own members.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::interest::owner_core;
 use super::SessionKey;
-use crate::config::SharedStrategy;
+use crate::limits::SharedStrategy;
+use crate::topic::SharedFilter;
 
 /// The replicated view of one group.
 #[derive(Debug)]
 pub struct GroupCounts {
-    /// The whole `$share/g/f` filter: the group's identity.
-    pub share: Arc<str>,
+    pub share: SharedFilter,
     /// Connected members per core.
     pub counts: Vec<u32>,
     pub total: u32,
@@ -25,7 +24,7 @@ pub struct GroupCounts {
 }
 
 impl GroupCounts {
-    pub fn new(share: Arc<str>, cores: usize) -> GroupCounts {
+    pub fn new(share: SharedFilter, cores: usize) -> GroupCounts {
         GroupCounts {
             share,
             counts: vec![0; cores],
@@ -132,12 +131,12 @@ impl Picker {
 /// This core's shared-subscription state.
 #[derive(Debug, Default)]
 pub struct SharedGroups {
-    pub local: HashMap<Arc<str>, LocalGroup>,
+    pub local: HashMap<SharedFilter, LocalGroup>,
 }
 
 impl SharedGroups {
     /// Adds or updates a member; true when it joined (was not a member).
-    pub fn join(&mut self, share: &Arc<str>, member: Member) -> bool {
+    pub fn join(&mut self, share: &SharedFilter, member: Member) -> bool {
         let group = self.local.entry(share.clone()).or_default();
         match group.members.iter_mut().find(|m| m.key == member.key) {
             Some(m) => {
@@ -152,7 +151,7 @@ impl SharedGroups {
     }
 
     /// Removes a member; true when it was one.
-    pub fn leave(&mut self, share: &str, key: SessionKey) -> bool {
+    pub fn leave(&mut self, share: &SharedFilter, key: SessionKey) -> bool {
         let Some(group) = self.local.get_mut(share) else {
             return false;
         };
@@ -169,10 +168,18 @@ impl SharedGroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic::{SubFilter, TopicFilter};
+
+    fn share(text: &'static str) -> SharedFilter {
+        match SubFilter::parse(TopicFilter::from_static(text)) {
+            Ok(SubFilter::Shared(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn round_robin_over_cores_is_weighted_by_members() {
-        let mut g = GroupCounts::new("$share/g/t".into(), 3);
+        let mut g = GroupCounts::new(share("$share/g/t"), 3);
         g.apply(0, 1);
         g.apply(2, 3);
         let mut p = Picker::new(SharedStrategy::RoundRobin, 1);

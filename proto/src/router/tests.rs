@@ -6,8 +6,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::codec::{decode, Pid, Properties, Protocol, Publish, QoS, QosPid, Subscribe};
-use crate::config::{Config, Limits};
+use crate::codec::{decode, Connect, Pid, Properties, Protocol, Publish, QoS, QosPid, Subscribe};
+
+const T0: Time = Time::ZERO;
 
 /// A 3.1.1 CONNECT for `id`.
 fn v3_connect(id: &str, clean: bool) -> Connect {
@@ -25,48 +26,39 @@ fn v3_connect(id: &str, clean: bool) -> Connect {
 
 struct Cluster {
     cores: Vec<Core>,
-    mesh: Arc<Mesh>,
-    inboxes: Vec<Inbox>,
 }
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
-        let (mesh, inboxes) = mesh(n, 64);
-        let limits = Arc::new(Config::default().limits);
+        let limits = Arc::new(Limits::default());
         let cores = (0..n)
             .map(|i| Core::new(i, n, limits.clone(), SharedStrategy::RoundRobin))
             .collect();
-        Cluster {
-            cores,
-            mesh,
-            inboxes,
-        }
+        Cluster { cores }
     }
 
-    /// Delivers every queued mesh message until all queues are quiet.
+    /// Carries every outbox batch to its core, as the server's mesh would, until
+    /// all cores are quiet.
     fn settle(&mut self) {
         loop {
-            let mut moved = false;
+            let mut moved = Vec::new();
             for core in &mut self.cores {
-                core.flush(&self.mesh);
+                moved.extend(core.outbox.take_batches());
             }
-            for (i, inbox) in self.inboxes.iter().enumerate() {
-                while let Ok(batch) = inbox.rx.try_recv() {
-                    moved = true;
-                    for msg in batch {
-                        assert!(self.cores[i].handle_mesh(msg, 0).is_none());
-                    }
-                }
-            }
-            if !moved {
+            if moved.is_empty() {
                 return;
+            }
+            for (dest, batch) in moved {
+                for msg in batch {
+                    self.cores[dest].handle_mesh(msg, T0);
+                }
             }
         }
     }
 
     fn connect(&mut self, core: usize, id: &str, clean: bool) -> SessionKey {
         let c = v3_connect(id, clean);
-        let attached = self.cores[core].connect(&c, id.into(), 1, 0, false);
+        let attached = self.cores[core].connect(&c, id.into(), 1, T0, false);
         self.take_packets(core, attached.key);
         attached.key
     }
@@ -83,19 +75,15 @@ impl Cluster {
             )],
             properties: Properties::default(),
         });
-        let mut f = Followup::default();
-        self.cores[core].handle_packet(key, 0, sub, &mut f).unwrap();
-        let mut pending = f.subscribe.unwrap();
-        let mut barrier = pending.barrier.take();
+        let next = self.cores[core].handle_packet(key, T0, sub).unwrap();
+        self.cores[core].outbox.resume.clear();
         self.settle();
-        if let Some(b) = barrier.as_mut() {
-            assert_eq!(
-                b.try_recv(),
-                Ok(Some(())),
-                "every core acknowledged the interest"
-            );
+        let resumed = std::mem::take(&mut self.cores[core].outbox.resume);
+        match next {
+            Next::Pause => assert_eq!(resumed, [1], "every core acknowledged the interest"),
+            Next::Continue => assert!(resumed.is_empty()),
+            Next::Disconnect => panic!("SUBSCRIBE ended the connection"),
         }
-        self.cores[core].complete_subscribe(key, pending, 0);
     }
 
     fn publish(
@@ -114,8 +102,7 @@ impl Cluster {
             properties: Properties::default(),
             payload: Bytes::from_static(payload),
         });
-        let mut f = Followup::default();
-        self.cores[core].handle_packet(key, 0, p, &mut f).unwrap();
+        self.cores[core].handle_packet(key, T0, p).unwrap();
         self.settle();
     }
 
@@ -163,7 +150,7 @@ fn unsubscribe_withdraws_interest() {
     let mut c = Cluster::new(2);
     let sub = c.connect(1, "sub", true);
     c.subscribe(1, sub, "x", QoS::AtMostOnce);
-    c.cores[1].disconnected(sub, 1, 0);
+    c.cores[1].disconnected(sub, 1, T0);
     c.settle();
     let publ = c.connect(0, "pub", true);
     c.publish(0, publ, "x", false, b"1");
@@ -214,12 +201,15 @@ fn takeover_resumes_persistent_session() {
     let first = c.connect(0, "dev", false);
     c.subscribe(0, first, "t", QoS::AtLeastOnce);
     let connect = v3_connect("dev", false);
-    let again = c.cores[0].connect(&connect, "dev".into(), 2, 0, false);
+    let again = c.cores[0].connect(&connect, "dev".into(), 2, T0, false);
     assert!(again.session_present);
     assert_eq!(again.key, first);
-    assert_eq!(c.cores[0].closing, vec![(1, CloseReason::SessionTakenOver)]);
+    assert_eq!(
+        c.cores[0].outbox.close,
+        [(1, CloseReason::SessionTakenOver)]
+    );
     // The old connection's end is ignored: the session belongs to connection 2.
-    c.cores[0].disconnected(first, 1, 0);
+    c.cores[0].disconnected(first, 1, T0);
     assert_eq!(c.cores[0].counters.sessions_current, 1);
 }
 
@@ -239,10 +229,7 @@ fn concurrent_retained_updates_converge_on_every_replica() {
             properties: Properties::default(),
             payload: Bytes::from_static(payload),
         });
-        let mut f = Followup::default();
-        c.cores[core]
-            .handle_packet(keys[core], 0, p, &mut f)
-            .unwrap();
+        c.cores[core].handle_packet(keys[core], T0, p).unwrap();
     }
     c.settle();
     let held: Vec<Vec<u8>> = c
@@ -284,7 +271,7 @@ fn persistent_shared_member_hands_unacked_messages_over_on_disconnect() {
     let (got1, got2) = (c.publishes(0, m1).len(), c.publishes(1, m2).len());
     assert_eq!((got1, got2), (2, 2), "round-robin over the two members");
     // m1 goes away without acknowledging; its session stays (clean session 0).
-    c.cores[0].disconnected(m1, 1, 0);
+    c.cores[0].disconnected(m1, 1, T0);
     c.settle();
     assert_eq!(
         c.publishes(1, m2).len(),
@@ -299,23 +286,26 @@ fn persistent_shared_member_hands_unacked_messages_over_on_disconnect() {
 
 #[test]
 fn persistent_client_expiration_ends_offline_311_sessions() {
-    let (mesh, _inboxes) = mesh(1, 8);
     let limits = Arc::new(Limits {
         persistent_client_expiration: 60,
-        ..Config::default().limits
+        ..Limits::default()
     });
     let mut core = Core::new(0, 1, limits, SharedStrategy::RoundRobin);
     let connect = v3_connect("dev", false);
-    let a = core.connect(&connect, "dev".into(), 1, 0, false);
-    core.disconnected(a.key, 1, 1_000);
-    core.tick(60_999);
+    let a = core.connect(&connect, "dev".into(), 1, T0, false);
+    core.disconnected(a.key, 1, Time::from_millis(1_000));
+    core.tick(Time::from_millis(60_999));
     assert!(
         core.session(a.key).is_some(),
         "kept until the expiration passes"
     );
-    core.tick(61_000);
+    core.tick(Time::from_millis(61_000));
     assert!(core.session(a.key).is_none(), "ended once it passed");
-    assert!(core.flush(&mesh));
+    assert_eq!(
+        core.outbox.take_batches().count(),
+        0,
+        "one core: nothing to send"
+    );
 }
 
 #[test]
@@ -332,16 +322,15 @@ fn shared_qos2_in_flight_stays_with_its_member() {
             properties: Properties::default(),
             payload: Bytes::from_static(b"x"),
         });
-        let mut f = Followup::default();
-        c.cores[0].handle_packet(publ, 0, p, &mut f).unwrap();
+        c.cores[0].handle_packet(publ, T0, p).unwrap();
         c.settle();
         // Release it so the next publish with the same id is routed again.
         let rel = Packet::PubRel(crate::codec::Ack::new(Pid::new(7).unwrap()));
-        c.cores[0].handle_packet(publ, 0, rel, &mut f).unwrap();
+        c.cores[0].handle_packet(publ, T0, rel).unwrap();
     }
     assert_eq!(c.publishes(0, m1).len(), 1);
     assert_eq!(c.publishes(1, m2).len(), 1);
-    c.cores[0].disconnected(m1, 1, 0);
+    c.cores[0].disconnected(m1, 1, T0);
     c.settle();
     // QoS 2 delivery to m1 had started: it must not reach m2 [MQTT-4.8.2-5].
     assert!(c.publishes(1, m2).is_empty());

@@ -1,0 +1,152 @@
+//! Sessions and their connections: attach (new, resumed or taken over),
+//! detach, wills and session expiry.
+
+use std::sync::Arc;
+
+use super::{Attached, CloseReason, ConnId, Core, Entry, SessionKey};
+use crate::codec::Connect;
+use crate::session::{Session, WillRelease};
+use crate::time::Time;
+
+impl Core {
+    /// Binds a connection to the session of `client_id`, taking over any existing
+    /// connection (its will is published) and honouring clean start. Writes
+    /// CONNACK, then anything the session owes the client.
+    pub fn connect(
+        &mut self,
+        connect: &Connect,
+        client_id: Arc<str>,
+        conn: ConnId,
+        now: Time,
+        assigned_id: bool,
+    ) -> Attached {
+        let limits = self.limits.clone();
+        if let Some(&key) = self.by_client_id.get(&client_id) {
+            self.take_over(key, now);
+            let resumable = self.sessions[key].session.is_persistent();
+            if connect.clean_start || !resumable {
+                self.end_session(key, now);
+            } else {
+                self.resume(key, connect, conn, now);
+                return Attached {
+                    key,
+                    session_present: true,
+                };
+            }
+        }
+        let mut session = Session::new(client_id.clone(), connect, &limits, now);
+        session.send_connack(false, assigned_id.then_some(&*client_id), &limits);
+        let key = self.sessions.insert(Entry {
+            session: Box::new(session),
+            conn: Some(conn),
+            dirty: false,
+            expires_at: None,
+            delayed_will: None,
+        });
+        self.by_client_id.insert(client_id, key);
+        self.counters.sessions_current += 1;
+        self.counters.connections_current += 1;
+        self.mark_dirty(key);
+        Attached {
+            key,
+            session_present: false,
+        }
+    }
+
+    fn resume(&mut self, key: SessionKey, connect: &Connect, conn: ConnId, now: Time) {
+        let limits = self.limits.clone();
+        let e = &mut self.sessions[key];
+        e.conn = Some(conn);
+        e.dirty = false;
+        e.expires_at = None;
+        // Reconnecting within the will delay cancels the will [MQTT-3.1.3-9].
+        e.delayed_will = None;
+        e.session.attach(connect, &limits, now);
+        e.session.send_connack(true, None, &limits);
+        e.session.resume(&limits, now);
+        self.counters.connections_current += 1;
+        self.activate_shared(key, true);
+        self.mark_dirty(key);
+    }
+
+    /// Closes the current connection of session `key`, if any, publishing its will.
+    fn take_over(&mut self, key: SessionKey, now: Time) {
+        let limits = self.limits.clone();
+        let e = &mut self.sessions[key];
+        let Some(old) = e.conn.take() else {
+            return;
+        };
+        e.dirty = false;
+        let will = e.session.detach(&limits);
+        self.counters.takeovers += 1;
+        self.counters.connections_current -= 1;
+        self.outbox.close.push((old, CloseReason::SessionTakenOver));
+        self.activate_shared(key, false);
+        self.release_will(key, will, now);
+    }
+
+    /// The connection `conn` of session `key` ended. The session still holds a
+    /// will unless a DISCONNECT cleared it.
+    pub fn disconnected(&mut self, key: SessionKey, conn: ConnId, now: Time) {
+        let limits = self.limits.clone();
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if e.conn != Some(conn) {
+            return; // already taken over
+        }
+        e.conn = None;
+        e.dirty = false;
+        self.counters.connections_current -= 1;
+        let will = e.session.detach(&limits);
+        let expiry = e.session.session_expiry();
+        // A shared-group member that goes away hands what it has not acknowledged
+        // to another member, even if its session stays.
+        let unacked = e.session.take_shared_unacked();
+        self.activate_shared(key, false);
+        for item in unacked {
+            self.reroute_shared(item, now);
+        }
+        self.release_will(key, will, now);
+        match expiry {
+            0 => self.end_session(key, now),
+            u32::MAX => {}
+            secs => self.sessions[key].expires_at = Some(now.after_secs(secs)),
+        }
+    }
+
+    /// Publishes a will now, or parks it until its delay passes.
+    fn release_will(&mut self, key: SessionKey, will: Option<WillRelease>, now: Time) {
+        let Some(will) = will else {
+            return;
+        };
+        if will.delay == 0 {
+            self.publish_will(will, now);
+        } else {
+            let at = now.after_secs(will.delay);
+            self.sessions[key].delayed_will = Some(Box::new((at, will)));
+        }
+    }
+
+    pub(super) fn publish_will(&mut self, will: WillRelease, now: Time) {
+        self.counters.wills_published += 1;
+        self.route(will.into_message(now), now);
+    }
+
+    /// Ends a session: a pending will goes out [MQTT-3.1.2-8], subscriptions go.
+    pub(super) fn end_session(&mut self, key: SessionKey, now: Time) {
+        let mut e = self.sessions.remove(key);
+        self.by_client_id.remove(e.session.client_id());
+        self.counters.sessions_current -= 1;
+        if let Some((_, will)) = e.delayed_will.take().map(|b| *b) {
+            self.publish_will(will, now);
+        }
+        let filters: Vec<_> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
+        for filter in filters {
+            self.unsubscribe_one(key, &filter);
+        }
+        for item in e.session.take_shared_unacked() {
+            self.reroute_shared(item, now);
+        }
+    }
+}

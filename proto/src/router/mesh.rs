@@ -1,0 +1,49 @@
+//! What cores tell each other. The queues that carry these live in the server;
+//! the router only produces them (into its [`super::Outbox`]) and consumes
+//! them ([`super::Core::handle_mesh`]).
+
+use std::sync::Arc;
+
+use crate::message::Message;
+use crate::topic::{SharedFilter, TopicFilter};
+
+/// One message between cores' routers.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// A publish from another core, for this core's subscribers.
+    Publish {
+        msg: Arc<Message>,
+    },
+    /// A retained-store update. To the topic's owner core (`from_owner` false),
+    /// which orders updates and forwards them to every replica (`from_owner`
+    /// true), so all cores apply one topic's updates in the same order.
+    Retain {
+        msg: Arc<Message>,
+        from_owner: bool,
+    },
+    /// `core` gained (or lost) its first (last) subscriber of `filter`. With `ack`,
+    /// the sender waits for an [`MeshMsg::InterestAck`] before answering SUBACK.
+    Interest {
+        filter: TopicFilter,
+        core: usize,
+        add: bool,
+        ack: Option<u64>,
+    },
+    InterestAck {
+        token: u64,
+    },
+    /// A shared group's connected members on `core` changed by `delta`.
+    SharedInterest {
+        share: SharedFilter,
+        core: usize,
+        delta: i32,
+        ack: Option<u64>,
+    },
+    /// A message for one member of shared group `share` on this core. `hops`
+    /// bounds re-forwarding when the members left in the meantime.
+    SharedPublish {
+        msg: Arc<Message>,
+        share: SharedFilter,
+        hops: u8,
+    },
+}

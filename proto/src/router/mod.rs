@@ -1,0 +1,299 @@
+//! Per-core routing: this core's sessions, its subscription trie, the replicated
+//! interest index, shared-subscription counts and retained store.
+//!
+//! This is the only code that knows other cores exist, and it performs no I/O:
+//! inputs come in as calls (a packet from a connection, a message from another
+//! core, the time), and everything the core wants done goes into its
+//! [`Outbox`]: bytes to write (connections marked writable), connections to
+//! close or to resume, and batches of [`MeshMsg`] for other cores. The server
+//! drains the outbox after every call. Time comes in as [`Time`].
+
+mod delivery;
+mod interest;
+mod lifecycle;
+mod mesh;
+mod outbox;
+mod shared;
+mod subscriptions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use slab::Slab;
+
+pub use interest::{owner_core, CoreSet};
+pub use mesh::MeshMsg;
+pub use outbox::Outbox;
+
+use crate::codec::{Packet, SubOptions};
+use crate::counters::Counters;
+use crate::limits::{Limits, SharedStrategy};
+use crate::session::{Event, Session, Violation, WillRelease};
+use crate::store::RetainedStore;
+use crate::time::Time;
+use crate::topic::{trie::MatchScratch, Trie};
+use shared::{GroupCounts, Picker, SharedGroups};
+use subscriptions::PendingSubscribe;
+
+/// Index of a session in its core's table.
+pub type SessionKey = usize;
+/// Identifies one connection (a session outlives many).
+pub type ConnId = u64;
+
+/// Why the router asks the server to close a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    SessionTakenOver,
+    KeepAliveTimeout,
+    ServerShutdown,
+    /// The socket failed while writing.
+    WriteFailed,
+}
+
+/// What a connection does after one of its packets was handled. Ordered:
+/// of several outcomes, the greatest (the one that stops reading sooner) wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Next {
+    /// Go on with the next packet.
+    Continue,
+    /// Read nothing more until [`Outbox::resume`] names this connection: a
+    /// SUBACK waits until every core knows the new subscriptions, and the
+    /// client's later packets wait behind it.
+    Pause,
+    /// The client sent DISCONNECT: end the connection.
+    Disconnect,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Subscriber {
+    key: SessionKey,
+    opts: SubOptions,
+    id: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Boxed: the slab holds many entries and grows by doubling, so its slots
+    /// stay small and the session is allocated at its exact size.
+    session: Box<Session>,
+    conn: Option<ConnId>,
+    /// Listed in the outbox as writable and not yet written since.
+    dirty: bool,
+    /// Offline with a finite session expiry: when the session ends.
+    expires_at: Option<Time>,
+    /// A will waiting out its 5.0 will delay interval.
+    delayed_will: Option<Box<(Time, WillRelease)>>,
+}
+
+/// Result of attaching a connection to a session.
+#[derive(Clone, Copy, Debug)]
+pub struct Attached {
+    pub key: SessionKey,
+    pub session_present: bool,
+}
+
+/// One match of a publish against this core's subscriptions.
+#[derive(Clone, Copy, Debug)]
+struct Match {
+    key: SessionKey,
+    qos: crate::codec::QoS,
+    retain: bool,
+    id: Option<u32>,
+}
+
+/// Everything one core owns.
+pub struct Core {
+    pub id: usize,
+    cores: usize,
+    pub limits: Arc<Limits>,
+    sessions: Slab<Entry>,
+    by_client_id: HashMap<Arc<str>, SessionKey>,
+    subs: Trie<Vec<Subscriber>>,
+    interest: Trie<CoreSet>,
+    shared_index: Trie<Vec<GroupCounts>>,
+    shared: SharedGroups,
+    picker: Picker,
+    retained: RetainedStore,
+    /// SUBSCRIBEs whose SUBACK waits for other cores, by barrier token.
+    pending_subscribes: HashMap<u64, PendingSubscribe>,
+    next_token: u64,
+    scratch: MatchScratch,
+    matches: Vec<Match>,
+    /// Scratch for one delivery's subscription identifiers.
+    ids: Vec<u32>,
+    events: Vec<Event>,
+    pub counters: Counters,
+    /// What the server must do after this call.
+    pub outbox: Outbox,
+}
+
+impl Core {
+    pub fn new(id: usize, cores: usize, limits: Arc<Limits>, strategy: SharedStrategy) -> Core {
+        let retained = RetainedStore::new(limits.max_retained_messages, limits.max_retained_bytes);
+        Core {
+            id,
+            cores,
+            limits,
+            sessions: Slab::new(),
+            by_client_id: HashMap::new(),
+            subs: Trie::new(),
+            interest: Trie::new(),
+            shared_index: Trie::new(),
+            shared: SharedGroups::default(),
+            picker: Picker::new(strategy, 0x9e37_79b9_7f4a_7c15 ^ id as u64),
+            retained,
+            pending_subscribes: HashMap::new(),
+            next_token: 0,
+            scratch: MatchScratch::new(),
+            matches: Vec::new(),
+            ids: Vec::new(),
+            events: Vec::new(),
+            counters: Counters::default(),
+            outbox: Outbox::new(cores),
+        }
+    }
+
+    /// How many cores the broker runs.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    pub fn session(&self, key: SessionKey) -> Option<&Session> {
+        self.sessions.get(key).map(|e| &*e.session)
+    }
+
+    /// Collects the session's refill tally and, if it has bytes to write, lists
+    /// its connection as writable. Called after every call that touched it.
+    fn mark_dirty(&mut self, key: SessionKey) {
+        if let Some(e) = self.sessions.get_mut(key) {
+            let t = e.session.take_tally();
+            self.counters.messages_sent += t.sent;
+            self.counters.dropped_expired += t.expired;
+            self.counters.dropped_too_large += t.too_large;
+            if let Some(conn) = e.conn.filter(|_| !e.dirty && !e.session.tx.is_empty()) {
+                e.dirty = true;
+                self.outbox.writable.push(conn);
+            }
+        }
+    }
+
+    /// Bytes for connection `conn` to write, swapped with `spare` (an empty buffer
+    /// whose capacity is reused). `Err(spare)` when the session moved on or has
+    /// nothing to write.
+    pub fn take_tx(
+        &mut self,
+        key: SessionKey,
+        conn: ConnId,
+        spare: bytes::BytesMut,
+    ) -> Result<bytes::BytesMut, bytes::BytesMut> {
+        match self.sessions.get_mut(key) {
+            Some(e) if e.conn == Some(conn) => {
+                e.dirty = false;
+                if e.session.tx.is_empty() {
+                    Err(spare)
+                } else {
+                    Ok(std::mem::replace(&mut e.session.tx, spare))
+                }
+            }
+            _ => Err(spare),
+        }
+    }
+
+    /// After a write: refill the window from the queue.
+    pub fn written(&mut self, key: SessionKey, conn: ConnId, bytes: usize, now: Time) {
+        self.counters.bytes_sent += bytes as u64;
+        if let Some(e) = self.sessions.get_mut(key) {
+            if e.conn == Some(conn) {
+                e.session.pump(&self.limits, now);
+                self.mark_dirty(key);
+            }
+        }
+    }
+
+    // ---- packets ------------------------------------------------------------------
+
+    /// Handles one packet of session `key`'s connection.
+    pub fn handle_packet(
+        &mut self,
+        key: SessionKey,
+        now: Time,
+        packet: Packet,
+    ) -> Result<Next, Violation> {
+        // A scratch vector reused across packets: no allocation per publish.
+        let mut events = std::mem::take(&mut self.events);
+        if matches!(packet, Packet::Publish(_)) {
+            self.counters.messages_received += 1;
+        }
+        let result =
+            self.sessions[key]
+                .session
+                .handle_packet(now, packet, &self.limits, &mut events);
+        let mut next = Next::Continue;
+        for event in events.drain(..) {
+            next = next.max(self.handle_event(key, event, now));
+        }
+        self.events = events;
+        self.mark_dirty(key);
+        result.map(|()| next)
+    }
+
+    fn handle_event(&mut self, key: SessionKey, event: Event, now: Time) -> Next {
+        match event {
+            Event::Publish { msg, ack } => {
+                let routing = self.publish_from_client(msg, now);
+                if let (Some(ack), Some(e)) = (ack, self.sessions.get_mut(key)) {
+                    e.session.acknowledge(ack, routing);
+                }
+            }
+            Event::Subscribe {
+                pid,
+                codes,
+                added,
+                existed,
+            } => return self.subscribe(key, pid, codes, added, existed, now),
+            Event::Unsubscribe(filters) => {
+                for filter in filters {
+                    self.unsubscribe_one(key, &filter);
+                }
+            }
+            Event::Disconnect => return Next::Disconnect,
+        }
+        Next::Continue
+    }
+
+    // ---- time ---------------------------------------------------------------------
+
+    /// Periodic housekeeping: keep-alive expiry, stale QoS 2 state, delayed wills
+    /// and session expiry.
+    pub fn tick(&mut self, now: Time) {
+        let limits = self.limits.clone();
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        for (key, e) in self.sessions.iter_mut() {
+            if let Some(conn) = e.conn {
+                if e.session.keep_alive_expired(now) {
+                    self.outbox
+                        .close
+                        .push((conn, CloseReason::KeepAliveTimeout));
+                }
+                self.counters.awaiting_rel_expired +=
+                    e.session.expire_awaiting_rel(now, &limits) as u64;
+            }
+            if e.delayed_will.as_ref().is_some_and(|w| now >= w.0) {
+                wills.extend(e.delayed_will.take().map(|b| b.1));
+            }
+            if e.expires_at.is_some_and(|at| now >= at) {
+                expired.push(key);
+            }
+        }
+        for will in wills {
+            self.publish_will(will, now);
+        }
+        for key in expired {
+            self.end_session(key, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! What a core asks of the world after a call: bytes to write, connections to
+//! close or to read again, messages for other cores. The server drains it
+//! after every call into the core.
+
+use super::{CloseReason, ConnId, MeshMsg};
+
+/// One core's pending effects. Filled by the router, emptied by the server.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Per destination core, what to send it, in order.
+    mesh: Vec<Vec<MeshMsg>>,
+    /// Whether any of `mesh` is non-empty (checked after every call).
+    mesh_pending: bool,
+    /// Connections whose session has new bytes to write.
+    pub writable: Vec<ConnId>,
+    /// Connections to end, and why.
+    pub close: Vec<(ConnId, CloseReason)>,
+    /// Paused connections that may read again: their SUBACK is written.
+    pub resume: Vec<ConnId>,
+}
+
+impl Outbox {
+    pub fn new(cores: usize) -> Outbox {
+        Outbox {
+            mesh: (0..cores).map(|_| Vec::new()).collect(),
+            mesh_pending: false,
+            writable: Vec::new(),
+            close: Vec::new(),
+            resume: Vec::new(),
+        }
+    }
+
+    pub(super) fn send(&mut self, core: usize, msg: MeshMsg) {
+        self.mesh[core].push(msg);
+        self.mesh_pending = true;
+    }
+
+    /// Takes every non-empty batch for other cores, with its destination.
+    pub fn take_batches(&mut self) -> impl Iterator<Item = (usize, Vec<MeshMsg>)> + '_ {
+        let pending = std::mem::take(&mut self.mesh_pending);
+        self.mesh
+            .iter_mut()
+            .enumerate()
+            .filter(move |(_, batch)| pending && !batch.is_empty())
+            .map(|(core, batch)| (core, std::mem::take(batch)))
+    }
+
+    /// True when nothing waits to be drained.
+    pub fn is_empty(&self) -> bool {
+        !self.mesh_pending
+            && self.writable.is_empty()
+            && self.close.is_empty()
+            && self.resume.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_taken_once_per_destination() {
+        let mut out = Outbox::new(3);
+        assert!(out.is_empty());
+        out.send(2, MeshMsg::InterestAck { token: 1 });
+        out.send(2, MeshMsg::InterestAck { token: 2 });
+        out.send(0, MeshMsg::InterestAck { token: 3 });
+        assert!(!out.is_empty());
+        let taken: Vec<(usize, usize)> = out.take_batches().map(|(c, b)| (c, b.len())).collect();
+        assert_eq!(taken, [(0, 1), (2, 2)]);
+        assert!(out.is_empty());
+        assert_eq!(out.take_batches().count(), 0);
+    }
+}

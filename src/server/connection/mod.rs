@@ -1,0 +1,138 @@
+//! A connection is a thin adapter between a byte stream and the core: the
+//! reader hands every complete frame to the core, a writer task (only while
+//! there is output) writes what the session accumulated, and when either side
+//! ends it the connection closes cleanly: the last packets, the write side
+//! shut down, then the client's remaining input drained before the socket
+//! closes, so the client reads every acknowledgement and the DISCONNECT
+//! instead of a reset.
+//!
+//! Generic over the stream: anything monoio can split into halves that read
+//! (cancellably) and write serves here, so TLS or WebSocket streams plug in
+//! without touching the session or the router.
+
+mod reader;
+mod state;
+mod writer;
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Split, Splitable};
+
+use super::accept::{Accepted, ConnectionSlot};
+use super::context::{Ctx, Link};
+use crate::router::CloseReason;
+pub use state::Connection;
+
+/// How long a connection's last packets may take to reach a client before the
+/// socket is closed anyway: a client that stopped reading does not hold the
+/// close up.
+const FINISH_GRACE: Duration = Duration::from_secs(1);
+
+/// A byte stream a client connection can be served over.
+pub trait Transport: Split + AsyncWriteRent + CancelableAsyncReadRent + AsRawFd + 'static {}
+
+impl<T> Transport for T where T: Split + AsyncWriteRent + CancelableAsyncReadRent + AsRawFd + 'static
+{}
+
+/// Serves a connection whose session lives on this core, from CONNACK to close.
+pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, _slot: ConnectionSlot) {
+    let Accepted {
+        stream,
+        peer,
+        connect,
+        client_id,
+        assigned_id,
+        leftover,
+    } = accepted;
+    let id = ctx.next_conn_id();
+    let fd = stream.as_raw_fd();
+    let (mut rd, wr) = stream.into_split();
+    let now = ctx.now();
+    let (attached, max_out) = ctx.with_core(|core| {
+        let attached = core.connect(&connect, client_id.clone(), id, now, assigned_id);
+        let max_out = core
+            .session(attached.key)
+            .map_or(u32::MAX, |s| s.client_maximum_packet_size());
+        (attached, max_out)
+    });
+    let conn = Rc::new(Connection::new(
+        id,
+        attached.key,
+        connect.protocol,
+        max_out,
+        fd,
+        wr,
+    ));
+    // The CONNECT's bytes share the read buffer's allocation: release them so the
+    // buffer can be reused in place.
+    drop(connect);
+    ctx.add_link(id, conn.clone());
+    // The CONNACK (and anything resumed) was marked before the link existed.
+    conn.clone().wake_writer(&ctx);
+    tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
+    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id).await;
+    reader::log_end(&ctx, &conn, &client_id, &end);
+    let finished = finish_output(&ctx, &conn).await;
+    let now = ctx.now();
+    ctx.with_core(|core| core.disconnected(attached.key, id, now));
+    if finished && end.client_may_send() {
+        reader::drain(&conn, &mut rd).await;
+    }
+    ctx.remove_link(id);
+}
+
+/// Lets the last packets and the final DISCONNECT go out and shuts the write
+/// side, within [`FINISH_GRACE`]. False when the client did not take them in
+/// time: the socket is then shut at once.
+async fn finish_output<W: AsyncWriteRent + 'static>(
+    ctx: &Rc<Ctx>,
+    conn: &Rc<Connection<W>>,
+) -> bool {
+    let finished = match conn.begin_finishing() {
+        (Some(wr), _) => {
+            let flush = writer::write_loop(ctx.clone(), conn.clone(), wr);
+            monoio::time::timeout(FINISH_GRACE, Box::pin(flush))
+                .await
+                .is_ok()
+        }
+        (None, true) => {
+            let closed = conn.wait_output_closed();
+            monoio::time::timeout(FINISH_GRACE, Box::pin(closed))
+                .await
+                .is_ok()
+        }
+        (None, false) => true,
+    };
+    if !finished {
+        ctx.count(|c| c.close_aborts += 1);
+        conn.abort();
+    }
+    finished
+}
+
+impl<W: AsyncWriteRent + 'static> Link for Connection<W> {
+    fn wake_writer(self: Rc<Self>, ctx: &Rc<Ctx>) {
+        if let Some(wr) = self.start_writer() {
+            monoio::spawn(writer::write_loop(ctx.clone(), self, wr));
+        }
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.request_close(reason);
+    }
+
+    fn resume(&self) {
+        Connection::resume(self);
+    }
+}
+
+/// The unfilled part of `buf`: monoio reads into a buffer from its start, so a
+/// read that must append after a partial frame goes through this view.
+pub(super) fn spare_of(buf: BytesMut) -> SliceMut<BytesMut> {
+    let (len, cap) = (buf.len(), buf.capacity());
+    buf.slice_mut(len..cap)
+}

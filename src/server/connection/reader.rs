@@ -1,0 +1,235 @@
+//! The reader side of a connection: read into a buffer, hand every complete
+//! frame to the core in one call, and, when the connection ends, close it
+//! cleanly.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::io::CancelableAsyncReadRent;
+
+use super::spare_of;
+use super::state::Connection;
+use crate::codec::{decode, reason};
+use crate::router::{CloseReason, Next};
+use crate::server::accept::MIN_READ;
+use crate::server::context::Ctx;
+
+/// Why reading ended.
+#[derive(Debug)]
+pub(super) enum End {
+    /// The client closed its side.
+    Eof,
+    /// Reading failed (a reset, ...).
+    Failed(std::io::Error),
+    /// The client sent DISCONNECT.
+    Disconnected,
+    /// The client broke a rule (logged; its 5.0 DISCONNECT is the farewell).
+    Violation,
+    /// The broker ends the connection.
+    Closed(CloseReason),
+}
+
+impl End {
+    /// Whether the client may still be sending: then its input is drained
+    /// after the write side is shut down, so that closing does not reset the
+    /// connection before the client has read the broker's last packets.
+    pub(super) fn client_may_send(&self) -> bool {
+        match self {
+            End::Eof | End::Failed(_) | End::Closed(CloseReason::WriteFailed) => false,
+            End::Disconnected | End::Violation | End::Closed(_) => true,
+        }
+    }
+}
+
+/// What handling the buffered frames stopped at.
+enum Step {
+    /// Every complete frame handled.
+    Drained,
+    /// A SUBACK waits for other cores; the rest of the buffer waits for it.
+    Paused,
+    Ended(End),
+}
+
+/// Reads and handles packets until the connection ends.
+pub(super) async fn read_loop<R, W>(
+    ctx: &Rc<Ctx>,
+    conn: &Connection<W>,
+    rd: &mut R,
+    mut buf: BytesMut,
+    client_id: &str,
+) -> End
+where
+    R: CancelableAsyncReadRent,
+{
+    let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
+    loop {
+        match handle_frames(ctx, conn, &mut buf, client_id) {
+            Step::Drained => {}
+            Step::Paused => {
+                conn.wait_resumed().await;
+                continue;
+            }
+            Step::Ended(end) => return end,
+        }
+        if ctx.mesh_backlog() {
+            // Boxed: rare, and its timer would otherwise enlarge every connection.
+            Box::pin(ctx.wait_mesh_drained()).await;
+        }
+        if let Some(reason) = conn.close_reason() {
+            return End::Closed(reason);
+        }
+        let room = sizer.prepare(&mut buf);
+        let (res, b) = rd
+            .cancelable_read(spare_of(buf), conn.cancel_handle())
+            .await;
+        buf = b.into_inner();
+        match res {
+            Ok(0) => return End::Eof,
+            Ok(n) => {
+                sizer.observe(n, room);
+                ctx.count(|c| c.bytes_received += n as u64);
+            }
+            Err(e) => {
+                return match conn.close_reason() {
+                    Some(reason) => End::Closed(reason),
+                    None => End::Failed(e),
+                }
+            }
+        }
+    }
+}
+
+/// Decodes every complete frame in `buf` and hands them to the core in one
+/// call, so that one read's publishes travel to other cores as one batch.
+fn handle_frames<W>(
+    ctx: &Rc<Ctx>,
+    conn: &Connection<W>,
+    buf: &mut BytesMut,
+    client_id: &str,
+) -> Step {
+    if conn.close_reason().is_some() {
+        return Step::Drained;
+    }
+    let max = ctx.shared.config.limits.max_packet_size;
+    // One clock read per read, not per packet.
+    let now = ctx.now();
+    let step = ctx.with_core(|core| loop {
+        let packet = match decode(buf, conn.protocol, max) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(Step::Drained),
+            Err(e) => return Err((e.to_string(), e.reason_code())),
+        };
+        match core.handle_packet(conn.key, now, packet) {
+            Ok(Next::Continue) => {}
+            Ok(Next::Pause) => return Ok(Step::Paused),
+            Ok(Next::Disconnect) => return Ok(Step::Ended(End::Disconnected)),
+            Err(v) => return Err((v.to_string(), v.reason_code())),
+        }
+    });
+    match step {
+        Ok(Step::Paused) => {
+            conn.pause();
+            Step::Paused
+        }
+        Ok(step) => step,
+        Err((rule, code)) => {
+            ctx.count(|c| c.protocol_violations += 1);
+            tracing::warn!(
+                client_id,
+                rule = rule.as_str(),
+                "closed: protocol violation"
+            );
+            conn.set_farewell(code, &rule);
+            Step::Ended(End::Violation)
+        }
+    }
+}
+
+/// Logs why reading ended and, when the broker ends the connection, sets the
+/// 5.0 DISCONNECT it sends last.
+pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: &End) {
+    let reason = match end {
+        End::Closed(reason) => reason,
+        End::Failed(e) => return tracing::debug!(client_id, error = %e, "read failed"),
+        End::Eof | End::Disconnected | End::Violation => return,
+    };
+    match reason {
+        CloseReason::KeepAliveTimeout => {
+            ctx.count(|c| c.keepalive_timeouts += 1);
+            tracing::info!(client_id, "closed: keep-alive expired [MQTT-3.1.2-24]");
+            conn.set_farewell(reason::KEEP_ALIVE_TIMEOUT, "keep-alive expired");
+        }
+        CloseReason::SessionTakenOver => {
+            tracing::info!(client_id, "closed: session taken over by a new connection");
+            conn.set_farewell(reason::SESSION_TAKEN_OVER, "session taken over");
+        }
+        CloseReason::ServerShutdown => {
+            conn.set_farewell(reason::SERVER_SHUTTING_DOWN, "server shutting down");
+        }
+        CloseReason::WriteFailed => tracing::debug!(client_id, "closed: write failed"),
+    }
+}
+
+/// How long and how much input is read and dropped after the broker shut its
+/// write side, waiting for the client to close: long enough for it to read
+/// the last packets and answer, short enough not to hold a socket for a
+/// client that never closes.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: usize = 1 << 20;
+
+/// Reads and discards input until the client closes, for at most
+/// [`DRAIN_TIME`] and [`DRAIN_BYTES`] (or until the broker shuts down).
+pub(super) async fn drain<R, W>(conn: &Connection<W>, rd: &mut R)
+where
+    R: CancelableAsyncReadRent,
+{
+    let drained = async {
+        let mut buf = BytesMut::with_capacity(MIN_READ);
+        let mut left = DRAIN_BYTES;
+        while left > 0 {
+            buf.clear();
+            let (res, b) = rd.cancelable_read(buf, conn.cancel_handle()).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => left = left.saturating_sub(n),
+                _ => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(DRAIN_TIME, drained).await;
+}
+
+/// Adapts each connection's read size: doubles while reads fill the buffer (a busy
+/// publisher gets big reads, few syscalls), halves back when they don't (an idle
+/// connection holds only [`MIN_READ`] bytes).
+struct ReadSizer {
+    next: usize,
+    max: usize,
+}
+
+impl ReadSizer {
+    fn new(max: usize) -> ReadSizer {
+        ReadSizer {
+            next: MIN_READ,
+            max: max.max(MIN_READ),
+        }
+    }
+
+    /// Makes room for the next read; returns the room made.
+    fn prepare(&self, buf: &mut BytesMut) -> usize {
+        if buf.is_empty() && buf.capacity() > 2 * self.next {
+            *buf = BytesMut::new();
+        }
+        buf.reserve(self.next);
+        buf.capacity() - buf.len()
+    }
+
+    fn observe(&mut self, read: usize, room: usize) {
+        if read == room {
+            self.next = (self.next * 2).min(self.max);
+        } else if read < self.next / 4 {
+            self.next = (self.next / 2).max(MIN_READ);
+        }
+    }
+}

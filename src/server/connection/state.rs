@@ -1,0 +1,202 @@
+//! A connection's state, shared by its reader and its writer.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+
+use monoio::io::{CancelHandle, Canceller};
+
+use crate::router::{CloseReason, ConnId, SessionKey};
+use crate::server::notify::Notify;
+
+/// Where a connection's output stands. The reader and the writer move it on;
+/// nothing else does.
+pub enum Output<W> {
+    /// Open, nothing to write: there is no writer task, the write half waits here.
+    Parked(W),
+    /// Open; a writer task owns the write half and runs until it is dry.
+    Writing,
+    /// The reader stopped: what is left, then the final DISCONNECT, then the
+    /// write side is shut down. Whoever holds the write half does it.
+    Finishing,
+    /// The write side is shut down (or failed).
+    Closed,
+}
+
+/// The 5.0 DISCONNECT the broker sends last, if it ends the connection.
+pub struct Farewell {
+    pub code: u8,
+    pub reason: Box<str>,
+}
+
+/// One client connection on this core, over the write half `W` of its stream.
+pub struct Connection<W> {
+    pub id: ConnId,
+    pub key: SessionKey,
+    pub protocol: crate::codec::Protocol,
+    /// The client's 5.0 Maximum Packet Size (bounds the final DISCONNECT).
+    pub max_packet_to_client: u32,
+    /// The socket, for an abortive close when the client stops reading.
+    fd: RawFd,
+    output: RefCell<Output<W>>,
+    /// Set once: why the broker ends the connection.
+    close: Cell<Option<CloseReason>>,
+    /// The reader waits for a SUBACK before reading on.
+    paused: Cell<bool>,
+    /// Wakes the reader: resumed, or told to close.
+    reader: Notify,
+    /// Rung when the write side was shut down.
+    closed: Notify,
+    /// Cancels the reader's pending read when the connection must end.
+    canceller: RefCell<Canceller>,
+    farewell: RefCell<Option<Farewell>>,
+}
+
+impl<W> Connection<W> {
+    pub fn new(
+        id: ConnId,
+        key: SessionKey,
+        protocol: crate::codec::Protocol,
+        max_packet_to_client: u32,
+        fd: RawFd,
+        write_half: W,
+    ) -> Connection<W> {
+        Connection {
+            id,
+            key,
+            protocol,
+            max_packet_to_client,
+            fd,
+            output: RefCell::new(Output::Parked(write_half)),
+            close: Cell::new(None),
+            paused: Cell::new(false),
+            reader: Notify::default(),
+            closed: Notify::default(),
+            canceller: RefCell::new(Canceller::new()),
+            farewell: RefCell::new(None),
+        }
+    }
+
+    /// Why the broker ends the connection, once it decided to.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close.get()
+    }
+
+    /// Ends the connection: cancels the pending read and wakes a paused reader.
+    /// The first reason given is the one that counts.
+    pub fn request_close(&self, reason: CloseReason) {
+        if self.close.get().is_none() {
+            self.close.set(Some(reason));
+        }
+        let canceller = std::mem::take(&mut *self.canceller.borrow_mut());
+        *self.canceller.borrow_mut() = canceller.cancel();
+        self.reader.notify();
+    }
+
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.canceller.borrow().handle()
+    }
+
+    /// The reader handled a SUBSCRIBE whose SUBACK waits for other cores. Set
+    /// before the reader's next await, so a resume cannot come first.
+    pub fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.set(false);
+        self.reader.notify();
+    }
+
+    /// Waits until resumed or told to close.
+    pub async fn wait_resumed(&self) {
+        while self.paused.get() && self.close.get().is_none() {
+            self.reader.notified().await;
+        }
+    }
+
+    /// The write half if it is parked, marking the output as written by a
+    /// new writer task. `None` if one runs or the connection is finishing.
+    pub fn start_writer(&self) -> Option<W> {
+        let mut output = self.output.borrow_mut();
+        if !matches!(*output, Output::Parked(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut *output, Output::Writing) {
+            Output::Parked(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// A writer ran dry. While the connection is open it parks the half and
+    /// ends (`None`); when finishing it gets the half back to finish with.
+    pub fn park(&self, w: W) -> Option<W> {
+        let mut output = self.output.borrow_mut();
+        match *output {
+            Output::Writing => {
+                *output = Output::Parked(w);
+                None
+            }
+            _ => Some(w),
+        }
+    }
+
+    /// The reader stopped: from now on the output finishes. Returns the write
+    /// half if no writer runs (the reader finishes itself), and whether a
+    /// writer task is running and will finish.
+    pub fn begin_finishing(&self) -> (Option<W>, bool) {
+        let mut output = self.output.borrow_mut();
+        match std::mem::replace(&mut *output, Output::Finishing) {
+            Output::Parked(w) => (Some(w), false),
+            Output::Writing => (None, true),
+            done @ Output::Closed => {
+                *output = done;
+                (None, false)
+            }
+            Output::Finishing => (None, false),
+        }
+    }
+
+    /// The write side is shut down, or failed.
+    pub fn output_closed(&self) {
+        *self.output.borrow_mut() = Output::Closed;
+        self.closed.notify();
+    }
+
+    pub fn is_output_closed(&self) -> bool {
+        matches!(*self.output.borrow(), Output::Closed)
+    }
+
+    pub async fn wait_output_closed(&self) {
+        while !self.is_output_closed() {
+            self.closed.notified().await;
+        }
+    }
+
+    /// Records the 5.0 DISCONNECT to send last (ignored for 3.1.1 clients,
+    /// which have no server DISCONNECT).
+    pub fn set_farewell(&self, code: u8, reason: &str) {
+        if self.protocol.is_v5() {
+            *self.farewell.borrow_mut() = Some(Farewell {
+                code,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    pub fn take_farewell(&self) -> Option<Farewell> {
+        self.farewell.borrow_mut().take()
+    }
+
+    /// Shuts both directions of the socket now, so that a write blocked on a
+    /// client that stopped reading fails instead of holding the connection.
+    /// Only called while the caller holds the read half, which keeps the
+    /// stream, and so this descriptor, open.
+    pub fn abort(&self) {
+        // SAFETY: `shutdown(2)` takes no pointers and only changes the state of
+        // the socket. The descriptor belongs to this connection's stream, which
+        // the caller keeps open (see above), so it cannot name another file.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+    }
+}

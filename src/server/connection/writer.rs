@@ -1,0 +1,67 @@
+//! The writer side of a connection: drains the session's output, one write per
+//! wake-up, and exists as a task only while there is something to write.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+
+use super::state::Connection;
+use crate::codec::{encode_with_reason, Disconnect, Packet, Protocol};
+use crate::router::CloseReason;
+use crate::server::context::Ctx;
+
+/// Above this, a drained output buffer is released rather than kept.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Writes whatever the session accumulated, one write per turn, until it is
+/// dry. An open connection then parks the write half and the task ends; a
+/// finishing one sends the final DISCONNECT and shuts the write side down.
+pub(super) async fn write_loop<W: AsyncWriteRent>(
+    ctx: Rc<Ctx>,
+    conn: Rc<Connection<W>>,
+    mut wr: W,
+) {
+    let mut spare = BytesMut::new();
+    loop {
+        let taken = ctx.with_core(|core| core.take_tx(conn.key, conn.id, spare));
+        let buf = match taken {
+            Ok(buf) => buf,
+            Err(_) => match conn.park(wr) {
+                None => return,
+                Some(w) => {
+                    wr = w;
+                    break;
+                }
+            },
+        };
+        let len = buf.len();
+        let (res, mut buf) = wr.write_all(buf).await;
+        if res.is_err() {
+            conn.output_closed();
+            conn.request_close(CloseReason::WriteFailed);
+            return;
+        }
+        buf.clear();
+        spare = if buf.capacity() > KEEP_CAPACITY {
+            BytesMut::new()
+        } else {
+            buf
+        };
+        let now = ctx.now();
+        ctx.with_core(|core| core.written(conn.key, conn.id, len, now));
+    }
+    if let Some(farewell) = conn.take_farewell() {
+        let disconnect = |properties| {
+            Packet::Disconnect(Disconnect {
+                reason: farewell.code,
+                properties,
+            })
+        };
+        let max = conn.max_packet_to_client;
+        let out = encode_with_reason(disconnect, &farewell.reason, Protocol::V5, max);
+        let _ = wr.write_all(out).await;
+    }
+    let _ = wr.shutdown().await;
+    conn.output_closed();
+}
