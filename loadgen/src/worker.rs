@@ -11,11 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
-use crate::client::{keepalive, run_client, Conns};
+use crate::client::{churn, keepalive, run_client, Conns};
 use crate::clock::Clock;
 use crate::context::{Thread, CONTROL_POLL};
 use crate::pacer::{Pacer, GRAIN_NS};
-use crate::scenario::{churn, Plan, Settings};
+use crate::scenario::{Plan, Settings};
 use crate::shared::{Phase, Shared};
 use crate::stats::{Schedule, ThreadStats};
 

@@ -1,11 +1,13 @@
 //! One MQTT client connection on a worker thread: handshake (CONNECT and, for
 //! subscribers, SUBSCRIBE pipelined in one write), then a reader task and a
 //! writer task sharing [`Conn`]. Also the thread's registry of connections
-//! ([`Conns`]) with its keep-alive sweep.
+//! ([`Conns`]) with its keep-alive sweep, and the storm's short-lived
+//! connect/disconnect attempts ([`churn`]).
 
 mod inflight;
 mod publisher;
 mod reader;
+mod storm;
 mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -28,6 +30,7 @@ use crate::signal::Notify;
 
 pub use inflight::Inflight;
 pub use publisher::Publisher;
+pub use storm::churn;
 
 /// Largest packet we accept from a broker.
 const MAX_PACKET: u32 = 16 << 20;
