@@ -1,14 +1,17 @@
 //! End to end: the `loadgen` binary runs every scenario at small scale against
 //! a real broker on 127.0.0.1 and its JSON report is checked.
 //!
-//! The broker is ringmq's own binary (`target/debug/ringmq`, built here if
-//! missing), started on a free port per test and killed when the test ends.
+//! The broker is ringmq's own binary, built through cargo once per test run
+//! (a no-op when it is up to date) in the active target dir, started on a free
+//! port per test and killed when the test ends.
 //! `LOADGEN_TEST_BROKER=mosquitto` runs the same tests against Mosquitto.
 
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -104,41 +107,78 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// `../target/debug/ringmq`, built once (under a lock) if it is missing.
+/// The workspace's ringmq binary. Cargo is asked to build it on first use (a
+/// no-op when it is up to date, so a stale binary is never tested) and says
+/// where it put it, so the active target dir is the one used: the
+/// CARGO_TARGET_DIR this test inherited, or cargo's default or configured one.
 fn ringmq_binary() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/debug/ringmq");
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let child = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "ringmq", "--bin", "ringmq"])
-            .spawn()
-            .expect("running cargo build for the ringmq binary");
-        let out = wait_bounded(child, BUILD_LIMIT, "cargo build -p ringmq");
-        assert!(out.status.success(), "building ringmq failed");
-    }
-    bin
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_ringmq).clone()
 }
 
-/// Waits for `child`, killing it past `limit`.
+fn build_ringmq() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let child = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-p", "ringmq", "--bin", "ringmq"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running cargo build for the ringmq binary");
+    let out = wait_bounded(child, BUILD_LIMIT, "cargo build -p ringmq");
+    assert!(
+        out.status.success(),
+        "building ringmq failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One JSON message per line; the bin target's artifact names the executable.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ringmq")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build reported no ringmq executable")
+}
+
+/// Reads a child's pipe to the end on its own thread.
+fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Waits for `child`, killing it past `limit`. Its pipes are read meanwhile:
+/// a child blocked on a full pipe would otherwise never exit.
 fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
     let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("polling a child").is_some() {
-            return child.wait_with_output().expect("collecting output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polling a child") {
+            break status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collecting output");
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
             panic!(
-                "{what} ran past {limit:?}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                "{what} did not finish within {limit:?} (a deadline far beyond its normal \
+                 run time; killed)\nstderr:\n{}",
+                String::from_utf8_lossy(&stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
 
