@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Longest a broker may take to accept connections.
-const BROKER_START: Duration = Duration::from_secs(20);
+/// Longest a broker may take to accept connections: a deadline against a
+/// hang, not a speed claim (it normally takes milliseconds).
+const BROKER_START: Duration = Duration::from_secs(60);
 /// Longest one loadgen run may take (each asks for a couple of seconds).
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 /// Longest building the broker may take.
@@ -76,7 +77,7 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the broker");
-        let broker = Broker {
+        let mut broker = Broker {
             child,
             port,
             config,
@@ -85,12 +86,20 @@ impl Broker {
         broker
     }
 
-    fn wait_until_accepting(&self) {
+    /// Polls the port until the broker accepts, failing at once if it exits.
+    fn wait_until_accepting(&mut self) {
         let deadline = Instant::now() + BROKER_START;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait().expect("polling the broker") {
+                panic!(
+                    "the broker exited ({status}) before accepting on {}",
+                    self.port
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "broker never accepted on {}",
+                "the broker did not accept on port {} within {BROKER_START:?} \
+                 (a deadline far beyond its normal start-up time)",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
