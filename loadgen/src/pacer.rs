@@ -363,14 +363,17 @@ mod tests {
             monoio::spawn(pacer.clone().run());
             let t0 = pacer.now_ns();
             let late = pacer.clone();
-            monoio::spawn(async move { late.sleep(Duration::from_secs(5)).await });
+            monoio::spawn(async move { late.sleep(Duration::from_secs(3600)).await });
+            // Let the pacer arm its timer for the hour first.
             monoio::time::sleep(Duration::from_millis(1)).await;
-            pacer.sleep(Duration::from_millis(3)).await;
-            let waited = pacer.now_ns() - t0;
+            let woke = monoio::time::timeout(STUCK, pacer.sleep(Duration::from_millis(3))).await;
             assert!(
-                (3_000_000..1_000_000_000).contains(&waited),
-                "waited {waited} ns"
+                woke.is_ok(),
+                "a 3 ms sleep behind a 1 h one had not woken after {STUCK:?}: \
+                 the earlier deadline did not re-arm the timer"
             );
+            let waited = pacer.now_ns() - t0;
+            assert!(waited >= 3_000_000, "woke after {waited} ns, before 3 ms");
         });
     }
 
@@ -380,9 +383,14 @@ mod tests {
             let pacer = Pacer::new(Clock::new());
             monoio::spawn(pacer.clone().run());
             let never = std::future::pending::<()>();
-            assert!(timeout(&pacer, Duration::from_millis(3), never)
-                .await
-                .is_none());
+            let fired =
+                monoio::time::timeout(STUCK, timeout(&pacer, Duration::from_millis(3), never))
+                    .await;
+            assert_eq!(
+                fired,
+                Ok(None),
+                "a 3 ms timeout around a future that never completes"
+            );
             assert_eq!(
                 timeout(&pacer, Duration::from_secs(1), async { 7 }).await,
                 Some(7)
