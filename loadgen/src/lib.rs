@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod commands;
+pub mod context;
 pub mod machine;
 pub mod pacer;
 pub mod payload;

@@ -1,14 +1,18 @@
 //! One MQTT client connection on a worker thread: handshake (CONNECT and, for
 //! subscribers, SUBSCRIBE pipelined in one write), then a reader task and a
-//! writer task sharing [`Conn`].
+//! writer task sharing [`Conn`]. Also the thread's registry of connections
+//! ([`Conns`]) with its keep-alive sweep, and the storm's short-lived
+//! connect/disconnect attempts ([`churn`]).
 
 mod inflight;
 mod publisher;
 mod reader;
+mod storm;
 mod writer;
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -18,13 +22,15 @@ use ringmq_proto::codec::{
     decode, encode, Connect, Packet, Pid, Properties, Property, SubOptions, Subscribe,
 };
 
+use crate::context::Thread;
 use crate::pacer::timeout;
 use crate::scenario::{ClientSpec, Role};
+use crate::shared::Phase;
 use crate::signal::Notify;
-use crate::worker::Worker;
 
 pub use inflight::Inflight;
 pub use publisher::Publisher;
+pub use storm::churn;
 
 /// Largest packet we accept from a broker.
 const MAX_PACKET: u32 = 16 << 20;
@@ -33,6 +39,8 @@ const SUBSCRIBER_READ: usize = 64 << 10;
 /// Publishers read only acks; idle clients only CONNACK and PINGRESP.
 const PUBLISHER_READ: usize = 4 << 10;
 const IDLE_READ: usize = 256;
+/// How often connections are checked for a due keep-alive ping.
+const KEEPALIVE_SWEEP: Duration = Duration::from_secs(1);
 
 /// What the reader and the writer of one connection share.
 pub struct Conn {
@@ -60,14 +68,48 @@ impl Conn {
 
     /// Silent for half the keep-alive: time for a PINGREQ, so the broker
     /// never sees a client quiet for the whole interval.
-    pub fn ping_due(&self, w: &Worker, now: u64) -> bool {
-        let half = u64::from(w.settings.keepalive) * 500_000_000;
+    pub fn ping_due(&self, t: &Thread, now: u64) -> bool {
+        let half = u64::from(t.settings.keepalive) * 500_000_000;
         half > 0 && now >= self.last_write.get() + half
     }
 
     /// Queues a control packet for the writer.
-    pub fn queue(&self, packet: &Packet, w: &Worker) {
-        encode(packet, w.settings.protocol, &mut self.outbox.borrow_mut());
+    pub fn queue(&self, packet: &Packet, t: &Thread) {
+        encode(packet, t.settings.protocol, &mut self.outbox.borrow_mut());
+    }
+}
+
+/// The live connections of one thread, so that a phase change can wake them
+/// all and one keep-alive timer can serve the whole thread.
+#[derive(Default)]
+pub struct Conns(RefCell<Vec<Weak<Conn>>>);
+
+impl Conns {
+    pub fn register(&self, conn: &Rc<Conn>) {
+        let mut conns = self.0.borrow_mut();
+        conns.retain(|c| c.strong_count() > 0);
+        conns.push(Rc::downgrade(conn));
+    }
+
+    /// Wakes every writer (the phase changed).
+    pub fn wake_all(&self) {
+        for conn in self.0.borrow().iter().filter_map(Weak::upgrade) {
+            conn.wake.notify();
+        }
+    }
+}
+
+/// Wakes the writers of connections that owe the broker a PINGREQ: one timer
+/// for the whole thread instead of one per connection.
+pub async fn keepalive(t: Rc<Thread>, conns: Rc<Conns>) {
+    while t.phase() != Phase::Done {
+        t.pacer.sleep(KEEPALIVE_SWEEP).await;
+        let now = t.pacer.now_ns();
+        for conn in conns.0.borrow().iter().filter_map(Weak::upgrade) {
+            if conn.ping_due(&t, now) {
+                conn.wake.notify();
+            }
+        }
     }
 }
 
@@ -85,68 +127,68 @@ pub fn client_id(run_id: u32, tag: &str, index: usize) -> String {
 }
 
 /// Connects one planned client at its scheduled time and runs it to the end.
-pub async fn run_client(w: Rc<Worker>, spec: ClientSpec, intended_ns: u64) {
-    let _task = w.task_guard();
-    let id = client_id(w.settings.run_id, "", spec.index);
+pub async fn run_client(t: Rc<Thread>, conns: Rc<Conns>, spec: ClientSpec, intended_ns: u64) {
+    let _task = t.task_guard();
+    let id = client_id(t.settings.run_id, "", spec.index);
     let filter = match &spec.role {
         Role::Subscriber { filter, .. } => Some(filter.as_str()),
         _ => None,
     };
-    let session = connect_timed(&w, &id, filter, intended_ns).await;
-    w.handshake_finished();
+    let session = connect_timed(&t, &id, filter, intended_ns).await;
+    t.handshake_finished();
     if let Some(session) = session {
-        if let Err(e) = run_session(&w, &spec, session).await {
-            w.log_error("connection", &e);
+        if let Err(e) = run_session(&t, &conns, &spec, session).await {
+            t.log_error("connection", &e);
         }
     }
 }
 
 /// Handshake under --connect-timeout; records the connect time from `intended_ns`.
 pub async fn connect_timed(
-    w: &Rc<Worker>,
+    t: &Rc<Thread>,
     id: &str,
     filter: Option<&str>,
     intended_ns: u64,
 ) -> Option<Session> {
-    let limit = w.settings.connect_timeout;
-    let result = match timeout(&w.pacer, limit, handshake(w, id, filter)).await {
+    let limit = t.settings.connect_timeout;
+    let result = match timeout(&t.pacer, limit, handshake(t, id, filter)).await {
         Some(result) => result,
         None => Err(anyhow::anyhow!("no CONNACK/SUBACK within {limit:?}")),
     };
-    let c = w.counters();
+    let c = t.counters();
     match result {
         Ok(session) => {
-            w.stats
+            t.stats
                 .borrow_mut()
-                .on_connect(intended_ns, w.pacer.now_ns());
+                .on_connect(intended_ns, t.pacer.now_ns());
             crate::shared::Counters::add(&c.connect_ok, 1);
             Some(session)
         }
         Err(e) => {
             crate::shared::Counters::add(&c.connect_failed, 1);
-            w.log_error("connect", &e);
+            t.log_error("connect", &e);
             None
         }
     }
 }
 
-async fn handshake(w: &Worker, id: &str, filter: Option<&str>) -> Result<Session> {
-    let s = &w.settings;
+async fn handshake(t: &Thread, id: &str, filter: Option<&str>) -> Result<Session> {
+    let s = &t.settings;
     let mut stream = TcpStream::connect_addr(s.target.address)
         .await
         .with_context(|| format!("connecting to {}", s.target.address))?;
     stream.set_nodelay(true)?;
     let mut out = BytesMut::with_capacity(256);
-    encode(&connect_packet(w, id), s.protocol, &mut out);
+    encode(&connect_packet(t, id), s.protocol, &mut out);
     if let Some(filter) = filter {
-        encode(&subscribe_packet(w, filter), s.protocol, &mut out);
+        encode(&subscribe_packet(t, filter), s.protocol, &mut out);
     }
     let (res, _) = stream.write_all(out).await;
     res.context("sending CONNECT")?;
     let mut buf = BytesMut::with_capacity(IDLE_READ);
-    let receive_maximum = expect_connack(w, &mut stream, &mut buf).await?;
+    let receive_maximum = expect_connack(t, &mut stream, &mut buf).await?;
     if filter.is_some() {
-        expect_suback(w, &mut stream, &mut buf).await?;
+        expect_suback(t, &mut stream, &mut buf).await?;
     }
     Ok(Session {
         stream,
@@ -155,8 +197,8 @@ async fn handshake(w: &Worker, id: &str, filter: Option<&str>) -> Result<Session
     })
 }
 
-fn connect_packet(w: &Worker, id: &str) -> Packet {
-    let s = &w.settings;
+fn connect_packet(t: &Thread, id: &str) -> Packet {
+    let s = &t.settings;
     Packet::Connect(Box::new(Connect {
         protocol: s.protocol,
         clean_start: s.clean,
@@ -175,9 +217,9 @@ fn connect_packet(w: &Worker, id: &str) -> Packet {
     }))
 }
 
-fn subscribe_packet(w: &Worker, filter: &str) -> Packet {
+fn subscribe_packet(t: &Thread, filter: &str) -> Packet {
     let options = SubOptions {
-        qos: w.settings.qos,
+        qos: t.settings.qos,
         ..SubOptions::default()
     };
     Packet::Subscribe(Subscribe {
@@ -188,9 +230,9 @@ fn subscribe_packet(w: &Worker, filter: &str) -> Packet {
 }
 
 /// Returns the broker's Receive Maximum (5.0) if it sent one.
-async fn expect_connack(w: &Worker, s: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<u16>> {
+async fn expect_connack(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<u16>> {
     loop {
-        match next_packet(w, s, buf).await? {
+        match next_packet(t, s, buf).await? {
             Packet::ConnAck(ack) if ack.code == 0 => {
                 return Ok(ack.properties.find(|p| match p {
                     Property::ReceiveMaximum(n) => Some(*n),
@@ -204,9 +246,9 @@ async fn expect_connack(w: &Worker, s: &mut TcpStream, buf: &mut BytesMut) -> Re
     }
 }
 
-async fn expect_suback(w: &Worker, s: &mut TcpStream, buf: &mut BytesMut) -> Result<()> {
+async fn expect_suback(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Result<()> {
     loop {
-        match next_packet(w, s, buf).await? {
+        match next_packet(t, s, buf).await? {
             Packet::SubAck(ack) if ack.codes.iter().all(|&c| c < 0x80) => return Ok(()),
             Packet::SubAck(ack) => bail!("broker refused the subscription: {:?}", ack.codes),
             _ => continue,
@@ -214,9 +256,9 @@ async fn expect_suback(w: &Worker, s: &mut TcpStream, buf: &mut BytesMut) -> Res
     }
 }
 
-async fn next_packet(w: &Worker, s: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet> {
+async fn next_packet(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet> {
     loop {
-        if let Some(packet) = decode(buf, w.settings.protocol, MAX_PACKET)? {
+        if let Some(packet) = decode(buf, t.settings.protocol, MAX_PACKET)? {
             return Ok(packet);
         }
         let (res, b) = read_into(s, std::mem::take(buf), IDLE_READ).await;
@@ -252,16 +294,21 @@ fn read_capacity(role: &Role) -> usize {
 }
 
 /// Runs an established session until the run is over or the connection drops.
-async fn run_session(w: &Rc<Worker>, spec: &ClientSpec, session: Session) -> Result<()> {
-    let mut inflight = Inflight::new(w.settings.inflight);
+async fn run_session(
+    t: &Rc<Thread>,
+    conns: &Conns,
+    spec: &ClientSpec,
+    session: Session,
+) -> Result<()> {
+    let mut inflight = Inflight::new(t.settings.inflight);
     if let Some(max) = session.receive_maximum {
         inflight.limit_to(max);
     }
-    let conn = Conn::new(inflight, w.pacer.now_ns());
-    w.register(&conn);
+    let conn = Conn::new(inflight, t.pacer.now_ns());
+    conns.register(&conn);
     let (rd, wr) = session.stream.into_split();
     let reader = monoio::spawn(reader::run(
-        w.clone(),
+        t.clone(),
         conn.clone(),
         spec.role.clone(),
         rd,
@@ -269,14 +316,14 @@ async fn run_session(w: &Rc<Worker>, spec: &ClientSpec, session: Session) -> Res
         read_capacity(&spec.role),
     ));
     let publisher = match &spec.role {
-        Role::Publisher { id, topic } => Some(Publisher::new(w, *id, topic)),
+        Role::Publisher { id, topic } => Some(Publisher::new(t, *id, topic)),
         _ => None,
     };
-    let written = writer::run(w, &conn, wr, publisher).await;
+    let written = writer::run(t, &conn, wr, publisher).await;
     // The broker closes after our DISCONNECT; don't wait forever if it doesn't.
     let limit = std::time::Duration::from_secs(2);
-    let read = timeout(&w.pacer, limit, reader).await.unwrap_or(Ok(()));
-    let c = w.counters();
+    let read = timeout(&t.pacer, limit, reader).await.unwrap_or(Ok(()));
+    let c = t.counters();
     crate::shared::Counters::add(&c.closed, 1);
     let result = written.and(read);
     if result.is_err() {
@@ -286,13 +333,13 @@ async fn run_session(w: &Rc<Worker>, spec: &ClientSpec, session: Session) -> Res
 }
 
 /// Waits for the writer's next reason to act: a notification or `deadline_ns`.
-pub async fn wait(w: &Worker, conn: &Conn, deadline_ns: Option<u64>) {
+pub async fn wait(t: &Thread, conn: &Conn, deadline_ns: Option<u64>) {
     use futures::future::select;
     use std::pin::pin;
     match deadline_ns {
         None => conn.wake.notified().await,
         Some(due) => {
-            let timer = pin!(w.pacer.sleep_until(due));
+            let timer = pin!(t.pacer.sleep_until(due));
             let _ = select(timer, pin!(conn.wake.notified())).await;
         }
     }

@@ -5,12 +5,12 @@ use bytes::Bytes;
 use ringmq_proto::codec::{encode_publish, Properties, PublishHeader, QoS, QosPid};
 
 use super::Conn;
+use crate::context::Thread;
 use crate::pacer::GRAIN_NS;
 use crate::payload::Header;
 use crate::scenario::Pace;
 use crate::shared::Counters;
 use crate::stats::Schedule;
-use crate::worker::Worker;
 
 /// Most messages one open-loop turn encodes when catching up after a stall.
 const OPEN_LOOP_BATCH: u64 = 1024;
@@ -31,11 +31,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(w: &Worker, id: u32, topic: &str) -> Publisher {
+    pub fn new(t: &Thread, id: u32, topic: &str) -> Publisher {
         Publisher {
             id,
             topic: Bytes::copy_from_slice(topic.as_bytes()),
-            payload: vec![0; w.settings.payload_size],
+            payload: vec![0; t.settings.payload_size],
             properties: Properties::default(),
             schedule: None,
             start_ns: 0,
@@ -45,71 +45,71 @@ impl Publisher {
     }
 
     /// Picks up the run's start once the worker has seen it.
-    fn start(&mut self, w: &Worker) {
+    fn start(&mut self, t: &Thread) {
         if self.schedule.is_some() {
             return;
         }
-        let Some(start) = w.start_ns() else { return };
-        let offset = match w.settings.pace {
+        let Some(start) = t.start_ns() else { return };
+        let offset = match t.settings.pace {
             // Spread publishers over one period so they don't all fire at once.
             Pace::OpenLoop { rate } => {
-                let spread = self.id as f64 / w.plan.publishers.max(1) as f64;
+                let spread = self.id as f64 / t.plan.publishers.max(1) as f64;
                 (spread * 1e9 / rate) as u64
             }
             Pace::MaxRate => 0,
         };
-        let rate = match w.settings.pace {
+        let rate = match t.settings.pace {
             Pace::OpenLoop { rate } => rate,
             Pace::MaxRate => 1.0, // unused: max rate stamps the send time
         };
         self.start_ns = start + offset;
         self.schedule = Some(Schedule::new(self.start_ns, rate).with_grain(GRAIN_NS));
-        self.end_ns = w.stats.borrow().window.end_ns;
+        self.end_ns = t.stats.borrow().window.end_ns;
     }
 
     /// When the writer should call [`Publisher::fill`] next; `None`: not until
     /// notified (not started, window full, or finished).
-    pub fn next_due(&self, w: &Worker, conn: &Conn, now: u64) -> Option<u64> {
+    pub fn next_due(&self, t: &Thread, conn: &Conn, now: u64) -> Option<u64> {
         let schedule = self.schedule.as_ref()?;
-        if w.settings.qos != QoS::AtMostOnce && conn.inflight.borrow().is_full() {
+        if t.settings.qos != QoS::AtMostOnce && conn.inflight.borrow().is_full() {
             return None;
         }
-        match w.settings.pace {
+        match t.settings.pace {
             Pace::OpenLoop { .. } => Some(schedule.due(self.seq)).filter(|&d| d < self.end_ns),
             Pace::MaxRate => Some(now.max(self.start_ns)).filter(|&n| n < self.end_ns),
         }
     }
 
     /// Encodes every message due by `now` (window and batch permitting).
-    pub fn fill(&mut self, w: &Worker, conn: &Conn, now: u64) {
-        self.start(w);
+    pub fn fill(&mut self, t: &Thread, conn: &Conn, now: u64) {
+        self.start(t);
         let Some(schedule) = self.schedule else {
             return;
         };
-        let batch = match w.settings.pace {
+        let batch = match t.settings.pace {
             Pace::OpenLoop { .. } => OPEN_LOOP_BATCH,
             Pace::MaxRate => MAX_RATE_BATCH,
         };
-        let mut stats = w.stats.borrow_mut();
+        let mut stats = t.stats.borrow_mut();
         let mut out = conn.outbox.borrow_mut();
         let mut inflight = conn.inflight.borrow_mut();
         let mut sent = 0;
         while sent < batch {
-            let intended = match w.settings.pace {
+            let intended = match t.settings.pace {
                 Pace::OpenLoop { .. } => schedule.due(self.seq),
                 Pace::MaxRate => now,
             };
             if intended > now || intended < self.start_ns || intended >= self.end_ns {
                 break;
             }
-            let qos_pid = match w.settings.qos {
+            let qos_pid = match t.settings.qos {
                 QoS::AtMostOnce => QosPid::AtMostOnce,
                 qos => match inflight.acquire() {
                     Some(pid) => QosPid::new(qos, pid),
                     None => break,
                 },
             };
-            self.stamp(w.settings.run_id, intended);
+            self.stamp(t.settings.run_id, intended);
             let header = PublishHeader {
                 dup: false,
                 qos_pid,
@@ -117,15 +117,15 @@ impl Publisher {
                 topic: &self.topic,
                 properties: &self.properties,
             };
-            encode_publish(&mut out, w.settings.protocol, &header, &self.payload);
+            encode_publish(&mut out, t.settings.protocol, &header, &self.payload);
             stats.on_sent(intended);
             self.seq += 1;
             sent += 1;
         }
         *stats.published.entry(self.id).or_default() += sent;
-        let c = w.counters();
+        let c = t.counters();
         Counters::add(&c.sent, sent);
-        Counters::add(&c.expected, sent * w.plan.fanout());
+        Counters::add(&c.expected, sent * t.plan.fanout());
     }
 
     fn stamp(&mut self, run_id: u32, intended_ns: u64) {

@@ -11,11 +11,11 @@ use monoio::net::TcpStream;
 use ringmq_proto::codec::{decode, Ack, Packet, Publish, QosPid};
 
 use super::{read_into, Conn, MAX_PACKET};
+use crate::context::Thread;
 use crate::payload::Header;
 use crate::scenario::Role;
 use crate::shared::{Counters, Phase};
 use crate::stats::PairKey;
-use crate::worker::Worker;
 
 /// What one read's worth of frames added up to, flushed to the shared counters once.
 #[derive(Default)]
@@ -27,21 +27,21 @@ struct Tally {
 }
 
 pub async fn run(
-    w: Rc<Worker>,
+    t: Rc<Thread>,
     conn: Rc<Conn>,
     role: Role,
     mut rd: OwnedReadHalf<TcpStream>,
     mut buf: BytesMut,
     capacity: usize,
 ) -> Result<()> {
-    let result = read_loop(&w, &conn, &role, &mut rd, &mut buf, capacity).await;
+    let result = read_loop(&t, &conn, &role, &mut rd, &mut buf, capacity).await;
     conn.closed.set(true);
     conn.wake.notify();
     result
 }
 
 async fn read_loop(
-    w: &Worker,
+    t: &Thread,
     conn: &Conn,
     role: &Role,
     rd: &mut OwnedReadHalf<TcpStream>,
@@ -52,19 +52,19 @@ async fn read_loop(
         Role::Subscriber { id, .. } => Some(*id),
         _ => None,
     };
-    let mut now = w.pacer.now_ns();
+    let mut now = t.pacer.now_ns();
     loop {
         let mut tally = Tally::default();
-        while let Some(packet) = decode(buf, w.settings.protocol, MAX_PACKET)? {
-            handle(w, conn, subscriber, packet, now, &mut tally)?;
+        while let Some(packet) = decode(buf, t.settings.protocol, MAX_PACKET)? {
+            handle(t, conn, subscriber, packet, now, &mut tally)?;
         }
-        flush(w, conn, &tally);
+        flush(t, conn, &tally);
         let (res, b) = read_into(rd, std::mem::take(buf), capacity).await;
         *buf = b;
         // One timestamp per read: every frame in it arrived together.
-        now = w.pacer.now_ns();
+        now = t.pacer.now_ns();
         if res? == 0 {
-            if w.phase() == Phase::Done {
+            if t.phase() == Phase::Done {
                 return Ok(());
             }
             bail!("broker closed the connection");
@@ -72,8 +72,8 @@ async fn read_loop(
     }
 }
 
-fn flush(w: &Worker, conn: &Conn, tally: &Tally) {
-    let c = w.counters();
+fn flush(t: &Thread, conn: &Conn, tally: &Tally) {
+    let c = t.counters();
     Counters::add(&c.received, tally.received);
     Counters::add(&c.acked, tally.acked);
     Counters::add(&c.foreign, tally.foreign);
@@ -84,7 +84,7 @@ fn flush(w: &Worker, conn: &Conn, tally: &Tally) {
 }
 
 fn handle(
-    w: &Worker,
+    t: &Thread,
     conn: &Conn,
     subscriber: Option<u32>,
     packet: Packet,
@@ -92,10 +92,10 @@ fn handle(
     tally: &mut Tally,
 ) -> Result<()> {
     match packet {
-        Packet::Publish(p) => on_publish(w, conn, subscriber, p, now, tally),
+        Packet::Publish(p) => on_publish(t, conn, subscriber, p, now, tally),
         Packet::PubAck(a) | Packet::PubComp(a) => on_final_ack(conn, a, tally),
-        Packet::PubRec(a) => conn.queue(&Packet::PubRel(Ack::new(a.pid)), w),
-        Packet::PubRel(a) => conn.queue(&Packet::PubComp(Ack::new(a.pid)), w),
+        Packet::PubRec(a) => conn.queue(&Packet::PubRel(Ack::new(a.pid)), t),
+        Packet::PubRel(a) => conn.queue(&Packet::PubComp(Ack::new(a.pid)), t),
         Packet::Disconnect(d) => bail!("broker sent DISCONNECT (reason {:#04x})", d.reason),
         _ => {}
     }
@@ -113,7 +113,7 @@ fn on_final_ack(conn: &Conn, ack: Ack, tally: &mut Tally) {
 }
 
 fn on_publish(
-    w: &Worker,
+    t: &Thread,
     conn: &Conn,
     subscriber: Option<u32>,
     p: Publish,
@@ -122,10 +122,10 @@ fn on_publish(
 ) {
     match p.qos_pid {
         QosPid::AtMostOnce => {}
-        QosPid::AtLeastOnce(pid) => conn.queue(&Packet::PubAck(Ack::new(pid)), w),
-        QosPid::ExactlyOnce(pid) => conn.queue(&Packet::PubRec(Ack::new(pid)), w),
+        QosPid::AtLeastOnce(pid) => conn.queue(&Packet::PubAck(Ack::new(pid)), t),
+        QosPid::ExactlyOnce(pid) => conn.queue(&Packet::PubRec(Ack::new(pid)), t),
     }
-    let header = Header::read(&p.payload).filter(|h| h.run_id == w.settings.run_id);
+    let header = Header::read(&p.payload).filter(|h| h.run_id == t.settings.run_id);
     let (Some(h), Some(sub)) = (header, subscriber) else {
         tally.foreign += 1;
         return;
@@ -135,7 +135,7 @@ fn on_publish(
         subscriber: sub,
         publisher: h.publisher,
     };
-    w.stats
+    t.stats
         .borrow_mut()
         .on_message(key, h.seq, h.intended_ns, now);
 }

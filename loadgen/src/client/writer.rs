@@ -13,12 +13,12 @@ use monoio::net::TcpStream;
 use ringmq_proto::codec::{Disconnect, Packet};
 
 use super::{wait, Conn, Publisher};
+use crate::context::Thread;
 use crate::shared::Phase;
 use crate::signal::yield_now;
-use crate::worker::Worker;
 
 pub async fn run(
-    w: &Rc<Worker>,
+    t: &Rc<Thread>,
     conn: &Conn,
     mut wr: OwnedWriteHalf<TcpStream>,
     mut publisher: Option<Publisher>,
@@ -28,15 +28,15 @@ pub async fn run(
         if conn.closed.get() {
             return Ok(());
         }
-        if w.phase() == Phase::Done {
-            return disconnect(w, conn, wr).await;
+        if t.phase() == Phase::Done {
+            return disconnect(t, conn, wr).await;
         }
-        let now = w.pacer.now_ns();
+        let now = t.pacer.now_ns();
         if let Some(p) = publisher.as_mut() {
-            p.fill(w, conn, now);
+            p.fill(t, conn, now);
         }
-        if conn.ping_due(w, now) && conn.outbox.borrow().is_empty() {
-            conn.queue(&Packet::PingReq, w);
+        if conn.ping_due(t, now) && conn.outbox.borrow().is_empty() {
+            conn.queue(&Packet::PingReq, t);
         }
         if !conn.outbox.borrow().is_empty() {
             let buf = std::mem::replace(&mut *conn.outbox.borrow_mut(), spare);
@@ -50,15 +50,15 @@ pub async fn run(
             yield_now().await;
             continue;
         }
-        let send_due = publisher.as_ref().and_then(|p| p.next_due(w, conn, now));
-        wait(w, conn, send_due).await;
+        let send_due = publisher.as_ref().and_then(|p| p.next_due(t, conn, now));
+        wait(t, conn, send_due).await;
     }
 }
 
 /// Flushes what is queued, says DISCONNECT and half-closes; the broker then
 /// closes, which ends the reader.
-async fn disconnect(w: &Worker, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream>) -> Result<()> {
-    conn.queue(&Packet::Disconnect(Disconnect::default()), w);
+async fn disconnect(t: &Thread, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream>) -> Result<()> {
+    conn.queue(&Packet::Disconnect(Disconnect::default()), t);
     let buf = std::mem::take(&mut *conn.outbox.borrow_mut());
     let (res, _) = wr.write_all(buf).await;
     res.context("sending DISCONNECT")?;

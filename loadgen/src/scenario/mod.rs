@@ -19,8 +19,6 @@ use crate::cli::{LoadArgs, ScenarioKind};
 use crate::payload::HEADER_LEN;
 use crate::stats::Routing;
 
-pub use storm::churn;
-
 /// A broker under test.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {

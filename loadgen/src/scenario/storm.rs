@@ -1,20 +1,11 @@
 //! Connection storm: connect, get CONNACK, disconnect, at a fixed attempt rate
-//! (open loop, so a slow broker shows as connect latency and failures).
-
-use std::cell::Cell;
-use std::rc::Rc;
-
-use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-use ringmq_proto::codec::{encode, Disconnect, Packet};
+//! (open loop, so a slow broker shows as connect latency and failures). The
+//! plan has no persistent clients, only the attempts allowed in flight; the
+//! attempts themselves are `client::churn`.
 
 use super::Plan;
 use crate::cli::LoadArgs;
-use crate::client::{client_id, connect_timed, Session};
-use crate::pacer::GRAIN_NS;
-use crate::shared::Counters;
-use crate::stats::{Routing, Schedule};
-use crate::worker::Worker;
+use crate::stats::Routing;
 
 const DEFAULT_IN_FLIGHT: usize = 100;
 
@@ -26,53 +17,4 @@ pub fn plan(args: &LoadArgs) -> Plan {
         subscribers: 0,
         storm_concurrency: Some(args.clients.unwrap_or(DEFAULT_IN_FLIGHT).max(1)),
     }
-}
-
-/// This thread's share of the storm, from the start to the end of the window.
-pub async fn churn(w: &Rc<Worker>, concurrency: usize) {
-    let threads = w.settings.threads;
-    let limit = concurrency.div_ceil(threads);
-    let in_flight = Rc::new(Cell::new(0usize));
-    let end = w.stats.borrow().window.end_ns;
-    let rate = w.settings.connect_rate / threads as f64;
-    // Threads interleave their schedules instead of connecting in lockstep.
-    let offset = (w.index as f64 / threads as f64 * 1e9 / rate) as u64;
-    let start = w.start_ns().unwrap_or_else(|| w.pacer.now_ns());
-    let schedule = Schedule::new(start + offset, rate).with_grain(GRAIN_NS);
-    for k in 0.. {
-        let due = schedule.due(k);
-        if due >= end {
-            break;
-        }
-        w.pacer.sleep_until(due).await;
-        w.wait_for(|| in_flight.get() < limit).await;
-        in_flight.set(in_flight.get() + 1);
-        monoio::spawn(attempt(w.clone(), k as usize, due, in_flight.clone()));
-    }
-}
-
-async fn attempt(w: Rc<Worker>, k: usize, intended_ns: u64, in_flight: Rc<Cell<usize>>) {
-    let _task = w.task_guard();
-    let id = client_id(w.settings.run_id, &format!("s{}", w.index), k);
-    if let Some(session) = connect_timed(&w, &id, None, intended_ns).await {
-        if let Err(e) = goodbye(&w, session).await {
-            Counters::add(&w.counters().errors, 1);
-            w.log_error("disconnect", &e);
-        }
-        Counters::add(&w.counters().closed, 1);
-    }
-    in_flight.set(in_flight.get() - 1);
-}
-
-async fn goodbye(w: &Worker, mut session: Session) -> anyhow::Result<()> {
-    let mut out = BytesMut::with_capacity(4);
-    encode(
-        &Packet::Disconnect(Disconnect::default()),
-        w.settings.protocol,
-        &mut out,
-    );
-    let (res, _) = session.stream.write_all(out).await;
-    res?;
-    session.stream.shutdown().await?;
-    Ok(())
 }
