@@ -113,7 +113,7 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let mut buf = BytesMut::with_capacity(MIN_READ);
     let limit = ctx.shared.config.limits.connect_timeout;
     let max = ctx.shared.config.limits.max_packet_size;
-    let read = read_connect(&mut stream, &mut buf, max);
+    let read = read_connect(&ctx, &mut stream, &mut buf, max);
     let connect = match monoio::time::timeout(limit, read).await {
         Ok(Ok(connect)) => connect,
         Ok(Err(err)) => return refuse_malformed(&ctx, stream, peer, err).await,
@@ -164,6 +164,7 @@ pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
 
 /// Reads until one whole first packet is in `buf`; it must be a CONNECT.
 async fn read_connect<S: AsyncReadRent>(
+    ctx: &Ctx,
     stream: &mut S,
     buf: &mut BytesMut,
     max_packet_size: u32,
@@ -179,7 +180,7 @@ async fn read_connect<S: AsyncReadRent>(
         *buf = b.into_inner();
         match res {
             Ok(0) | Err(_) => return Err(DecodeError::Truncated("CONNECT")),
-            Ok(_) => {}
+            Ok(n) => ctx.count(|c| c.bytes_received += n as u64),
         }
     }
 }

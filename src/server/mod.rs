@@ -114,6 +114,12 @@ impl Broker {
         tracing::info!(?totals, "ringmq stopped");
     }
 
+    /// Client connections open now, on all cores (against `max_connections`):
+    /// a socket counts until its reader and writer are both done with it.
+    pub fn connections_open(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
     /// Counters summed over all cores (refreshed by each core every tick).
     pub fn counters(&self) -> metrics::Counters {
         metrics::total(&self.shared.counters)

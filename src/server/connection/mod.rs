@@ -39,7 +39,7 @@ impl<T> Transport for T where T: Split + AsyncWriteRent + CancelableAsyncReadRen
 {}
 
 /// Serves a connection whose session lives on this core, from CONNACK to close.
-pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, _slot: ConnectionSlot) {
+pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: ConnectionSlot) {
     let Accepted {
         stream,
         peer,
@@ -66,6 +66,7 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, _slot: Con
         max_out,
         fd,
         wr,
+        slot,
     ));
     // The CONNECT's bytes share the read buffer's allocation: release them so the
     // buffer can be reused in place.
@@ -80,7 +81,7 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, _slot: Con
     let now = ctx.now();
     ctx.with_core(|core| core.disconnected(attached.key, id, now));
     if finished && end.client_may_send() {
-        reader::drain(&conn, &mut rd).await;
+        reader::drain(&ctx, &conn, &mut rd).await;
     }
     ctx.remove_link(id);
 }

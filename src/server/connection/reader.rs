@@ -180,7 +180,7 @@ const DRAIN_BYTES: usize = 1 << 20;
 
 /// Reads and discards input until the client closes, for at most
 /// [`DRAIN_TIME`] and [`DRAIN_BYTES`] (or until the broker shuts down).
-pub(super) async fn drain<R, W>(conn: &Connection<W>, rd: &mut R)
+pub(super) async fn drain<R, W>(ctx: &Ctx, conn: &Connection<W>, rd: &mut R)
 where
     R: CancelableAsyncReadRent,
 {
@@ -192,7 +192,10 @@ where
             let (res, b) = rd.cancelable_read(buf, conn.cancel_handle()).await;
             buf = b;
             match res {
-                Ok(n) if n > 0 => left = left.saturating_sub(n),
+                Ok(n) if n > 0 => {
+                    ctx.count(|c| c.bytes_received += n as u64);
+                    left = left.saturating_sub(n);
+                }
                 _ => return,
             }
         }

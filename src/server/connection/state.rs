@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use monoio::io::{CancelHandle, Canceller};
 
 use crate::router::{CloseReason, ConnId, SessionKey};
+use crate::server::accept::ConnectionSlot;
 use crate::server::notify::Notify;
 
 /// Where a connection's output stands. The reader and the writer move it on;
@@ -49,6 +50,8 @@ pub struct Connection<W> {
     /// Cancels the reader's pending read when the connection must end.
     canceller: RefCell<Canceller>,
     farewell: RefCell<Option<Farewell>>,
+    /// Held until the reader and any writer are done with the socket.
+    _slot: ConnectionSlot,
 }
 
 impl<W> Connection<W> {
@@ -59,6 +62,7 @@ impl<W> Connection<W> {
         max_packet_to_client: u32,
         fd: RawFd,
         write_half: W,
+        slot: ConnectionSlot,
     ) -> Connection<W> {
         Connection {
             id,
@@ -73,6 +77,7 @@ impl<W> Connection<W> {
             closed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
             farewell: RefCell::new(None),
+            _slot: slot,
         }
     }
 
