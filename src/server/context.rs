@@ -81,9 +81,9 @@ impl Ctx {
         f(&mut self.core.borrow_mut().counters);
     }
 
-    /// A read-only look at the core (counters, `$SYS`).
-    pub fn core(&self) -> Ref<'_, Core> {
-        self.core.borrow()
+    /// This core's counters, to publish.
+    pub fn counters(&self) -> Ref<'_, Counters> {
+        Ref::map(self.core.borrow(), |core| &core.counters)
     }
 
     pub fn add_link(&self, conn: ConnId, link: Rc<dyn Link>) {

@@ -209,7 +209,7 @@ async fn close_all(ctx: &Rc<Ctx>) {
         }
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    ctx.shared.counters[ctx.id].publish(&ctx.core().counters);
+    ctx.shared.counters[ctx.id].publish(&ctx.counters());
 }
 
 /// Housekeeping: keep-alive expiry, QoS 2 state expiry, counters, `$SYS`.
@@ -219,7 +219,7 @@ async fn tick_loop(ctx: Rc<Ctx>) {
         monoio::time::sleep(TICK).await;
         let now = ctx.now();
         ctx.with_core(|core| core.tick(now));
-        ctx.shared.counters[ctx.id].publish(&ctx.core().counters);
+        ctx.shared.counters[ctx.id].publish(&ctx.counters());
         sys.maybe_publish(&ctx, now);
         if ctx
             .shared

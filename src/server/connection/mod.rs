@@ -77,11 +77,13 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: Conn
     tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
     let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id).await;
     reader::log_end(&ctx, &conn, &client_id, &end);
-    let finished = finish_output(&ctx, &conn).await;
+    // Boxed, as every rare wait with a timer: their state would otherwise
+    // enlarge the task that every idle connection holds.
+    let finished = Box::pin(finish_output(&ctx, &conn)).await;
     let now = ctx.now();
     ctx.with_core(|core| core.disconnected(attached.key, id, now));
     if finished && end.client_may_send() {
-        reader::drain(&ctx, &conn, &mut rd).await;
+        Box::pin(reader::drain(&ctx, &conn, &mut rd)).await;
     }
     ctx.remove_link(id);
 }
