@@ -377,10 +377,7 @@ async fn invalid_filters_get_suback_failure() {
         .publish(&ok8, v4::QoS::AtLeastOnce, false, "deep ok")
         .await;
     publisher.wait_acks(1, v4::QoS::AtLeastOnce).await;
-    match raw.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"deep ok"),
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
+    assert_eq!(&raw.recv_publish().await.payload[..], b"deep ok");
 }
 
 /// `max_packet_size` = 1 KiB: a header declaring 100 MB is refused from the

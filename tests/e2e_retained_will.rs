@@ -414,8 +414,7 @@ async fn no_will_after_disconnect() {
         )),
     )
     .await;
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.expect_closed(STEP).await;
+    raw.disconnect().await;
     let c = settle(&broker, 1).await;
     assert_eq!(c.wills_published, 0);
     // A marker published after the connection is gone arrives, and nothing

@@ -239,10 +239,7 @@ async fn unacked_qos1_is_resent_with_dup_on_resume() {
         .publish("dup/t", QoS::AtLeastOnce, false, "once")
         .await;
     publisher.wait_acks(1, QoS::AtLeastOnce).await;
-    let first = match raw.recv().await {
-        Packet::Publish(p) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
-    };
+    let first = raw.recv_publish().await;
     assert!(!first.dup);
     drop(raw); // no PUBACK
     broker

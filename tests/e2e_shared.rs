@@ -342,10 +342,8 @@ async fn shared_unacked_messages_of_a_dropped_member_are_rerouted() {
         // wait until it holds a full window of unacknowledged PUBLISHes.
         let mut held = Vec::new();
         while held.len() < 20 {
-            match raw.recv().await {
-                Packet::Publish(p) => held.push(String::from_utf8_lossy(&p.payload).into_owned()),
-                other => panic!("raw member: unexpected {other:?}"),
-            }
+            let p = raw.recv_publish().await;
+            held.push(String::from_utf8_lossy(&p.payload).into_owned());
         }
         drop(raw); // abrupt end, nothing acknowledged
 
@@ -370,25 +368,23 @@ async fn shared_persistent_member_unacked_rerouted_at_session_expiry() {
         const N: usize = 60;
         let broker = start2();
         let f = "$share/g/sh4/#";
-        let mut raw = Raw::open(broker.addr).await;
-        let mut connect = connect_packet(Protocol::V5, &id_on(1, 2, "sh4-raw"), true, 60, None);
-        if let Packet::Connect(c) = &mut connect {
-            c.properties = Properties(vec![
+        let (mut raw, _) = Raw::connect_v5(
+            broker.addr,
+            &id_on(1, 2, "sh4-raw"),
+            vec![
                 Property::SessionExpiryInterval(1),
                 Property::ReceiveMaximum(5),
-            ]);
-        }
-        assert_eq!(raw.handshake(connect).await.code, 0);
+            ],
+        )
+        .await;
         assert_eq!(raw.subscribe(1, &[(f, RawQoS::AtLeastOnce)]).await, vec![1]);
         let mut a = v5_member(broker.addr, 0, "sh4-a", f).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "sh4-pub")).await;
         publish_n(&mut publisher, "sh4/x", "m", N).await;
         let mut held = Vec::new();
         while held.len() < 5 {
-            match raw.recv().await {
-                Packet::Publish(p) => held.push(String::from_utf8_lossy(&p.payload).into_owned()),
-                other => panic!("raw member: unexpected {other:?}"),
-            }
+            let p = raw.recv_publish().await;
+            held.push(String::from_utf8_lossy(&p.payload).into_owned());
         }
         drop(raw);
         // Published while the member is offline: all to `a`.

@@ -54,6 +54,21 @@ pub fn connect_packet(
     }))
 }
 
+/// A 5.0 CONNECT with `props` (and an optional will).
+pub fn connect_packet_v5(
+    id: &str,
+    clean: bool,
+    keep_alive: u16,
+    props: Vec<Property>,
+    will: Option<Will>,
+) -> Packet {
+    let mut p = connect_packet(Protocol::V5, id, clean, keep_alive, will);
+    if let Packet::Connect(c) = &mut p {
+        c.properties = Properties(props);
+    }
+    p
+}
+
 pub fn will(topic: &str, payload: &str, qos: RawQoS, retain: bool) -> Will {
     Will {
         topic: Bytes::copy_from_slice(topic.as_bytes()),
@@ -95,6 +110,29 @@ pub fn publish_packet(topic: &str, qos_pid: QosPid, retain: bool, payload: &[u8]
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         properties: Properties::default(),
         payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+/// A PUBLISH with 5.0 properties.
+pub fn publish_packet_v5(
+    topic: &str,
+    qos_pid: QosPid,
+    retain: bool,
+    payload: &[u8],
+    props: Vec<Property>,
+) -> Packet {
+    let mut p = publish_packet(topic, qos_pid, retain, payload);
+    if let Packet::Publish(p) = &mut p {
+        p.properties = Properties(props);
+    }
+    p
+}
+
+/// The Topic Alias property of a PUBLISH, if any.
+pub fn topic_alias(p: &Properties) -> Option<u16> {
+    p.find(|p| match p {
+        Property::TopicAlias(a) => Some(*a),
+        _ => None,
     })
 }
 
@@ -154,6 +192,17 @@ impl Raw {
             .await;
         assert_eq!(ack.code, 0, "{id}: CONNACK refused: {ack:?}");
         raw
+    }
+
+    /// Connects with 5.0 and `props`, clean start, keep-alive 60; waits for an
+    /// accepting CONNACK and returns it too.
+    pub async fn connect_v5(addr: SocketAddr, id: &str, props: Vec<Property>) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(addr).await;
+        let ack = raw
+            .handshake(connect_packet_v5(id, true, 60, props, None))
+            .await;
+        assert_eq!(ack.code, 0, "{id}: CONNACK refused: {ack:?}");
+        (raw, ack)
     }
 
     /// Sends a CONNECT and returns the CONNACK.
@@ -226,6 +275,42 @@ impl Raw {
                 }
             }
         }
+    }
+
+    /// The next packet, which must be a PUBLISH.
+    pub async fn recv_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges a QoS 1 PUBLISH this client received.
+    pub async fn puback(&mut self, p: &Publish) {
+        let pid = p.qos_pid.pid().expect("a QoS 1 PUBLISH has a packet id");
+        self.send(&Packet::PubAck(Ack::new(pid))).await;
+    }
+
+    /// Asserts that nothing arrives within `quiet` (a negative check).
+    pub async fn assert_silent(&mut self, quiet: Duration, what: &str) {
+        match self.next_within(quiet).await {
+            RawEv::Silent => {}
+            RawEv::Packet(p) => panic!("{what}: unexpected packet {p:?}"),
+            RawEv::Closed => panic!("{what}: connection closed"),
+        }
+    }
+
+    /// A normal DISCONNECT; waits until the broker closed the connection.
+    pub async fn disconnect(&mut self) {
+        self.send(&Packet::Disconnect(Disconnect::default())).await;
+        self.expect_closed(STEP).await;
+    }
+
+    /// Subscribes to one filter (packet id 1) and asserts that the SUBACK
+    /// grants `granted` (a QoS, or a 5.0 reason code).
+    pub async fn subscribe_ok(&mut self, filter: &str, qos: RawQoS, granted: u8) {
+        let codes = self.subscribe(1, &[(filter, qos)]).await;
+        assert_eq!(codes, vec![granted], "SUBACK for {filter}");
     }
 
     /// Subscribes and returns the SUBACK codes.

@@ -395,6 +395,24 @@ impl<P: Proto> Client<P> {
         self.expect("PUBLISH", |p| P::as_publish(p).cloned()).await
     }
 
+    /// Waits up to `limit` (for a PUBLISH due later than [`STEP`], e.g. a
+    /// delayed will) for the next PUBLISH; other packets are dropped.
+    pub async fn recv_publish_within(&mut self, limit: Duration, what: &str) -> P::Publish {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Ev::Packet(p)) => {
+                    if let Ok(p) = P::into_publish(p) {
+                        return p;
+                    }
+                }
+                Some(Ev::Closed(e)) => panic!("{}: closed while waiting for {what}: {e}", self.id),
+                None => panic!("{}: no {what} within {limit:?}", self.id),
+            }
+        }
+    }
+
     /// Collects exactly `n` PUBLISHes, each within [`STEP`] of the previous one.
     pub async fn recv_publishes(&mut self, n: usize) -> Vec<P::Publish> {
         let mut got = Vec::with_capacity(n);
