@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use ringmq::codec::{Auth, Protocol};
+use ringmq::codec::Auth;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
 };
@@ -26,65 +26,6 @@ use rumqttc::v5::mqttbytes::QoS;
 const TEST_LIMIT: Duration = Duration::from_secs(19);
 
 // ---- local helpers ------------------------------------------------------------
-
-/// A 5.0 CONNECT with `props` (and an optional will).
-fn v5_connect(
-    id: &str,
-    clean: bool,
-    keep_alive: u16,
-    props: Vec<Property>,
-    will: Option<Will>,
-) -> Packet {
-    let mut p = connect_packet(Protocol::V5, id, clean, keep_alive, will);
-    if let Packet::Connect(c) = &mut p {
-        c.properties = Properties(props);
-    }
-    p
-}
-
-/// A raw 5.0 client that was accepted; returns it with its CONNACK.
-async fn raw_v5(addr: std::net::SocketAddr, id: &str, props: Vec<Property>) -> (Raw, ConnAck) {
-    let mut raw = Raw::open(addr).await;
-    let ack = raw.handshake(v5_connect(id, true, 60, props, None)).await;
-    assert_eq!(ack.code, 0, "{id}: CONNACK refused: {ack:?}");
-    (raw, ack)
-}
-
-/// The next packet of a raw client, which must be a PUBLISH.
-async fn raw_publish(raw: &mut Raw) -> Publish {
-    match raw.recv().await {
-        Packet::Publish(p) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
-}
-
-/// Subscribes a raw client to one filter (packet id 1) and asserts the
-/// SUBACK grants `granted`.
-async fn raw_subscribe_ok(raw: &mut Raw, filter: &str, qos: RawQoS, granted: u8) {
-    assert_eq!(raw.subscribe(1, &[(filter, qos)]).await, vec![granted]);
-}
-
-/// Acknowledges a QoS 1 PUBLISH a raw client received.
-async fn raw_puback(raw: &mut Raw, p: &Publish) {
-    raw.send(&Packet::PubAck(Ack::new(p.qos_pid.pid().unwrap())))
-        .await;
-}
-
-/// Asserts that a raw client receives nothing within `quiet` (negative check).
-async fn raw_silent(raw: &mut Raw, quiet: Duration, what: &str) {
-    match raw.next_within(quiet).await {
-        RawEv::Silent => {}
-        RawEv::Packet(p) => panic!("{what}: unexpected packet {p:?}"),
-        RawEv::Closed => panic!("{what}: connection closed"),
-    }
-}
-
-fn topic_alias(p: &Properties) -> Option<u16> {
-    p.find(|p| match p {
-        Property::TopicAlias(a) => Some(*a),
-        _ => None,
-    })
-}
 
 /// Options tweak: clean start flag and 5.0 session expiry interval, keeping
 /// the helper's other connect properties.
@@ -140,7 +81,7 @@ async fn connack_properties() {
         // Raw: the exact properties.
         let mut raw = Raw::open(broker.addr).await;
         let ack = raw
-            .handshake(v5_connect(
+            .handshake(connect_packet_v5(
                 "",
                 true,
                 300,
@@ -192,14 +133,14 @@ async fn connack_properties() {
             "capped Session Expiry Interval: {props:?}"
         );
         // The assigned id is a working session: it receives its own publish.
-        raw_subscribe_ok(&mut raw, "ca/t", RawQoS::AtMostOnce, 0).await;
+        raw.subscribe_ok("ca/t", RawQoS::AtMostOnce, 0).await;
         raw.send(&publish_packet("ca/t", QosPid::AtMostOnce, false, b"self"))
             .await;
-        assert_eq!(&raw_publish(&mut raw).await.payload[..], b"self");
+        assert_eq!(&raw.recv_publish().await.payload[..], b"self");
 
         // Keep-alive within the cap and a client id: no Server Keep Alive, no
         // assigned id.
-        let (_raw2, ack2) = raw_v5(broker.addr, &id_on(1, 2, "ca-plain"), vec![]).await;
+        let (_raw2, ack2) = Raw::connect_v5(broker.addr, &id_on(1, 2, "ca-plain"), vec![]).await;
         assert!(
             ack2.properties
                 .find(|p| matches!(
@@ -224,6 +165,73 @@ async fn connack_properties() {
         assert_eq!(p.server_keep_alive, Some(60));
         assert_eq!(p.topic_alias_max, Some(5));
         assert_eq!(p.receive_max, Some(50));
+    })
+    .await
+}
+
+/// The keep-alive the broker announced in Server Keep Alive is the one it
+/// enforces: a client asking for 300 s gets 1 s (max_keepalive) and, silent,
+/// is disconnected with 0x8D after ~1.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_is_enforced() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start(2, |c| c.limits.max_keepalive = 1);
+        let mut raw = Raw::open(broker.addr).await;
+        let ack = raw
+            .handshake(connect_packet_v5(
+                &id_on(1, 2, "ska"),
+                true,
+                300,
+                vec![],
+                None,
+            ))
+            .await;
+        assert_eq!(ack.code, 0);
+        assert_eq!(
+            ack.properties.find(|p| match p {
+                Property::ServerKeepAlive(v) => Some(*v),
+                _ => None,
+            }),
+            Some(1)
+        );
+        let started = Instant::now();
+        let before = raw.expect_closed(Duration::from_secs(5)).await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x8D),
+            "{before:?}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(1400),
+            "closed after {elapsed:?}"
+        );
+    })
+    .await
+}
+
+/// A broker-assigned client id names a real session: reconnecting with it
+/// (clean start off) finds the session and its queued messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_client_id_resumes_session() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let mut c = V5::connect_with(broker.addr, "", session(60, true)).await;
+        let id = c
+            .connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.assigned_client_identifier.clone())
+            .expect("assigned client id");
+        c.subscribe_ok("acr/t", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "acr-pub")).await;
+        publisher
+            .publish("acr/t", QoS::AtLeastOnce, false, "queued")
+            .await;
+        publisher.wait_acks(1, QoS::AtLeastOnce).await;
+        let mut c = V5::connect_with(broker.addr, &id, session(60, false)).await;
+        assert!(c.connack.session_present, "session of assigned id {id}");
+        assert_eq!(&c.recv_publish().await.payload[..], b"queued");
     })
     .await
 }
@@ -311,7 +319,7 @@ async fn session_expiry_zero_and_clean_start_keep_nothing() {
         let b = id_on(1, 2, "s0-b");
         let mut raw = Raw::open(broker.addr).await;
         let ack = raw
-            .handshake(v5_connect(
+            .handshake(connect_packet_v5(
                 &b,
                 true,
                 60,
@@ -320,7 +328,7 @@ async fn session_expiry_zero_and_clean_start_keep_nothing() {
             ))
             .await;
         assert_eq!(ack.code, 0);
-        raw_subscribe_ok(&mut raw, "s0/b", RawQoS::AtLeastOnce, 1).await;
+        raw.subscribe_ok("s0/b", RawQoS::AtLeastOnce, 1).await;
         raw.send(&Packet::Disconnect(Disconnect {
             reason: 0,
             properties: Properties(vec![Property::SessionExpiryInterval(0)]),
@@ -349,6 +357,60 @@ async fn session_expiry_zero_and_clean_start_keep_nothing() {
             "clean start discards the session"
         );
         c.assert_no_publish(QUIET).await;
+    })
+    .await
+}
+
+/// A DISCONNECT may not set a non-zero Session Expiry Interval when the
+/// CONNECT's was 0 (5.0 section 3.14.2.2.2): protocol error, and no session is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_cannot_raise_session_expiry_from_zero() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let id = id_on(1, 2, "dse");
+        let (mut raw, _) = Raw::connect_v5(broker.addr, &id, vec![]).await;
+        raw.send(&Packet::Disconnect(Disconnect {
+            reason: 0,
+            properties: Properties(vec![Property::SessionExpiryInterval(30)]),
+        }))
+        .await;
+        let before = raw.expect_closed(STEP).await;
+        assert!(
+            matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x82),
+            "{before:?}"
+        );
+        let c = V5::connect_with(broker.addr, &id, session(30, false)).await;
+        assert!(!c.connack.session_present, "no session kept");
+    })
+    .await
+}
+
+/// `messages_sent` ("PUBLISH packets sent to clients") counts deliveries that
+/// waited in a session queue, not only those sent at once: 3 QoS 1 messages
+/// queued for an offline session and delivered on reconnect count 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_counts_queued_deliveries() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let sid = id_on(1, 2, "msc-sub");
+        let mut sub = V5::connect_with(broker.addr, &sid, session(60, true)).await;
+        sub.subscribe_ok("msc/t", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "msc-pub")).await;
+        for i in 0..3 {
+            publisher
+                .publish("msc/t", QoS::AtLeastOnce, false, numbered("q", i))
+                .await;
+        }
+        publisher.wait_acks(3, QoS::AtLeastOnce).await;
+        let mut sub = V5::connect_with(broker.addr, &sid, session(60, false)).await;
+        assert!(sub.connack.session_present);
+        let got = sub.recv_publishes(3).await;
+        let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
+        assert_sequence(&sid, "q", &payloads, 3);
+        broker
+            .wait_counters(STEP, "messages_sent >= 3", |c| c.messages_sent >= 3)
+            .await;
     })
     .await
 }
@@ -463,6 +525,46 @@ async fn expired_retained_not_delivered() {
     .await
 }
 
+/// A QoS 1 message with expiry 1 s waiting behind a full window (Receive
+/// Maximum 1) of a connected client expires there: once the window opens,
+/// the next unexpired message is sent instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_expiry_behind_full_window_dropped_and_counted() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let (mut raw, _) = Raw::connect_v5(
+            broker.addr,
+            &id_on(1, 2, "mew-sub"),
+            vec![Property::ReceiveMaximum(1)],
+        )
+        .await;
+        raw.subscribe_ok("mew/t", RawQoS::AtLeastOnce, 1).await;
+        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mew-pub")).await;
+        for (payload, expiry) in [("m0", None), ("m1", Some(1)), ("m2", None)] {
+            let props = expiry.map(expiry_props).unwrap_or_default();
+            publisher
+                .client
+                .publish_with_properties("mew/t", QoS::AtLeastOnce, false, payload, props)
+                .await
+                .unwrap();
+        }
+        publisher.wait_acks(3, QoS::AtLeastOnce).await;
+        let p0 = raw.recv_publish().await;
+        assert_eq!(&p0.payload[..], b"m0");
+        // Message expiry is a timer: hold the window past m1's 1 s lifetime.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        raw.puback(&p0).await;
+        let p = raw.recv_publish().await;
+        assert_eq!(&p.payload[..], b"m2", "m1 expired while queued");
+        raw.puback(&p).await;
+        raw.assert_silent(QUIET, "nothing more").await;
+        broker
+            .wait_counters(STEP, "dropped_expired >= 1", |c| c.dropped_expired >= 1)
+            .await;
+    })
+    .await
+}
+
 // ---- topic aliases --------------------------------------------------------------
 
 /// rumqttc sends PUBLISHes that set topic aliases, then PUBLISHes with an
@@ -531,7 +633,7 @@ async fn topic_alias_client_to_broker() {
 async fn topic_alias_invalid_disconnects() {
     within(TEST_LIMIT, "test", async {
         let broker = start(2, |c| c.limits.max_topic_alias = 2);
-        let (mut raw, ack) = raw_v5(broker.addr, &id_on(0, 2, "tai-a"), vec![]).await;
+        let (mut raw, ack) = Raw::connect_v5(broker.addr, &id_on(0, 2, "tai-a"), vec![]).await;
         assert_eq!(
             ack.properties.find(|p| match p {
                 Property::TopicAliasMaximum(v) => Some(*v),
@@ -539,23 +641,29 @@ async fn topic_alias_invalid_disconnects() {
             }),
             Some(2)
         );
-        let mut p = publish_packet("tai/x", QosPid::AtMostOnce, false, b"x");
-        if let Packet::Publish(p) = &mut p {
-            p.properties.push(Property::TopicAlias(3));
-        }
-        raw.send(&p).await;
+        raw.send(&publish_packet_v5(
+            "tai/x",
+            QosPid::AtMostOnce,
+            false,
+            b"x",
+            vec![Property::TopicAlias(3)],
+        ))
+        .await;
         let before = raw.expect_closed(STEP).await;
         assert!(
             matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x94),
             "want DISCONNECT 0x94, got {before:?}"
         );
 
-        let (mut raw, _) = raw_v5(broker.addr, &id_on(1, 2, "tai-b"), vec![]).await;
-        let mut p = publish_packet("", QosPid::AtMostOnce, false, b"x");
-        if let Packet::Publish(p) = &mut p {
-            p.properties.push(Property::TopicAlias(1));
-        }
-        raw.send(&p).await;
+        let (mut raw, _) = Raw::connect_v5(broker.addr, &id_on(1, 2, "tai-b"), vec![]).await;
+        raw.send(&publish_packet_v5(
+            "",
+            QosPid::AtMostOnce,
+            false,
+            b"x",
+            vec![Property::TopicAlias(1)],
+        ))
+        .await;
         let before = raw.expect_closed(STEP).await;
         assert!(
             matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x82),
@@ -570,6 +678,31 @@ async fn topic_alias_invalid_disconnects() {
     .await
 }
 
+/// Topic Alias 0 is not permitted [MQTT-3.3.2-8]; like an alias above the
+/// maximum it is "Topic Alias invalid": DISCONNECT 0x94 (as Mosquitto does,
+/// and as ringmq's own Violation::TopicAliasInvalid documents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alias_zero_disconnects_0x94() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let (mut raw, _) = Raw::connect_v5(broker.addr, &id_on(0, 2, "ta0"), vec![]).await;
+        raw.send(&publish_packet_v5(
+            "ta0/x",
+            QosPid::AtMostOnce,
+            false,
+            b"x",
+            vec![Property::TopicAlias(0)],
+        ))
+        .await;
+        let before = raw.expect_closed(STEP).await;
+        assert!(
+            matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x94),
+            "want DISCONNECT 0x94 (Topic Alias invalid), got {before:?}"
+        );
+    })
+    .await
+}
+
 /// The broker uses topic aliases towards a client that announced a Topic Alias
 /// Maximum: the first PUBLISH on a topic sets an alias, later ones carry an
 /// empty topic and the alias; past the client's maximum, full topics.
@@ -577,13 +710,13 @@ async fn topic_alias_invalid_disconnects() {
 async fn topic_alias_broker_to_client() {
     within(TEST_LIMIT, "test", async {
         let broker = start2();
-        let (mut raw, _) = raw_v5(
+        let (mut raw, _) = Raw::connect_v5(
             broker.addr,
             &id_on(1, 2, "tb-sub"),
             vec![Property::TopicAliasMaximum(2)],
         )
         .await;
-        raw_subscribe_ok(&mut raw, "tb/#", RawQoS::AtMostOnce, 0).await;
+        raw.subscribe_ok("tb/#", RawQoS::AtMostOnce, 0).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "tb-pub")).await;
         let sends = [
             ("tb/a", "1"),
@@ -607,7 +740,7 @@ async fn topic_alias_broker_to_client() {
             ("", Some(1)),
         ];
         for (i, (topic, alias)) in want.into_iter().enumerate() {
-            let p = raw_publish(&mut raw).await;
+            let p = raw.recv_publish().await;
             assert_eq!(&p.payload[..], sends[i].1.as_bytes());
             assert_eq!(
                 (&p.topic[..], topic_alias(&p.properties)),
@@ -908,6 +1041,37 @@ async fn retain_as_published_and_retain_handling() {
     .await
 }
 
+// ---- PUBACK and PUBREC reason codes ----------------------------------------------
+
+/// PUBACK and PUBREC reason codes say what routing found: 0x10 when nobody
+/// subscribed, 0x87 for a client publishing to `$SYS`, 0x00 when delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_ack_reason_codes() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let (mut raw, _) = Raw::connect_v5(broker.addr, &id_on(0, 2, "acks"), vec![]).await;
+        let (mut sub, _) = Raw::connect_v5(broker.addr, &id_on(1, 2, "acks-sub"), vec![]).await;
+        sub.subscribe_ok("acks/watched", RawQoS::AtLeastOnce, 1)
+            .await;
+        let cases: [(&str, QosPid, u8); 3] = [
+            ("acks/nobody", QosPid::AtLeastOnce(pid(1)), 0x10),
+            ("$SYS/acks", QosPid::ExactlyOnce(pid(2)), 0x87),
+            ("acks/watched", QosPid::AtLeastOnce(pid(3)), 0x00),
+        ];
+        for (topic, qos_pid, want) in cases {
+            raw.send(&publish_packet(topic, qos_pid, false, b"x")).await;
+            let reason = match raw.recv().await {
+                Packet::PubAck(a) | Packet::PubRec(a) => a.reason,
+                other => panic!("{topic}: expected an ack, got {other:?}"),
+            };
+            assert_eq!(reason, want, "{topic}");
+        }
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.topic[..], b"acks/watched");
+    })
+    .await
+}
+
 // ---- flow control and size limits ----------------------------------------------------
 
 /// Receive Maximum 2: a client that does not acknowledge has at most 2 QoS 1
@@ -916,13 +1080,13 @@ async fn retain_as_published_and_retain_handling() {
 async fn receive_maximum_limits_unacked() {
     within(TEST_LIMIT, "test", async {
         let broker = start2();
-        let (mut raw, _) = raw_v5(
+        let (mut raw, _) = Raw::connect_v5(
             broker.addr,
             &id_on(1, 2, "rm-sub"),
             vec![Property::ReceiveMaximum(2)],
         )
         .await;
-        raw_subscribe_ok(&mut raw, "rm/t", RawQoS::AtLeastOnce, 1).await;
+        raw.subscribe_ok("rm/t", RawQoS::AtLeastOnce, 1).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "rm-pub")).await;
         for i in 0..5 {
             publisher
@@ -937,24 +1101,22 @@ async fn receive_maximum_limits_unacked() {
             next += 1;
             raw_p.qos_pid.pid().expect("QoS 1 has a packet id")
         };
-        let p0 = recv(raw_publish(&mut raw).await);
-        let p1 = recv(raw_publish(&mut raw).await);
-        raw_silent(
-            &mut raw,
-            QUIET,
-            "third PUBLISH before any PUBACK (Receive Maximum 2)",
-        )
-        .await;
+        let p0 = recv(raw.recv_publish().await);
+        let p1 = recv(raw.recv_publish().await);
+        raw.assert_silent(QUIET, "third PUBLISH before any PUBACK (Receive Maximum 2)")
+            .await;
         raw.send(&Packet::PubAck(Ack::new(p0))).await;
-        let p2 = recv(raw_publish(&mut raw).await);
-        raw_silent(&mut raw, QUIET, "fourth PUBLISH with 2 unacknowledged").await;
+        let p2 = recv(raw.recv_publish().await);
+        raw.assert_silent(QUIET, "fourth PUBLISH with 2 unacknowledged")
+            .await;
         raw.send(&Packet::PubAck(Ack::new(p1))).await;
         raw.send(&Packet::PubAck(Ack::new(p2))).await;
-        let p3 = recv(raw_publish(&mut raw).await);
-        let p4 = recv(raw_publish(&mut raw).await);
+        let p3 = recv(raw.recv_publish().await);
+        let p4 = recv(raw.recv_publish().await);
         raw.send(&Packet::PubAck(Ack::new(p3))).await;
         raw.send(&Packet::PubAck(Ack::new(p4))).await;
-        raw_silent(&mut raw, QUIET, "nothing after the 5 messages").await;
+        raw.assert_silent(QUIET, "nothing after the 5 messages")
+            .await;
     })
     .await
 }
@@ -965,13 +1127,13 @@ async fn receive_maximum_limits_unacked() {
 async fn maximum_packet_size_drops_large_messages() {
     within(TEST_LIMIT, "test", async {
         let broker = start2();
-        let (mut raw, _) = raw_v5(
+        let (mut raw, _) = Raw::connect_v5(
             broker.addr,
             &id_on(1, 2, "mps-sub"),
             vec![Property::MaximumPacketSize(100)],
         )
         .await;
-        raw_subscribe_ok(&mut raw, "mps/#", RawQoS::AtLeastOnce, 1).await;
+        raw.subscribe_ok("mps/#", RawQoS::AtLeastOnce, 1).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mps-pub")).await;
         let big = vec![b'x'; 500];
         publisher
@@ -991,15 +1153,68 @@ async fn maximum_packet_size_drops_large_messages() {
             .await;
         publisher.wait_acks(3, QoS::AtLeastOnce).await;
         for want in ["small-1", "small-2", "small-3"] {
-            let p = raw_publish(&mut raw).await;
+            let p = raw.recv_publish().await;
             assert_eq!(&p.payload[..], want.as_bytes());
             if let Some(pid) = p.qos_pid.pid() {
                 raw.send(&Packet::PubAck(Ack::new(pid))).await;
             }
         }
-        raw_silent(&mut raw, QUIET, "the 500-byte messages must not be sent").await;
+        raw.assert_silent(QUIET, "the 500-byte messages must not be sent")
+            .await;
         broker
             .wait_counters(STEP, "dropped_too_large >= 2", |c| c.dropped_too_large >= 2)
+            .await;
+    })
+    .await
+}
+
+/// Maximum Packet Size 100 on a persistent session: a 500-byte QoS 1 message
+/// queued while the client was offline is dropped on resume (not sent), and
+/// counted in dropped_too_large like a live one; the small one after it is
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximum_packet_size_queued_message_dropped_and_counted() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let id = id_on(1, 2, "mpq-sub");
+        let props = || {
+            vec![
+                Property::MaximumPacketSize(100),
+                Property::SessionExpiryInterval(60),
+            ]
+        };
+        let mut raw = Raw::open(broker.addr).await;
+        assert_eq!(
+            raw.handshake(connect_packet_v5(&id, true, 60, props(), None))
+                .await
+                .code,
+            0
+        );
+        raw.subscribe_ok("mpq/#", RawQoS::AtLeastOnce, 1).await;
+        raw.disconnect().await;
+
+        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mpq-pub")).await;
+        publisher
+            .client
+            .publish("mpq/t", QoS::AtLeastOnce, false, vec![b'x'; 500])
+            .await
+            .unwrap();
+        publisher
+            .publish("mpq/t", QoS::AtLeastOnce, false, "small")
+            .await;
+        publisher.wait_acks(2, QoS::AtLeastOnce).await;
+
+        let mut raw = Raw::open(broker.addr).await;
+        let ack = raw
+            .handshake(connect_packet_v5(&id, false, 60, props(), None))
+            .await;
+        assert!(ack.session_present);
+        let p = raw.recv_publish().await;
+        assert_eq!(&p.payload[..], b"small");
+        raw.puback(&p).await;
+        raw.assert_silent(QUIET, "the 500-byte message").await;
+        broker
+            .wait_counters(STEP, "dropped_too_large >= 1", |c| c.dropped_too_large >= 1)
             .await;
     })
     .await
@@ -1023,7 +1238,7 @@ async fn will_delay_published_after_delay() {
         watcher.subscribe_ok("wd/#", QoS::AtLeastOnce).await;
         let mut raw = Raw::open(broker.addr).await;
         let ack = raw
-            .handshake(v5_connect(
+            .handshake(connect_packet_v5(
                 &id_on(0, 2, "wd-client"),
                 true,
                 60,
@@ -1037,7 +1252,7 @@ async fn will_delay_published_after_delay() {
         let p = within(
             Duration::from_secs(6),
             "the delayed will",
-            recv_publish_long(&mut watcher),
+            watcher.recv_publish_within(Duration::from_secs(6), "the delayed will"),
         )
         .await;
         let elapsed = dropped.elapsed();
@@ -1066,7 +1281,7 @@ async fn will_delay_capped_by_session_end() {
         watcher.subscribe_ok("wdc/#", QoS::AtLeastOnce).await;
         let mut raw = Raw::open(broker.addr).await;
         let ack = raw
-            .handshake(v5_connect(
+            .handshake(connect_packet_v5(
                 &id_on(0, 2, "wdc-client"),
                 true,
                 60,
@@ -1098,7 +1313,7 @@ async fn will_delay_cancelled_by_reconnect() {
         watcher.subscribe_ok("wr/#", QoS::AtLeastOnce).await;
         let id = id_on(0, 2, "wr-client");
         let connect = |clean| {
-            v5_connect(
+            connect_packet_v5(
                 &id,
                 clean,
                 60,
@@ -1117,9 +1332,42 @@ async fn will_delay_cancelled_by_reconnect() {
         // 500 ms tick); watch for 3 s that it does not come.
         watcher.assert_no_publish(Duration::from_secs(3)).await;
         // A normal DISCONNECT now discards the will.
-        raw.send(&Packet::Disconnect(Disconnect::default())).await;
-        raw.expect_closed(STEP).await;
+        raw.disconnect().await;
         watcher.assert_no_publish(QUIET).await;
+    })
+    .await
+}
+
+/// A will with Will Delay 2 s and a Message Expiry Interval of 1 s: the expiry
+/// is the will's lifetime from when it is published ("sent as the Publication
+/// Expiry Interval when the Server publishes the Will Message", MQTT 5.0
+/// 3.1.3.2.4), so the subscriber gets it after ~2 s with expiry <= 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_message_expiry_counts_from_publication() {
+    within(TEST_LIMIT, "test", async {
+        let broker = start2();
+        let mut watcher = V5::connect(broker.addr, &id_on(1, 2, "wme-watch")).await;
+        watcher.subscribe_ok("wme/#", QoS::AtLeastOnce).await;
+        let mut w = delayed_will("wme/will", 2);
+        w.properties.push(Property::MessageExpiryInterval(1));
+        let mut raw = Raw::open(broker.addr).await;
+        let ack = raw
+            .handshake(connect_packet_v5(
+                &id_on(0, 2, "wme-client"),
+                true,
+                60,
+                vec![Property::SessionExpiryInterval(10)],
+                Some(w),
+            ))
+            .await;
+        assert_eq!(ack.code, 0);
+        drop(raw);
+        let p = watcher
+            .recv_publish_within(Duration::from_secs(6), "the delayed will")
+            .await;
+        assert_eq!(&p.topic[..], b"wme/will");
+        let left = p.properties.and_then(|p| p.message_expiry_interval);
+        assert!(matches!(left, Some(0..=1)), "remaining expiry {left:?}");
     })
     .await
 }
@@ -1135,7 +1383,7 @@ async fn auth_method_refused() {
         let broker = start2();
         let mut raw = Raw::open(broker.addr).await;
         let ack = raw
-            .handshake(v5_connect(
+            .handshake(connect_packet_v5(
                 &id_on(0, 2, "auth-a"),
                 true,
                 60,
@@ -1150,7 +1398,7 @@ async fn auth_method_refused() {
         assert!(!ack.session_present);
         raw.expect_closed(STEP).await;
 
-        let (mut raw, _) = raw_v5(broker.addr, &id_on(1, 2, "auth-b"), vec![]).await;
+        let (mut raw, _) = Raw::connect_v5(broker.addr, &id_on(1, 2, "auth-b"), vec![]).await;
         raw.send(&Packet::Auth(Auth {
             reason: 0x19,
             properties: Properties(vec![Property::AuthenticationMethod(Bytes::from_static(
@@ -1280,305 +1528,4 @@ async fn mosquitto_v5_properties_and_subscription_id() {
         assert_eq!(publishes.count(), 3, "{:#?}", sub.seen);
     })
     .await
-}
-
-/// Waits longer than STEP for one PUBLISH (a will due seconds later).
-async fn recv_publish_long(c: &mut V5) -> v5::Publish {
-    loop {
-        match c.next_within(Duration::from_secs(6)).await {
-            Some(Ev::Packet(v5::Packet::Publish(p))) => return p,
-            Some(Ev::Packet(_)) => {}
-            Some(Ev::Closed(e)) => panic!("{}: closed: {e}", c.id),
-            None => panic!("{}: no PUBLISH within 6 s", c.id),
-        }
-    }
-}
-
-// ---- further 5.0 edge cases ---------------------------------------------------------
-
-/// A will with Will Delay 2 s and a Message Expiry Interval of 1 s: the expiry
-/// is the will's lifetime from when it is published ("sent as the Publication
-/// Expiry Interval when the Server publishes the Will Message", MQTT 5.0
-/// 3.1.3.2.4), so the subscriber gets it after ~2 s with expiry <= 1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn will_message_expiry_counts_from_publication() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let mut watcher = V5::connect(broker.addr, &id_on(1, 2, "wme-watch")).await;
-        watcher.subscribe_ok("wme/#", QoS::AtLeastOnce).await;
-        let mut w = delayed_will("wme/will", 2);
-        w.properties.push(Property::MessageExpiryInterval(1));
-        let mut raw = Raw::open(broker.addr).await;
-        let ack = raw
-            .handshake(v5_connect(
-                &id_on(0, 2, "wme-client"),
-                true,
-                60,
-                vec![Property::SessionExpiryInterval(10)],
-                Some(w),
-            ))
-            .await;
-        assert_eq!(ack.code, 0);
-        drop(raw);
-        let p = recv_publish_long(&mut watcher).await;
-        assert_eq!(&p.topic[..], b"wme/will");
-        let left = p.properties.and_then(|p| p.message_expiry_interval);
-        assert!(matches!(left, Some(0..=1)), "remaining expiry {left:?}");
-    })
-    .await
-}
-
-/// Maximum Packet Size 100 on a persistent session: a 500-byte QoS 1 message
-/// queued while the client was offline is dropped on resume (not sent), and
-/// counted in dropped_too_large like a live one; the small one after it is
-/// delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn maximum_packet_size_queued_message_dropped_and_counted() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let id = id_on(1, 2, "mpq-sub");
-        let props = || {
-            vec![
-                Property::MaximumPacketSize(100),
-                Property::SessionExpiryInterval(60),
-            ]
-        };
-        let mut raw = Raw::open(broker.addr).await;
-        assert_eq!(
-            raw.handshake(v5_connect(&id, true, 60, props(), None))
-                .await
-                .code,
-            0
-        );
-        raw_subscribe_ok(&mut raw, "mpq/#", RawQoS::AtLeastOnce, 1).await;
-        raw.send(&Packet::Disconnect(Disconnect::default())).await;
-        raw.expect_closed(STEP).await;
-
-        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mpq-pub")).await;
-        publisher
-            .client
-            .publish("mpq/t", QoS::AtLeastOnce, false, vec![b'x'; 500])
-            .await
-            .unwrap();
-        publisher
-            .publish("mpq/t", QoS::AtLeastOnce, false, "small")
-            .await;
-        publisher.wait_acks(2, QoS::AtLeastOnce).await;
-
-        let mut raw = Raw::open(broker.addr).await;
-        let ack = raw
-            .handshake(v5_connect(&id, false, 60, props(), None))
-            .await;
-        assert!(ack.session_present);
-        let p = raw_publish(&mut raw).await;
-        assert_eq!(&p.payload[..], b"small");
-        raw_puback(&mut raw, &p).await;
-        raw_silent(&mut raw, QUIET, "the 500-byte message").await;
-        broker
-            .wait_counters(STEP, "dropped_too_large >= 1", |c| c.dropped_too_large >= 1)
-            .await;
-    })
-    .await
-}
-
-/// Topic Alias 0 is not permitted [MQTT-3.3.2-8]; like an alias above the
-/// maximum it is "Topic Alias invalid": DISCONNECT 0x94 (as Mosquitto does,
-/// and as ringmq's own Violation::TopicAliasInvalid documents).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topic_alias_zero_disconnects_0x94() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let (mut raw, _) = raw_v5(broker.addr, &id_on(0, 2, "ta0"), vec![]).await;
-        let mut p = publish_packet("ta0/x", QosPid::AtMostOnce, false, b"x");
-        if let Packet::Publish(p) = &mut p {
-            p.properties.push(Property::TopicAlias(0));
-        }
-        raw.send(&p).await;
-        let before = raw.expect_closed(STEP).await;
-        assert!(
-            matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x94),
-            "want DISCONNECT 0x94 (Topic Alias invalid), got {before:?}"
-        );
-    })
-    .await
-}
-
-/// A QoS 1 message with expiry 1 s waiting behind a full window (Receive
-/// Maximum 1) of a connected client expires there: once the window opens,
-/// the next unexpired message is sent instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_expiry_behind_full_window_dropped_and_counted() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let (mut raw, _) = raw_v5(
-            broker.addr,
-            &id_on(1, 2, "mew-sub"),
-            vec![Property::ReceiveMaximum(1)],
-        )
-        .await;
-        raw_subscribe_ok(&mut raw, "mew/t", RawQoS::AtLeastOnce, 1).await;
-        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "mew-pub")).await;
-        for (payload, expiry) in [("m0", None), ("m1", Some(1)), ("m2", None)] {
-            let props = expiry.map(expiry_props).unwrap_or_default();
-            publisher
-                .client
-                .publish_with_properties("mew/t", QoS::AtLeastOnce, false, payload, props)
-                .await
-                .unwrap();
-        }
-        publisher.wait_acks(3, QoS::AtLeastOnce).await;
-        let p0 = raw_publish(&mut raw).await;
-        assert_eq!(&p0.payload[..], b"m0");
-        // Message expiry is a timer: hold the window past m1's 1 s lifetime.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        raw_puback(&mut raw, &p0).await;
-        let p = raw_publish(&mut raw).await;
-        assert_eq!(&p.payload[..], b"m2", "m1 expired while queued");
-        raw_puback(&mut raw, &p).await;
-        raw_silent(&mut raw, QUIET, "nothing more").await;
-        broker
-            .wait_counters(STEP, "dropped_expired >= 1", |c| c.dropped_expired >= 1)
-            .await;
-    })
-    .await
-}
-
-/// A DISCONNECT may not set a non-zero Session Expiry Interval when the
-/// CONNECT's was 0 (5.0 section 3.14.2.2.2): protocol error, and no session is kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnect_cannot_raise_session_expiry_from_zero() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let id = id_on(1, 2, "dse");
-        let (mut raw, _) = raw_v5(broker.addr, &id, vec![]).await;
-        raw.send(&Packet::Disconnect(Disconnect {
-            reason: 0,
-            properties: Properties(vec![Property::SessionExpiryInterval(30)]),
-        }))
-        .await;
-        let before = raw.expect_closed(STEP).await;
-        assert!(
-            matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x82),
-            "{before:?}"
-        );
-        let c = V5::connect_with(broker.addr, &id, session(30, false)).await;
-        assert!(!c.connack.session_present, "no session kept");
-    })
-    .await
-}
-
-/// `messages_sent` ("PUBLISH packets sent to clients") counts deliveries that
-/// waited in a session queue, not only those sent at once: 3 QoS 1 messages
-/// queued for an offline session and delivered on reconnect count 3.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_sent_counts_queued_deliveries() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let sid = id_on(1, 2, "msc-sub");
-        let mut sub = V5::connect_with(broker.addr, &sid, session(60, true)).await;
-        sub.subscribe_ok("msc/t", QoS::AtLeastOnce).await;
-        sub.disconnect().await;
-        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "msc-pub")).await;
-        for i in 0..3 {
-            publisher
-                .publish("msc/t", QoS::AtLeastOnce, false, numbered("q", i))
-                .await;
-        }
-        publisher.wait_acks(3, QoS::AtLeastOnce).await;
-        let mut sub = V5::connect_with(broker.addr, &sid, session(60, false)).await;
-        assert!(sub.connack.session_present);
-        let got = sub.recv_publishes(3).await;
-        let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
-        assert_sequence(&sid, "q", &payloads, 3);
-        broker
-            .wait_counters(STEP, "messages_sent >= 3", |c| c.messages_sent >= 3)
-            .await;
-    })
-    .await
-}
-
-/// The keep-alive the broker announced in Server Keep Alive is the one it
-/// enforces: a client asking for 300 s gets 1 s (max_keepalive) and, silent,
-/// is disconnected with 0x8D after ~1.5 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_keep_alive_is_enforced() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start(2, |c| c.limits.max_keepalive = 1);
-        let mut raw = Raw::open(broker.addr).await;
-        let ack = raw
-            .handshake(v5_connect(&id_on(1, 2, "ska"), true, 300, vec![], None))
-            .await;
-        assert_eq!(ack.code, 0);
-        assert_eq!(
-            ack.properties.find(|p| match p {
-                Property::ServerKeepAlive(v) => Some(*v),
-                _ => None,
-            }),
-            Some(1)
-        );
-        let started = Instant::now();
-        let before = raw.expect_closed(Duration::from_secs(5)).await;
-        let elapsed = started.elapsed();
-        assert!(
-            matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x8D),
-            "{before:?}"
-        );
-        assert!(
-            elapsed >= Duration::from_millis(1400),
-            "closed after {elapsed:?}"
-        );
-    })
-    .await
-}
-
-/// A broker-assigned client id names a real session: reconnecting with it
-/// (clean start off) finds the session and its queued messages.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn assigned_client_id_resumes_session() {
-    within(TEST_LIMIT, "test", async {
-        let broker = start2();
-        let mut c = V5::connect_with(broker.addr, "", session(60, true)).await;
-        let id = c
-            .connack
-            .properties
-            .as_ref()
-            .and_then(|p| p.assigned_client_identifier.clone())
-            .expect("assigned client id");
-        c.subscribe_ok("acr/t", QoS::AtLeastOnce).await;
-        c.disconnect().await;
-        let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "acr-pub")).await;
-        publisher
-            .publish("acr/t", QoS::AtLeastOnce, false, "queued")
-            .await;
-        publisher.wait_acks(1, QoS::AtLeastOnce).await;
-        let mut c = V5::connect_with(broker.addr, &id, session(60, false)).await;
-        assert!(c.connack.session_present, "session of assigned id {id}");
-        assert_eq!(&c.recv_publish().await.payload[..], b"queued");
-    })
-    .await
-}
-
-/// PUBACK and PUBREC reason codes say what routing found: 0x10 when nobody
-/// subscribed, 0x87 for a client publishing to `$SYS`, 0x00 when delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_ack_reason_codes() {
-    let broker = start2();
-    let (mut raw, _) = raw_v5(broker.addr, &id_on(0, 2, "acks"), vec![]).await;
-    let (mut sub, _) = raw_v5(broker.addr, &id_on(1, 2, "acks-sub"), vec![]).await;
-    raw_subscribe_ok(&mut sub, "acks/watched", RawQoS::AtLeastOnce, 1).await;
-    let cases: [(&str, QosPid, u8); 3] = [
-        ("acks/nobody", QosPid::AtLeastOnce(pid(1)), 0x10),
-        ("$SYS/acks", QosPid::ExactlyOnce(pid(2)), 0x87),
-        ("acks/watched", QosPid::AtLeastOnce(pid(3)), 0x00),
-    ];
-    for (topic, qos_pid, want) in cases {
-        raw.send(&publish_packet(topic, qos_pid, false, b"x")).await;
-        let reason = match within(Duration::from_secs(5), topic, raw.recv()).await {
-            Packet::PubAck(a) | Packet::PubRec(a) => a.reason,
-            other => panic!("{topic}: expected an ack, got {other:?}"),
-        };
-        assert_eq!(reason, want, "{topic}");
-    }
-    let p = within(Duration::from_secs(5), "delivery", raw_publish(&mut sub)).await;
-    assert_eq!(&p.topic[..], b"acks/watched");
 }
