@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -177,55 +177,6 @@ impl Sub {
     }
 }
 
-/// Runs `mosquitto_pub` to completion (bounded) and asserts it succeeded.
-/// `lines`: messages for `-l` (one per line on stdin); otherwise `args`
-/// carry `-m`/`-n`.
-fn mosquitto_pub(
-    broker: &TestBroker,
-    id: &str,
-    version: &str,
-    args: &[&str],
-    lines: Option<&[String]>,
-) {
-    require_program("mosquitto_pub");
-    let mut cmd = Command::new("mosquitto_pub");
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.port.to_string(),
-        "-i",
-        id,
-        "-V",
-        version,
-    ])
-    .args(args)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if lines.is_some() {
-        cmd.arg("-l").stdin(Stdio::piped());
-    } else {
-        cmd.stdin(Stdio::null());
-    }
-    let mut child = cmd.spawn().expect("spawn mosquitto_pub");
-    if let Some(lines) = lines {
-        let mut stdin = child.stdin.take().expect("stdin");
-        for l in lines {
-            writeln!(stdin, "{l}").expect("write to mosquitto_pub");
-        }
-    }
-    let status = wait_bounded(
-        &mut child,
-        Instant::now() + Duration::from_secs(10),
-        "mosquitto_pub",
-    );
-    let err = stderr_of(&mut child);
-    assert!(
-        status.success(),
-        "mosquitto_pub {id} {args:?} failed ({status}): {err}"
-    );
-}
-
 fn payloads(msgs: &[Msg]) -> Vec<String> {
     msgs.iter().map(|m| m.payload.clone()).collect()
 }
@@ -252,10 +203,17 @@ fn mosquitto_qos_levels_and_versions() {
             sub.wait_subscribed();
             let lines: Vec<String> = (0..COUNT).map(|i| numbered(&tag, i)).collect();
             mosquitto_pub(
-                &broker,
-                &id_on(0, 2, &format!("mp-{tag}")),
-                pub_v,
-                &["-t", &topic, "-q", &qos.to_string()],
+                broker.port,
+                &[
+                    "-i",
+                    &id_on(0, 2, &format!("mp-{tag}")),
+                    "-V",
+                    pub_v,
+                    "-t",
+                    &topic,
+                    "-q",
+                    &qos.to_string(),
+                ],
                 Some(&lines),
             );
             let (msgs, ok) = sub.finish();
@@ -293,10 +251,19 @@ fn mosquitto_qos_downgrade() {
         );
         sub.wait_subscribed();
         mosquitto_pub(
-            &broker,
-            &id_on(0, 2, &format!("mp-{tag}")),
-            "311",
-            &["-t", &topic, "-q", &pub_q.to_string(), "-m", "x"],
+            broker.port,
+            &[
+                "-i",
+                &id_on(0, 2, &format!("mp-{tag}")),
+                "-V",
+                "311",
+                "-t",
+                &topic,
+                "-q",
+                &pub_q.to_string(),
+                "-m",
+                "x",
+            ],
             None,
         );
         let (msgs, ok) = sub.finish();
@@ -314,10 +281,20 @@ fn mosquitto_qos_downgrade() {
 fn mosquitto_retained() {
     let broker = start2();
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mr-pub"),
-        "311",
-        &["-t", "mq/ret", "-q", "1", "-r", "-m", "kept"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mr-pub"),
+            "-V",
+            "311",
+            "-t",
+            "mq/ret",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "kept",
+        ],
         None,
     );
     for (core, version) in [(0, "311"), (1, "5")] {
@@ -348,10 +325,20 @@ fn mosquitto_retained() {
     // Replace it from a 5.0 publisher, then clear it with an empty retained
     // message.
     mosquitto_pub(
-        &broker,
-        &id_on(1, 2, "mr-pub5"),
-        "5",
-        &["-t", "mq/ret", "-q", "1", "-r", "-m", "v2"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(1, 2, "mr-pub5"),
+            "-V",
+            "5",
+            "-t",
+            "mq/ret",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "v2",
+        ],
         None,
     );
     let mut sub = Sub::spawn(
@@ -371,17 +358,36 @@ fn mosquitto_retained() {
     );
 
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mr-clear"),
-        "311",
-        &["-t", "mq/ret", "-q", "1", "-r", "-n"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mr-clear"),
+            "-V",
+            "311",
+            "-t",
+            "mq/ret",
+            "-q",
+            "1",
+            "-r",
+            "-n",
+        ],
         None,
     );
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mr-marker"),
-        "311",
-        &["-t", "mq/marker", "-q", "1", "-r", "-m", "m"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mr-marker"),
+            "-V",
+            "311",
+            "-t",
+            "mq/marker",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "m",
+        ],
         None,
     );
     // One SUBSCRIBE with mq/ret first, then mq/marker: the broker sends the
@@ -416,10 +422,12 @@ fn mosquitto_v5_user_properties_and_v311_interop() {
     sub5.wait_subscribed();
     sub4.wait_subscribed();
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mu-pub5"),
-        "5",
+        broker.port,
         &[
+            "-i",
+            &id_on(0, 2, "mu-pub5"),
+            "-V",
+            "5",
             "-t",
             "mu/five",
             "-q",
@@ -440,10 +448,19 @@ fn mosquitto_v5_user_properties_and_v311_interop() {
         None,
     );
     mosquitto_pub(
-        &broker,
-        &id_on(1, 2, "mu-pub4"),
-        "311",
-        &["-t", "mu/four", "-q", "1", "-m", "from4"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(1, 2, "mu-pub4"),
+            "-V",
+            "311",
+            "-t",
+            "mu/four",
+            "-q",
+            "1",
+            "-m",
+            "from4",
+        ],
         None,
     );
     let (m5, ok5) = sub5.finish();
@@ -526,10 +543,17 @@ fn mosquitto_persistent_session() {
     );
     let lines: Vec<String> = (0..5).map(|i| numbered("mps", i)).collect();
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mps-pub"),
-        "311",
-        &["-t", "mps/t", "-q", "1"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mps-pub"),
+            "-V",
+            "311",
+            "-t",
+            "mps/t",
+            "-q",
+            "1",
+        ],
         Some(&lines),
     );
     let mut back = Command::new("mosquitto_sub");

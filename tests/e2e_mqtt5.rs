@@ -1499,10 +1499,10 @@ async fn mosquitto_v5_properties_and_subscription_id() {
                  -D publish user-property k v1 -D publish user-property k v2 \
                  -D publish content-type text/plain -D publish response-topic mq/reply"
             );
-            mosquitto_pub_args(port, &args.split_whitespace().collect::<Vec<_>>());
+            mosquitto_pub(port, &args.split_whitespace().collect::<Vec<_>>(), None);
         }
         let args = format!("-V 311 -q 1 -i {pub_id} -t mq/b -m three");
-        mosquitto_pub_args(port, &args.split_whitespace().collect::<Vec<_>>());
+        mosquitto_pub(port, &args.split_whitespace().collect::<Vec<_>>(), None);
         let mut got = Vec::new();
         for _ in 0..3 {
             got.push(sub.msg().await);

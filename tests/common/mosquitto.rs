@@ -104,29 +104,66 @@ impl MosqSub {
     }
 }
 
-/// Runs `mosquitto_pub -h 127.0.0.1 -p <port> <args>` to completion, killing
-/// it (and failing) if it is not done within [`STEP`].
-pub fn mosquitto_pub_args(port: u16, args: &[&str]) {
+/// Longest run of one `mosquitto_pub` (connect, publish, wait for the
+/// acknowledgements, disconnect): a hang guard, not a speed claim.
+pub const MOSQUITTO_PUB_LIMIT: Duration = Duration::from_secs(2 * STEP.as_secs());
+
+/// The one way tests run `mosquitto_pub`: `mosquitto_pub -h 127.0.0.1 -p
+/// <port> <args>`, with `-l` and one message per line on stdin when `lines`
+/// is given (otherwise `args` carry `-m`/`-n`). Blocks until it exits; fails
+/// with its exit status and stderr if it fails, and kills it and fails with
+/// its stderr if it is still running after [`MOSQUITTO_PUB_LIMIT`].
+pub fn mosquitto_pub(port: u16, args: &[&str], lines: Option<&[String]>) {
+    use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     require_program("mosquitto_pub");
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mosquitto_pub");
-    let deadline = Instant::now() + STEP;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "mosquitto_pub {args:?} failed: {status}");
-            return;
+        .stderr(Stdio::piped());
+    if lines.is_some() {
+        cmd.arg("-l").stdin(Stdio::piped());
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    let mut child = cmd.spawn().expect("spawn mosquitto_pub");
+    // Read stderr on a thread, so that a chatty failure cannot block on a
+    // full pipe; it is reported however the run ends.
+    let mut err = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    if let Some(lines) = lines {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for l in lines {
+            writeln!(stdin, "{l}").expect("write to mosquitto_pub");
+        }
+        // Dropping stdin closes it: `-l` publishes what it read and exits.
+    }
+    let deadline = Instant::now() + MOSQUITTO_PUB_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait mosquitto_pub") {
+            break Some(status);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("mosquitto_pub {args:?} did not finish within {STEP:?}");
+            break None;
         }
         std::thread::sleep(Duration::from_millis(10)); // polling a process, not synchronisation
+    };
+    let stderr = err_reader.join().unwrap_or_default();
+    match status {
+        None => panic!(
+            "mosquitto_pub {args:?} still running after {MOSQUITTO_PUB_LIMIT:?}: killed; \
+             stderr: {stderr}"
+        ),
+        Some(status) => assert!(
+            status.success(),
+            "mosquitto_pub {args:?} failed ({status}); stderr: {stderr}"
+        ),
     }
 }
