@@ -171,12 +171,16 @@ async fn connack_properties() {
 
 /// The keep-alive the broker announced in Server Keep Alive is the one it
 /// enforces: a client asking for 300 s gets 1 s (max_keepalive) and, silent,
-/// is disconnected with 0x8D after ~1.5 s.
+/// is disconnected with 0x8D after 1.5 s, not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_keep_alive_is_enforced() {
     within(TEST_LIMIT, "test", async {
         let broker = start(2, |c| c.limits.max_keepalive = 1);
         let mut raw = Raw::open(broker.addr).await;
+        // Before the CONNECT is sent, so that the broker's keep-alive clock
+        // starts after it: the lower bound below cannot fail because the test
+        // was slow to read the CONNACK.
+        let started = Instant::now();
         let ack = raw
             .handshake(connect_packet_v5(
                 &id_on(1, 2, "ska"),
@@ -194,8 +198,8 @@ async fn server_keep_alive_is_enforced() {
             }),
             Some(1)
         );
-        let started = Instant::now();
-        let before = raw.expect_closed(Duration::from_secs(5)).await;
+        // Closed at all: a deadline of STEP past the 1.5 s.
+        let before = raw.expect_closed(Duration::from_millis(1500) + STEP).await;
         let elapsed = started.elapsed();
         assert!(
             matches!(before.as_slice(), [Packet::Disconnect(d)] if d.reason == 0x8D),
@@ -1247,14 +1251,15 @@ async fn will_delay_published_after_delay() {
             ))
             .await;
         assert_eq!(ack.code, 0);
-        drop(raw); // abnormal end: no DISCONNECT
+        // Before the drop, so that the broker's delay starts after it: the
+        // lower bound below cannot fail because the test was slow.
         let dropped = Instant::now();
-        let p = within(
-            Duration::from_secs(6),
-            "the delayed will",
-            watcher.recv_publish_within(Duration::from_secs(6), "the delayed will"),
-        )
-        .await;
+        drop(raw); // abnormal end: no DISCONNECT
+                   // Published at all: a deadline of STEP past the delay, not a claim
+                   // about how promptly after it.
+        let p = watcher
+            .recv_publish_within(Duration::from_secs(2) + STEP, "the delayed will")
+            .await;
         let elapsed = dropped.elapsed();
         assert_eq!(&p.topic[..], b"wd/will");
         assert_eq!(&p.payload[..], b"gone");
@@ -1262,17 +1267,15 @@ async fn will_delay_published_after_delay() {
             elapsed >= Duration::from_millis(1900),
             "will published after {elapsed:?}, before its 2 s delay"
         );
-        assert!(
-            elapsed <= Duration::from_millis(4500),
-            "will late: {elapsed:?}"
-        );
         watcher.assert_no_publish(QUIET).await;
     })
     .await
 }
 
-/// A will whose delay (5 s) is longer than the session expiry (0): published
-/// when the session ends, i.e. at once [MQTT-3.1.3-9].
+/// A will whose delay (60 s, longer than the whole test) is longer than the
+/// session expiry (0): published when the session ends, i.e. at once
+/// [MQTT-3.1.3-9]. The wait for it is bounded by STEP, so a broker that
+/// honoured the delay fails; how soon the will comes is not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_delay_capped_by_session_end() {
     within(TEST_LIMIT, "test", async {
@@ -1286,17 +1289,17 @@ async fn will_delay_capped_by_session_end() {
                 true,
                 60,
                 vec![],
-                Some(delayed_will("wdc/will", 5)),
+                Some(delayed_will("wdc/will", 60)),
             ))
             .await;
         assert_eq!(ack.code, 0);
-        drop(raw);
         let dropped = Instant::now();
+        drop(raw);
         let p = watcher.recv_publish().await;
         assert_eq!(&p.topic[..], b"wdc/will");
         assert!(
-            dropped.elapsed() < Duration::from_secs(3),
-            "{:?}",
+            dropped.elapsed() < Duration::from_secs(60),
+            "published after its delay, not when the session ended: {:?}",
             dropped.elapsed()
         );
     })

@@ -170,24 +170,17 @@ async fn many_clients_with_wildcards() {
             p
         }));
     }
+    // Each publisher task bounds its own waits (CONNACK, each ack).
     let mut publishers = Vec::new();
     for t in tasks {
-        publishers.push(
-            within(Duration::from_secs(15), "publishers", t)
-                .await
-                .expect("publisher task"),
-        );
+        publishers.push(t.await.expect("publisher task"));
     }
     for (j, s) in subs.iter_mut().enumerate() {
         let wanted: Vec<usize> = (0..PUBS)
             .filter(|i| matches(filters[j], &topics[*i]))
             .collect();
-        let got = within(
-            Duration::from_secs(15),
-            "subscriber messages",
-            s.recv_publishes(wanted.len() * PER_PUB),
-        )
-        .await;
+        // Each message within STEP of the previous one.
+        let got = s.recv_publishes(wanted.len() * PER_PUB).await;
         let mut by_pub: HashMap<usize, Vec<Bytes>> = HashMap::new();
         for p in got {
             assert_eq!(p.qos, QoS::AtLeastOnce);
@@ -267,7 +260,9 @@ async fn overlapping_subscriptions_deliver_once_at_max_qos() {
 /// A subscriber that never reads (raw socket, small receive buffer) with
 /// `max_write_buffer` = 64 KiB: QoS 0 messages to it are dropped (counted in
 /// `dropped_slow_consumer`) while the other subscribers, on its core and on
-/// the other one, get every message promptly.
+/// the other one, get every message, each within [`STEP`] of its publish:
+/// the stalled one never holds them back. (How fast they get them is for the
+/// benchmarks; the slowest step is printed, not asserted.)
 ///
 /// 1000 QoS 0 messages of 16 KiB (16 MB, far more than the kernel buffers a
 /// stalled socket can absorb). The publisher sends each message once both
@@ -311,51 +306,46 @@ async fn slow_consumer_does_not_hold_back_others() {
     let t0 = Instant::now();
     let body = "z".repeat(SIZE - 16);
     let mut slowest_step = Duration::ZERO;
-    within(Duration::from_secs(15), "1000 paced messages", async {
-        for i in 0..MSGS {
-            let step = Instant::now();
-            let want = numbered("s", i);
-            publisher
-                .publish(topic, QoS::AtMostOnce, false, format!("{want}|{body}"))
-                .await;
-            for (name, sub) in [
-                ("same core", &mut fast_same),
-                ("other core", &mut fast_other),
-            ] {
-                let p = sub.recv_publish().await;
-                let end = p
-                    .payload
-                    .iter()
-                    .position(|b| *b == b'|')
-                    .expect("separator");
-                assert_eq!(
-                    String::from_utf8_lossy(&p.payload[..end]),
-                    want,
-                    "fast subscriber on the {name}: lost or reordered"
-                );
-                assert_eq!(p.payload.len(), want.len() + 1 + body.len());
-            }
-            slowest_step = slowest_step.max(step.elapsed());
+    // Each recv_publish is bounded by STEP: a subscriber held back by the
+    // stalled one fails there.
+    for i in 0..MSGS {
+        let step = Instant::now();
+        let want = numbered("s", i);
+        publisher
+            .publish(topic, QoS::AtMostOnce, false, format!("{want}|{body}"))
+            .await;
+        for (name, sub) in [
+            ("same core", &mut fast_same),
+            ("other core", &mut fast_other),
+        ] {
+            let p = sub.recv_publish().await;
+            let end = p
+                .payload
+                .iter()
+                .position(|b| *b == b'|')
+                .expect("separator");
+            assert_eq!(
+                String::from_utf8_lossy(&p.payload[..end]),
+                want,
+                "fast subscriber on the {name}: lost or reordered"
+            );
+            assert_eq!(p.payload.len(), want.len() + 1 + body.len());
         }
-    })
-    .await;
+        slowest_step = slowest_step.max(step.elapsed());
+    }
     let elapsed = t0.elapsed();
     eprintln!(
         "slow consumer: {MSGS} x {SIZE} B to both fast subscribers in {elapsed:?} \
          (slowest message {slowest_step:?})"
     );
     let c = broker
-        .wait_counters(Duration::from_secs(3), "dropped_slow_consumer > 0", |c| {
+        .wait_counters(STEP, "dropped_slow_consumer > 0", |c| {
             c.dropped_slow_consumer > 0
         })
         .await;
     eprintln!(
         "dropped_slow_consumer = {}, messages_sent = {}",
         c.dropped_slow_consumer, c.messages_sent
-    );
-    assert!(
-        slowest_step < Duration::from_secs(1),
-        "a fast subscriber waited {slowest_step:?} for one message"
     );
     fast_same
         .assert_no_publish(Duration::from_millis(100))

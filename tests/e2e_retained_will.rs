@@ -159,12 +159,14 @@ async fn until_marker(c: &mut V4, marker: &str) -> Vec<v4::Publish> {
     before
 }
 
+const SYS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `#` never matches `$SYS/...` or `$foo`, live or retained; `$SYS/#` gets the
 /// broker's periodic `$SYS` messages; `$foo/#` gets `$foo` messages; a client's
 /// own PUBLISH to `$SYS/x` is dropped (counted), not delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dollar_topics_and_sys() {
-    let broker = start(2, |c| c.sys_interval = Duration::from_secs(1));
+    let broker = start(2, |c| c.sys_interval = SYS_INTERVAL);
     let mut hash0 = V4::connect(broker.addr, &id_on(0, 2, "dl-hash0")).await;
     hash0.subscribe_ok("#", QoS::AtLeastOnce).await;
     let mut hash1 = V4::connect(broker.addr, &id_on(1, 2, "dl-hash1")).await;
@@ -177,9 +179,10 @@ async fn dollar_topics_and_sys() {
     let mut foo = V4::connect(broker.addr, &id_on(0, 2, "dl-foo")).await;
     foo.subscribe_ok("$foo/#", QoS::AtLeastOnce).await;
 
-    // The broker publishes $SYS (from core 0) every second: wait for a live one.
+    // The broker publishes $SYS (from core 0) every second: wait for a live
+    // one, for at most one interval plus STEP.
     let t0 = Instant::now();
-    let first_live = within(Duration::from_secs(4), "a live $SYS message", async {
+    let first_live = within(SYS_INTERVAL + STEP, "a live $SYS message", async {
         loop {
             let p = sys.recv_publish().await;
             assert!(p.topic.starts_with("$SYS/"), "unexpected {}", p.topic);
@@ -307,11 +310,14 @@ async fn will_on_socket_drop() {
 }
 
 /// keep_alive = 1 s, then silence: the broker closes the connection after
-/// 1.5 x keep-alive (checked on a 500 ms tick) and publishes the will.
+/// 1.5 x keep-alive (checked on a 500 ms tick), not before, and publishes the
+/// will.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_on_keep_alive_expiry() {
     let broker = start2();
     let mut w = watcher(&broker, 0, "ka").await;
+    // Before the CONNECT is sent, so that the broker's keep-alive clock starts
+    // after it: the lower bound below cannot fail because the test was slow.
     let t0 = Instant::now();
     let mut raw = Raw::connect(
         broker.addr,
@@ -321,7 +327,9 @@ async fn will_on_keep_alive_expiry() {
         Some(will("will/ka", "silent", RawQoS::AtMostOnce, false)),
     )
     .await;
-    raw.expect_closed(Duration::from_secs(4)).await;
+    // Closed at all, and the will published (each wait bounded by STEP past
+    // the 1.5 s): deadlines, not claims about how promptly.
+    raw.expect_closed(Duration::from_millis(1500) + STEP).await;
     let closed = t0.elapsed();
     let p = w.recv_publish().await;
     let published = t0.elapsed();
@@ -331,10 +339,6 @@ async fn will_on_keep_alive_expiry() {
     assert!(
         closed >= Duration::from_millis(1400),
         "closed too early: {closed:?}"
-    );
-    assert!(
-        published <= Duration::from_secs(3),
-        "will too late: {published:?}"
     );
     broker
         .wait_counters(STEP, "keepalive_timeouts == 1", |c| {

@@ -66,12 +66,9 @@ pub async fn stream_in_order_once(
             .publish(&topic, qos, false, numbered(tag, i))
             .await;
     }
-    let got = within(
-        Duration::from_secs(15),
-        "all messages",
-        sub.recv_publishes(n),
-    )
-    .await;
+    // Each message within STEP of the previous one (no bound on the total:
+    // that would be a speed claim).
+    let got = sub.recv_publishes(n).await;
     if qos != v4::QoS::AtMostOnce {
         publisher.wait_acks(n, qos).await;
     }
