@@ -83,3 +83,23 @@ pub async fn stream_in_order_once(
     // Exactly once: nothing beyond the n (a negative check, hence the short wait).
     sub.assert_no_publish(QUIET).await;
 }
+
+/// The remaining Message Expiry Interval a correct broker may report for a
+/// message with `interval` seconds that it held between storing and sending
+/// for at least `held_at_least` and at most `held_at_most`, both measured by
+/// the test around the broker's events (e.g. from its PUBACK to the
+/// subscriber's reconnect, and from before the PUBLISH to after the
+/// delivery). The broker counts whole seconds held, rounding the remainder
+/// up; one second of slack on the low side covers its millisecond clock.
+/// The range follows the measured time, so a slow machine widens it instead
+/// of failing the test, while a fast one keeps it tight.
+pub fn remaining_expiry(
+    interval: u32,
+    held_at_least: Duration,
+    held_at_most: Duration,
+) -> std::ops::RangeInclusive<u32> {
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let low = interval.saturating_sub(secs(held_at_most).saturating_add(1));
+    let high = interval.saturating_sub(secs(held_at_least));
+    low..=high
+}
