@@ -274,8 +274,8 @@ async fn session_expiry_resume_within_interval() {
     .await
 }
 
-/// After the session expiry interval the session is gone: no session present,
-/// no subscription left.
+/// Session expiry 2 s: the session is kept for the interval, not less, and
+/// after it the session is gone: no session present, no subscription left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_elapsed_session_gone() {
     within(TEST_LIMIT, "test", async {
@@ -283,10 +283,28 @@ async fn session_expiry_elapsed_session_gone() {
         let sid = id_on(1, 2, "sx-sub");
         let mut sub = V5::connect_with(broker.addr, &sid, session(2, true)).await;
         sub.subscribe_ok("sx/t", QoS::AtLeastOnce).await;
+        // The counters are refreshed on each core's 500 ms tick: see the
+        // session counted before it goes, so that a later 0 means it ended.
+        broker
+            .wait_counters(STEP, "sessions_current == 1", |c| c.sessions_current == 1)
+            .await;
+        let disconnecting = Instant::now();
         sub.disconnect().await;
-        // Session expiry is a timer (checked on the broker's 500 ms tick); there
-        // is no event to await, so wait past the 2 s interval plus a tick.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Session expiry is a timer on the broker's tick; the session's end
+        // shows in the counters: await that (bounded by STEP past the
+        // interval) instead of sleeping for a guess.
+        broker
+            .wait_counters(
+                Duration::from_secs(2) + STEP,
+                "the session expired (sessions_current == 0)",
+                |c| c.sessions_current == 0,
+            )
+            .await;
+        let ended = disconnecting.elapsed();
+        assert!(
+            ended >= Duration::from_millis(1900),
+            "session ended {ended:?} after the DISCONNECT, before its 2 s expiry"
+        );
         let mut sub = V5::connect_with(broker.addr, &sid, session(2, false)).await;
         assert!(!sub.connack.session_present, "session must have expired");
         let publisher = V5::connect(broker.addr, &id_on(0, 2, "sx-pub")).await;
