@@ -21,6 +21,14 @@
 //!
 //! Every wait here is bounded: [`STEP`] for one expected event, explicit
 //! deadlines elsewhere. A hang fails the test with a message, never the CI job.
+//!
+//! Tests assert behaviour, not speed: no verdict may depend on how fast or
+//! loaded the machine is. Upper bounds are deadlines of this kind (STEP, or
+//! STEP past a broker-side timer), never claims about how promptly something
+//! happened; lower bounds ("not before its delay") read the clock before the
+//! event starts. "Nothing else arrives" is checked with a marker where one
+//! can be ordered after what must not arrive ([`Client::expect_marker`],
+//! [`Raw::expect_marker`]), and with a [`QUIET`] window only where it cannot.
 
 #![allow(dead_code, unused_imports)]
 
@@ -43,7 +51,9 @@ use std::time::Duration;
 pub const STEP: Duration = Duration::from_secs(5);
 
 /// How long to watch for something that must NOT arrive. Only used for negative
-/// assertions; never as synchronisation.
+/// assertions, never as synchronisation, and only where no marker can be
+/// ordered after what must not arrive: a window can only let a test pass
+/// wrongly (on a slow machine), never fail wrongly.
 pub const QUIET: Duration = Duration::from_millis(300);
 
 /// Awaits `fut` for at most `limit`, failing the test with `what` on expiry.

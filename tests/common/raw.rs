@@ -291,7 +291,34 @@ impl Raw {
         self.send(&Packet::PubAck(Ack::new(pid))).await;
     }
 
-    /// Asserts that nothing arrives within `quiet` (a negative check).
+    /// Waits for the marker PUBLISH (payload `marker`), which the test sent
+    /// after whatever must not arrive, on a path ordered with it: fails if any
+    /// other packet comes first. Returns the marker.
+    pub async fn expect_marker(&mut self, marker: &str, what: &str) -> Publish {
+        match self.recv().await {
+            Packet::Publish(p) if p.payload[..] == *marker.as_bytes() => p,
+            other => panic!("{what}: got {other:?} before the marker {marker:?}"),
+        }
+    }
+
+    /// Receives PUBLISHes until the marker (payload `marker`), each within
+    /// [`STEP`] of the previous one; returns those before it (see
+    /// [`Raw::expect_marker`]). Fails on any other packet.
+    pub async fn recv_until_marker(&mut self, marker: &str) -> Vec<Publish> {
+        let mut before = Vec::new();
+        loop {
+            let p = self.recv_publish().await;
+            if p.payload[..] == *marker.as_bytes() {
+                return before;
+            }
+            before.push(p);
+        }
+    }
+
+    /// Asserts that nothing arrives within `quiet`. A negative check for where
+    /// no marker can be ordered after what must not come (see
+    /// [`Raw::expect_marker`]): the window can only let a test pass wrongly on
+    /// a slow machine, never fail wrongly.
     pub async fn assert_silent(&mut self, quiet: Duration, what: &str) {
         match self.next_within(quiet).await {
             RawEv::Silent => {}

@@ -55,6 +55,7 @@ pub trait Proto: Sized + 'static {
     fn connack(p: &Self::Packet) -> Option<Self::ConnAck>;
     fn as_publish(p: &Self::Packet) -> Option<&Self::Publish>;
     fn into_publish(p: Self::Packet) -> Result<Self::Publish, Self::Packet>;
+    fn payload(p: &Self::Publish) -> &[u8];
     fn suback(p: &Self::Packet) -> Option<Vec<Self::SubCode>>;
     /// Whether `p` completes an outgoing PUBLISH of `qos` (PUBACK or PUBCOMP).
     fn completes(p: &Self::Packet, qos: Self::QoS) -> bool;
@@ -120,6 +121,9 @@ macro_rules! rumqttc_proto {
                     $m::Packet::Publish(p) => Ok(p),
                     other => Err(other),
                 }
+            }
+            fn payload(p: &$m::Publish) -> &[u8] {
+                &p.payload
             }
             fn suback(p: &$m::Packet) -> Option<Vec<$m::SubscribeReasonCode>> {
                 match p {
@@ -413,6 +417,37 @@ impl<P: Proto> Client<P> {
         }
     }
 
+    /// Receives PUBLISHes until the marker (payload `marker`), each within
+    /// [`STEP`] of the previous one; returns those before it. The test sent
+    /// the marker after what it wants to see, on a path ordered with it (the
+    /// same publisher connection; or, for retained messages, any publisher
+    /// after the SUBACK, which they go out with), so "nothing unexpected came
+    /// before the marker" is a deterministic check where a quiet window would
+    /// only be a timed one.
+    pub async fn recv_until_marker(&mut self, marker: &str) -> Vec<P::Publish> {
+        let mut before = Vec::new();
+        loop {
+            let p = self
+                .expect(&format!("marker {marker:?}"), |p| P::as_publish(p).cloned())
+                .await;
+            if P::payload(&p) == marker.as_bytes() {
+                return before;
+            }
+            before.push(p);
+        }
+    }
+
+    /// Waits for the marker (see [`Client::recv_until_marker`]) and fails if
+    /// any other PUBLISH comes first.
+    pub async fn expect_marker(&mut self, marker: &str, what: &str) {
+        let before = self.recv_until_marker(marker).await;
+        assert!(
+            before.is_empty(),
+            "{}: {what}: unexpected PUBLISH before the marker {marker:?}: {before:?}",
+            self.id
+        );
+    }
+
     /// Collects exactly `n` PUBLISHes, each within [`STEP`] of the previous one.
     pub async fn recv_publishes(&mut self, n: usize) -> Vec<P::Publish> {
         let mut got = Vec::with_capacity(n);
@@ -437,7 +472,10 @@ impl<P: Proto> Client<P> {
     }
 
     /// Asserts that no PUBLISH arrives within `quiet` (a negative check: the
-    /// short wait is the assertion, not synchronisation).
+    /// short wait is the assertion, not synchronisation). Only for where no
+    /// marker can be ordered after what must not come (see
+    /// [`Client::expect_marker`]): the window can only let a test pass
+    /// wrongly on a slow machine, never fail wrongly.
     pub async fn assert_no_publish(&mut self, quiet: Duration) {
         let deadline = tokio::time::Instant::now() + quiet;
         loop {
