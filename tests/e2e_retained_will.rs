@@ -26,6 +26,9 @@ async fn retained_store_replace_clear() {
         .publish("rt/a", QoS::AtLeastOnce, true, "v1")
         .await;
     publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    // The PUBACK can come before every core's replica holds it (see
+    // common::wait_retained).
+    wait_retained_payload(&broker, "rt/a", b"v1").await;
 
     // Store: a new subscriber (other core) gets it with RETAIN=1.
     let mut live = V4::connect(broker.addr, &id_on(1, 2, "rt-live")).await;
@@ -48,6 +51,7 @@ async fn retained_store_replace_clear() {
         (&b"v2"[..], false),
         "live copy has RETAIN=0"
     );
+    wait_retained_payload(&broker, "rt/a", b"v2").await;
     // ... and new subscribers (either core, exact and wildcard filters, at
     // min(subscription, message) QoS) get only the new value with RETAIN=1.
     for (k, (core, filter, qos)) in [
@@ -104,6 +108,10 @@ async fn retained_store_replace_clear() {
         .publish("rt/other", QoS::AtLeastOnce, true, "m")
         .await;
     publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    // A replica still holding rt/a would fail the test wrongly; one without
+    // rt/other too.
+    wait_retained(&broker, "rt/a", |p| p.is_none()).await;
+    wait_retained_payload(&broker, "rt/other", b"m").await;
     let mut late = V4::connect(broker.addr, &id_on(1, 2, "rt-late")).await;
     late.subscribe_ok("rt/#", QoS::AtLeastOnce).await;
     publisher
@@ -140,6 +148,16 @@ async fn retained_from_both_cores_reach_both_cores() {
         )
         .await;
         p.wait_acks(1, QoS::AtLeastOnce).await;
+    }
+    // Every replica holds both (bounded: this is the claim under test), and
+    // only then do the subscribers below rely on it.
+    for core in 0..2 {
+        wait_retained_payload(
+            &broker,
+            &format!("rb/{core}"),
+            format!("from{core}").as_bytes(),
+        )
+        .await;
     }
     for core in 0..2 {
         let mut s = V4::connect(broker.addr, &id_on(core, 2, &format!("rb-sub{core}"))).await;
@@ -249,6 +267,9 @@ async fn dollar_topics_and_sys() {
         .publish("dl/retained", QoS::AtLeastOnce, true, "r")
         .await;
     publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    // The PUBACK can come before every core's replica holds it (see
+    // common::wait_retained).
+    wait_retained_payload(&broker, "dl/retained", b"r").await;
     let mut late = V4::connect(broker.addr, &id_on(1, 2, "dl-late")).await;
     late.subscribe_ok("#", QoS::AtLeastOnce).await;
     // Retained matches all go out with the SUBACK: a live marker
@@ -260,6 +281,10 @@ async fn dollar_topics_and_sys() {
     let topics: Vec<&str> = before.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(topics, ["dl/retained"], "no retained $SYS message for `#`");
     // Whereas a new `$SYS/#` subscriber gets the retained $SYS messages.
+    wait_retained(&broker, "$SYS/broker/version", |p| {
+        p.is_some_and(|p| p.starts_with(b"ringmq"))
+    })
+    .await;
     let mut late_sys = V4::connect(broker.addr, &id_on(0, 2, "dl-late-sys")).await;
     late_sys
         .subscribe_ok("$SYS/broker/version", QoS::AtMostOnce)
@@ -474,6 +499,7 @@ async fn retained_will_is_retained() {
         ("will/rw", QoS::ExactlyOnce, false)
     );
     settle(&broker, 1).await;
+    wait_retained_payload(&broker, "will/rw", b"last words").await;
     for core in 0..2 {
         let mut late = V4::connect(broker.addr, &id_on(core, 2, &format!("rw-late{core}"))).await;
         late.subscribe_ok("will/+", QoS::ExactlyOnce).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{id_on, v4, TestBroker, V4};
+use super::{id_on, v4, Packet, Raw, RawQoS, TestBroker, STEP, V4};
 
 /// Payload `prefix-<n>`, so order and duplicates can be checked.
 pub fn numbered(prefix: &str, n: usize) -> String {
@@ -105,4 +105,63 @@ pub fn remaining_expiry(
     let low = interval.saturating_sub(secs(held_at_most).saturating_add(1));
     let high = interval.saturating_sub(secs(held_at_least));
     low..=high
+}
+
+/// Waits until every core's retained replica shows `topic` as `want` accepts
+/// it (`None`: no retained message on the topic; `Some(payload)`: this one),
+/// probing each core with a raw client placed on it, for at most [`STEP`]
+/// per core.
+///
+/// Needed before a new subscription relies on a retained message just
+/// published (or cleared): the broker acknowledges a retained PUBLISH before
+/// every core's replica holds it (updates go through the topic's owner core
+/// and on to the other replicas over the mesh), so a subscriber that
+/// subscribes right after the PUBACK can find its core's replica still
+/// without it. A probe subscribes to `topic` and sends a PINGREQ after the
+/// SUBACK: a retained message goes out with the SUBACK, so before the
+/// PINGRESP, which makes each probe a complete answer rather than a timed
+/// one. Probes end with a DISCONNECT.
+pub async fn wait_retained(broker: &TestBroker, topic: &str, want: impl Fn(Option<&[u8]>) -> bool) {
+    for core in 0..broker.cores {
+        let id = id_on(core, broker.cores, "retained-probe");
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let mut probe = Raw::connect(broker.addr, &id, true, 0, None).await;
+            probe.subscribe_ok(topic, RawQoS::AtMostOnce, 0).await;
+            probe.send_bytes(&[0xC0, 0x00]).await.expect("PINGREQ");
+            let mut retained = None;
+            loop {
+                match probe.recv().await {
+                    Packet::PingResp => break,
+                    Packet::Publish(p) if p.retain => retained = Some(p.payload),
+                    other => panic!("retained probe on core {core}: unexpected {other:?}"),
+                }
+            }
+            probe.disconnect().await;
+            let shown = retained.as_deref();
+            if want(shown) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "core {core}'s retained replica still shows {topic} as {shown:?} after {STEP:?}"
+            );
+            // Polling the broker's state, not synchronisation.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// [`wait_retained`] for a retained message with payload `payload`.
+pub async fn wait_retained_payload(broker: &TestBroker, topic: &str, payload: &[u8]) {
+    wait_retained(broker, topic, |p| p == Some(payload)).await;
+}
+
+/// [`wait_retained`] for a synchronous test (one without a tokio runtime).
+pub fn wait_retained_blocking(broker: &TestBroker, topic: &str, want: Option<&[u8]>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(wait_retained(broker, topic, |p| p == want));
 }
