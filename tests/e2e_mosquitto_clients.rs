@@ -158,16 +158,28 @@ impl Sub {
         }
     }
 
-    /// Waits for the process to end by itself (`-C` reached or `-W` expired,
-    /// plus a margin) and returns every message it printed.
+    /// Waits for the process to end by itself (`-C` reached or `-W` expired;
+    /// killed if it is still running STEP after that) and returns every
+    /// message it printed.
     fn finish(mut self) -> (Vec<Msg>, bool) {
-        let deadline = self.started + Duration::from_secs(self.wait_secs + 3);
+        let deadline = self.started + Duration::from_secs(self.wait_secs) + STEP;
         let status = wait_bounded(&mut self.child, deadline, &self.name);
         let err = stderr_of(&mut self.child);
         let mut msgs = std::mem::take(&mut self.msgs);
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
-            if let Some(m) = parse(&line) {
-                msgs.push(m);
+        // Every line up to the end of its output (the reader thread drops the
+        // channel there), not just those that came within a short window: a
+        // busy machine may be slow to pass the last ones on.
+        loop {
+            match self.lines.recv_timeout(STEP) {
+                Ok(line) => {
+                    if let Some(m) = parse(&line) {
+                        msgs.push(m);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: output still open {STEP:?} after it exited", self.name)
+                }
             }
         }
         if !status.success() {
