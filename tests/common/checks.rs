@@ -1,5 +1,6 @@
 //! Checks shared by several suites: numbered payloads, exact sequences, the
-//! in-order exactly-once stream, required programs.
+//! in-order exactly-once stream, required programs, remaining message expiry
+//! for measured time, and waiting for every core's retained replica.
 
 use std::time::Duration;
 

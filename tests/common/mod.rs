@@ -12,8 +12,10 @@
 //!   builders.
 //! - [`mosquitto`]: Mosquitto's command-line clients (`mosquitto_sub`,
 //!   `mosquitto_pub`).
-//! - [`checks`]: payload numbering, sequence checks and the in-order,
-//!   exactly-once stream check shared by several suites.
+//! - [`checks`]: payload numbering, sequence checks, the in-order,
+//!   exactly-once stream check shared by several suites, the range of a
+//!   remaining message expiry for measured time ([`remaining_expiry`]) and
+//!   the wait for every core's retained replica ([`wait_retained`]).
 //!
 //! Everything is re-exported here, so a test file says `mod common;` and
 //! `use common::*;`. Each test binary uses a subset, hence `dead_code` is
