@@ -377,10 +377,7 @@ async fn invalid_filters_get_suback_failure() {
         .publish(&ok8, v4::QoS::AtLeastOnce, false, "deep ok")
         .await;
     publisher.wait_acks(1, v4::QoS::AtLeastOnce).await;
-    match raw.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"deep ok"),
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
+    assert_eq!(&raw.recv_publish().await.payload[..], b"deep ok");
 }
 
 /// `max_packet_size` = 1 KiB: a header declaring 100 MB is refused from the
@@ -441,12 +438,17 @@ async fn packet_of_exactly_max_packet_size_is_accepted() {
     }
 }
 
+/// `connect_timeout` for the tests below: short, so that they are quick.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// No CONNECT within `connect_timeout` (1 s): the connection is closed, also
-/// when a CONNECT was started but never finished.
+/// when a CONNECT was started but never finished; not before the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connect_within_connect_timeout_is_closed() {
-    let broker = start(2, |c| c.limits.connect_timeout = Duration::from_secs(1));
+    let broker = start(2, |c| c.limits.connect_timeout = CONNECT_TIMEOUT);
     let mut canary = Canary::new(&broker).await;
+    // Before the sockets open, so that the broker's timers start after it:
+    // the lower bound below cannot fail because the test was slow.
     let t0 = Instant::now();
     let mut silent = Raw::open(broker.addr).await;
     let mut partial = Raw::open(broker.addr).await;
@@ -456,7 +458,9 @@ async fn no_connect_within_connect_timeout_is_closed() {
     );
     partial.send_bytes(&connect[..5]).await.expect("write");
     for (what, raw) in [("silent", &mut silent), ("partial CONNECT", &mut partial)] {
-        let before = raw.expect_closed(Duration::from_secs(4)).await;
+        // Closed at all: a deadline of the harness's kind past the timeout,
+        // not a claim about how promptly.
+        let before = raw.expect_closed(CONNECT_TIMEOUT + STEP).await;
         let after = t0.elapsed();
         assert!(before.is_empty(), "{what}: {before:?}");
         assert!(
@@ -465,7 +469,6 @@ async fn no_connect_within_connect_timeout_is_closed() {
         );
         eprintln!("{what}: closed after {after:?}");
     }
-    assert!(t0.elapsed() < Duration::from_secs(3));
     canary.check("connect timeouts").await;
 }
 
@@ -502,7 +505,7 @@ async fn v5_violation_gets_disconnect_with_reason() {
 /// broker legitimately waits for: connect_timeout (1 s) ends those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_garbage_connections() {
-    let broker = start(2, |c| c.limits.connect_timeout = Duration::from_secs(1));
+    let broker = start(2, |c| c.limits.connect_timeout = CONNECT_TIMEOUT);
     let mut canary = Canary::new(&broker).await;
     let mut tasks = Vec::new();
     for i in 0..200u32 {
@@ -513,13 +516,12 @@ async fn burst_of_garbage_connections() {
                 .map(|k| (k.wrapping_mul(31).wrapping_add(i * 7)) as u8 | 0x01)
                 .collect();
             let _ = raw.send_bytes(&junk).await;
-            raw.expect_closed(Duration::from_secs(4)).await;
+            raw.expect_closed(CONNECT_TIMEOUT + STEP).await;
         }));
     }
+    // Each task bounds its own waits (open, write, close).
     for t in tasks {
-        within(Duration::from_secs(10), "garbage connection", t)
-            .await
-            .expect("task");
+        t.await.expect("garbage connection task");
     }
     canary.check("200 garbage connections").await;
     broker

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -158,16 +158,28 @@ impl Sub {
         }
     }
 
-    /// Waits for the process to end by itself (`-C` reached or `-W` expired,
-    /// plus a margin) and returns every message it printed.
+    /// Waits for the process to end by itself (`-C` reached or `-W` expired;
+    /// killed if it is still running STEP after that) and returns every
+    /// message it printed.
     fn finish(mut self) -> (Vec<Msg>, bool) {
-        let deadline = self.started + Duration::from_secs(self.wait_secs + 3);
+        let deadline = self.started + Duration::from_secs(self.wait_secs) + STEP;
         let status = wait_bounded(&mut self.child, deadline, &self.name);
         let err = stderr_of(&mut self.child);
         let mut msgs = std::mem::take(&mut self.msgs);
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
-            if let Some(m) = parse(&line) {
-                msgs.push(m);
+        // Every line up to the end of its output (the reader thread drops the
+        // channel there), not just those that came within a short window: a
+        // busy machine may be slow to pass the last ones on.
+        loop {
+            match self.lines.recv_timeout(STEP) {
+                Ok(line) => {
+                    if let Some(m) = parse(&line) {
+                        msgs.push(m);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: output still open {STEP:?} after it exited", self.name)
+                }
             }
         }
         if !status.success() {
@@ -175,55 +187,6 @@ impl Sub {
         }
         (msgs, status.success())
     }
-}
-
-/// Runs `mosquitto_pub` to completion (bounded) and asserts it succeeded.
-/// `lines`: messages for `-l` (one per line on stdin); otherwise `args`
-/// carry `-m`/`-n`.
-fn mosquitto_pub(
-    broker: &TestBroker,
-    id: &str,
-    version: &str,
-    args: &[&str],
-    lines: Option<&[String]>,
-) {
-    require_program("mosquitto_pub");
-    let mut cmd = Command::new("mosquitto_pub");
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.port.to_string(),
-        "-i",
-        id,
-        "-V",
-        version,
-    ])
-    .args(args)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if lines.is_some() {
-        cmd.arg("-l").stdin(Stdio::piped());
-    } else {
-        cmd.stdin(Stdio::null());
-    }
-    let mut child = cmd.spawn().expect("spawn mosquitto_pub");
-    if let Some(lines) = lines {
-        let mut stdin = child.stdin.take().expect("stdin");
-        for l in lines {
-            writeln!(stdin, "{l}").expect("write to mosquitto_pub");
-        }
-    }
-    let status = wait_bounded(
-        &mut child,
-        Instant::now() + Duration::from_secs(10),
-        "mosquitto_pub",
-    );
-    let err = stderr_of(&mut child);
-    assert!(
-        status.success(),
-        "mosquitto_pub {id} {args:?} failed ({status}): {err}"
-    );
 }
 
 fn payloads(msgs: &[Msg]) -> Vec<String> {
@@ -252,10 +215,17 @@ fn mosquitto_qos_levels_and_versions() {
             sub.wait_subscribed();
             let lines: Vec<String> = (0..COUNT).map(|i| numbered(&tag, i)).collect();
             mosquitto_pub(
-                &broker,
-                &id_on(0, 2, &format!("mp-{tag}")),
-                pub_v,
-                &["-t", &topic, "-q", &qos.to_string()],
+                broker.port,
+                &[
+                    "-i",
+                    &id_on(0, 2, &format!("mp-{tag}")),
+                    "-V",
+                    pub_v,
+                    "-t",
+                    &topic,
+                    "-q",
+                    &qos.to_string(),
+                ],
                 Some(&lines),
             );
             let (msgs, ok) = sub.finish();
@@ -293,10 +263,19 @@ fn mosquitto_qos_downgrade() {
         );
         sub.wait_subscribed();
         mosquitto_pub(
-            &broker,
-            &id_on(0, 2, &format!("mp-{tag}")),
-            "311",
-            &["-t", &topic, "-q", &pub_q.to_string(), "-m", "x"],
+            broker.port,
+            &[
+                "-i",
+                &id_on(0, 2, &format!("mp-{tag}")),
+                "-V",
+                "311",
+                "-t",
+                &topic,
+                "-q",
+                &pub_q.to_string(),
+                "-m",
+                "x",
+            ],
             None,
         );
         let (msgs, ok) = sub.finish();
@@ -314,12 +293,25 @@ fn mosquitto_qos_downgrade() {
 fn mosquitto_retained() {
     let broker = start2();
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mr-pub"),
-        "311",
-        &["-t", "mq/ret", "-q", "1", "-r", "-m", "kept"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mr-pub"),
+            "-V",
+            "311",
+            "-t",
+            "mq/ret",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "kept",
+        ],
         None,
     );
+    // mosquitto_pub's PUBACK can come before every core's replica holds the
+    // message (see common::wait_retained).
+    wait_retained_blocking(&broker, "mq/ret", Some(b"kept"));
     for (core, version) in [(0, "311"), (1, "5")] {
         let mut sub = Sub::spawn(
             &broker,
@@ -348,12 +340,23 @@ fn mosquitto_retained() {
     // Replace it from a 5.0 publisher, then clear it with an empty retained
     // message.
     mosquitto_pub(
-        &broker,
-        &id_on(1, 2, "mr-pub5"),
-        "5",
-        &["-t", "mq/ret", "-q", "1", "-r", "-m", "v2"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(1, 2, "mr-pub5"),
+            "-V",
+            "5",
+            "-t",
+            "mq/ret",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "v2",
+        ],
         None,
     );
+    wait_retained_blocking(&broker, "mq/ret", Some(b"v2"));
     let mut sub = Sub::spawn(
         &broker,
         &id_on(0, 2, "mr-sub-v2"),
@@ -371,19 +374,42 @@ fn mosquitto_retained() {
     );
 
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mr-clear"),
-        "311",
-        &["-t", "mq/ret", "-q", "1", "-r", "-n"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mr-clear"),
+            "-V",
+            "311",
+            "-t",
+            "mq/ret",
+            "-q",
+            "1",
+            "-r",
+            "-n",
+        ],
         None,
     );
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mr-marker"),
-        "311",
-        &["-t", "mq/marker", "-q", "1", "-r", "-m", "m"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mr-marker"),
+            "-V",
+            "311",
+            "-t",
+            "mq/marker",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "m",
+        ],
         None,
     );
+    // A replica still holding mq/ret, or not yet mq/marker, would fail the
+    // test wrongly (see common::wait_retained).
+    wait_retained_blocking(&broker, "mq/ret", None);
+    wait_retained_blocking(&broker, "mq/marker", Some(b"m"));
     // One SUBSCRIBE with mq/ret first, then mq/marker: the broker sends the
     // retained matches of both right after the SUBACK, filter by filter, so
     // the first message being the marker shows mq/ret holds nothing.
@@ -416,10 +442,12 @@ fn mosquitto_v5_user_properties_and_v311_interop() {
     sub5.wait_subscribed();
     sub4.wait_subscribed();
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mu-pub5"),
-        "5",
+        broker.port,
         &[
+            "-i",
+            &id_on(0, 2, "mu-pub5"),
+            "-V",
+            "5",
             "-t",
             "mu/five",
             "-q",
@@ -440,10 +468,19 @@ fn mosquitto_v5_user_properties_and_v311_interop() {
         None,
     );
     mosquitto_pub(
-        &broker,
-        &id_on(1, 2, "mu-pub4"),
-        "311",
-        &["-t", "mu/four", "-q", "1", "-m", "from4"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(1, 2, "mu-pub4"),
+            "-V",
+            "311",
+            "-t",
+            "mu/four",
+            "-q",
+            "1",
+            "-m",
+            "from4",
+        ],
         None,
     );
     let (m5, ok5) = sub5.finish();
@@ -526,10 +563,17 @@ fn mosquitto_persistent_session() {
     );
     let lines: Vec<String> = (0..5).map(|i| numbered("mps", i)).collect();
     mosquitto_pub(
-        &broker,
-        &id_on(0, 2, "mps-pub"),
-        "311",
-        &["-t", "mps/t", "-q", "1"],
+        broker.port,
+        &[
+            "-i",
+            &id_on(0, 2, "mps-pub"),
+            "-V",
+            "311",
+            "-t",
+            "mps/t",
+            "-q",
+            "1",
+        ],
         Some(&lines),
     );
     let mut back = Command::new("mosquitto_sub");

@@ -11,7 +11,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::v4::QoS;
 use common::*;
 
@@ -95,7 +94,12 @@ async fn delivery_qos_is_min_of_publish_and_subscription() {
             )
             .await;
     }
-    publisher.wait_acks(1, QoS::AtLeastOnce).await;
+    // A marker after the three, from the same publisher: a second copy of any
+    // of them would come before it.
+    publisher
+        .publish("dg/end", QoS::AtLeastOnce, false, "dg-end")
+        .await;
+    publisher.wait_acks(2, QoS::AtLeastOnce).await;
     publisher.wait_acks(1, QoS::ExactlyOnce).await;
     for (sq, s) in &mut subs {
         let got = s.recv_publishes(3).await;
@@ -108,7 +112,7 @@ async fn delivery_qos_is_min_of_publish_and_subscription() {
                 s.id
             );
         }
-        s.assert_no_publish(Duration::from_millis(100)).await;
+        s.expect_marker("dg-end", "each message once").await;
     }
 }
 
@@ -130,6 +134,13 @@ fn matches(filter: &str, topic: &str) -> bool {
 /// 8 publishers and 8 subscribers spread over both cores, with wildcard
 /// filters: every subscriber gets exactly the messages its filter matches,
 /// each publisher's stream in order, no duplicates.
+///
+/// Each publisher ends its stream with two markers, `p<i>-end` on its data
+/// topic and `p<i>-other` on `fleet/<i>/other`, so that every subscriber
+/// (also `fleet/+/other`, which matches no data topic) has, from every
+/// publisher it hears from, a last message on the same path as the others:
+/// an extra or duplicate message would come before it, and shows in the
+/// exact per-publisher sequence instead of needing a quiet window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_with_wildcards() {
     const PUBS: usize = 8;
@@ -146,6 +157,7 @@ async fn many_clients_with_wildcards() {
         "fleet/+/other",
     ];
     let topics: Vec<String> = (0..PUBS).map(|i| format!("fleet/{i}/data")).collect();
+    let others: Vec<String> = (0..PUBS).map(|i| format!("fleet/{i}/other")).collect();
     let mut subs = Vec::new();
     for (j, filter) in filters.iter().enumerate() {
         let mut s = V4::connect(broker.addr, &id_on(j % 2, 2, &format!("mc-sub{j}"))).await;
@@ -153,7 +165,7 @@ async fn many_clients_with_wildcards() {
         subs.push(s);
     }
     let mut tasks = Vec::new();
-    for (i, topic) in topics.iter().cloned().enumerate() {
+    for (i, (topic, other)) in topics.iter().cloned().zip(others.clone()).enumerate() {
         let addr = broker.addr;
         tasks.push(tokio::spawn(async move {
             let mut p = V4::connect(addr, &id_on((i + 1) % 2, 2, &format!("mc-pub{i}"))).await;
@@ -166,29 +178,37 @@ async fn many_clients_with_wildcards() {
                 )
                 .await;
             }
-            p.wait_acks(PER_PUB, QoS::AtLeastOnce).await;
+            p.publish(&topic, QoS::AtLeastOnce, false, format!("p{i}-end"))
+                .await;
+            p.publish(&other, QoS::AtLeastOnce, false, format!("p{i}-other"))
+                .await;
+            p.wait_acks(PER_PUB + 2, QoS::AtLeastOnce).await;
             p
         }));
     }
+    // Each publisher task bounds its own waits (CONNACK, each ack).
     let mut publishers = Vec::new();
     for t in tasks {
-        publishers.push(
-            within(Duration::from_secs(15), "publishers", t)
-                .await
-                .expect("publisher task"),
-        );
+        publishers.push(t.await.expect("publisher task"));
     }
     for (j, s) in subs.iter_mut().enumerate() {
-        let wanted: Vec<usize> = (0..PUBS)
-            .filter(|i| matches(filters[j], &topics[*i]))
-            .collect();
-        let got = within(
-            Duration::from_secs(15),
-            "subscriber messages",
-            s.recv_publishes(wanted.len() * PER_PUB),
-        )
-        .await;
-        let mut by_pub: HashMap<usize, Vec<Bytes>> = HashMap::new();
+        // What sub j must get from publisher i, in order.
+        let want = |i: usize| -> Vec<String> {
+            let mut w = Vec::new();
+            if matches(filters[j], &topics[i]) {
+                w.extend((0..PER_PUB).map(|k| numbered(&format!("p{i}"), k)));
+                w.push(format!("p{i}-end"));
+            }
+            if matches(filters[j], &others[i]) {
+                w.push(format!("p{i}-other"));
+            }
+            w
+        };
+        let wanted: Vec<usize> = (0..PUBS).filter(|i| !want(*i).is_empty()).collect();
+        let total: usize = (0..PUBS).map(|i| want(i).len()).sum();
+        // Each message within STEP of the previous one.
+        let got = s.recv_publishes(total).await;
+        let mut by_pub: HashMap<usize, Vec<String>> = HashMap::new();
         for p in got {
             assert_eq!(p.qos, QoS::AtLeastOnce);
             let i: usize = p
@@ -197,7 +217,10 @@ async fn many_clients_with_wildcards() {
                 .nth(1)
                 .and_then(|x| x.parse().ok())
                 .expect("topic");
-            by_pub.entry(i).or_default().push(p.payload);
+            by_pub
+                .entry(i)
+                .or_default()
+                .push(String::from_utf8_lossy(&p.payload).into_owned());
         }
         let mut keys: Vec<usize> = by_pub.keys().copied().collect();
         keys.sort_unstable();
@@ -207,19 +230,20 @@ async fn many_clients_with_wildcards() {
             filters[j]
         );
         for i in wanted {
-            let prefix = format!("p{i}");
-            assert_sequence(
-                &format!("sub {j} ({}) from pub {i}", filters[j]),
-                &prefix,
-                &by_pub[&i],
-                PER_PUB,
-            );
+            let (got, want) = (&by_pub[&i], want(i));
+            if *got != want {
+                let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+                panic!(
+                    "sub {j} ({}) from pub {i}: got {} messages, want {} (markers included); \
+                     first difference at {first_diff:?}; last {:?}",
+                    filters[j],
+                    got.len(),
+                    want.len(),
+                    got.last()
+                );
+            }
         }
-        s.assert_no_publish(Duration::from_millis(50)).await;
     }
-    // The subscriber whose filter matches nothing: checked after all others
-    // got everything, then a short quiet window (negative assertion).
-    subs[7].assert_no_publish(QUIET).await;
     drop(publishers);
 }
 
@@ -248,9 +272,8 @@ async fn overlapping_subscriptions_deliver_once_at_max_qos() {
             QoS::AtLeastOnce,
             "max of the matching subscriptions' QoS"
         );
-        // A second copy would follow immediately (same routing pass): a short
-        // negative wait.
-        sub.assert_no_publish(QUIET).await;
+        // A second copy would follow at once (same routing pass), before the
+        // publisher's next message: that one is the marker, checked next.
         // Matched by `ov/#` only: delivered at that subscription's QoS 0.
         p.publish(&format!("{topic}/deep"), QoS::ExactlyOnce, false, "y")
             .await;
@@ -258,16 +281,28 @@ async fn overlapping_subscriptions_deliver_once_at_max_qos() {
         let deep = sub.recv_publish().await;
         assert_eq!(
             (deep.topic.as_str(), deep.qos),
-            (format!("{topic}/deep").as_str(), QoS::AtMostOnce)
+            (format!("{topic}/deep").as_str(), QoS::AtMostOnce),
+            "the next message, once"
         );
-        sub.assert_no_publish(Duration::from_millis(100)).await;
+        // And a marker after it: a second copy of "y" would come first.
+        let marker = format!("ov-end{pub_core}");
+        p.publish(
+            &format!("{topic}/deep"),
+            QoS::AtLeastOnce,
+            false,
+            marker.clone(),
+        )
+        .await;
+        sub.expect_marker(&marker, "each message once").await;
     }
 }
 
 /// A subscriber that never reads (raw socket, small receive buffer) with
 /// `max_write_buffer` = 64 KiB: QoS 0 messages to it are dropped (counted in
 /// `dropped_slow_consumer`) while the other subscribers, on its core and on
-/// the other one, get every message promptly.
+/// the other one, get every message, each within [`STEP`] of its publish:
+/// the stalled one never holds them back. (How fast they get them is for the
+/// benchmarks; the slowest step is printed, not asserted.)
 ///
 /// 1000 QoS 0 messages of 16 KiB (16 MB, far more than the kernel buffers a
 /// stalled socket can absorb). The publisher sends each message once both
@@ -311,41 +346,40 @@ async fn slow_consumer_does_not_hold_back_others() {
     let t0 = Instant::now();
     let body = "z".repeat(SIZE - 16);
     let mut slowest_step = Duration::ZERO;
-    within(Duration::from_secs(15), "1000 paced messages", async {
-        for i in 0..MSGS {
-            let step = Instant::now();
-            let want = numbered("s", i);
-            publisher
-                .publish(topic, QoS::AtMostOnce, false, format!("{want}|{body}"))
-                .await;
-            for (name, sub) in [
-                ("same core", &mut fast_same),
-                ("other core", &mut fast_other),
-            ] {
-                let p = sub.recv_publish().await;
-                let end = p
-                    .payload
-                    .iter()
-                    .position(|b| *b == b'|')
-                    .expect("separator");
-                assert_eq!(
-                    String::from_utf8_lossy(&p.payload[..end]),
-                    want,
-                    "fast subscriber on the {name}: lost or reordered"
-                );
-                assert_eq!(p.payload.len(), want.len() + 1 + body.len());
-            }
-            slowest_step = slowest_step.max(step.elapsed());
+    // Each recv_publish is bounded by STEP: a subscriber held back by the
+    // stalled one fails there.
+    for i in 0..MSGS {
+        let step = Instant::now();
+        let want = numbered("s", i);
+        publisher
+            .publish(topic, QoS::AtMostOnce, false, format!("{want}|{body}"))
+            .await;
+        for (name, sub) in [
+            ("same core", &mut fast_same),
+            ("other core", &mut fast_other),
+        ] {
+            let p = sub.recv_publish().await;
+            let end = p
+                .payload
+                .iter()
+                .position(|b| *b == b'|')
+                .expect("separator");
+            assert_eq!(
+                String::from_utf8_lossy(&p.payload[..end]),
+                want,
+                "fast subscriber on the {name}: lost or reordered"
+            );
+            assert_eq!(p.payload.len(), want.len() + 1 + body.len());
         }
-    })
-    .await;
+        slowest_step = slowest_step.max(step.elapsed());
+    }
     let elapsed = t0.elapsed();
     eprintln!(
         "slow consumer: {MSGS} x {SIZE} B to both fast subscribers in {elapsed:?} \
          (slowest message {slowest_step:?})"
     );
     let c = broker
-        .wait_counters(Duration::from_secs(3), "dropped_slow_consumer > 0", |c| {
+        .wait_counters(STEP, "dropped_slow_consumer > 0", |c| {
             c.dropped_slow_consumer > 0
         })
         .await;
@@ -353,15 +387,15 @@ async fn slow_consumer_does_not_hold_back_others() {
         "dropped_slow_consumer = {}, messages_sent = {}",
         c.dropped_slow_consumer, c.messages_sent
     );
-    assert!(
-        slowest_step < Duration::from_secs(1),
-        "a fast subscriber waited {slowest_step:?} for one message"
-    );
+    // A marker after the last message: a second copy of it would come first.
+    publisher
+        .publish(topic, QoS::AtMostOnce, false, "slow-end")
+        .await;
     fast_same
-        .assert_no_publish(Duration::from_millis(100))
+        .expect_marker("slow-end", "each message once")
         .await;
     fast_other
-        .assert_no_publish(Duration::from_millis(100))
+        .expect_marker("slow-end", "each message once")
         .await;
     drop(stalled);
 }

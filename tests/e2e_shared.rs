@@ -22,8 +22,23 @@ use rumqttc::v5::mqttbytes::QoS;
 /// Bound on a whole test body (each test must finish well within 20 s).
 const TEST_LIMIT: Duration = Duration::from_secs(19);
 
-/// Longest wait for the whole set of a test's messages to arrive.
-const COLLECT: Duration = Duration::from_secs(10);
+/// The deadline for the next message of a set being collected: [`STEP`]
+/// after the last one arrived. A wait bounded per message, not a bound on how
+/// fast the whole set comes (that would be a speed claim).
+struct Progress(tokio::time::Instant);
+
+impl Progress {
+    fn start() -> Progress {
+        Progress(tokio::time::Instant::now() + STEP)
+    }
+    /// A message arrived: the next one has STEP from now.
+    fn advanced(&mut self) {
+        self.0 = tokio::time::Instant::now() + STEP;
+    }
+    fn stalled(&self) -> bool {
+        tokio::time::Instant::now() >= self.0
+    }
+}
 
 // ---- members of any kind --------------------------------------------------------
 
@@ -72,50 +87,104 @@ impl Member {
     }
 }
 
+/// A plain (not shared) topic every member also subscribes to, so that a
+/// marker published there reaches every member, where a message to a group
+/// reaches one.
+const MARKER_TOPIC: &str = "shared-test/marker";
+
 async fn v5_member(addr: std::net::SocketAddr, core: usize, prefix: &str, filter: &str) -> Member {
     let mut c = V5::connect(addr, &id_on(core, 2, prefix)).await;
     c.subscribe_ok(filter, QoS::AtLeastOnce).await;
+    c.subscribe_ok(MARKER_TOPIC, QoS::AtLeastOnce).await;
     Member::V5(c)
 }
 
 async fn v4_member(addr: std::net::SocketAddr, core: usize, prefix: &str, filter: &str) -> Member {
     let mut c = V4::connect(addr, &id_on(core, 2, prefix)).await;
     c.subscribe_ok(filter, v4::QoS::AtLeastOnce).await;
+    c.subscribe_ok(MARKER_TOPIC, v4::QoS::AtLeastOnce).await;
     Member::V4(c)
 }
 
+/// How [`collect`] checks that nothing more comes after the expected total.
+enum End<'a> {
+    /// Each of these publishers (every one that published the set) publishes
+    /// a marker on [`MARKER_TOPIC`]; every member must get all the markers
+    /// with nothing before them. A second copy of a message is queued with
+    /// the first, so ahead of its publisher's marker: deterministic.
+    Markers(Vec<&'a mut V5>),
+    /// A quiet window. Only where messages travel a path no publisher's
+    /// marker is ordered with: those re-routed from a departed member go
+    /// from that member's core, at its departure. A window can only let the
+    /// test pass wrongly (on a slow machine), never fail wrongly.
+    Quiet,
+}
+
 /// Collects payloads from `members` until `total` arrived in all (each member
-/// polled in turn with a short bounded wait), then checks that nothing more
-/// comes. Returns each member's payloads in arrival order.
-async fn collect(members: &mut [&mut Member], total: usize) -> Vec<Vec<String>> {
+/// polled in turn with a short bounded wait), then checks as `end` says that
+/// nothing more comes. Returns each member's payloads in arrival order.
+async fn collect(members: &mut [&mut Member], total: usize, end: End<'_>) -> Vec<Vec<String>> {
     let mut got: Vec<Vec<String>> = vec![Vec::new(); members.len()];
-    let deadline = tokio::time::Instant::now() + COLLECT;
+    let mut progress = Progress::start();
     let mut n = 0;
     while n < total {
-        if tokio::time::Instant::now() >= deadline {
+        if progress.stalled() {
             let counts: Vec<(String, usize)> = members
                 .iter()
                 .zip(&got)
                 .map(|(m, g)| (m.id().to_owned(), g.len()))
                 .collect();
-            panic!("only {n} of {total} messages arrived within {COLLECT:?}: {counts:?}");
+            panic!("only {n} of {total} messages arrived, none for {STEP:?}: {counts:?}");
         }
         for (i, m) in members.iter_mut().enumerate() {
             // Drain what is there; a short bounded wait per member and round.
             while let Some((_, payload)) = m.next_publish(Duration::from_millis(20)).await {
                 got[i].push(payload);
                 n += 1;
+                progress.advanced();
             }
         }
     }
-    // Negative check: no extra copies (duplicates) after the expected total.
-    for (i, m) in members.iter_mut().enumerate() {
-        if let Some((t, p)) = m.next_publish(QUIET).await {
-            panic!(
-                "{}: extra message after all {total}: {t} {p} (had {})",
-                m.id(),
-                got[i].len()
-            );
+    // No extra copies (duplicates) after the expected total.
+    match end {
+        End::Markers(publishers) => {
+            let markers: BTreeSet<String> =
+                (0..publishers.len()).map(|k| format!("end-{k}")).collect();
+            // Published after the whole set arrived, by every publisher of it.
+            for (k, p) in publishers.into_iter().enumerate() {
+                p.client
+                    .publish(MARKER_TOPIC, QoS::AtLeastOnce, false, format!("end-{k}"))
+                    .await
+                    .unwrap();
+                p.wait_acks(1, QoS::AtLeastOnce).await;
+            }
+            for (i, m) in members.iter_mut().enumerate() {
+                let mut seen = BTreeSet::new();
+                while seen != markers {
+                    match m.next_publish(STEP).await {
+                        Some((t, p)) if t == MARKER_TOPIC => {
+                            seen.insert(p);
+                        }
+                        Some((t, p)) => panic!(
+                            "{}: extra message after all {total}: {t} {p} (had {})",
+                            m.id(),
+                            got[i].len()
+                        ),
+                        None => panic!("{}: markers {seen:?} of {markers:?} only", m.id()),
+                    }
+                }
+            }
+        }
+        End::Quiet => {
+            for (i, m) in members.iter_mut().enumerate() {
+                if let Some((t, p)) = m.next_publish(QUIET).await {
+                    panic!(
+                        "{}: extra message after all {total}: {t} {p} (had {})",
+                        m.id(),
+                        got[i].len()
+                    );
+                }
+            }
         }
     }
     got
@@ -173,7 +242,12 @@ async fn shared_round_robin_three_members_exactly_once() {
         let mut c = v4_member(broker.addr, 1, "sh1-c", f).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "sh1-pub")).await;
         publish_n(&mut publisher, "sh1/x", "m", N).await;
-        let got = collect(&mut [&mut a, &mut b, &mut c], N).await;
+        let got = collect(
+            &mut [&mut a, &mut b, &mut c],
+            N,
+            End::Markers(vec![&mut publisher]),
+        )
+        .await;
         assert_exactly_once("group g", &got, &payload_set("m", N));
         let counts: Vec<usize> = got.iter().map(Vec::len).collect();
         assert!(
@@ -197,7 +271,12 @@ async fn shared_random_strategy_exactly_once() {
         let mut c = v4_member(broker.addr, 0, "shr-c", f).await;
         let mut publisher = V5::connect(broker.addr, &id_on(1, 2, "shr-pub")).await;
         publish_n(&mut publisher, "shr/x", "r", N).await;
-        let got = collect(&mut [&mut a, &mut b, &mut c], N).await;
+        let got = collect(
+            &mut [&mut a, &mut b, &mut c],
+            N,
+            End::Markers(vec![&mut publisher]),
+        )
+        .await;
         assert_exactly_once("group r", &got, &payload_set("r", N));
         let counts: Vec<usize> = got.iter().map(Vec::len).collect();
         assert!(
@@ -227,6 +306,7 @@ async fn shared_two_groups_and_plain_subscriber() {
         let got = collect(
             &mut [&mut g1a, &mut g1b, &mut g2a, &mut g2b, &mut plain],
             3 * N,
+            End::Markers(vec![&mut publisher]),
         )
         .await;
         let want = payload_set("m", N);
@@ -251,6 +331,7 @@ async fn shared_two_groups_and_plain_subscriber() {
         let got = collect(
             &mut [&mut g1a, &mut g1b, &mut g2a, &mut g2b, &mut plain],
             3 * 20,
+            End::Markers(vec![&mut publisher]),
         )
         .await;
         assert!(got[0].is_empty(), "unsubscribed member got {:?}", got[0]);
@@ -291,7 +372,12 @@ async fn shared_hash_client_id_is_sticky_per_publisher() {
         for p in &mut pubs {
             p.wait_acks(N, QoS::AtLeastOnce).await;
         }
-        let got = collect(&mut [&mut a, &mut b, &mut c], pubs.len() * N).await;
+        let got = collect(
+            &mut [&mut a, &mut b, &mut c],
+            pubs.len() * N,
+            End::Markers(pubs.iter_mut().collect()),
+        )
+        .await;
         let all: BTreeSet<String> = (0..pubs.len())
             .flat_map(|k| payload_set(&format!("p{k}"), N))
             .collect();
@@ -342,14 +428,12 @@ async fn shared_unacked_messages_of_a_dropped_member_are_rerouted() {
         // wait until it holds a full window of unacknowledged PUBLISHes.
         let mut held = Vec::new();
         while held.len() < 20 {
-            match raw.recv().await {
-                Packet::Publish(p) => held.push(String::from_utf8_lossy(&p.payload).into_owned()),
-                other => panic!("raw member: unexpected {other:?}"),
-            }
+            let p = raw.recv_publish().await;
+            held.push(String::from_utf8_lossy(&p.payload).into_owned());
         }
         drop(raw); // abrupt end, nothing acknowledged
 
-        let got = collect(&mut [&mut a, &mut b], N).await;
+        let got = collect(&mut [&mut a, &mut b], N, End::Quiet).await;
         assert_exactly_once("remaining members", &got, &payload_set("m", N));
         let all: BTreeSet<&String> = got.iter().flatten().collect();
         assert!(
@@ -370,32 +454,30 @@ async fn shared_persistent_member_unacked_rerouted_at_session_expiry() {
         const N: usize = 60;
         let broker = start2();
         let f = "$share/g/sh4/#";
-        let mut raw = Raw::open(broker.addr).await;
-        let mut connect = connect_packet(Protocol::V5, &id_on(1, 2, "sh4-raw"), true, 60, None);
-        if let Packet::Connect(c) = &mut connect {
-            c.properties = Properties(vec![
+        let (mut raw, _) = Raw::connect_v5(
+            broker.addr,
+            &id_on(1, 2, "sh4-raw"),
+            vec![
                 Property::SessionExpiryInterval(1),
                 Property::ReceiveMaximum(5),
-            ]);
-        }
-        assert_eq!(raw.handshake(connect).await.code, 0);
+            ],
+        )
+        .await;
         assert_eq!(raw.subscribe(1, &[(f, RawQoS::AtLeastOnce)]).await, vec![1]);
         let mut a = v5_member(broker.addr, 0, "sh4-a", f).await;
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "sh4-pub")).await;
         publish_n(&mut publisher, "sh4/x", "m", N).await;
         let mut held = Vec::new();
         while held.len() < 5 {
-            match raw.recv().await {
-                Packet::Publish(p) => held.push(String::from_utf8_lossy(&p.payload).into_owned()),
-                other => panic!("raw member: unexpected {other:?}"),
-            }
+            let p = raw.recv_publish().await;
+            held.push(String::from_utf8_lossy(&p.payload).into_owned());
         }
         drop(raw);
         // Published while the member is offline: all to `a`.
         publish_n(&mut publisher, "sh4/x", "late", 20).await;
-        // Everything arrives at `a` within COLLECT, the held ones once the
+        // Everything arrives at `a`, the held ones once the
         // 1 s session expiry passed (checked on the 500 ms tick).
-        let got = collect(&mut [&mut a], N + 20).await;
+        let got = collect(&mut [&mut a], N + 20, End::Quiet).await;
         let mut want = payload_set("m", N);
         want.extend(payload_set("late", 20));
         assert_exactly_once("member a", &got, &want);
@@ -427,7 +509,7 @@ async fn shared_unacked_rerouted_when_session_taken_over_with_clean_start() {
         // Same client id, clean session: takes the session over and ends it.
         let _new = Raw::connect(broker.addr, &rid, true, 60, None).await;
         raw.expect_closed(STEP).await;
-        let got = collect(&mut [&mut a], N).await;
+        let got = collect(&mut [&mut a], N, End::Quiet).await;
         assert_exactly_once("member a", &got, &payload_set("m", N));
     })
     .await
@@ -443,25 +525,33 @@ async fn shared_wildcard_excludes_sys_topics() {
         let mut all = v5_member(broker.addr, 0, "sh11-all", "$share/g/#").await;
         let mut sys_a = v5_member(broker.addr, 0, "sh11-sa", "$share/s/$SYS/broker/uptime").await;
         let mut sys_b = v4_member(broker.addr, 1, "sh11-sb", "$share/s/$SYS/broker/uptime").await;
-        // $SYS is published every second: wait for two rounds to reach group s.
+        // $SYS is published every second: wait for two rounds to reach group s
+        // (each within STEP of the previous one).
         let mut uptimes = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+        let mut progress = Progress::start();
         while uptimes < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no $SYS uptime via group s"
-            );
+            assert!(!progress.stalled(), "no $SYS uptime via group s");
             for m in [&mut sys_a, &mut sys_b] {
                 if let Some((t, _)) = m.next_publish(Duration::from_millis(50)).await {
                     assert_eq!(t, "$SYS/broker/uptime");
                     uptimes += 1;
+                    progress.advanced();
                 }
             }
         }
-        assert!(
-            all.next_publish(QUIET).await.is_none(),
-            "$share/g/# matched a $SYS topic"
-        );
+        // $SYS is published on core 0, where `all` is: had its round reached
+        // `all`, it did so in the pass that reached group s. A marker from a
+        // client on core 0, published after two rounds arrived, comes after.
+        let publisher = V5::connect(broker.addr, &id_on(0, 2, "sh11-pub")).await;
+        publisher
+            .client
+            .publish(MARKER_TOPIC, QoS::AtLeastOnce, false, "sh11-end")
+            .await
+            .unwrap();
+        match all.next_publish(STEP).await {
+            Some((t, p)) if t == MARKER_TOPIC && p == "sh11-end" => {}
+            other => panic!("$share/g/# matched a $SYS topic: {other:?} before the marker"),
+        }
     })
     .await
 }
@@ -481,23 +571,22 @@ async fn shared_subscribe_gets_no_retained_messages() {
             .await
             .unwrap();
         publisher.wait_acks(1, QoS::AtLeastOnce).await;
+        // The PUBACK can come before every core's replica holds it (see
+        // common::wait_retained): without this the shared members' check
+        // could pass for want of the message, and the plain one fail.
+        wait_retained_payload(&broker, "sh5/r", b"kept").await;
 
         let mut m5 = v5_member(broker.addr, 1, "sh5-m5", "$share/g/sh5/#").await;
         let mut m4 = v4_member(broker.addr, 0, "sh5-m4", "$share/g2/sh5/#").await;
-        assert!(
-            m5.next_publish(QUIET).await.is_none(),
-            "retained sent to a 5.0 shared subscriber"
-        );
-        assert!(
-            m4.next_publish(QUIET).await.is_none(),
-            "retained sent to a 3.1.1 shared subscriber"
-        );
         let mut plain = v5_member(broker.addr, 1, "sh5-plain", "sh5/#").await;
         assert_eq!(
             plain.next_publish(STEP).await.map(|m| m.1).as_deref(),
             Some("kept")
         );
 
+        // The live message is also the marker for "no retained message on a
+        // shared subscribe": a retained one would have gone out with the
+        // SUBACK, so before anything published after it.
         publisher
             .client
             .publish("sh5/live", QoS::AtLeastOnce, false, "live")
@@ -505,11 +594,13 @@ async fn shared_subscribe_gets_no_retained_messages() {
             .unwrap();
         assert_eq!(
             m5.next_publish(STEP).await.map(|m| m.1).as_deref(),
-            Some("live")
+            Some("live"),
+            "retained sent to a 5.0 shared subscriber"
         );
         assert_eq!(
             m4.next_publish(STEP).await.map(|m| m.1).as_deref(),
-            Some("live")
+            Some("live"),
+            "retained sent to a 3.1.1 shared subscriber"
         );
     })
     .await
@@ -551,39 +642,46 @@ async fn shared_invalid_filters_refused() {
             vec![0x80, 0x80, 0x80, 0x80, 0x80, 1],
             "3.1.1 SUBACK"
         );
-        // The valid one works.
+        // Both also subscribe to a plain marker topic.
+        for raw in [&mut raw5, &mut raw4] {
+            assert_eq!(
+                raw.subscribe(2, &[(MARKER_TOPIC, RawQoS::AtLeastOnce)])
+                    .await,
+                vec![1]
+            );
+        }
+        // The valid one works: exactly one of the two group members gets the
+        // message. The marker, from the same publisher, reaches both after it.
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "sh6-pub")).await;
         publisher
             .client
             .publish("t/x", QoS::AtLeastOnce, false, "ok")
             .await
             .unwrap();
-        publisher.wait_acks(1, QoS::AtLeastOnce).await;
-        // Exactly one of the two group members gets the message: wait (bounded)
-        // for whichever it is, then check the other stays silent.
-        let deadline = tokio::time::Instant::now() + STEP;
-        let mut members = [&mut raw5, &mut raw4];
-        let winner = 'found: loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no member got the message"
+        publisher
+            .client
+            .publish(MARKER_TOPIC, QoS::AtLeastOnce, false, "sh6-end")
+            .await
+            .unwrap();
+        publisher.wait_acks(2, QoS::AtLeastOnce).await;
+        let mut got = Vec::new();
+        for raw in [&mut raw5, &mut raw4] {
+            let before = raw.recv_until_marker("sh6-end").await;
+            got.push(
+                before
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+                    .collect::<Vec<_>>(),
             );
-            for (i, raw) in members.iter_mut().enumerate() {
-                match raw.next_within(Duration::from_millis(20)).await {
-                    RawEv::Packet(Packet::Publish(p)) => {
-                        assert_eq!(&p.payload[..], b"ok");
-                        break 'found i;
-                    }
-                    RawEv::Silent => {}
-                    other => panic!("member {i}: {other:?}"),
-                }
-            }
-        };
-        let loser = &mut members[1 - winner];
-        assert!(
-            matches!(loser.next_within(QUIET).await, RawEv::Silent),
-            "both members got the message"
+        }
+        let mut counts: Vec<usize> = got.iter().map(Vec::len).collect();
+        counts.sort_unstable();
+        assert_eq!(
+            counts,
+            [0, 1],
+            "exactly one member gets the message: {got:?}"
         );
+        assert!(got.iter().flatten().all(|p| p == "ok"), "{got:?}");
     })
     .await
 }
@@ -646,31 +744,31 @@ async fn shared_delivery_carries_subscription_identifier() {
                 matches!(p, v5::Packet::SubAck(_)).then_some(())
             })
             .await;
+            // A plain marker subscription (no identifier) as well.
+            c.subscribe_ok(MARKER_TOPIC, QoS::AtLeastOnce).await;
             members.push((c, id));
         }
         let mut publisher = V5::connect(broker.addr, &id_on(0, 2, "sh8-pub")).await;
         publish_n(&mut publisher, "sh8/x", "m", 10).await;
-        let mut total = 0;
-        let deadline = tokio::time::Instant::now() + COLLECT;
-        while total < 10 {
-            assert!(tokio::time::Instant::now() < deadline, "only {total} of 10");
-            for (c, id) in &mut members {
-                // Short bounded wait per member and round.
-                while let Some(Ev::Packet(p)) = c.next_within(Duration::from_millis(20)).await {
-                    if let v5::Packet::Publish(p) = p {
-                        let ids = p
-                            .properties
-                            .map(|p| p.subscription_identifiers)
-                            .unwrap_or_default();
-                        assert_eq!(ids, vec![*id], "{}", c.id);
-                        total += 1;
-                    }
-                }
+        // The marker, from the same publisher, reaches both members after
+        // their share of the 10 (and after any extra copy).
+        publisher
+            .client
+            .publish(MARKER_TOPIC, QoS::AtLeastOnce, false, "sh8-end")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for (c, id) in &mut members {
+            for p in c.recv_until_marker("sh8-end").await {
+                let ids = p
+                    .properties
+                    .map(|p| p.subscription_identifiers)
+                    .unwrap_or_default();
+                assert_eq!(ids, vec![*id], "{}", c.id);
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
             }
         }
-        for (c, _) in &mut members {
-            c.assert_no_publish(QUIET).await; // no extra copies
-        }
+        assert_exactly_once("group g", &[got], &payload_set("m", 10));
     })
     .await
 }
@@ -694,6 +792,8 @@ async fn shared_mosquitto_sub_v311_member() {
             &mid,
             "-t",
             "$share/g/sh9/#",
+            "-t",
+            MARKER_TOPIC,
             "-F",
             "MSG|%p",
             "-W",
@@ -703,25 +803,31 @@ async fn shared_mosquitto_sub_v311_member() {
         let mut other = v5_member(broker.addr, 1, "sh9-v5", "$share/g/sh9/#").await;
         let mut publisher = V5::connect(broker.addr, &id_on(1, 2, "sh9-pub")).await;
         publish_n(&mut publisher, "sh9/x", "m", N).await;
+        // The marker, from the same publisher, reaches both members after
+        // their share of the N (and after any extra copy).
+        publisher
+            .client
+            .publish(MARKER_TOPIC, QoS::AtLeastOnce, false, "sh9-end")
+            .await
+            .unwrap();
 
+        // Each message within STEP of the previous one.
         let mut from_mosq = Vec::new();
+        loop {
+            let m = mosq.msg().await;
+            if m == "sh9-end" {
+                break;
+            }
+            from_mosq.push(m);
+        }
         let mut from_v5 = Vec::new();
-        let deadline = tokio::time::Instant::now() + COLLECT;
-        while from_mosq.len() + from_v5.len() < N {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} + {} of {N}; mosquitto output {:#?}",
-                from_mosq.len(),
-                from_v5.len(),
-                mosq.seen
-            );
-            from_mosq.extend(mosq.drain(Duration::from_millis(20)).await);
-            while let Some((_, p)) = other.next_publish(Duration::from_millis(20)).await {
-                from_v5.push(p);
+        loop {
+            match other.next_publish(STEP).await {
+                Some((t, _)) if t == MARKER_TOPIC => break,
+                Some((_, p)) => from_v5.push(p),
+                None => panic!("rumqttc member: no marker within {STEP:?}"),
             }
         }
-        from_mosq.extend(mosq.drain(QUIET).await); // negative check: no extra copies
-        assert!(other.next_publish(QUIET).await.is_none());
         let got = vec![from_mosq.clone(), from_v5.clone()];
         assert_exactly_once("mosquitto + rumqttc", &got, &payload_set("m", N));
         assert!(

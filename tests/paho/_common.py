@@ -4,6 +4,12 @@ Each script takes `host port` as arguments, runs one scenario against a
 running ringmq broker, prints one result line (`OK ...` or `FAIL ...`) and
 exits 0 on success, non-zero on failure. Every wait is bounded, and a global
 alarm bounds the whole script.
+
+As in the Rust harness, scripts assert behaviour, not speed: upper bounds are
+deadlines (STEP, or STEP past a broker-side timer), lower bounds read the clock
+before the event starts, and "nothing else arrives" is checked with a marker
+published after what must not arrive, on a path ordered with it
+(`Client.expect_marker`), rather than with a quiet window.
 """
 
 import queue
@@ -26,7 +32,7 @@ if int(paho.mqtt.__version__.split(".")[0]) < 2:
     sys.exit(3)
 
 STEP = 5.0  # longest wait for one expected event, seconds
-QUIET = 0.3  # how long to watch for something that must NOT arrive
+QUIET = 0.3  # a window for something that must NOT arrive, only where no marker can be used
 SCRIPT_LIMIT = 16  # whole-script bound, seconds
 
 __all__ = [
@@ -155,8 +161,29 @@ class Client:
     def recv_n(self, n, what="messages"):
         return [self.recv(f"{what} ({i + 1} of {n})") for i in range(n)]
 
+    def until_marker(self, marker, what="marker"):
+        """Messages received before the marker (payload `marker`, bytes), each
+        within STEP of the previous one."""
+        before = []
+        while True:
+            m = self.recv(f"{what} {marker!r}")
+            if m.payload == marker:
+                return before
+            before.append(m)
+
+    def expect_marker(self, marker, what):
+        """Waits for the marker, which the script published after what must not
+        arrive, on a path ordered with it (the same publisher; or, for retained
+        messages, any publisher after the SUBACK, which they go out with), and
+        fails if anything else came first."""
+        before = self.until_marker(marker)
+        check(not before,
+              f"{self.id}: {what}: {[(m.topic, m.payload) for m in before]} before the marker")
+
     def quiet(self, what, timeout=QUIET):
-        """Negative check: nothing arrives within `timeout`."""
+        """Negative check: nothing arrives within `timeout`. Only where no marker
+        can be ordered after what must not arrive: a window can only let a
+        script pass wrongly (on a slow machine), never fail wrongly."""
         try:
             msg = self.messages.get(timeout=timeout)
         except queue.Empty:
@@ -179,15 +206,18 @@ class Client:
             sock.close()
 
 
-def drain_all(clients, total, timeout=10.0):
-    """Collects payloads from several clients until `total` arrived in all;
-    returns {client id: [payload, ...]}."""
+def drain_all(clients, total, publisher, marker_topic):
+    """Collects payloads from several clients until `total` arrived in all,
+    each message within STEP of the previous one; returns {client id:
+    [payload, ...]}. Then `publisher` (which published them all) publishes a
+    marker on `marker_topic`, a plain topic every client subscribed to: a
+    second copy of any message would reach its client before the marker."""
     got = {c.id: [] for c in clients}
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + STEP
     n = 0
     while n < total:
         if time.monotonic() > deadline:
-            fail(f"only {n} of {total} messages within {timeout} s: "
+            fail(f"only {n} of {total} messages, none for {STEP} s: "
                  f"{ {k: len(v) for k, v in got.items()} }")
         for c in clients:
             try:
@@ -195,9 +225,10 @@ def drain_all(clients, total, timeout=10.0):
                     m = c.messages.get(timeout=0.02)
                     got[c.id].append(m.payload.decode())
                     n += 1
+                    deadline = time.monotonic() + STEP
             except queue.Empty:
                 pass
-    time.sleep(QUIET)  # negative check window: no extra copies may arrive
+    publisher.publish(marker_topic, b"drain-end")
     for c in clients:
-        check(c.messages.empty(), f"{c.id}: extra message after all {total}")
+        c.expect_marker(b"drain-end", f"no extra message after all {total}")
     return got

@@ -32,15 +32,18 @@ pub.publish("paho/si/x", b"both")
 m = si.recv("message for two subscriptions")
 ids = sorted(getattr(m.properties, "SubscriptionIdentifier", []))
 check(ids == [5, 9], f"subscription identifiers {ids}")
-si.quiet("second copy")
+# The publisher's next message is the marker for "no second copy": a second
+# copy of "both" would come before it.
 pub.publish("paho/si/x/y", b"deep")
 m = si.recv("message for one subscription")
+check(m.payload == b"deep", f"second copy of {m.payload!r}")
 check(getattr(m.properties, "SubscriptionIdentifier", []) == [9], f"{m.properties}")
 
 # No Local.
 nl = Client(host, port, id_on(0, "paho-nl"))
 nl.connect()
 nl.subscribe("paho/nl/t", options=SubscribeOptions(qos=1, noLocal=True))
+nl.subscribe("paho/nl/marker")  # without No Local: where nl's own marker reaches it
 watcher = Client(host, port, id_on(1, "paho-nl-watch"))
 watcher.connect()
 watcher.subscribe("paho/nl/t")
@@ -48,7 +51,10 @@ nl.publish("paho/nl/t", b"own")
 check(watcher.recv("own publish at the other client").payload == b"own", "watcher gets it")
 watcher.publish("paho/nl/t", b"other")
 check(nl.recv("other's publish").payload == b"other", "no-local client gets others' messages")
-nl.quiet("own publish echoed despite No Local")
+# nl's own marker, published after "own" on the same path: an echo of "own"
+# would come before it.
+nl.publish("paho/nl/marker", b"nl-end")
+nl.expect_marker(b"nl-end", "own publish echoed despite No Local")
 for c in (sub4, pub, si, nl, watcher):
     c.disconnect()
 ok("aliases resolved, subscription ids [5, 9] / [9], no local honoured")

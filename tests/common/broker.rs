@@ -1,0 +1,113 @@
+//! The broker under test: started in-process, stopped (bounded) on drop.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Deref;
+use std::time::{Duration, Instant};
+
+use ringmq::config::Config;
+use ringmq::metrics::Counters;
+use ringmq::router::owner_core;
+use ringmq::server::Broker;
+
+/// A running in-process broker, shut down (bounded) when dropped.
+pub struct TestBroker {
+    broker: Option<Broker>,
+    pub addr: SocketAddr,
+    pub port: u16,
+    pub cores: usize,
+}
+
+impl Deref for TestBroker {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.broker.as_ref().expect("broker running")
+    }
+}
+
+impl TestBroker {
+    /// Polls the broker's counters (refreshed by each core every 500 ms tick)
+    /// until `pred` holds, for at most `limit`. Returns the last snapshot.
+    pub async fn wait_counters(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Counters) -> bool,
+    ) -> Counters {
+        let deadline = Instant::now() + limit;
+        loop {
+            let c = self.counters();
+            if pred(&c) {
+                return c;
+            }
+            if Instant::now() >= deadline {
+                panic!("counters never satisfied `{what}` within {limit:?}: {c:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling interval, not sync
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let Some(broker) = self.broker.take() else {
+            return;
+        };
+        // Bounded: a broker that fails to stop must not hang the test binary.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            broker.shutdown();
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            eprintln!(
+                "WARNING: broker on port {} did not shut down within 10 s",
+                self.port
+            );
+        }
+    }
+}
+
+/// The configuration every test starts from: loopback, port 0 (the kernel
+/// picks one, shared by every core's listener), `cores` cores, no pinning (the
+/// CI machine is shared), quiet logs.
+pub fn test_config(cores: usize) -> Config {
+    Config {
+        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 0,
+        cores,
+        pin_cores: false,
+        log_level: "warn".to_owned(),
+        ..Config::default()
+    }
+}
+
+/// Starts a broker on 127.0.0.1 with `cores` cores, after `tweak` adjusted the
+/// configuration (which must still validate).
+pub fn start(cores: usize, tweak: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config(cores);
+    tweak(&mut config);
+    config.validate().expect("test configuration must be valid");
+    let broker = Broker::start(config).expect("broker starts");
+    let port = broker.addr.port();
+    assert_ne!(port, 0, "Broker::start must report the port it bound");
+    assert_eq!(broker.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    TestBroker {
+        addr: broker.addr,
+        port,
+        cores,
+        broker: Some(broker),
+    }
+}
+
+/// Two cores, defaults otherwise.
+pub fn start2() -> TestBroker {
+    start(2, |_| {})
+}
+
+/// The first client id `prefix-N` whose session is owned by `core`.
+pub fn id_on(core: usize, cores: usize, prefix: &str) -> String {
+    (0..10_000)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| owner_core(id, cores) == core)
+        .expect("some id hashes to every core")
+}

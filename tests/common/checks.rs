@@ -1,0 +1,168 @@
+//! Checks shared by several suites: numbered payloads, exact sequences, the
+//! in-order exactly-once stream, required programs, remaining message expiry
+//! for measured time, and waiting for every core's retained replica.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{id_on, v4, Packet, Raw, RawQoS, TestBroker, STEP, V4};
+
+/// Payload `prefix-<n>`, so order and duplicates can be checked.
+pub fn numbered(prefix: &str, n: usize) -> String {
+    format!("{prefix}-{n}")
+}
+
+/// Asserts that `payloads` are exactly `prefix-0 .. prefix-(n-1)` in order.
+pub fn assert_sequence(who: &str, prefix: &str, payloads: &[Bytes], n: usize) {
+    let got: Vec<String> = payloads
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| numbered(prefix, i)).collect();
+    if got != want {
+        let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        let mut seen = std::collections::HashSet::new();
+        let dups: Vec<&String> = got.iter().filter(|p| !seen.insert(*p)).take(5).collect();
+        panic!(
+            "{who}: got {} messages, want {n}; first difference at {first_diff:?}; duplicates {dups:?}",
+            got.len()
+        );
+    }
+}
+
+/// Finds a program on PATH; fails loudly when it is missing (CI installs it).
+pub fn require_program(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{name}` is not installed but these tests need it: \
+         apt-get install -y mosquitto-clients (scripts/test.sh does this)"
+    );
+}
+
+/// Subscriber on `sub_core`, publisher on `pub_core` (of a 2-core broker), `n`
+/// messages at `qos`: all arrive, in order, each once, at `qos`, with no DUP and
+/// RETAIN=0. rumqttc writes the PUBLISHes back to back, so broker reads end
+/// mid-frame: this also covers framing under load.
+pub async fn stream_in_order_once(
+    broker: &TestBroker,
+    tag: &str,
+    qos: v4::QoS,
+    pub_core: usize,
+    sub_core: usize,
+    n: usize,
+) {
+    let topic = format!("stream/{tag}");
+    let mut sub = V4::connect(broker.addr, &id_on(sub_core, 2, &format!("sub-{tag}"))).await;
+    sub.subscribe_ok(&topic, qos).await;
+    let mut publisher = V4::connect(broker.addr, &id_on(pub_core, 2, &format!("pub-{tag}"))).await;
+    for i in 0..n {
+        publisher
+            .publish(&topic, qos, false, numbered(tag, i))
+            .await;
+    }
+    // A marker after the n, on the same path: a duplicate would come before it.
+    let marker = format!("{tag}-end");
+    publisher.publish(&topic, qos, false, marker.clone()).await;
+    // Each message within STEP of the previous one (no bound on the total:
+    // that would be a speed claim).
+    let got = sub.recv_publishes(n).await;
+    if qos != v4::QoS::AtMostOnce {
+        publisher.wait_acks(n + 1, qos).await;
+    }
+    for p in &got {
+        assert_eq!(p.topic, topic);
+        assert_eq!(p.qos, qos, "delivered at the subscription's QoS");
+        assert!(!p.dup, "no DUP in a clean run");
+        assert!(!p.retain, "live delivery has RETAIN=0");
+    }
+    let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
+    assert_sequence(tag, tag, &payloads, n);
+    // Exactly once: nothing beyond the n before the marker.
+    sub.expect_marker(&marker, "exactly once").await;
+}
+
+/// The remaining Message Expiry Interval a correct broker may report for a
+/// message with `interval` seconds that it held between storing and sending
+/// for at least `held_at_least` and at most `held_at_most`, both measured by
+/// the test around the broker's events (e.g. from its PUBACK to the
+/// subscriber's reconnect, and from before the PUBLISH to after the
+/// delivery). The broker counts whole seconds held, rounding the remainder
+/// up; one second of slack on the low side covers its millisecond clock.
+/// The range follows the measured time, so a slow machine widens it instead
+/// of failing the test, while a fast one keeps it tight.
+pub fn remaining_expiry(
+    interval: u32,
+    held_at_least: Duration,
+    held_at_most: Duration,
+) -> std::ops::RangeInclusive<u32> {
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let low = interval.saturating_sub(secs(held_at_most).saturating_add(1));
+    let high = interval.saturating_sub(secs(held_at_least));
+    low..=high
+}
+
+/// Waits until every core's retained replica shows `topic` as `want` accepts
+/// it (`None`: no retained message on the topic; `Some(payload)`: this one),
+/// probing each core with a raw client placed on it, for at most [`STEP`]
+/// per core.
+///
+/// Needed before a new subscription relies on a retained message just
+/// published (or cleared): the broker acknowledges a retained PUBLISH before
+/// every core's replica holds it (updates go through the topic's owner core
+/// and on to the other replicas over the mesh), so a subscriber that
+/// subscribes right after the PUBACK can find its core's replica still
+/// without it. A probe subscribes to `topic` and sends a PINGREQ after the
+/// SUBACK: a retained message goes out with the SUBACK, so before the
+/// PINGRESP, which makes each probe a complete answer rather than a timed
+/// one. Probes end with a DISCONNECT.
+pub async fn wait_retained(broker: &TestBroker, topic: &str, want: impl Fn(Option<&[u8]>) -> bool) {
+    for core in 0..broker.cores {
+        let id = id_on(core, broker.cores, "retained-probe");
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let mut probe = Raw::connect(broker.addr, &id, true, 0, None).await;
+            probe.subscribe_ok(topic, RawQoS::AtMostOnce, 0).await;
+            probe.send_bytes(&[0xC0, 0x00]).await.expect("PINGREQ");
+            let mut retained = None;
+            loop {
+                match probe.recv().await {
+                    Packet::PingResp => break,
+                    Packet::Publish(p) if p.retain => retained = Some(p.payload),
+                    other => panic!("retained probe on core {core}: unexpected {other:?}"),
+                }
+            }
+            probe.disconnect().await;
+            let shown = retained.as_deref();
+            if want(shown) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "core {core}'s retained replica still shows {topic} as {shown:?} after {STEP:?}"
+            );
+            // Polling the broker's state, not synchronisation.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// [`wait_retained`] for a retained message with payload `payload`.
+pub async fn wait_retained_payload(broker: &TestBroker, topic: &str, payload: &[u8]) {
+    wait_retained(broker, topic, |p| p == Some(payload)).await;
+}
+
+/// [`wait_retained`] for a synchronous test (one without a tokio runtime).
+pub fn wait_retained_blocking(broker: &TestBroker, topic: &str, want: Option<&[u8]>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(wait_retained(broker, topic, |p| p == want));
+}
