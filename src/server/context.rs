@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::mesh::Parcel;
 use super::Shared;
 use crate::metrics::Counters;
-use crate::router::{CloseReason, ConnId, Core};
+use crate::router::{CloseReason, ConnId, Core, SessionKey};
 use crate::time::Time;
 
 /// How often a core retries sending to a full queue of another core.
@@ -79,6 +79,12 @@ impl Ctx {
     /// Bumps counters only: no routing happens, so there is nothing to drain.
     pub fn count(&self, f: impl FnOnce(&mut Counters)) {
         f(&mut self.core.borrow_mut().counters);
+    }
+
+    /// True while the connection waits for a barrier of the core (its SUBACK
+    /// or a retained PUBLISH's PUBACK); see [`Link::resume`].
+    pub fn is_paused(&self, key: SessionKey, conn: ConnId) -> bool {
+        self.core.borrow().is_paused(key, conn)
     }
 
     /// This core's counters, to publish.

@@ -113,12 +113,11 @@ pub fn remaining_expiry(
 /// probing each core with a raw client placed on it, for at most [`STEP`]
 /// per core.
 ///
-/// Needed before a new subscription relies on a retained message just
-/// published (or cleared): the broker acknowledges a retained PUBLISH before
-/// every core's replica holds it (updates go through the topic's owner core
-/// and on to the other replicas over the mesh), so a subscriber that
-/// subscribes right after the PUBACK can find its core's replica still
-/// without it. A probe subscribes to `topic` and sends a PINGREQ after the
+/// Needed before a new subscription relies on a retained message that nobody
+/// acknowledged: a will, a QoS 0 or a `$SYS` publish. (A QoS 1/2 retained
+/// PUBLISH is acknowledged only once every core's replica holds it; updates
+/// go through the topic's owner core and on to the other replicas over the
+/// mesh, and a QoS 0 one may still be on its way.) A probe subscribes to `topic` and sends a PINGREQ after the
 /// SUBACK: a retained message goes out with the SUBACK, so before the
 /// PINGRESP, which makes each probe a complete answer rather than a timed
 /// one. Probes end with a DISCONNECT.

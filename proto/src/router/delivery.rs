@@ -4,47 +4,86 @@
 
 use std::sync::Arc;
 
+use super::barrier::{Reply, Then};
 use super::interest::other_cores;
 use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
 use crate::codec::QoS;
 use crate::message::Message;
-use crate::session::{Routed, Routing};
+use crate::session::{PublishAck, Routed, Routing};
 use crate::time::Time;
 use crate::topic::SharedFilter;
 
 impl Core {
-    /// A client's PUBLISH: routed unless it writes the broker's own topics.
-    pub(super) fn publish_from_client(&mut self, msg: Arc<Message>, now: Time) -> Routing {
+    /// A client's PUBLISH: routed unless it writes the broker's own topics,
+    /// then acknowledged. A retained QoS 1/2 PUBLISH is acknowledged only once
+    /// every core's replica holds it, so that a client subscribing anywhere
+    /// after the PUBACK gets it; its connection pauses until then.
+    pub(super) fn publish_from_client(
+        &mut self,
+        key: SessionKey,
+        msg: Arc<Message>,
+        ack: Option<PublishAck>,
+        now: Time,
+    ) {
         if msg.topic.is_sys() {
             self.counters.dropped_sys_publish += 1;
-            return Routing::NotAuthorized;
+            return self.acknowledge_now(key, ack, Routing::NotAuthorized);
         }
-        if self.route(msg, now) {
+        let routing = if self.deliver(&msg, now) {
             Routing::Delivered
         } else {
             Routing::NoSubscribers
+        };
+        if !msg.retain {
+            return self.acknowledge_now(key, ack, routing);
+        }
+        let conn = self.sessions.get(key).and_then(|e| e.conn);
+        let then = match (ack, conn) {
+            (Some(ack), Some(conn)) if self.cores > 1 => Some(Then::PubAck {
+                key,
+                conn,
+                ack,
+                routing,
+            }),
+            _ => {
+                self.acknowledge_now(key, ack, routing);
+                None
+            }
+        };
+        self.update_retained(&msg, then, now);
+    }
+
+    fn acknowledge_now(&mut self, key: SessionKey, ack: Option<PublishAck>, routing: Routing) {
+        if let (Some(ack), Some(e)) = (ack, self.sessions.get_mut(key)) {
+            e.session.acknowledge(ack, routing);
         }
     }
 
     /// Routes a message published on (or by a will of) this core. Returns
     /// whether any subscription or shared group matched it.
     pub fn route(&mut self, msg: Arc<Message>, now: Time) -> bool {
+        let matched = self.deliver(&msg, now);
+        if msg.retain {
+            self.update_retained(&msg, None, now);
+        }
+        matched
+    }
+
+    /// Delivers to every matching subscriber and shared group, on every core.
+    fn deliver(&mut self, msg: &Arc<Message>, now: Time) -> bool {
         let mut targets = CoreSet::default();
         self.interest
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
                 targets.union(set)
             });
-        if msg.retain {
-            self.update_retained(&msg);
-        }
         for core in other_cores(self.id, self.cores).filter(|c| targets.contains(*c)) {
             self.outbox
                 .send(core, MeshMsg::Publish { msg: msg.clone() });
         }
         if targets.contains(self.id) {
-            self.deliver_local(&msg, now);
+            self.deliver_local(msg, now);
         }
-        let shared = !self.shared_index.is_empty() && self.route_shared_groups(&msg, now);
+        let shared = !self.shared_index.is_empty() && self.route_shared_groups(msg, now);
         !targets.is_empty() || shared
     }
 
@@ -217,27 +256,47 @@ impl Core {
     }
 
     /// Retained updates for a topic are ordered by one owner core (the same hash
-    /// as client ids): it stores, then forwards to every other replica.
-    fn update_retained(&mut self, msg: &Arc<Message>) {
+    /// as client ids): it stores, then forwards to every other replica. With
+    /// `then`, that is done once every replica applied the update.
+    fn update_retained(&mut self, msg: &Arc<Message>, then: Option<Then>, now: Time) {
         let owner = owner_core(msg.topic.as_str(), self.cores);
-        if owner != self.id {
-            let msg = MeshMsg::Retain {
-                msg: msg.clone(),
-                from_owner: false,
-            };
-            self.outbox.send(owner, msg);
-            return;
+        if owner == self.id {
+            return self.order_retained(msg, then, now);
         }
+        let reply = then.map(|then| {
+            let token = self.new_token();
+            self.open_barrier(token, 1, then, now)
+        });
+        let update = MeshMsg::Retain {
+            msg: msg.clone(),
+            from_owner: false,
+            reply,
+        };
+        self.outbox.send(owner, update);
+    }
+
+    /// As the topic's owner: applies the caps and stores, then forwards to
+    /// every replica, in one order for all of them.
+    fn order_retained(&mut self, msg: &Arc<Message>, then: Option<Then>, now: Time) {
         if !self.store_retained(msg) {
             self.counters.dropped_retained_cap += 1;
+            if let Some(then) = then {
+                self.complete(then, now);
+            }
             return;
         }
+        let replicas = self.cores - 1;
+        let reply: Option<Reply> = then.map(|then| {
+            let token = self.new_token();
+            self.open_barrier(token, replicas, then, now)
+        });
         for core in other_cores(self.id, self.cores) {
-            let msg = MeshMsg::Retain {
+            let update = MeshMsg::Retain {
                 msg: msg.clone(),
                 from_owner: true,
+                reply,
             };
-            self.outbox.send(core, msg);
+            self.outbox.send(core, update);
         }
     }
 
@@ -255,14 +314,19 @@ impl Core {
             MeshMsg::Retain {
                 msg,
                 from_owner: true,
+                reply,
             } => {
                 // The owner already applied the caps; a replica holds the same set.
                 self.store_retained(&msg);
+                if let Some(reply) = reply {
+                    self.acknowledge_to(reply, now);
+                }
             }
             MeshMsg::Retain {
                 msg,
                 from_owner: false,
-            } => self.update_retained(&msg),
+                reply,
+            } => self.order_retained(&msg, reply.map(Then::Relay), now),
             MeshMsg::Interest {
                 filter,
                 core,
@@ -271,7 +335,7 @@ impl Core {
             } => {
                 self.apply_interest(&filter, core, add);
                 if let Some(token) = ack {
-                    self.outbox.send(core, MeshMsg::InterestAck { token });
+                    self.acknowledge_to(Reply { core, token }, now);
                 }
             }
             MeshMsg::SharedInterest {
@@ -282,13 +346,13 @@ impl Core {
             } => {
                 self.apply_shared(&share, core, delta);
                 if let Some(token) = ack {
-                    self.outbox.send(core, MeshMsg::InterestAck { token });
+                    self.acknowledge_to(Reply { core, token }, now);
                 }
             }
             MeshMsg::SharedPublish { msg, share, hops } => {
                 self.deliver_shared(&msg, share, hops, now)
             }
-            MeshMsg::InterestAck { token } => self.interest_acked(token, now),
+            MeshMsg::Ack { token } => self.barrier_acked(token, now),
         }
     }
 }

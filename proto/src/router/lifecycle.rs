@@ -40,6 +40,7 @@ impl Core {
             session: Box::new(session),
             conn: Some(conn),
             dirty: false,
+            paused: false,
             expires_at: None,
             delayed_will: None,
         });
@@ -58,6 +59,7 @@ impl Core {
         let e = &mut self.sessions[key];
         e.conn = Some(conn);
         e.dirty = false;
+        e.paused = false;
         e.expires_at = None;
         // Reconnecting within the will delay cancels the will [MQTT-3.1.3-9].
         e.delayed_will = None;
@@ -77,6 +79,7 @@ impl Core {
             return;
         };
         e.dirty = false;
+        e.paused = false;
         let will = e.session.detach(&limits);
         self.counters.takeovers += 1;
         self.counters.connections_current -= 1;
@@ -97,6 +100,7 @@ impl Core {
         }
         e.conn = None;
         e.dirty = false;
+        e.paused = false;
         self.counters.connections_current -= 1;
         let will = e.session.detach(&limits);
         let expiry = e.session.session_expiry();

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::barrier::Reply;
 use crate::message::Message;
 use crate::topic::{SharedFilter, TopicFilter};
 
@@ -11,27 +12,27 @@ use crate::topic::{SharedFilter, TopicFilter};
 #[derive(Debug)]
 pub enum MeshMsg {
     /// A publish from another core, for this core's subscribers.
-    Publish {
-        msg: Arc<Message>,
-    },
+    Publish { msg: Arc<Message> },
     /// A retained-store update. To the topic's owner core (`from_owner` false),
     /// which orders updates and forwards them to every replica (`from_owner`
-    /// true), so all cores apply one topic's updates in the same order.
+    /// true), so all cores apply one topic's updates in the same order. With
+    /// `reply`, the receiver acknowledges once it applied the update (the
+    /// owner: once every replica did).
     Retain {
         msg: Arc<Message>,
         from_owner: bool,
+        reply: Option<Reply>,
     },
     /// `core` gained (or lost) its first (last) subscriber of `filter`. With `ack`,
-    /// the sender waits for an [`MeshMsg::InterestAck`] before answering SUBACK.
+    /// the sender waits for an [`MeshMsg::Ack`] before answering SUBACK.
     Interest {
         filter: TopicFilter,
         core: usize,
         add: bool,
         ack: Option<u64>,
     },
-    InterestAck {
-        token: u64,
-    },
+    /// One acknowledgement of the receiver's barrier `token`.
+    Ack { token: u64 },
     /// A shared group's connected members on `core` changed by `delta`.
     SharedInterest {
         share: SharedFilter,

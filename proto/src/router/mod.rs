@@ -8,6 +8,7 @@
 //! close or to resume, and batches of [`MeshMsg`] for other cores. The server
 //! drains the outbox after every call. Time comes in as [`Time`].
 
+mod barrier;
 mod delivery;
 mod interest;
 mod lifecycle;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use slab::Slab;
 
+pub use barrier::Reply;
 pub use interest::{owner_core, CoreSet};
 pub use mesh::MeshMsg;
 pub use outbox::Outbox;
@@ -32,8 +34,8 @@ use crate::session::{Event, Session, Violation, WillRelease};
 use crate::store::RetainedStore;
 use crate::time::Time;
 use crate::topic::{trie::MatchScratch, Trie};
+use barrier::Barrier;
 use shared::{GroupCounts, Picker, SharedGroups};
-use subscriptions::PendingSubscribe;
 
 /// Index of a session in its core's table.
 pub type SessionKey = usize;
@@ -79,6 +81,9 @@ struct Entry {
     conn: Option<ConnId>,
     /// Listed in the outbox as writable and not yet written since.
     dirty: bool,
+    /// The connection reads nothing until a barrier completes (a SUBACK or
+    /// the PUBACK of a retained PUBLISH waits for other cores).
+    paused: bool,
     /// Offline with a finite session expiry: when the session ends.
     expires_at: Option<Time>,
     /// A will waiting out its 5.0 will delay interval.
@@ -114,8 +119,8 @@ pub struct Core {
     shared: SharedGroups,
     picker: Picker,
     retained: RetainedStore,
-    /// SUBSCRIBEs whose SUBACK waits for other cores, by barrier token.
-    pending_subscribes: HashMap<u64, PendingSubscribe>,
+    /// Work waiting for other cores' acknowledgements, by token.
+    barriers: HashMap<u64, Barrier>,
     next_token: u64,
     scratch: MatchScratch,
     matches: Vec<Match>,
@@ -142,7 +147,7 @@ impl Core {
             shared: SharedGroups::default(),
             picker: Picker::new(strategy, 0x9e37_79b9_7f4a_7c15 ^ id as u64),
             retained,
-            pending_subscribes: HashMap::new(),
+            barriers: HashMap::new(),
             next_token: 0,
             scratch: MatchScratch::new(),
             matches: Vec::new(),
@@ -230,35 +235,36 @@ impl Core {
                 .handle_packet(now, packet, &self.limits, &mut events);
         let mut next = Next::Continue;
         for event in events.drain(..) {
-            next = next.max(self.handle_event(key, event, now));
+            if self.handle_event(key, event, now) {
+                next = Next::Disconnect;
+            }
         }
         self.events = events;
         self.mark_dirty(key);
+        if next == Next::Continue && self.sessions.get(key).is_some_and(|e| e.paused) {
+            next = Next::Pause;
+        }
         result.map(|()| next)
     }
 
-    fn handle_event(&mut self, key: SessionKey, event: Event, now: Time) -> Next {
+    /// True when the event ends the connection.
+    fn handle_event(&mut self, key: SessionKey, event: Event, now: Time) -> bool {
         match event {
-            Event::Publish { msg, ack } => {
-                let routing = self.publish_from_client(msg, now);
-                if let (Some(ack), Some(e)) = (ack, self.sessions.get_mut(key)) {
-                    e.session.acknowledge(ack, routing);
-                }
-            }
+            Event::Publish { msg, ack } => self.publish_from_client(key, msg, ack, now),
             Event::Subscribe {
                 pid,
                 codes,
                 added,
                 existed,
-            } => return self.subscribe(key, pid, codes, added, existed, now),
+            } => self.subscribe(key, pid, codes, added, existed, now),
             Event::Unsubscribe(filters) => {
                 for filter in filters {
                     self.unsubscribe_one(key, &filter);
                 }
             }
-            Event::Disconnect => return Next::Disconnect,
+            Event::Disconnect => return true,
         }
-        Next::Continue
+        false
     }
 
     // ---- time ---------------------------------------------------------------------

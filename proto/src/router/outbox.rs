@@ -62,9 +62,9 @@ mod tests {
     fn batches_are_taken_once_per_destination() {
         let mut out = Outbox::new(3);
         assert!(out.is_empty());
-        out.send(2, MeshMsg::InterestAck { token: 1 });
-        out.send(2, MeshMsg::InterestAck { token: 2 });
-        out.send(0, MeshMsg::InterestAck { token: 3 });
+        out.send(2, MeshMsg::Ack { token: 1 });
+        out.send(2, MeshMsg::Ack { token: 2 });
+        out.send(0, MeshMsg::Ack { token: 3 });
         assert!(!out.is_empty());
         let taken: Vec<(usize, usize)> = out.take_batches().map(|(c, b)| (c, b.len())).collect();
         assert_eq!(taken, [(0, 1), (2, 2)]);

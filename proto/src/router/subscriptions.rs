@@ -2,9 +2,10 @@
 //! and shared-group counts, and the barrier that makes a SUBACK mean "effective
 //! on every core".
 
+use super::barrier::Then;
 use super::interest::other_cores;
 use super::shared::{GroupCounts, Member};
-use super::{ConnId, Core, CoreSet, MeshMsg, Next, SessionKey, Subscriber};
+use super::{ConnId, Core, CoreSet, MeshMsg, SessionKey, Subscriber};
 use crate::codec::Pid;
 use crate::session::{Routed, SubEntry};
 use crate::time::Time;
@@ -15,16 +16,14 @@ use crate::topic::{SharedFilter, SubFilter, TopicFilter};
 /// subscriber whichever core the publisher is on.
 #[derive(Debug)]
 pub(super) struct PendingSubscribe {
-    key: SessionKey,
+    pub(super) key: SessionKey,
     /// The connection that sent it: if the session moved on to another
     /// connection meanwhile, no SUBACK is owed to the new one.
-    conn: ConnId,
+    pub(super) conn: ConnId,
     pid: Pid,
     codes: Vec<u8>,
     added: Vec<(SubFilter, SubEntry)>,
     existed: Vec<bool>,
-    /// Acknowledgements still to come.
-    remaining: usize,
 }
 
 impl Core {
@@ -39,16 +38,15 @@ impl Core {
         added: Vec<(SubFilter, SubEntry)>,
         existed: Vec<bool>,
         now: Time,
-    ) -> Next {
-        let token = self.next_token;
-        self.next_token += 1;
-        let mut remaining = 0;
-        for (filter, entry) in &added {
-            remaining += self.subscribe_one(key, filter, *entry, token);
-        }
+    ) {
         let Some(conn) = self.sessions.get(key).and_then(|e| e.conn) else {
-            return Next::Continue;
+            return;
         };
+        let token = self.new_token();
+        let mut acks = 0;
+        for (filter, entry) in &added {
+            acks += self.subscribe_one(key, filter, *entry, token);
+        }
         let pending = PendingSubscribe {
             key,
             conn,
@@ -56,30 +54,11 @@ impl Core {
             codes,
             added,
             existed,
-            remaining,
         };
-        if remaining == 0 {
+        if acks == 0 {
             self.complete_subscribe(pending, now);
-            return Next::Continue;
-        }
-        self.pending_subscribes.insert(token, pending);
-        Next::Pause
-    }
-
-    /// One more core acknowledged barrier `token`.
-    pub(super) fn interest_acked(&mut self, token: u64, now: Time) {
-        let Some(pending) = self.pending_subscribes.get_mut(&token) else {
-            return;
-        };
-        pending.remaining -= 1;
-        if pending.remaining > 0 {
-            return;
-        }
-        if let Some(pending) = self.pending_subscribes.remove(&token) {
-            let conn = pending.conn;
-            if self.complete_subscribe(pending, now) {
-                self.outbox.resume.push(conn);
-            }
+        } else {
+            self.open_barrier(token, acks, Then::SubAck(pending), now);
         }
     }
 
@@ -133,7 +112,7 @@ impl Core {
     /// (RETAIN=1 [MQTT-3.3.1-8]), per 5.0 retain handling. Shared subscriptions
     /// get no retained messages [MQTT-4.8.2]. False when the connection that
     /// subscribed is gone.
-    fn complete_subscribe(&mut self, pending: PendingSubscribe, now: Time) -> bool {
+    pub(super) fn complete_subscribe(&mut self, pending: PendingSubscribe, now: Time) -> bool {
         let limits = self.limits.clone();
         let key = pending.key;
         match self.sessions.get_mut(key) {

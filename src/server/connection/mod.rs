@@ -129,7 +129,7 @@ impl<W: AsyncWriteRent + 'static> Link for Connection<W> {
     }
 
     fn resume(&self) {
-        Connection::resume(self);
+        self.wake_reader();
     }
 }
 

@@ -67,7 +67,11 @@ where
         match handle_frames(ctx, conn, &mut buf, client_id) {
             Step::Drained => {}
             Step::Paused => {
-                conn.wait_resumed().await;
+                // The core says when the barrier is done; wake-ups only prompt
+                // a look, so one that came early is harmless.
+                while conn.close_reason().is_none() && ctx.is_paused(conn.key, conn.id) {
+                    conn.woken().await;
+                }
                 continue;
             }
             Step::Ended(end) => return end,
@@ -128,10 +132,6 @@ fn handle_frames<W>(
         }
     });
     match step {
-        Ok(Step::Paused) => {
-            conn.pause();
-            Step::Paused
-        }
         Ok(step) => step,
         Err((rule, code)) => {
             ctx.count(|c| c.protocol_violations += 1);

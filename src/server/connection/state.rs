@@ -41,8 +41,6 @@ pub struct Connection<W> {
     output: RefCell<Output<W>>,
     /// Set once: why the broker ends the connection.
     close: Cell<Option<CloseReason>>,
-    /// The reader waits for a SUBACK before reading on.
-    paused: Cell<bool>,
     /// Wakes the reader: resumed, or told to close.
     reader: Notify,
     /// Rung when the write side was shut down.
@@ -72,7 +70,6 @@ impl<W> Connection<W> {
             fd,
             output: RefCell::new(Output::Parked(write_half)),
             close: Cell::new(None),
-            paused: Cell::new(false),
             reader: Notify::default(),
             closed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
@@ -101,22 +98,15 @@ impl<W> Connection<W> {
         self.canceller.borrow().handle()
     }
 
-    /// The reader handled a SUBSCRIBE whose SUBACK waits for other cores. Set
-    /// before the reader's next await, so a resume cannot come first.
-    pub fn pause(&self) {
-        self.paused.set(true);
-    }
-
-    pub fn resume(&self) {
-        self.paused.set(false);
+    /// Wakes a reader waiting in [`Connection::woken`].
+    pub fn wake_reader(&self) {
         self.reader.notify();
     }
 
-    /// Waits until resumed or told to close.
-    pub async fn wait_resumed(&self) {
-        while self.paused.get() && self.close.get().is_none() {
-            self.reader.notified().await;
-        }
+    /// Resolves after the next wake-up (or at once if one is pending): the
+    /// core resumed the connection, or it must close.
+    pub async fn woken(&self) {
+        self.reader.notified().await;
     }
 
     /// The write half if it is parked, marking the output as written by a
