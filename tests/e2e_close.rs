@@ -35,6 +35,15 @@ async fn read_until_closed(raw: &mut Raw) -> (Vec<Packet>, std::io::Result<()>) 
     (packets, end)
 }
 
+/// The packet ids of the acknowledgements `kind` picks out, in order.
+fn ack_ids(packets: &[Packet], kind: impl Fn(&Packet) -> Option<&Ack>) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(kind)
+        .map(|a| a.pid.get())
+        .collect()
+}
+
 /// A 5.0 CONNECT for `id` with no properties.
 fn v5_connect(id: &str) -> Packet {
     connect_packet(Protocol::V5, id, true, 0, None)
@@ -59,13 +68,10 @@ async fn burst_over_receive_maximum_gets_every_pubrec_then_disconnect() {
     raw.send_bytes(&burst).await.expect("burst written");
 
     let (packets, end) = read_until_closed(&mut raw).await;
-    let pubrecs: Vec<u16> = packets
-        .iter()
-        .filter_map(|p| match p {
-            Packet::PubRec(a) => Some(a.pid.get()),
-            _ => None,
-        })
-        .collect();
+    let pubrecs = ack_ids(&packets, |p| match p {
+        Packet::PubRec(a) => Some(a),
+        _ => None,
+    });
     assert_eq!(pubrecs, (1..=R).collect::<Vec<_>>(), "{packets:?}");
     match packets.last() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED),
@@ -122,14 +128,11 @@ async fn violation_after_publishes_keeps_every_puback() {
     raw.send_bytes(&bytes).await.expect("written");
 
     let (packets, end) = read_until_closed(&mut raw).await;
-    let pubacks: Vec<u16> = packets
-        .iter()
-        .filter_map(|p| match p {
-            Packet::PubAck(a) => Some(a.pid.get()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(pubacks, (1..=20).collect::<Vec<_>>());
+    let pubacks = ack_ids(&packets, |p| match p {
+        Packet::PubAck(a) => Some(a),
+        _ => None,
+    });
+    assert_eq!(pubacks, (1..=20).collect::<Vec<_>>(), "{packets:?}");
     assert!(end.is_ok(), "the broker reset the connection: {end:?}");
     let connect = connect_packet(Protocol::V3_1_1, "v311", true, 0, None);
     let before = encode(&connect, Protocol::V3_1_1).len() + bytes.len();

@@ -341,6 +341,18 @@ fn shared_qos2_in_flight_stays_with_its_member() {
     );
 }
 
+/// A retained PUBLISH of `topic`.
+fn retained(topic: &'static str, qos_pid: QosPid) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos_pid,
+        retain: true,
+        topic: Bytes::from_static(topic.as_bytes()),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"v"),
+    })
+}
+
 #[test]
 fn retained_puback_waits_until_every_replica_holds_the_message() {
     let mut c = Cluster::new(3);
@@ -348,14 +360,7 @@ fn retained_puback_waits_until_every_replica_holds_the_message() {
     let owner = owner_core(topic, 3);
     let origin = (owner + 1) % 3;
     let publ = c.connect(origin, "pub", true);
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos_pid: QosPid::AtLeastOnce(Pid::new(5).unwrap()),
-        retain: true,
-        topic: Bytes::from_static(topic.as_bytes()),
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"on"),
-    });
+    let p = retained(topic, QosPid::AtLeastOnce(Pid::new(5).unwrap()));
     let next = c.cores[origin].handle_packet(publ, T0, p).unwrap();
     assert_eq!(next, Next::Pause, "the PUBACK waits for the replicas");
     assert!(c.cores[origin].is_paused(publ, 1));
@@ -381,28 +386,14 @@ fn retained_puback_waits_until_every_replica_holds_the_message() {
 fn retained_qos0_and_single_core_publishes_are_not_held() {
     let mut single = Cluster::new(1);
     let publ = single.connect(0, "pub", true);
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos_pid: QosPid::AtLeastOnce(Pid::new(1).unwrap()),
-        retain: true,
-        topic: Bytes::from_static(b"r"),
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"v"),
-    });
+    let p = retained("r", QosPid::AtLeastOnce(Pid::new(1).unwrap()));
     let next = single.cores[0].handle_packet(publ, T0, p).unwrap();
     assert_eq!(next, Next::Continue, "one core: nothing to wait for");
     assert_eq!(single.take_packets(0, publ).len(), 1, "PUBACK at once");
 
     let mut c = Cluster::new(2);
     let publ = c.connect(0, "pub0", true);
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos_pid: QosPid::AtMostOnce,
-        retain: true,
-        topic: Bytes::from_static(b"r"),
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"v"),
-    });
+    let p = retained("r", QosPid::AtMostOnce);
     assert_eq!(
         c.cores[0].handle_packet(publ, T0, p).unwrap(),
         Next::Continue

@@ -40,6 +40,7 @@ impl<T> Transport for T where T: Split + AsyncWriteRent + CancelableAsyncReadRen
 
 /// Serves a connection whose session lives on this core, from CONNACK to close.
 pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: ConnectionSlot) {
+    let id = ctx.next_conn_id();
     let Accepted {
         stream,
         peer,
@@ -48,7 +49,6 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: Conn
         assigned_id,
         leftover,
     } = accepted;
-    let id = ctx.next_conn_id();
     let fd = stream.as_raw_fd();
     let (mut rd, wr) = stream.into_split();
     let now = ctx.now();
