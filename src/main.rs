@@ -16,9 +16,19 @@ fn main() {
     };
     match command {
         Command::TestConfig(config) => {
+            if let Err(e) = ringmq::server::check_listeners(&config) {
+                eprintln!("ringmq: {e:#}");
+                std::process::exit(2);
+            }
+            let listeners: Vec<String> = config
+                .all_listeners()
+                .iter()
+                .map(|l| l.to_string())
+                .collect();
             println!(
-                "configuration ok: {} cores, port {}",
-                config.cores, config.port
+                "configuration ok: {} cores, listeners {}",
+                config.cores,
+                listeners.join(", ")
             );
         }
         Command::Run(config) => {

@@ -11,6 +11,7 @@ use super::validate::{bounds, narrow};
 use super::*;
 
 const LIMITS: &str = "Limits";
+const LISTENERS: &str = "Listeners";
 
 /// One configuration layer: every key optional, so "not given" stays
 /// distinguishable from "given the default" until the layers are merged.
@@ -125,6 +126,38 @@ pub struct FileConfig {
     /// Seconds an offline 3.1.1 persistent session (clean session 0) is kept (default 4294967295 = forever, as Mosquitto; then it and its queue are discarded)
     #[arg(long, env = "RINGMQ_PERSISTENT_CLIENT_EXPIRATION", value_name = "SECS", help_heading = LIMITS)]
     pub persistent_client_expiration: Option<u32>,
+    /// TCP port of an MQTT-over-TLS listener on the bind address, using certfile/keyfile (default: none; 8883 is the usual one)
+    #[arg(long, env = "RINGMQ_TLS_PORT", value_name = "PORT", help_heading = LISTENERS)]
+    pub tls_port: Option<u16>,
+    /// TCP port of an MQTT-over-WebSocket listener (ws://HOST:PORT/mqtt) on the bind address (default: none)
+    #[arg(long, env = "RINGMQ_WS_PORT", value_name = "PORT", help_heading = LISTENERS)]
+    pub ws_port: Option<u16>,
+    /// TCP port of a secure WebSocket listener (wss://HOST:PORT/mqtt), using certfile/keyfile (default: none)
+    #[arg(long, env = "RINGMQ_WSS_PORT", value_name = "PORT", help_heading = LISTENERS)]
+    pub wss_port: Option<u16>,
+    /// PEM certificate chain for --tls-port/--wss-port, the server's certificate first (default: none)
+    #[arg(long, env = "RINGMQ_CERTFILE", value_name = "FILE", help_heading = LISTENERS)]
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of certfile (default: none; re-read with the certificate on SIGHUP)
+    #[arg(long, env = "RINGMQ_KEYFILE", value_name = "FILE", help_heading = LISTENERS)]
+    pub keyfile: Option<PathBuf>,
+    /// PEM certificates of the CAs that sign client certificates (default: none)
+    #[arg(long, env = "RINGMQ_CAFILE", value_name = "FILE", help_heading = LISTENERS)]
+    pub cafile: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by cafile (default false)
+    #[arg(long, env = "RINGMQ_REQUIRE_CERTIFICATE", value_name = "BOOL", action = ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), help_heading = LISTENERS)]
+    pub require_certificate: Option<bool>,
+    /// The client certificate's Common Name becomes the username (default false; needs require_certificate)
+    #[arg(long, env = "RINGMQ_USE_IDENTITY_AS_USERNAME", value_name = "BOOL", action = ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), help_heading = LISTENERS)]
+    pub use_identity_as_username: Option<bool>,
+    /// Oldest TLS version accepted: tlsv1.2 or tlsv1.3 (default tlsv1.2)
+    #[arg(long, env = "RINGMQ_TLS_VERSION", value_name = "VERSION", help_heading = LISTENERS)]
+    pub tls_version: Option<TlsVersion>,
+    /// Further listeners, as `[[listener]]` tables in the config file (default: none)
+    #[arg(skip)]
+    pub listener: Option<Vec<ListenerFile>>,
     /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
     #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY", value_parser = shared_strategy_parser())]
     pub shared_strategy: Option<SharedStrategy>,
@@ -166,7 +199,8 @@ impl FileConfig {
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
             max_awaiting_rel, awaiting_rel_timeout, max_retained_messages, max_retained_bytes,
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
-            persistent_client_expiration, shared_strategy,
+            persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
+            keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
         )
     }
 
@@ -174,8 +208,11 @@ impl FileConfig {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let d = Config::default();
         let limits = self.resolve_limits(d.limits)?;
+        let bind = self.bind_address.unwrap_or(d.bind);
         Ok(Config {
-            bind: self.bind_address.unwrap_or(d.bind),
+            default_listener: self.default_listener(),
+            listeners: self.resolve_listeners(bind)?,
+            bind,
             port: self.port.unwrap_or(d.port),
             cores: self.cores.unwrap_or(d.cores),
             pin_cores: self.pin_cores.unwrap_or(d.pin_cores),

@@ -12,6 +12,7 @@
 //! text.
 
 mod file;
+mod listener;
 mod size;
 mod validate;
 
@@ -25,6 +26,9 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 pub use file::{Cli, FileConfig};
+pub use listener::{
+    Listener, ListenerFile, ListenerProtocol, TlsConfig, TlsVersion, DEFAULT_WEBSOCKETS_PATH,
+};
 pub use ringmq_proto::limits::{Limits, SharedStrategy};
 pub use size::ByteSize;
 use validate::{bounds, Checker};
@@ -47,10 +51,16 @@ pub enum IoDriver {
 /// The fully resolved, validated broker configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Address the MQTT listener binds to.
+    /// Address the top-level MQTT listener binds to (and the default of the
+    /// other listeners).
     pub bind: IpAddr,
-    /// TCP port of the MQTT listener; 0 lets the kernel pick one (tests).
+    /// TCP port of the top-level MQTT listener; 0 lets the kernel pick one (tests).
     pub port: u16,
+    /// Whether the top-level `bind`:`port` listener exists (it does unless the
+    /// file gives `[[listener]]` tables and no `port`).
+    pub default_listener: bool,
+    /// Listeners besides the top-level one (TLS, WebSocket, more ports).
+    pub listeners: Vec<Listener>,
     /// Worker threads, one per core; each owns its connections outright.
     pub cores: usize,
     /// Pin each worker to its own CPU so caches and the ring stay warm.
@@ -81,6 +91,8 @@ impl Default for Config {
         Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 1883,
+            default_listener: true,
+            listeners: Vec::new(),
             cores: default_cores(),
             pin_cores: true,
             io_driver: IoDriver::Auto,
@@ -168,6 +180,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut check = Checker::default();
         self.check_runtime(&mut check);
+        self.check_listeners(&mut check);
         validate::check_limits(&self.limits, &mut check);
         check.finish()
     }

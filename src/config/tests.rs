@@ -124,3 +124,96 @@ fn bad_log_filter_is_rejected() {
         .to_string()
         .contains("log_level"));
 }
+
+#[test]
+fn the_listener_table_as_mosquitto_names_it() {
+    let toml = r#"
+        [[listener]]
+        port = 8883
+        bind_address = "127.0.0.1"
+        protocol = "mqtt"
+        certfile = "server.crt"
+        keyfile = "server.key"
+        cafile = "ca.crt"
+        require_certificate = true
+        use_identity_as_username = false
+
+        [[listener]]
+        port = 8080
+        protocol = "websockets"
+    "#;
+    let file: FileConfig = toml::from_str(toml).expect("parse");
+    let config = file.resolve().expect("resolve");
+    config.validate().expect("valid");
+    assert!(
+        !config.default_listener,
+        "[[listener]] without port: only they open"
+    );
+    let tls = config.listeners[0].tls.as_ref().expect("TLS");
+    assert_eq!(config.listeners[0].to_string(), "mqtts://127.0.0.1:8883");
+    assert!(tls.require_certificate && tls.cafile.is_some());
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    assert_eq!(config.listeners[1].to_string(), "ws://0.0.0.0:8080");
+    assert_eq!(config.listeners[1].websockets_path, "/mqtt");
+    assert_eq!(config.all_listeners().len(), 2);
+}
+
+#[test]
+fn an_explicit_port_keeps_the_top_level_listener_beside_tables() {
+    let file: FileConfig =
+        toml::from_str("port = 1883\n[[listener]]\nport = 8080\nprotocol = \"websockets\"")
+            .expect("parse");
+    let config = file.resolve().expect("resolve");
+    assert!(config.default_listener);
+    assert_eq!(config.all_listeners().len(), 2);
+    assert!(
+        toml::from_str::<FileConfig>("[[listener]]\nport = 1\nprotocl = \"mqtt\"").is_err(),
+        "typos are refused"
+    );
+}
+
+#[test]
+fn listener_settings_that_cannot_work_are_refused() {
+    let certless = FileConfig {
+        tls_port: Some(8883),
+        ..FileConfig::default()
+    };
+    assert!(certless
+        .resolve()
+        .expect_err("no cert")
+        .to_string()
+        .contains("certfile"));
+    let half = FileConfig {
+        tls_port: Some(8883),
+        certfile: Some("a.crt".into()),
+        ..FileConfig::default()
+    };
+    assert!(half
+        .resolve()
+        .expect_err("no key")
+        .to_string()
+        .contains("keyfile"));
+    let mutual_without_ca = FileConfig {
+        tls_port: Some(8883),
+        certfile: Some("a.crt".into()),
+        keyfile: Some("a.key".into()),
+        require_certificate: Some(true),
+        ..FileConfig::default()
+    };
+    let config = mutual_without_ca.resolve().expect("resolves");
+    assert!(config
+        .validate()
+        .expect_err("no CA")
+        .to_string()
+        .contains("cafile"));
+    let clash = FileConfig {
+        ws_port: Some(1883),
+        ..FileConfig::default()
+    };
+    let config = clash.resolve().expect("resolves");
+    assert!(config
+        .validate()
+        .expect_err("same port")
+        .to_string()
+        .contains("two listeners"));
+}

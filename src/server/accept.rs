@@ -1,20 +1,23 @@
-//! From a freshly accepted socket to an [`Accepted`] connection: read and check
-//! its CONNECT, refuse what must be refused, and serve it here or hand it to
-//! the core that owns its client id.
+//! From a freshly accepted socket to an [`Accepted`] connection: the listener's
+//! handshakes (TLS, WebSocket upgrade), then its CONNECT read and checked,
+//! refused when it must be, and served here or handed to the core that owns
+//! its client id. All of it within `connect_timeout`.
 
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use bytes::{Bytes, BytesMut};
+use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use super::connection;
 use super::context::Ctx;
+use super::listener::{ListenerRuntime, ListenerStats};
 use super::mesh::{Handoff, Parcel};
+use super::transport::{client_identity, Layered, Portable, Transport};
 use super::Shared;
 use crate::codec::{
     decode, encode, encode_with_reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol,
@@ -31,6 +34,8 @@ pub const MIN_READ: usize = 512;
 pub struct Accepted<S> {
     pub stream: S,
     pub peer: SocketAddr,
+    /// Index of the listener it came in on.
+    pub listener: usize,
     pub connect: Box<Connect>,
     pub client_id: Arc<str>,
     /// True when the broker assigned the id (CONNACK must carry it in 5.0).
@@ -40,11 +45,19 @@ pub struct Accepted<S> {
 }
 
 impl<S> Accepted<S> {
-    /// Takes the stream out, to be converted and put back with [`Accepted::with_stream`].
+    /// The same connection over another form of its stream.
+    fn map_stream<T>(self, f: impl FnOnce(S) -> T) -> Accepted<T> {
+        let (stream, rest) = self.split();
+        rest.with_stream(f(stream))
+    }
+
+    /// Takes the stream out, to be converted and put back with
+    /// [`Accepted::with_stream`].
     fn split(self) -> (S, Accepted<()>) {
         let Accepted {
             stream,
             peer,
+            listener,
             connect,
             client_id,
             assigned_id,
@@ -53,6 +66,7 @@ impl<S> Accepted<S> {
         let rest = Accepted {
             stream: (),
             peer,
+            listener,
             connect,
             client_id,
             assigned_id,
@@ -67,6 +81,7 @@ impl Accepted<()> {
         Accepted {
             stream,
             peer: self.peer,
+            listener: self.listener,
             connect: self.connect,
             client_id: self.client_id,
             assigned_id: self.assigned_id,
@@ -75,100 +90,210 @@ impl Accepted<()> {
     }
 }
 
-/// A connection's place in `max_connections`, released when dropped.
-pub struct ConnectionSlot(Arc<Shared>);
+/// A connection's place in `max_connections` and in its listener's count of
+/// open connections, released when dropped.
+pub struct ConnectionSlot {
+    shared: Arc<Shared>,
+    listener: usize,
+}
 
 impl ConnectionSlot {
     /// Takes a slot, or `None` when the broker is full.
-    fn claim(shared: &Arc<Shared>) -> Option<ConnectionSlot> {
-        let open = shared.connections.fetch_add(1, Ordering::Relaxed);
-        let slot = ConnectionSlot(shared.clone());
-        (open < shared.config.limits.max_connections).then_some(slot)
+    fn claim(shared: &Arc<Shared>, listener: usize) -> Option<ConnectionSlot> {
+        let open = shared.connections.load(Ordering::Relaxed);
+        (open < shared.config.limits.max_connections).then(|| Self::admitted(shared, listener))
     }
 
     /// Takes a slot whatever the count: a handed-over connection was already
     /// admitted by the core that accepted it.
-    fn admitted(shared: &Arc<Shared>) -> ConnectionSlot {
+    fn admitted(shared: &Arc<Shared>, listener: usize) -> ConnectionSlot {
         shared.connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionSlot(shared.clone())
+        ListenerStats::bump(&shared.listeners[listener].stats.open);
+        ConnectionSlot {
+            shared: shared.clone(),
+            listener,
+        }
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        let stats = &self.shared.listeners[self.listener].stats;
+        stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A freshly accepted socket: read its CONNECT, then serve it here or hand it to
-/// the core that owns its client id.
-pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
-    let Some(slot) = ConnectionSlot::claim(&ctx.shared) else {
+/// A freshly accepted socket on listener `index`: its handshakes and CONNECT,
+/// then served here or handed to the core that owns its client id.
+pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, index: usize) {
+    let listener = &ctx.shared.listeners[index];
+    ListenerStats::bump(&listener.stats.accepted);
+    let Some(slot) = ConnectionSlot::claim(&ctx.shared, index) else {
         ctx.count(|c| c.refused_max_connections += 1);
-        tracing::warn!(%peer, "refused: max_connections reached");
+        ListenerStats::bump(&listener.stats.refused);
+        tracing::warn!(%peer, listener = %listener.config, "refused: max_connections reached");
         return;
     };
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
+    let deadline = Instant::now() + ctx.shared.config.limits.connect_timeout;
+    if listener.is_plain() {
+        let admitted = admit(&ctx, stream, peer, index, None, deadline).await;
+        return proceed(ctx, admitted, slot);
+    }
+    let Some((layered, identity)) = handshake(&ctx, stream, peer, listener, deadline).await else {
+        ListenerStats::bump(&listener.stats.refused);
+        return;
+    };
+    let admitted = admit(&ctx, layered, peer, index, identity, deadline).await;
+    proceed(ctx, admitted, slot);
+}
+
+/// An admitted connection goes to the core that owns its client id; a refused
+/// one (logged already) is counted against its listener.
+fn proceed<T: Transport>(ctx: Rc<Ctx>, admitted: Option<Accepted<T>>, slot: ConnectionSlot) {
+    let Some(accepted) = admitted else {
+        ListenerStats::bump(&ctx.shared.listeners[slot.listener].stats.refused);
+        return;
+    };
+    let (client_id, cores) = (&accepted.client_id, ctx.shared.config.cores);
+    let owner = owner_core(client_id, cores);
+    if owner != ctx.id {
+        drop(slot); // the owner takes its own
+        ctx.count(|c| c.handoffs += 1);
+        let handoff = accepted.map_stream(Transport::into_portable);
+        return ctx.send_to(owner, Parcel::Handoff(Box::new(handoff)));
+    }
+    // A task of its own: the handshake state above is freed now, not held for
+    // the connection's lifetime.
+    monoio::spawn(connection::serve(ctx, accepted, slot));
+}
+
+/// The TLS handshake and WebSocket upgrade of a listener that has them, and
+/// the client certificate's name when the listener takes it as the username.
+async fn handshake(
+    ctx: &Ctx,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerRuntime,
+    deadline: Instant,
+) -> Option<(Layered, Option<String>)> {
+    let session = match listener.tls.as_ref().map(|tls| tls.session()).transpose() {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(%peer, listener = %listener.config, error = %e, "TLS session not created");
+            return None;
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let layered = match monoio::time::timeout(
+        left,
+        Layered::accept(stream, session, listener.ws.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(layered)) => layered,
+        Ok(Err(refused)) => {
+            ctx.count(|c| c.connects_refused += 1);
+            tracing::info!(%peer, listener = %listener.config, why = refused.0, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            ctx.count(|c| c.connects_refused += 1);
+            tracing::info!(%peer, listener = %listener.config, "closed: handshake not done within connect_timeout");
+            return None;
+        }
+    };
+    let takes_identity = listener
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.settings().use_identity_as_username);
+    let identity = takes_identity
+        .then(|| layered.layers().tls().and_then(client_identity))
+        .flatten();
+    if takes_identity && identity.is_none() {
+        ctx.count(|c| c.connects_refused += 1);
+        tracing::info!(%peer, listener = %listener.config, "refused: client certificate has no Common Name");
+        return None;
+    }
+    Some((layered, identity))
+}
+
+/// Reads and checks the CONNECT; refuses what must be refused.
+async fn admit<T: Transport>(
+    ctx: &Ctx,
+    mut stream: T,
+    peer: SocketAddr,
+    listener: usize,
+    identity: Option<String>,
+    deadline: Instant,
+) -> Option<Accepted<T>> {
     let mut buf = BytesMut::with_capacity(MIN_READ);
-    let limit = ctx.shared.config.limits.connect_timeout;
     let max = ctx.shared.config.limits.max_packet_size;
-    let read = read_connect(&ctx, &mut stream, &mut buf, max);
-    let connect = match monoio::time::timeout(limit, read).await {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let read = read_connect(ctx, &mut stream, &mut buf, max);
+    let mut connect = match monoio::time::timeout(left, read).await {
         Ok(Ok(connect)) => connect,
-        Ok(Err(err)) => return refuse_malformed(&ctx, stream, peer, err).await,
+        Ok(Err(err)) => return refuse_malformed(ctx, stream, peer, err).await,
         Err(_) => {
             ctx.count(|c| c.connects_refused += 1);
             tracing::info!(%peer, "closed: no CONNECT within connect_timeout [MQTT-3.1.4]");
-            return;
+            return None;
         }
     };
+    if let Some(name) = identity {
+        // The certificate's name is the username, whatever the CONNECT said.
+        connect.username = Some(Bytes::from(name.into_bytes()));
+    }
     if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
-        return refuse(&ctx, stream, peer, &connect, refusal).await;
+        return refuse(ctx, stream, peer, &connect, refusal).await;
     }
     if let Err(code) = ctx.shared.auth.authenticate(&connect) {
         let refusal = Refusal {
             code: Some(code),
             rule: "not authorized (allow_anonymous is false and no username was given)",
         };
-        return refuse(&ctx, stream, peer, &connect, refusal).await;
+        return refuse(ctx, stream, peer, &connect, refusal).await;
     }
-    let (client_id, assigned_id) = client_id_for(&ctx, &connect);
-    let owner = owner_core(&client_id, ctx.shared.config.cores);
-    let accepted = Accepted {
+    let (client_id, assigned_id) = client_id_for(ctx, &connect);
+    Some(Accepted {
         stream,
         peer,
+        listener,
         connect,
         client_id,
         assigned_id,
         leftover: buf,
-    };
-    if owner != ctx.id {
-        drop(slot); // the owner takes its own
-        return hand_off(&ctx, owner, accepted);
-    }
-    // A task of its own: the CONNECT-reading state above is freed now, not held
-    // for the connection's lifetime.
-    monoio::spawn(connection::serve(ctx, accepted, slot));
+    })
 }
 
 /// A connection handed over by another core.
 pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
-    let slot = ConnectionSlot::admitted(&ctx.shared);
-    let (stream, rest) = h.split();
-    match TcpStream::from_std(stream) {
-        Ok(stream) => connection::serve(ctx, rest.with_stream(stream), slot).await,
-        Err(e) => tracing::warn!(peer = %rest.peer, error = %e, "handoff failed"),
-    }
+    let slot = ConnectionSlot::admitted(&ctx.shared, h.listener);
+    let (portable, rest) = h.split();
+    let peer = rest.peer;
+    let failed = match portable {
+        Portable::Tcp(tcp) => match TcpStream::from_std(tcp) {
+            Ok(stream) => return connection::serve(ctx, rest.with_stream(stream), slot).await,
+            Err(e) => e,
+        },
+        Portable::Layered(parts) => match Layered::from_parts(parts) {
+            Ok(stream) => return connection::serve(ctx, rest.with_stream(stream), slot).await,
+            Err(e) => e,
+        },
+    };
+    tracing::warn!(%peer, error = %failed, "handoff failed");
 }
 
 /// Reads until one whole first packet is in `buf`; it must be a CONNECT.
-async fn read_connect<S: AsyncReadRent>(
+async fn read_connect<T: Transport>(
     ctx: &Ctx,
-    stream: &mut S,
+    stream: &mut T,
     buf: &mut BytesMut,
     max_packet_size: u32,
 ) -> Result<Box<Connect>, DecodeError> {
+    // Nothing cancels this read but the timeout around it.
+    let cancel = Canceller::new();
     loop {
         match decode(buf, Protocol::V3_1_1, max_packet_size)? {
             Some(Packet::Connect(c)) => return Ok(c),
@@ -176,8 +301,8 @@ async fn read_connect<S: AsyncReadRent>(
             None => {}
         }
         buf.reserve(MIN_READ);
-        let (res, b) = stream.read(connection::spare_of(std::mem::take(buf))).await;
-        *buf = b.into_inner();
+        let (res, b) = stream.read(std::mem::take(buf), cancel.handle()).await;
+        *buf = b;
         match res {
             Ok(0) | Err(_) => return Err(DecodeError::Truncated("CONNECT")),
             Ok(n) => ctx.count(|c| c.bytes_received += n as u64),
@@ -186,12 +311,12 @@ async fn read_connect<S: AsyncReadRent>(
 }
 
 /// A broken first packet: answer what the spec allows, log, close.
-async fn refuse_malformed<S: AsyncWriteRent>(
+async fn refuse_malformed<T: Transport>(
     ctx: &Ctx,
-    mut stream: S,
+    mut stream: T,
     peer: SocketAddr,
     err: DecodeError,
-) {
+) -> Option<Accepted<T>> {
     ctx.count(|c| c.connects_refused += 1);
     if let DecodeError::UnsupportedProtocolLevel(_) = err {
         // [MQTT-3.1.2-2]: CONNACK 0x01, then close.
@@ -207,15 +332,16 @@ async fn refuse_malformed<S: AsyncWriteRent>(
     if !matches!(err, DecodeError::Truncated("CONNECT")) {
         tracing::info!(%peer, rule = %err, "closed before CONNECT completed");
     }
+    None
 }
 
-async fn refuse<S: AsyncWriteRent>(
+async fn refuse<T: Transport>(
     ctx: &Ctx,
-    mut stream: S,
+    mut stream: T,
     peer: SocketAddr,
     c: &Connect,
     r: Refusal,
-) {
+) -> Option<Accepted<T>> {
     ctx.count(|c| c.connects_refused += 1);
     tracing::info!(%peer, client_id = c.client_id_str(), rule = r.rule, "CONNECT refused");
     if let Some(code) = r.code {
@@ -230,6 +356,7 @@ async fn refuse<S: AsyncWriteRent>(
         let out = encode_with_reason(connack, r.rule, c.protocol, max);
         let _ = stream.write_all(out).await;
     }
+    None
 }
 
 /// The client's id, or one assigned by the broker [MQTT-3.1.3-6] chosen so that
@@ -250,16 +377,4 @@ fn client_id_for(ctx: &Ctx, c: &Connect) -> (Arc<str>, bool) {
             return (Arc::from(id), true);
         }
     }
-}
-
-/// Sends the connection to `owner` as a plain std socket.
-fn hand_off(ctx: &Rc<Ctx>, owner: usize, accepted: Accepted<TcpStream>) {
-    let (stream, rest) = accepted.split();
-    let fd = stream.into_raw_fd();
-    // SAFETY: `into_raw_fd` released monoio's ownership of this open socket (no I/O
-    // is in flight on it: the CONNECT read completed), so this is its only owner.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    let handoff = rest.with_stream(stream);
-    ctx.count(|c| c.handoffs += 1);
-    ctx.send_to(owner, Parcel::Handoff(Box::new(handoff)));
 }

@@ -1,11 +1,74 @@
-//! One SO_REUSEPORT listening socket per core: the kernel spreads accepts across
-//! cores with no shared accept queue and no lock.
+//! Listening sockets: one SO_REUSEPORT socket per listener per core (the
+//! kernel spreads accepts across cores with no shared accept queue and no
+//! lock), each listener's TLS and WebSocket settings, and its counters.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Binds a non-blocking listener that other cores may bind too.
+use super::transport::{TlsAcceptor, WsSettings};
+use crate::config::{Listener, ListenerProtocol};
+
+/// A listener as the cores serve it.
+pub struct ListenerRuntime {
+    /// Its configuration, with the port the kernel picked if it asked for 0.
+    pub config: Listener,
+    pub tls: Option<TlsAcceptor>,
+    pub ws: Option<WsSettings>,
+    pub stats: ListenerStats,
+}
+
+/// Counted at accept and close, never per message.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections that ended before a session began: a failed TLS handshake
+    /// or WebSocket upgrade, no or a refused CONNECT.
+    pub refused: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+}
+
+impl ListenerStats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ListenerRuntime {
+    /// Loads the listener's certificates (if TLS) and settles its WebSocket
+    /// limits from the largest packet accepted.
+    pub fn new(config: Listener, max_packet_size: u32) -> anyhow::Result<ListenerRuntime> {
+        let tls = match &config.tls {
+            Some(settings) => Some(
+                TlsAcceptor::new(settings.clone()).with_context(|| format!("listener {config}"))?,
+            ),
+            None => None,
+        };
+        let ws = (config.protocol == ListenerProtocol::Websockets).then(|| WsSettings {
+            path: config.websockets_path.clone(),
+            // A frame may carry more than one packet; twice the largest packet
+            // is room enough and still refuses absurd frames from their header.
+            max_message: (max_packet_size as usize).saturating_mul(2),
+        });
+        Ok(ListenerRuntime {
+            config,
+            tls,
+            ws,
+            stats: ListenerStats::default(),
+        })
+    }
+
+    /// Plain MQTT over TCP: no layer between the socket and the codec.
+    pub fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.ws.is_none()
+    }
+}
+
+/// Binds a non-blocking listener that other cores of this broker may bind too.
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -27,4 +90,19 @@ pub fn reserve_port(addr: SocketAddr) -> std::io::Result<Socket> {
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// Fails with "address already in use" when another process listens on
+/// `addr`. The cores' SO_REUSEPORT sockets would otherwise join that
+/// process's group silently and the kernel would split new connections
+/// between the two brokers. A socket without SO_REUSEPORT cannot share the
+/// port with any listener (SO_REUSEADDR only lets it past TIME_WAIT
+/// connections of an earlier run).
+pub fn ensure_port_is_free(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())
 }

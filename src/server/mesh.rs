@@ -11,12 +11,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::task::AtomicWaker;
 
 use super::accept::Accepted;
+use super::transport::Portable;
 use crate::router::MeshMsg;
 
 /// A connection moving to the core that owns its client id, after its CONNECT
-/// was read and accepted. The socket travels as a std socket: no I/O is in
-/// flight on it, and the receiving core registers it with its own runtime.
-pub type Handoff = Accepted<std::net::TcpStream>;
+/// was read and accepted: its socket (no I/O in flight on it) and any TLS or
+/// WebSocket state, re-registered with the receiving core's runtime.
+pub type Handoff = Accepted<Portable>;
 
 /// What travels between cores.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! The only I/O in ringmq: one pinned thread per core, each running its own monoio
 //! event loop (io_uring, or epoll where io_uring is unavailable) with its own
-//! SO_REUSEPORT listener, connections, and routing state.
+//! SO_REUSEPORT socket for every listener, its connections and its routing state.
 
 mod accept;
 mod connection;
@@ -9,6 +9,7 @@ mod listener;
 mod mesh;
 mod notify;
 mod sys;
+pub mod transport;
 mod worker;
 
 use std::net::SocketAddr;
@@ -21,12 +22,15 @@ use anyhow::Context as _;
 use crate::auth::{AnonymousPolicy, Authenticator};
 use crate::config::Config;
 use crate::metrics::{self, SharedCounters};
+use listener::ListenerRuntime;
 use mesh::{mesh, Mesh, Parcel};
 
 /// State every core can see. Immutable after start except the counters below,
 /// none of which is touched per message.
 pub struct Shared {
     pub config: Config,
+    /// Every listener, the top-level one first, with the ports actually bound.
+    pub listeners: Vec<ListenerRuntime>,
     pub auth: Box<dyn Authenticator>,
     pub mesh: Arc<Mesh>,
     pub counters: Vec<SharedCounters>,
@@ -34,8 +38,39 @@ pub struct Shared {
     pub connections: AtomicUsize,
     pub shutdown: AtomicBool,
     pub started: Instant,
-    /// Set by each core once its listener is bound.
+    /// Set by each core once its listeners are bound.
     pub ready: AtomicUsize,
+}
+
+/// Loads every listener's certificates (reporting an unreadable file or a
+/// certificate and key that do not match), without binding anything: what
+/// `--test-config` checks beyond the values themselves.
+pub fn check_listeners(config: &Config) -> anyhow::Result<()> {
+    for listener in config.all_listeners() {
+        ListenerRuntime::new(listener, config.limits.max_packet_size)?;
+    }
+    Ok(())
+}
+
+/// Settles each listener's port: 0 gets one the kernel picks (held by the
+/// returned sockets until the cores bind it too); any other must not be in
+/// use by another process.
+fn claim_ports(
+    config: &Config,
+) -> anyhow::Result<(Vec<crate::config::Listener>, Vec<socket2::Socket>)> {
+    let mut placeholders = Vec::new();
+    let mut listeners = config.all_listeners();
+    for l in &mut listeners {
+        if l.port == 0 {
+            let socket = listener::reserve_port(l.addr())?;
+            l.port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+            placeholders.push(socket);
+        } else {
+            listener::ensure_port_is_free(l.addr())
+                .with_context(|| format!("listener {l}: cannot use {}", l.addr()))?;
+        }
+    }
+    Ok((listeners, placeholders))
 }
 
 /// A running broker: its address and a way to stop it (used by tests and `main`).
@@ -48,18 +83,19 @@ pub struct Broker {
 impl Broker {
     /// Starts every core and returns once all listeners are bound.
     pub fn start(mut config: Config) -> anyhow::Result<Broker> {
-        // Port 0: pick one port up front so that every core's listener shares it.
-        let _placeholder = if config.port == 0 {
-            let socket = listener::reserve_port(SocketAddr::new(config.bind, 0))?;
-            config.port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
-            Some(socket)
-        } else {
-            None
-        };
+        let (bound, _placeholders) = claim_ports(&config)?;
+        if config.default_listener {
+            config.port = bound[0].port;
+        }
+        let max_packet = config.limits.max_packet_size;
+        let listeners = bound
+            .into_iter()
+            .map(|l| ListenerRuntime::new(l, max_packet))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let cores = config.cores;
-        let addr = SocketAddr::new(config.bind, config.port);
         let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity);
         let shared = Arc::new(Shared {
+            listeners,
             counters: (0..cores).map(|_| SharedCounters::default()).collect(),
             auth: Box::new(AnonymousPolicy {
                 allow_anonymous: config.allow_anonymous,
@@ -83,18 +119,44 @@ impl Broker {
             threads.push(thread);
         }
         drop(bound_tx);
-        let mut addr = addr;
         for _ in 0..cores {
-            let bound = bound_rx
+            bound_rx
                 .recv()
-                .context("a core exited before binding its listener")?;
-            addr = bound.with_context(|| format!("starting a core on {addr}"))?;
+                .context("a core exited before binding its listeners")??;
         }
+        let addr = shared.listeners[0].config.addr();
         Ok(Broker {
             shared,
             threads,
             addr,
         })
+    }
+
+    /// Every listener's scheme (`mqtt`, `mqtts`, `ws`, `wss`) and address.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let all = &self.shared.listeners;
+        all.iter()
+            .map(|l| (l.config.scheme(), l.config.addr()))
+            .collect()
+    }
+
+    /// Re-reads every TLS listener's certificate and key; a listener whose
+    /// new files are bad keeps its old ones. Returns what failed.
+    pub fn reload_tls(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for l in &self.shared.listeners {
+            let Some(tls) = &l.tls else {
+                continue;
+            };
+            match tls.reload() {
+                Ok(()) => tracing::info!(listener = %l.config, "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(listener = %l.config, error = format!("{e:#}"), "TLS reload failed; the old certificate stays in use");
+                    failures.push(format!("{}: {e:#}", l.config));
+                }
+            }
+        }
+        failures
     }
 
     /// Asks every core to close its connections and stop, then waits for them.
@@ -127,14 +189,23 @@ impl Broker {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully.
+/// SIGHUP re-reads the TLS certificates.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let broker = Broker::start(config)?;
-    tracing::info!(addr = %broker.addr, "ringmq listening");
-    if let Some(sig) = signals.forever().next() {
+    for (scheme, addr) in broker.listeners() {
+        tracing::info!(%addr, scheme, "ringmq listening");
+    }
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            tracing::info!("SIGHUP: reloading");
+            broker.reload_tls();
+            continue;
+        }
         tracing::info!(signal = sig, "shutting down");
+        break;
     }
     broker.shutdown();
     Ok(())

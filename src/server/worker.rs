@@ -1,5 +1,5 @@
 //! One core: a pinned thread running its own monoio runtime with its own
-//! listener, mesh inbox, housekeeping tick and connections.
+//! socket for every listener, mesh inbox, housekeeping tick and connections.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -93,23 +93,20 @@ async fn serve(
     inbox: Inbox,
     bound: Sender<std::io::Result<SocketAddr>>,
 ) {
-    let addr = SocketAddr::new(shared.config.bind, shared.config.port);
-    let std_listener = match bind_reuseport(addr, 4096) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(e));
-            return;
+    let mut sockets = Vec::with_capacity(shared.listeners.len());
+    for l in &shared.listeners {
+        let opened = bind_reuseport(l.config.addr(), 4096)
+            .and_then(monoio::net::TcpListener::from_std)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listener {}: {e}", l.config)));
+        match opened {
+            Ok(socket) => sockets.push(socket),
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
         }
-    };
-    let local = std_listener.local_addr();
-    let listener = match monoio::net::TcpListener::from_std(std_listener) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(e));
-            return;
-        }
-    };
-    let _ = bound.send(local);
+    }
+    let _ = bound.send(Ok(shared.listeners[0].config.addr()));
     let core = Core::new(
         id,
         shared.config.cores,
@@ -122,22 +119,33 @@ async fn serve(
     STOP.with(|s| *s.borrow_mut() = Some(stop));
     monoio::spawn(tick_loop(ctx.clone()));
     let mesh_task = monoio::spawn(mesh_loop(ctx.clone(), inbox));
-    accept_loop(&ctx, &listener, stop_handle).await;
-    drop(listener);
+    let accepting: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            let (ctx, stop) = (ctx.clone(), stop_handle.clone());
+            monoio::spawn(async move { accept_loop(&ctx, &socket, index, stop).await })
+        })
+        .collect();
+    for task in accepting {
+        task.await;
+    }
     let _ = mesh_task.await;
     close_all(&ctx).await;
 }
 
+/// Accepts on one listener until shutdown.
 async fn accept_loop(
     ctx: &Rc<Ctx>,
     listener: &monoio::net::TcpListener,
+    index: usize,
     stop: monoio::io::CancelHandle,
 ) {
     loop {
         match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, peer)) => {
                 ctx.count(|c| c.connections_total += 1);
-                monoio::spawn(accept::accept(ctx.clone(), stream, peer));
+                monoio::spawn(accept::accept(ctx.clone(), stream, peer, index));
             }
             Err(_)
                 if ctx

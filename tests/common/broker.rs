@@ -84,19 +84,24 @@ pub fn test_config(cores: usize) -> Config {
 /// Starts a broker on 127.0.0.1 with `cores` cores, after `tweak` adjusted the
 /// configuration (which must still validate).
 pub fn start(cores: usize, tweak: impl FnOnce(&mut Config)) -> TestBroker {
+    start_result(cores, tweak).expect("broker starts")
+}
+
+/// As [`start`], for tests where starting must fail.
+pub fn start_result(cores: usize, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<TestBroker> {
     let mut config = test_config(cores);
     tweak(&mut config);
     config.validate().expect("test configuration must be valid");
-    let broker = Broker::start(config).expect("broker starts");
+    let broker = Broker::start(config)?;
     let port = broker.addr.port();
     assert_ne!(port, 0, "Broker::start must report the port it bound");
     assert_eq!(broker.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
-    TestBroker {
+    Ok(TestBroker {
         addr: broker.addr,
         port,
         cores,
         broker: Some(broker),
-    }
+    })
 }
 
 /// Two cores, defaults otherwise.

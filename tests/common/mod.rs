@@ -12,6 +12,7 @@
 //!   builders.
 //! - [`mosquitto`]: Mosquitto's command-line clients (`mosquitto_sub`,
 //!   `mosquitto_pub`).
+//! - [`tls`]: certificates made at test time (a CA, the server's, clients').
 //! - [`checks`]: payload numbering, sequence checks, the in-order,
 //!   exactly-once stream check shared by several suites, the range of a
 //!   remaining message expiry for measured time ([`remaining_expiry`]) and
@@ -39,12 +40,14 @@ pub mod checks;
 pub mod mosquitto;
 pub mod raw;
 pub mod rumqtt;
+pub mod tls;
 
 pub use broker::*;
 pub use checks::*;
 pub use mosquitto::*;
 pub use raw::*;
 pub use rumqtt::*;
+pub use tls::*;
 
 use std::future::Future;
 use std::time::Duration;

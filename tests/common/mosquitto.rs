@@ -114,6 +114,18 @@ pub const MOSQUITTO_PUB_LIMIT: Duration = Duration::from_secs(2 * STEP.as_secs()
 /// with its exit status and stderr if it fails, and kills it and fails with
 /// its stderr if it is still running after [`MOSQUITTO_PUB_LIMIT`].
 pub fn mosquitto_pub(port: u16, args: &[&str], lines: Option<&[String]>) {
+    if let Err(failure) = mosquitto_pub_result(port, args, lines) {
+        panic!("{failure}");
+    }
+}
+
+/// Runs `mosquitto_pub` like [`mosquitto_pub`], and says how it failed
+/// instead of failing the test (for refusals that are the point).
+pub fn mosquitto_pub_result(
+    port: u16,
+    args: &[&str],
+    lines: Option<&[String]>,
+) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     require_program("mosquitto_pub");
@@ -157,13 +169,13 @@ pub fn mosquitto_pub(port: u16, args: &[&str], lines: Option<&[String]>) {
     };
     let stderr = err_reader.join().unwrap_or_default();
     match status {
-        None => panic!(
+        None => Err(format!(
             "mosquitto_pub {args:?} still running after {MOSQUITTO_PUB_LIMIT:?}: killed; \
              stderr: {stderr}"
-        ),
-        Some(status) => assert!(
-            status.success(),
+        )),
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(format!(
             "mosquitto_pub {args:?} failed ({status}); stderr: {stderr}"
-        ),
+        )),
     }
 }

@@ -6,24 +6,20 @@
 //! closes, so the client reads every acknowledgement and the DISCONNECT
 //! instead of a reset.
 //!
-//! Generic over the stream: anything monoio can split into halves that read
-//! (cancellably) and write serves here, so TLS or WebSocket streams plug in
-//! without touching the session or the router.
+//! Generic over the stream ([`Transport`]): plain TCP and TCP with TLS or
+//! WebSocket layers serve through the same code, which never touches the
+//! session or the router differently for either.
 
 mod reader;
 mod state;
 mod writer;
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Split, Splitable};
-
 use super::accept::{Accepted, ConnectionSlot};
 use super::context::{Ctx, Link};
+use super::transport::{Transport, WriteHalf};
 use crate::router::CloseReason;
 pub use state::Connection;
 
@@ -31,12 +27,6 @@ pub use state::Connection;
 /// socket is closed anyway: a client that stopped reading does not hold the
 /// close up.
 const FINISH_GRACE: Duration = Duration::from_secs(1);
-
-/// A byte stream a client connection can be served over.
-pub trait Transport: Split + AsyncWriteRent + CancelableAsyncReadRent + AsRawFd + 'static {}
-
-impl<T> Transport for T where T: Split + AsyncWriteRent + CancelableAsyncReadRent + AsRawFd + 'static
-{}
 
 /// Serves a connection whose session lives on this core, from CONNACK to close.
 pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: ConnectionSlot) {
@@ -48,9 +38,10 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: Conn
         client_id,
         assigned_id,
         leftover,
+        ..
     } = accepted;
-    let fd = stream.as_raw_fd();
-    let (mut rd, wr) = stream.into_split();
+    let fd = stream.raw_fd();
+    let (mut rd, wr) = stream.into_halves();
     let now = ctx.now();
     let (attached, max_out) = ctx.with_core(|core| {
         let attached = core.connect(&connect, client_id.clone(), id, now, assigned_id);
@@ -91,10 +82,7 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: Conn
 /// Lets the last packets and the final DISCONNECT go out and shuts the write
 /// side, within [`FINISH_GRACE`]. False when the client did not take them in
 /// time: the socket is then shut at once.
-async fn finish_output<W: AsyncWriteRent + 'static>(
-    ctx: &Rc<Ctx>,
-    conn: &Rc<Connection<W>>,
-) -> bool {
+async fn finish_output<W: WriteHalf>(ctx: &Rc<Ctx>, conn: &Rc<Connection<W>>) -> bool {
     let finished = match conn.begin_finishing() {
         (Some(wr), _) => {
             let flush = writer::write_loop(ctx.clone(), conn.clone(), wr);
@@ -117,7 +105,7 @@ async fn finish_output<W: AsyncWriteRent + 'static>(
     finished
 }
 
-impl<W: AsyncWriteRent + 'static> Link for Connection<W> {
+impl<W: WriteHalf> Link for Connection<W> {
     fn wake_writer(self: Rc<Self>, ctx: &Rc<Ctx>) {
         if let Some(wr) = self.start_writer() {
             monoio::spawn(writer::write_loop(ctx.clone(), self, wr));
@@ -131,11 +119,4 @@ impl<W: AsyncWriteRent + 'static> Link for Connection<W> {
     fn resume(&self) {
         self.wake_reader();
     }
-}
-
-/// The unfilled part of `buf`: monoio reads into a buffer from its start, so a
-/// read that must append after a partial frame goes through this view.
-pub(super) fn spare_of(buf: BytesMut) -> SliceMut<BytesMut> {
-    let (len, cap) = (buf.len(), buf.capacity());
-    buf.slice_mut(len..cap)
 }

@@ -6,14 +6,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::io::CancelableAsyncReadRent;
 
-use super::spare_of;
 use super::state::Connection;
 use crate::codec::{decode, reason};
 use crate::router::{CloseReason, Next};
 use crate::server::accept::MIN_READ;
 use crate::server::context::Ctx;
+use crate::server::context::Link;
+use crate::server::transport::{ReadHalf, WriteHalf};
 
 /// Why reading ended.
 #[derive(Debug)]
@@ -52,16 +52,13 @@ enum Step {
 }
 
 /// Reads and handles packets until the connection ends.
-pub(super) async fn read_loop<R, W>(
+pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     ctx: &Rc<Ctx>,
-    conn: &Connection<W>,
+    conn: &Rc<Connection<W>>,
     rd: &mut R,
     mut buf: BytesMut,
     client_id: &str,
-) -> End
-where
-    R: CancelableAsyncReadRent,
-{
+) -> End {
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
     loop {
         match handle_frames(ctx, conn, &mut buf, client_id) {
@@ -84,10 +81,11 @@ where
             return End::Closed(reason);
         }
         let room = sizer.prepare(&mut buf);
-        let (res, b) = rd
-            .cancelable_read(spare_of(buf), conn.cancel_handle())
-            .await;
-        buf = b.into_inner();
+        let (res, b) = rd.read(buf, conn.cancel_handle()).await;
+        buf = b;
+        if rd.wants_write() {
+            conn.clone().wake_writer(ctx);
+        }
         match res {
             Ok(0) => return End::Eof,
             Ok(n) => {
@@ -180,16 +178,13 @@ const DRAIN_BYTES: usize = 1 << 20;
 
 /// Reads and discards input until the client closes, for at most
 /// [`DRAIN_TIME`] and [`DRAIN_BYTES`] (or until the broker shuts down).
-pub(super) async fn drain<R, W>(ctx: &Ctx, conn: &Connection<W>, rd: &mut R)
-where
-    R: CancelableAsyncReadRent,
-{
+pub(super) async fn drain<R: ReadHalf, W>(ctx: &Ctx, conn: &Connection<W>, rd: &mut R) {
     let drained = async {
         let mut buf = BytesMut::with_capacity(MIN_READ);
         let mut left = DRAIN_BYTES;
         while left > 0 {
             buf.clear();
-            let (res, b) = rd.cancelable_read(buf, conn.cancel_handle()).await;
+            let (res, b) = rd.read(buf, conn.cancel_handle()).await;
             buf = b;
             match res {
                 Ok(n) if n > 0 => {

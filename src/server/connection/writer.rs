@@ -4,12 +4,12 @@
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
 use super::state::Connection;
 use crate::codec::{encode_with_reason, Disconnect, Packet, Protocol};
 use crate::router::CloseReason;
 use crate::server::context::Ctx;
+use crate::server::transport::WriteHalf;
 
 /// Above this, a drained output buffer is released rather than kept.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -17,16 +17,14 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// Writes whatever the session accumulated, one write per turn, until it is
 /// dry. An open connection then parks the write half and the task ends; a
 /// finishing one sends the final DISCONNECT and shuts the write side down.
-pub(super) async fn write_loop<W: AsyncWriteRent>(
-    ctx: Rc<Ctx>,
-    conn: Rc<Connection<W>>,
-    mut wr: W,
-) {
+pub(super) async fn write_loop<W: WriteHalf>(ctx: Rc<Ctx>, conn: Rc<Connection<W>>, mut wr: W) {
     let mut spare = BytesMut::new();
     loop {
         let taken = ctx.with_core(|core| core.take_tx(conn.key, conn.id, spare));
         let buf = match taken {
             Ok(buf) => buf,
+            // Protocol output of the stream itself (a pong, a TLS alert).
+            Err(empty) if wr.has_pending() => empty,
             Err(_) => match conn.park(wr) {
                 None => return,
                 Some(w) => {

@@ -1,0 +1,160 @@
+//! The byte streams a client connection is served over: plain TCP, or TCP with
+//! TLS and/or WebSocket layers in between. The layers are sans-io (rustls and
+//! tungstenite hold no socket): the connection's reader feeds them what TCP
+//! delivered and takes the MQTT bytes out; its writer hands them MQTT bytes
+//! and writes what they produce. Plain TCP keeps its zero-copy path.
+
+mod layered;
+mod tls;
+mod ws;
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+
+use bytes::BytesMut;
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{
+    AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf,
+    OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+
+pub use layered::{Layered, LayeredParts, Layers, Refused};
+pub use tls::{client_identity, load_server_config, TlsAcceptor};
+pub use ws::WsSettings;
+
+/// What reads MQTT bytes from a client.
+pub trait ReadHalf: 'static {
+    /// Appends at least one byte to `buf` (whose spare capacity the caller
+    /// reserved), or returns `Ok(0)` at the end of the stream.
+    fn read(
+        &mut self,
+        buf: BytesMut,
+        cancel: CancelHandle,
+    ) -> impl Future<Output = (io::Result<usize>, BytesMut)>;
+
+    /// Reading produced protocol output to send (a pong, a TLS alert): the
+    /// connection wakes its writer.
+    fn wants_write(&self) -> bool {
+        false
+    }
+}
+
+/// What writes MQTT bytes to a client.
+pub trait WriteHalf: 'static {
+    /// Writes all of `buf` (and any pending protocol output before it).
+    fn write_all(&mut self, buf: BytesMut) -> impl Future<Output = (io::Result<()>, BytesMut)>;
+
+    /// Protocol output waiting to go out even when the session has none.
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// Ends the stream in order (a WebSocket close frame, a TLS close_notify)
+    /// and shuts the TCP write side.
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// A client's byte stream, before and after it is split into a reader and a
+/// writer.
+pub trait Transport: Sized + 'static {
+    type Reader: ReadHalf;
+    type Writer: WriteHalf;
+
+    /// As [`ReadHalf::read`], before the split (the CONNECT).
+    fn read(
+        &mut self,
+        buf: BytesMut,
+        cancel: CancelHandle,
+    ) -> impl Future<Output = (io::Result<usize>, BytesMut)>;
+
+    /// As [`WriteHalf::write_all`], before the split (a refusing CONNACK).
+    fn write_all(&mut self, buf: BytesMut) -> impl Future<Output = (io::Result<()>, BytesMut)>;
+
+    /// The TCP socket underneath, for an abortive close.
+    fn raw_fd(&self) -> RawFd;
+
+    fn into_halves(self) -> (Self::Reader, Self::Writer);
+
+    /// The stream as sendable parts, to hand it to another core.
+    fn into_portable(self) -> Portable;
+}
+
+/// A connection on its way to another core: its socket (no I/O in flight on
+/// it) and any protocol state, re-registered with the receiving core's
+/// runtime by [`Portable::serve_with`].
+#[derive(Debug)]
+pub enum Portable {
+    Tcp(std::net::TcpStream),
+    Layered(LayeredParts),
+}
+
+/// Takes a monoio socket out of its runtime as a std socket.
+fn release(tcp: TcpStream) -> std::net::TcpStream {
+    let fd = tcp.into_raw_fd();
+    // SAFETY: `into_raw_fd` released monoio's ownership of this open socket,
+    // and callers only release a stream with no I/O in flight (between
+    // reads), so the std socket is its only owner.
+    unsafe { std::net::TcpStream::from_raw_fd(fd) }
+}
+
+impl Transport for TcpStream {
+    type Reader = OwnedReadHalf<TcpStream>;
+    type Writer = OwnedWriteHalf<TcpStream>;
+
+    async fn read(&mut self, buf: BytesMut, cancel: CancelHandle) -> (io::Result<usize>, BytesMut) {
+        read_tcp(self, buf, cancel).await
+    }
+
+    async fn write_all(&mut self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        let (res, buf) = AsyncWriteRentExt::write_all(self, buf).await;
+        (res.map(drop), buf)
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+
+    fn into_halves(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+
+    fn into_portable(self) -> Portable {
+        Portable::Tcp(release(self))
+    }
+}
+
+impl ReadHalf for OwnedReadHalf<TcpStream> {
+    async fn read(&mut self, buf: BytesMut, cancel: CancelHandle) -> (io::Result<usize>, BytesMut) {
+        read_tcp(self, buf, cancel).await
+    }
+}
+
+impl WriteHalf for OwnedWriteHalf<TcpStream> {
+    async fn write_all(&mut self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        let (res, buf) = AsyncWriteRentExt::write_all(self, buf).await;
+        (res.map(drop), buf)
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        AsyncWriteRent::shutdown(self).await
+    }
+}
+
+/// One read from TCP into the spare capacity of `buf`.
+async fn read_tcp<R: CancelableAsyncReadRent>(
+    rd: &mut R,
+    buf: BytesMut,
+    cancel: CancelHandle,
+) -> (io::Result<usize>, BytesMut) {
+    let (res, b) = rd.cancelable_read(spare_of(buf), cancel).await;
+    (res, b.into_inner())
+}
+
+/// The unfilled part of `buf`: monoio reads into a buffer from its start, so a
+/// read that must append after a partial frame goes through this view.
+pub fn spare_of(buf: BytesMut) -> SliceMut<BytesMut> {
+    let (len, cap) = (buf.len(), buf.capacity());
+    buf.slice_mut(len..cap)
+}
