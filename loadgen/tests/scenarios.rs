@@ -63,6 +63,9 @@ impl Broker {
             }
             _ => {
                 let mut c = Command::new(ringmq_binary());
+                // Queues large enough that a client starved of CPU on a busy
+                // machine is not an overload (which drops QoS 1 past 1000
+                // queued by default), as for Mosquitto above.
                 c.args([
                     "--cores",
                     "2",
@@ -70,6 +73,10 @@ impl Broker {
                     "127.0.0.1",
                     "-p",
                     &port.to_string(),
+                    "--max-queued-messages",
+                    "1000000",
+                    "--max-queued-bytes",
+                    "1GiB",
                 ]);
                 c
             }
