@@ -353,3 +353,313 @@ fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
         *b ^= mask[i % 4];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Read, Write};
+
+    use ringmq_proto::codec::{decode, encode, Ack, Packet, Pid, Protocol};
+    use tungstenite::handshake::server::{ErrorResponse, Request, Response as ServerResponse};
+    use tungstenite::http::HeaderValue;
+    use tungstenite::{Message, WebSocket};
+
+    use super::*;
+
+    /// One side of an in-memory connection: what the server reads, what it wrote.
+    #[derive(Default)]
+    struct Pipe {
+        input: Vec<u8>,
+        read: usize,
+        output: Vec<u8>,
+    }
+
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let rest = &self.input[self.read..];
+            if rest.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn mqtt_subprotocol(
+        request: &Request,
+        mut response: ServerResponse,
+    ) -> Result<ServerResponse, ErrorResponse> {
+        let offered = request.headers()["Sec-WebSocket-Protocol"]
+            .to_str()
+            .unwrap();
+        assert_eq!(offered, "mqtt");
+        assert_eq!(request.uri().path(), "/mqtt");
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        Ok(response)
+    }
+
+    /// A tungstenite server that accepted our upgrade, and our client layer.
+    fn connected() -> (WebSocket<Pipe>, WsLayer) {
+        let upgrade = Upgrade::new("127.0.0.1:8080", "/mqtt", false).unwrap();
+        let pipe = Pipe {
+            input: upgrade.request.clone(),
+            ..Pipe::default()
+        };
+        let mut server = tungstenite::accept_hdr(pipe, mqtt_subprotocol).unwrap();
+        let answer = std::mem::take(&mut server.get_mut().output);
+        assert_eq!(upgrade.check(&answer[..answer.len() - 1]).unwrap(), None);
+        assert_eq!(upgrade.check(&answer).unwrap(), Some(answer.len()));
+        (server, WsLayer::new())
+    }
+
+    /// What the server sent since the last call.
+    fn sent(server: &mut WebSocket<Pipe>) -> Vec<u8> {
+        server.flush().unwrap();
+        std::mem::take(&mut server.get_mut().output)
+    }
+
+    /// Gives the server what the client wrote; returns the next message.
+    fn deliver(server: &mut WebSocket<Pipe>, wire: &[u8]) -> tungstenite::Result<Message> {
+        server.get_mut().input.extend_from_slice(wire);
+        server.read()
+    }
+
+    fn packets(bytes: &[u8]) -> Vec<Packet> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(p) = decode(&mut buf, Protocol::V3_1_1, 1 << 20).unwrap() {
+            out.push(p);
+        }
+        assert!(buf.is_empty(), "{} bytes left undecoded", buf.len());
+        out
+    }
+
+    fn acks(n: u16) -> BytesMut {
+        let mut bytes = BytesMut::new();
+        let mut pid = Pid::MIN;
+        for _ in 0..n {
+            encode(&Packet::PubAck(Ack::new(pid)), Protocol::V3_1_1, &mut bytes);
+            pid = pid.next();
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_request_asks_for_mqtt_and_the_answer_is_checked() {
+        let upgrade = Upgrade::new("broker.test:8443", "/ws/mqtt", true).unwrap();
+        let text = String::from_utf8(upgrade.request.clone()).unwrap();
+        assert!(text.starts_with("GET /ws/mqtt HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("Host: broker.test:8443\r\n"), "{text}");
+        assert!(text.contains("Sec-WebSocket-Protocol: mqtt\r\n"), "{text}");
+        assert!(text.contains("Upgrade: websocket\r\n"), "{text}");
+        let answer = |accept: &str, protocol: &str| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
+            )
+        };
+        let good = answer(&upgrade.accept, "Sec-WebSocket-Protocol: mqtt\r\n");
+        assert_eq!(upgrade.check(good.as_bytes()).unwrap(), Some(good.len()));
+        let wrong_key = answer("dGhlIHNhbXBsZSBub25jZQ==", "");
+        let e = upgrade.check(wrong_key.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("Sec-WebSocket-Accept"), "{e}");
+        let other = answer(&upgrade.accept, "Sec-WebSocket-Protocol: chat\r\n");
+        assert!(upgrade.check(other.as_bytes()).is_err());
+        let refused = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        let e = upgrade.check(refused.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("404"), "{e}");
+    }
+
+    #[test]
+    fn client_frames_are_masked_binary_frames_the_server_reads() {
+        let (mut server, mut client) = connected();
+        let mut wire = Vec::new();
+        let bytes = acks(3);
+        client.encode(&bytes, &mut wire).unwrap();
+        // tungstenite's server refuses unmasked client frames.
+        match deliver(&mut server, &wire).unwrap() {
+            Message::Binary(b) => assert_eq!(&b[..], &bytes[..]),
+            m => panic!("expected a binary message, got {m:?}"),
+        }
+        let big = vec![0x5a; 70_000]; // a 64-bit length
+        wire.clear();
+        client.encode(&big, &mut wire).unwrap();
+        match deliver(&mut server, &wire).unwrap() {
+            Message::Binary(b) => assert_eq!(&b[..], &big[..]),
+            m => panic!("expected a binary message, got {m:?}"),
+        }
+        wire.clear();
+        client.encode(&[], &mut wire).unwrap();
+        assert!(wire.is_empty(), "no empty data frame");
+    }
+
+    #[test]
+    fn a_message_split_across_reads_at_any_point_decodes_whole() {
+        let (mut server, _) = connected();
+        let bytes = acks(40); // 160 bytes: a 16-bit length
+        server
+            .send(Message::Binary(bytes.clone().freeze()))
+            .unwrap();
+        let wire = sent(&mut server);
+        for cut in 0..=wire.len() {
+            let mut client = WsLayer::new();
+            let mut mqtt = BytesMut::new();
+            client.decode(&wire[..cut], &mut mqtt).unwrap();
+            client.decode(&wire[cut..], &mut mqtt).unwrap();
+            assert_eq!(&mqtt[..], &bytes[..], "cut at {cut}");
+        }
+        let mut client = WsLayer::new();
+        let mut mqtt = BytesMut::new();
+        for byte in wire.chunks(1) {
+            client.decode(byte, &mut mqtt).unwrap();
+        }
+        assert_eq!(packets(&mqtt).len(), 40);
+    }
+
+    #[test]
+    fn packets_share_frames_and_span_them() {
+        let (mut server, mut client) = connected();
+        let bytes = acks(3);
+        // Three packets in one frame, then one packet over two frames, the
+        // second of those a fragment of a message.
+        server
+            .send(Message::Binary(bytes.clone().freeze()))
+            .unwrap();
+        let one = acks(1);
+        server
+            .send(Message::Binary(Bytes::copy_from_slice(&one[..1])))
+            .unwrap();
+        let first = Frame::message(
+            Bytes::copy_from_slice(&one[1..3]),
+            OpCode::Data(Data::Binary),
+            false,
+        );
+        let last = Frame::message(
+            Bytes::copy_from_slice(&one[3..]),
+            OpCode::Data(Data::Continue),
+            true,
+        );
+        server.send(Message::Frame(first)).unwrap();
+        server.send(Message::Frame(last)).unwrap();
+        let mut mqtt = BytesMut::new();
+        client.decode(&sent(&mut server), &mut mqtt).unwrap();
+        assert_eq!(packets(&mqtt).len(), 4);
+    }
+
+    #[test]
+    fn a_ping_is_answered_with_its_pong_before_the_next_data() {
+        let (mut server, mut client) = connected();
+        server
+            .send(Message::Ping(Bytes::from_static(b"are you there")))
+            .unwrap();
+        server.send(Message::Binary(acks(1).freeze())).unwrap();
+        let mut mqtt = BytesMut::new();
+        client.decode(&sent(&mut server), &mut mqtt).unwrap();
+        assert_eq!(packets(&mqtt).len(), 1, "data after the ping still arrives");
+        assert!(client.wants_write());
+        let mut wire = Vec::new();
+        client.encode(&acks(1), &mut wire).unwrap();
+        assert!(!client.wants_write());
+        match deliver(&mut server, &wire).unwrap() {
+            Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
+            m => panic!("expected the pong first, got {m:?}"),
+        }
+        assert!(matches!(server.read().unwrap(), Message::Binary(_)));
+    }
+
+    #[test]
+    fn a_server_close_is_echoed_and_ends_the_stream() {
+        let (mut server, mut client) = connected();
+        server.send(Message::Binary(acks(1).freeze())).unwrap();
+        server
+            .close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "shutting down".into(),
+            }))
+            .unwrap();
+        let mut mqtt = BytesMut::new();
+        client.decode(&sent(&mut server), &mut mqtt).unwrap();
+        assert_eq!(packets(&mqtt).len(), 1, "data before the close arrives");
+        assert!(client.peer_closed());
+        let mut wire = Vec::new();
+        client.encode(&acks(1), &mut wire).unwrap();
+        // Only the close reply goes out, with the broker's code: no data after it.
+        match deliver(&mut server, &wire) {
+            Ok(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::Away),
+            other => panic!("expected our close reply, got {other:?}"),
+        }
+        assert!(matches!(
+            server.read(),
+            Err(tungstenite::Error::ConnectionClosed)
+        ));
+        let mut f = Cursor::new(&wire[..]);
+        let (header, _) = FrameHeader::parse(&mut f).unwrap().unwrap();
+        assert_eq!(header.opcode, OpCode::Control(Control::Close));
+    }
+
+    #[test]
+    fn our_close_is_a_normal_closure() {
+        let (mut server, mut client) = connected();
+        let mut wire = Vec::new();
+        client.close(&mut wire).unwrap();
+        match deliver(&mut server, &wire).unwrap() {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+            m => panic!("expected a close frame, got {m:?}"),
+        }
+        wire.clear();
+        client.encode(&acks(1), &mut wire).unwrap();
+        assert!(wire.is_empty(), "nothing after our close");
+    }
+
+    #[test]
+    fn what_mqtt_over_websocket_forbids_is_an_error() {
+        let (mut server, _) = connected();
+        server.send(Message::Text("hello".into())).unwrap();
+        let e = WsLayer::new()
+            .decode(&sent(&mut server), &mut BytesMut::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("text frame"), "{e}");
+        // A masked frame, as only clients send.
+        let mut masked = Vec::new();
+        WsLayer::new().encode(b"x", &mut masked).unwrap();
+        let e = WsLayer::new()
+            .decode(&masked, &mut BytesMut::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("masked"), "{e}");
+        let stray = Frame::message(Bytes::from_static(b"x"), OpCode::Data(Data::Continue), true);
+        server.send(Message::Frame(stray)).unwrap();
+        assert!(WsLayer::new()
+            .decode(&sent(&mut server), &mut BytesMut::new())
+            .is_err());
+    }
+
+    #[test]
+    fn masking_matches_the_rfc_definition_at_every_length() {
+        let mask = [0x6d, 0xb6, 0xb2, 0x80];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37)).collect();
+            let mut masked = data.clone();
+            apply_mask(&mut masked, mask);
+            let expected: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(masked, expected, "length {len}");
+        }
+    }
+}
