@@ -338,3 +338,392 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Read;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::{ServerConfig, ServerConnection};
+
+    use super::*;
+
+    /// A test CA: its certificate (PEM) and what signs with it.
+    pub(crate) struct Ca {
+        pub pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca {
+                pem,
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A certificate for `names` (DNS names or IP addresses) and its
+        /// PKCS#8 key, both PEM.
+        pub fn issue(&self, names: &[&str]) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let params = CertificateParams::new(names).unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(crypto::ring::default_provider())
+    }
+
+    fn server_config(cert: &str, key: &str, client_ca: Option<&str>) -> Arc<ServerConfig> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => {
+                let roots = Arc::new(roots(ca.as_bytes()).unwrap());
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let chain = certificates(cert.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        Arc::new(builder.with_single_cert(chain, key).unwrap())
+    }
+
+    fn client(pem: &Pem, server_name: Option<&str>, host: &str) -> TlsLayer {
+        TlsSetup::from_pem(pem, server_name)
+            .unwrap()
+            .connect(host)
+            .unwrap()
+    }
+
+    /// Moves records both ways until neither side has more to say. Err:
+    /// which side failed, and why (the other side got the alert first).
+    fn pump(
+        client: &mut TlsLayer,
+        server: &mut ServerConnection,
+        plain: &mut BytesMut,
+    ) -> Result<(), String> {
+        for _ in 0..32 {
+            let mut to_server = Vec::new();
+            client.flush(&mut to_server);
+            let mut server_error = None;
+            if !to_server.is_empty() {
+                server.read_tls(&mut &to_server[..]).unwrap();
+                server_error = server.process_new_packets().err();
+            }
+            let mut to_client = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut to_client).unwrap();
+            }
+            if !to_client.is_empty() {
+                client
+                    .decode(&to_client, plain)
+                    .map_err(|e| format!("client: {e:#}"))?;
+            }
+            if let Some(e) = server_error {
+                return Err(format!("server: {e}"));
+            }
+            if to_server.is_empty() && to_client.is_empty() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not settle");
+    }
+
+    /// The plaintext the server gets from `wire`.
+    fn server_reads(server: &mut ServerConnection, mut wire: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !wire.is_empty() {
+            server.read_tls(&mut wire).unwrap();
+            server.process_new_packets().unwrap();
+            let mut chunk = Vec::new();
+            let _ = server.reader().read_to_end(&mut chunk); // ends in WouldBlock
+            got.extend_from_slice(&chunk);
+        }
+        got
+    }
+
+    fn broker(ca: &Ca, names: &[&str]) -> ServerConnection {
+        let (cert, key) = ca.issue(names);
+        ServerConnection::new(server_config(&cert, &key, None)).unwrap()
+    }
+
+    #[test]
+    fn handshake_data_both_ways_and_close_notify() {
+        let ca = Ca::new("test ca");
+        let mut server = broker(&ca, &["127.0.0.1", "localhost"]);
+        let pem = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            ..Pem::default()
+        };
+        let mut tls = client(&pem, None, "127.0.0.1");
+        let mut plain = BytesMut::new();
+        pump(&mut tls, &mut server, &mut plain).unwrap();
+        assert!(!tls.is_handshaking() && !server.is_handshaking());
+
+        // More than a record's worth, encrypted in one go.
+        let up: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        tls.encode(&up, &mut wire).unwrap();
+        let got = server_reads(&mut server, &wire);
+        assert!(
+            got == up,
+            "{} of {} bytes arrived intact",
+            got.len(),
+            up.len()
+        );
+
+        let down: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+        server.writer().write_all(&down).unwrap();
+        server.send_close_notify();
+        let mut records = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut records).unwrap();
+        }
+        // Records split across socket reads at odd places.
+        for chunk in records.chunks(1000) {
+            tls.decode(chunk, &mut plain).unwrap();
+        }
+        assert!(
+            plain[..] == down[..],
+            "{} of {} bytes",
+            plain.len(),
+            down.len()
+        );
+        assert!(tls.peer_closed());
+
+        let mut bye = Vec::new();
+        tls.close(&mut bye);
+        server_reads(&mut server, &bye);
+        assert!(server.process_new_packets().unwrap().peer_has_closed());
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_fails_the_handshake() {
+        let mut server = broker(&Ca::new("the broker's ca"), &["127.0.0.1"]);
+        let other = Ca::new("another ca");
+        let pem = Pem {
+            ca: Some(other.pem.as_bytes()),
+            ..Pem::default()
+        };
+        let mut tls = client(&pem, None, "127.0.0.1");
+        let e = pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap_err();
+        assert!(
+            e.starts_with("client:") && e.contains("UnknownIssuer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_certificate_must_name_the_host_or_the_server_name() {
+        let ca = Ca::new("test ca");
+        let pem = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            ..Pem::default()
+        };
+        let mut server = broker(&ca, &["broker.test"]);
+        let mut tls = client(&pem, None, "127.0.0.1");
+        let e = pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap_err();
+        assert!(e.contains("not valid for name"), "{e}");
+        // --server-name: the certificate's name, whatever address is dialled.
+        let mut server = broker(&ca, &["broker.test"]);
+        let mut tls = client(&pem, Some("broker.test"), "127.0.0.1");
+        pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap();
+        assert!(!tls.is_handshaking());
+    }
+
+    #[test]
+    fn insecure_accepts_a_self_signed_certificate_for_any_name() {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["elsewhere.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let config = server_config(&cert.pem(), &key.serialize_pem(), None);
+        let mut server = ServerConnection::new(config).unwrap();
+        let pem = Pem {
+            insecure: true,
+            ..Pem::default()
+        };
+        let setup = TlsSetup::from_pem(&pem, None).unwrap();
+        assert_eq!(setup.verify, Verify::Insecure);
+        let mut tls = setup.connect("127.0.0.1").unwrap();
+        pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap();
+        assert!(!tls.is_handshaking());
+    }
+
+    #[test]
+    fn mutual_tls_with_and_without_a_client_certificate() {
+        let ca = Ca::new("test ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"]);
+        let config = server_config(&cert, &key, Some(&ca.pem));
+        let (client_cert, client_key) = ca.issue(&["loadgen.test"]);
+        let with = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            insecure: false,
+            client: Some((client_cert.as_bytes(), client_key.as_bytes())),
+        };
+        let mut server = ServerConnection::new(config.clone()).unwrap();
+        let mut tls = client(&with, None, "127.0.0.1");
+        pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap();
+        assert_eq!(server.peer_certificates().map(<[_]>::len), Some(1));
+
+        let without = Pem {
+            client: None,
+            ..with
+        };
+        let mut server = ServerConnection::new(config).unwrap();
+        let mut tls = client(&without, None, "127.0.0.1");
+        let e = pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap_err();
+        assert!(
+            e.contains("CertificateRequired") || e.contains("NoCertificatesPresented"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn files_that_make_no_setup_say_why() {
+        let e = TlsSetup::from_pem(&Pem::default(), None).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("--cafile") && text.contains("--insecure"),
+            "{text}"
+        );
+        let not_pem = Pem {
+            ca: Some(b"not a certificate"),
+            ..Pem::default()
+        };
+        let e = TlsSetup::from_pem(&not_pem, None).unwrap_err();
+        assert!(format!("{e:#}").contains("--cafile"), "{e:#}");
+        let ca = Ca::new("test ca");
+        let (cert, _) = ca.issue(&["a.test"]);
+        let (_, other_key) = ca.issue(&["b.test"]);
+        let mismatched = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            insecure: false,
+            client: Some((cert.as_bytes(), other_key.as_bytes())),
+        };
+        assert!(TlsSetup::from_pem(&mismatched, None).is_err());
+        let setup = TlsSetup::from_pem(
+            &Pem {
+                insecure: true,
+                ..Pem::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert!(setup.server_name("not a name!").is_err());
+        assert!(TlsSetup::from_pem(
+            &Pem {
+                insecure: true,
+                ..Pem::default()
+            },
+            Some("bad name!")
+        )
+        .is_err());
+    }
+
+    /// SEC1 ("EC PRIVATE KEY"): the ECPrivateKey inside rcgen's PKCS#8, the
+    /// content of its last OCTET STRING.
+    fn sec1_pem(pkcs8: &[u8]) -> String {
+        fn tlv(b: &[u8]) -> (u8, &[u8], &[u8]) {
+            let (len, start) = match b[1] {
+                n if n < 0x80 => (usize::from(n), 2),
+                n => {
+                    let k = usize::from(n & 0x7f);
+                    let len = b[2..2 + k].iter().fold(0, |a, &x| a << 8 | usize::from(x));
+                    (len, 2 + k)
+                }
+            };
+            (b[0], &b[start..start + len], &b[start + len..])
+        }
+        let (_, info, _) = tlv(pkcs8);
+        let (_, _, rest) = tlv(info); // version
+        let (_, _, rest) = tlv(rest); // algorithm
+        let (tag, key, _) = tlv(rest);
+        assert_eq!(tag, 0x04, "an OCTET STRING");
+        pem::encode(&pem::Pem::new("EC PRIVATE KEY", key.to_vec()))
+    }
+
+    #[test]
+    fn a_sec1_client_key_works_for_mutual_tls() {
+        let ca = Ca::new("test ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"]);
+        let config = server_config(&cert, &key, Some(&ca.pem));
+        let (client_cert, client_key) = ca.issue(&["loadgen.test"]);
+        let der = PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap();
+        let sec1 = sec1_pem(der.secret_der());
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let pem = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            insecure: false,
+            client: Some((client_cert.as_bytes(), sec1.as_bytes())),
+        };
+        let mut server = ServerConnection::new(config).unwrap();
+        let mut tls = client(&pem, None, "127.0.0.1");
+        pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap();
+        assert!(server.peer_certificates().is_some());
+    }
+
+    /// Runs the openssl command line tool (in the machine image; rcgen with
+    /// ring cannot make RSA keys) with `input` on stdin.
+    fn openssl(args: &[&str], input: &[u8]) -> String {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the openssl command line tool (apt-get install openssl)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_pkcs1_rsa_client_key_works_for_mutual_tls() {
+        let pkcs1 = openssl(&["genrsa", "-traditional", "2048"], b"");
+        assert!(
+            pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+            "{pkcs1}"
+        );
+        let pkcs8 = openssl(&["pkey"], pkcs1.as_bytes());
+        let rsa = KeyPair::from_pem(&pkcs8).unwrap();
+        let ca = Ca::new("test ca");
+        let client_cert = CertificateParams::new(vec!["loadgen.test".to_string()])
+            .unwrap()
+            .signed_by(&rsa, &ca.issuer)
+            .unwrap()
+            .pem();
+        let (cert, key) = ca.issue(&["127.0.0.1"]);
+        let config = server_config(&cert, &key, Some(&ca.pem));
+        let pem = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            insecure: false,
+            client: Some((client_cert.as_bytes(), pkcs1.as_bytes())),
+        };
+        let mut server = ServerConnection::new(config).unwrap();
+        let mut tls = client(&pem, None, "127.0.0.1");
+        pump(&mut tls, &mut server, &mut BytesMut::new()).unwrap();
+        assert!(server.peer_certificates().is_some());
+    }
+}
