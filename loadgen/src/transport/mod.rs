@@ -570,3 +570,137 @@ impl WriteHalf {
         close(&mut self.wr, self.layers.as_deref(), &mut self.wire, last).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The layers over real loopback sockets: a Link opens (TLS handshake,
+    //! WebSocket upgrade), splits, and talks to a tungstenite server on a
+    //! thread of its own, which plays the broker.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rustls::{ServerConnection, StreamOwned};
+    use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tungstenite::http::HeaderValue;
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::Message;
+
+    use super::tls::tests::{server_config, Ca};
+    use super::tls::{Pem, TlsSetup};
+    use super::*;
+
+    /// How long the server waits for the client: a bound against a hang.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    #[allow(clippy::result_large_err)]
+    fn mqtt(_: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        Ok(response)
+    }
+
+    /// The broker: takes the upgrade, waits for one binary message, sends a
+    /// ping and the message back in two frames, then reads until the client
+    /// closes. Returns whether the ping was answered.
+    fn serve<S: Read + Write>(stream: S) -> bool {
+        let mut ws = tungstenite::accept_hdr(stream, mqtt).expect("the upgrade");
+        let got = loop {
+            if let Message::Binary(b) = ws.read().expect("the client's message") {
+                break b;
+            }
+        };
+        ws.send(Message::Ping(Bytes::from_static(b"hb"))).unwrap();
+        ws.send(Message::Binary(got.slice(..2))).unwrap();
+        ws.send(Message::Binary(got.slice(2..))).unwrap();
+        let mut ponged = false;
+        loop {
+            match ws.read() {
+                Ok(Message::Pong(p)) => ponged = &p[..] == b"hb",
+                Ok(Message::Close(f)) => {
+                    assert_eq!(f.map(|f| f.code), Some(CloseCode::Normal));
+                }
+                Ok(_) => {}
+                Err(_) => return ponged,
+            }
+        }
+    }
+
+    fn client(transport: Transport, address: SocketAddr) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut link, early) = Link::open(&transport, address, "127.0.0.1").await.unwrap();
+            link.send(BytesMut::from(&b"hello"[..])).await.unwrap();
+            let (mut rd, mut wr) = link.into_split();
+            let mut buf = early;
+            while buf.len() < 5 {
+                let (res, b) = rd.read(buf, 256).await;
+                buf = b;
+                assert!(res.unwrap() > 0, "the server closed early");
+                if rd.wants_write() {
+                    // What the writer task does when the reader wakes it.
+                    let (res, _) = wr.write(BytesMut::new()).await;
+                    res.unwrap();
+                }
+            }
+            assert_eq!(&buf[..], b"hello");
+            wr.close(BytesMut::new()).await.unwrap();
+            let (res, _) = rd.read(BytesMut::new(), 256).await;
+            assert_eq!(res.unwrap(), 0, "the server answers our close and hangs up");
+        });
+    }
+
+    fn listen() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        (listener, address)
+    }
+
+    #[test]
+    fn websocket_link_over_a_socket() {
+        let (listener, address) = listen();
+        let server = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            socket.set_read_timeout(Some(PATIENCE)).unwrap();
+            serve(socket)
+        });
+        let transport = Transport {
+            tls: None,
+            ws_path: Some("/mqtt".into()),
+        };
+        client(transport, address);
+        assert!(server.join().unwrap(), "the ping was not answered");
+    }
+
+    #[test]
+    fn secure_websocket_link_over_a_socket() {
+        let ca = Ca::new("test ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"]);
+        let config: Arc<rustls::ServerConfig> = server_config(&cert, &key, None);
+        let (listener, address) = listen();
+        let server = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            socket.set_read_timeout(Some(PATIENCE)).unwrap();
+            let tls = ServerConnection::new(config).unwrap();
+            serve(StreamOwned::new(tls, socket))
+        });
+        let pem = Pem {
+            ca: Some(ca.pem.as_bytes()),
+            ..Pem::default()
+        };
+        let transport = Transport {
+            tls: Some(TlsSetup::from_pem(&pem, None).unwrap()),
+            ws_path: Some("/mqtt".into()),
+        };
+        assert_eq!(transport.kind(), "wss");
+        client(transport, address);
+        assert!(server.join().unwrap(), "the ping was not answered");
+    }
+}

@@ -383,7 +383,11 @@ pub(crate) mod tests {
         Arc::new(crypto::ring::default_provider())
     }
 
-    fn server_config(cert: &str, key: &str, client_ca: Option<&str>) -> Arc<ServerConfig> {
+    pub(crate) fn server_config(
+        cert: &str,
+        key: &str,
+        client_ca: Option<&str>,
+    ) -> Arc<ServerConfig> {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap();
