@@ -25,6 +25,10 @@ pub async fn run(
     let mut spare = BytesMut::new();
     loop {
         if conn.closed.get() {
+            // The reader saw the broker go; answer a WebSocket close if owed.
+            if wr.wants_write() {
+                let _ = wr.write(spare).await;
+            }
             return Ok(());
         }
         if t.phase() == Phase::Done {
