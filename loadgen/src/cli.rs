@@ -315,4 +315,69 @@ mod tests {
         assert!(!args.load.clean);
         assert_eq!(args.load.protocol_version, 5);
     }
+
+    #[test]
+    fn transport_flags_parse_on_scenarios_and_compare() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "storm",
+            "--tls",
+            "--insecure",
+            "--ws",
+            "--ws-path",
+            "/m",
+        ])
+        .unwrap();
+        let Command::Storm(args) = cli.command else {
+            panic!("not storm")
+        };
+        let t = &args.load.transport;
+        assert!(t.tls && t.insecure && t.ws);
+        assert_eq!(t.ws_path, "/m");
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "compare",
+            "p2p",
+            "--target",
+            "a=127.0.0.1:8883",
+            "--tls",
+            "--cafile",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--server-name",
+            "broker.test",
+        ])
+        .unwrap();
+        let Command::Compare(args) = cli.command else {
+            panic!("not compare")
+        };
+        let t = &args.load.transport;
+        assert_eq!(t.cafile.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(t.server_name.as_deref(), Some("broker.test"));
+        assert_eq!(t.ws_path, "/mqtt", "the default path");
+    }
+
+    #[test]
+    fn transport_flags_that_need_another_are_refused() {
+        for argv in [
+            &["loadgen", "p2p", "--cafile", "ca.pem"][..],
+            &["loadgen", "p2p", "--insecure"],
+            &[
+                "loadgen",
+                "p2p",
+                "--tls",
+                "--insecure",
+                "--cafile",
+                "ca.pem",
+            ],
+            &["loadgen", "p2p", "--tls", "--insecure", "--cert", "c.pem"],
+            &["loadgen", "p2p", "--tls", "--insecure", "--key", "k.pem"],
+            &["loadgen", "p2p", "--ws-path", "/x"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} parsed");
+        }
+    }
 }
