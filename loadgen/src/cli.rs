@@ -16,6 +16,8 @@ use serde::Serialize;
     after_help = "Examples:\n  loadgen p2p --port 1883 -c 50 --rate 1000 --qos 1\n  \
                   loadgen fan-out --subscribers 100 --max-rate --json out.json --svg out.svg\n  \
                   loadgen connections -c 10000 --connect-rate 2000 --broker-pid $(pidof ringmq)\n  \
+                  loadgen p2p --tls --cafile ca.pem --port 8883\n  \
+                  loadgen storm --tls --insecure --ws --port 8443 --connect-rate 500\n  \
                   loadgen compare p2p --target ringmq=127.0.0.1:1883 \
                   --target mosquitto=127.0.0.1:1884 --rounds 2"
 )]
@@ -191,6 +193,47 @@ pub struct LoadArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub transport: TransportArgs,
+}
+
+/// How connections reach the broker: plain TCP (the default), TLS, WebSocket,
+/// or both (secure WebSocket). Applies to every target of a run.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Transport")]
+pub struct TransportArgs {
+    /// MQTT over TLS (1.2 or 1.3); with --ws, secure WebSocket (wss). The broker's
+    /// certificate is checked against --cafile, or not at all with --insecure.
+    /// Every connection makes a full handshake (no session resumption), timed
+    /// as part of the connect time.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of the CA certificates to verify the broker's certificate with.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    pub cafile: Option<PathBuf>,
+    /// INSECURE: accept any broker certificate, for any name, without checking it
+    /// (for benchmarks against self-signed certificates; anyone in the path can
+    /// read and change the traffic).
+    #[arg(long, requires = "tls", conflicts_with = "cafile")]
+    pub insecure: bool,
+    /// Client certificate chain (PEM), for mutual TLS; with --key.
+    #[arg(long, value_name = "PATH", requires = "tls", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name the broker's certificate must be valid for, also sent as SNI
+    /// (default: the target's host, a DNS name or an IP address).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
+    /// MQTT over WebSocket (RFC 6455: HTTP/1.1 upgrade, subprotocol "mqtt",
+    /// binary frames); with --tls, secure WebSocket (wss).
+    #[arg(long)]
+    pub ws: bool,
+    /// Path of the WebSocket upgrade request.
+    #[arg(long, value_name = "PATH", default_value = "/mqtt", requires = "ws")]
+    pub ws_path: String,
 }
 
 /// `NAME=VALUE`, for --target and compare's --broker-pid.
@@ -271,5 +314,70 @@ mod tests {
         };
         assert!(!args.load.clean);
         assert_eq!(args.load.protocol_version, 5);
+    }
+
+    #[test]
+    fn transport_flags_parse_on_scenarios_and_compare() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "storm",
+            "--tls",
+            "--insecure",
+            "--ws",
+            "--ws-path",
+            "/m",
+        ])
+        .unwrap();
+        let Command::Storm(args) = cli.command else {
+            panic!("not storm")
+        };
+        let t = &args.load.transport;
+        assert!(t.tls && t.insecure && t.ws);
+        assert_eq!(t.ws_path, "/m");
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "compare",
+            "p2p",
+            "--target",
+            "a=127.0.0.1:8883",
+            "--tls",
+            "--cafile",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--server-name",
+            "broker.test",
+        ])
+        .unwrap();
+        let Command::Compare(args) = cli.command else {
+            panic!("not compare")
+        };
+        let t = &args.load.transport;
+        assert_eq!(t.cafile.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(t.server_name.as_deref(), Some("broker.test"));
+        assert_eq!(t.ws_path, "/mqtt", "the default path");
+    }
+
+    #[test]
+    fn transport_flags_that_need_another_are_refused() {
+        for argv in [
+            &["loadgen", "p2p", "--cafile", "ca.pem"][..],
+            &["loadgen", "p2p", "--insecure"],
+            &[
+                "loadgen",
+                "p2p",
+                "--tls",
+                "--insecure",
+                "--cafile",
+                "ca.pem",
+            ],
+            &["loadgen", "p2p", "--tls", "--insecure", "--cert", "c.pem"],
+            &["loadgen", "p2p", "--tls", "--insecure", "--key", "k.pem"],
+            &["loadgen", "p2p", "--ws-path", "/x"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} parsed");
+        }
     }
 }

@@ -49,6 +49,9 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     let targets = targets(args)?;
     let kind = args.scenario;
     let base = Settings::new(kind, targets[0].clone(), &args.load)?;
+    for target in &targets {
+        base.transport.check_host(&target.host)?;
+    }
     let plan = Plan::build(kind, &args.load)?;
     let config = Config::new(&base, &plan);
     let machine = Machine::detect();

@@ -22,4 +22,5 @@ pub mod scenario;
 pub mod shared;
 pub mod signal;
 pub mod stats;
+pub mod transport;
 pub mod worker;

@@ -12,11 +12,14 @@ use crate::machine::Machine;
 use crate::runner::{BrokerUsage, RunResult};
 use crate::scenario::{Pace, Plan, Settings, Target};
 use crate::stats::Percentiles;
+use crate::transport::TransportInfo;
 
 /// The run's configuration as the JSON records it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     pub scenario: &'static str,
+    /// How the clients reach the broker: TCP, TLS, WebSocket or wss.
+    pub transport: TransportInfo,
     pub protocol_version: u8,
     pub qos: u8,
     pub payload_bytes: usize,
@@ -39,6 +42,7 @@ impl Config {
     pub fn new(s: &Settings, plan: &Plan) -> Config {
         Config {
             scenario: s.scenario.name(),
+            transport: s.transport.info(),
             protocol_version: s.protocol.level(),
             qos: s.qos as u8,
             payload_bytes: s.payload_size,
@@ -70,13 +74,14 @@ impl Config {
                 "clients"
             };
             return format!(
-                "{}: {} {what}, {}/s connect rate, {} s measured after {} s warm-up, MQTT v{}, {} thread(s)",
+                "{}: {} {what}, {}/s connect rate, {} s measured after {} s warm-up, MQTT v{} over {}, {} thread(s)",
                 self.scenario,
                 self.clients,
                 self.connect_rate,
                 self.duration_s,
                 self.warmup_s,
                 self.protocol_version,
+                self.transport.kind,
                 self.threads
             );
         }
@@ -85,7 +90,7 @@ impl Config {
             Pace::MaxRate => "max rate (closed loop)".to_string(),
         };
         format!(
-            "{}: {} pub -> {} sub, QoS {}, {} B, {pace}, {} s measured after {} s warm-up, MQTT v{}, {} thread(s)",
+            "{}: {} pub -> {} sub, QoS {}, {} B, {pace}, {} s measured after {} s warm-up, MQTT v{} over {}, {} thread(s)",
             self.scenario,
             self.publishers,
             self.subscribers,
@@ -94,6 +99,7 @@ impl Config {
             self.duration_s,
             self.warmup_s,
             self.protocol_version,
+            self.transport.kind,
             self.threads
         )
     }
@@ -340,7 +346,12 @@ fn metrics() -> Vec<Metric> {
 /// The table: one column per broker, then one ratio column per broker after
 /// the first (that broker / the first).
 pub fn table(summaries: &[Summary]) -> String {
-    let mut header = vec!["metric".to_string()];
+    // The transport is the same for every column: the corner says it.
+    let corner = match summaries.first() {
+        Some(s) => format!("metric ({})", s.config.transport.kind),
+        None => "metric".to_string(),
+    };
+    let mut header = vec![corner];
     header.extend(summaries.iter().map(|s| s.target.name.clone()));
     if let Some((first, rest)) = summaries.split_first() {
         header.extend(

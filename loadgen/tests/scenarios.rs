@@ -5,6 +5,8 @@
 //! (a no-op when it is up to date) in the active target dir, started on a free
 //! port per test and killed when the test ends.
 //! `LOADGEN_TEST_BROKER=mosquitto` runs the same tests against Mosquitto.
+//! The TLS tests always use Mosquitto (its TLS listener), with certificates
+//! made at test time by rcgen in a temporary directory.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -45,6 +47,38 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// Mosquitto with a TLS listener on a free port: the broker's
+    /// certificate from `pki`, and with `mutual` a client certificate
+    /// required, signed by the same CA.
+    fn mosquitto_tls(pki: &Pki, mutual: bool) -> Broker {
+        let port = free_port();
+        let conf = pki.dir.join(format!("mosquitto-{port}.conf"));
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             certfile {}\nkeyfile {}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+        );
+        if mutual {
+            text += &format!("cafile {}\nrequire_certificate true\n", pki.path("ca.pem"));
+        }
+        std::fs::write(&conf, text).expect("writing mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto (apt-get install mosquitto)");
+        let mut broker = Broker {
+            child,
+            port,
+            config: Some(conf),
+        };
+        broker.wait_until_accepting();
+        broker
+    }
+
     fn start() -> Broker {
         let port = free_port();
         let mut config = None;
@@ -117,6 +151,62 @@ impl Broker {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// A CA, a broker certificate for 127.0.0.1 and a client certificate, as PEM
+/// files in a directory of their own, removed on drop. World-readable: run
+/// as root, Mosquitto reads them after dropping to its own user. Test keys,
+/// made for this run only.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("loadgen-e2e-tls-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the certificate directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(DnType::CommonName, "loadgen test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let pki = Pki { dir };
+        pki.write("ca.pem", &ca_pem);
+        for (name, san) in [("server", "127.0.0.1"), ("client", "loadgen.test")] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![san.to_string()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            pki.write(&format!("{name}.pem"), &cert.pem());
+            pki.write(&format!("{name}.key"), &key.serialize_pem());
+        }
+        pki
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("writing a PEM file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -521,4 +611,106 @@ fn refused_connection_is_an_error_not_a_hang() {
     let out = wait_bounded(child, RUN_LIMIT, "loadgen against a closed port");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no client could connect"));
+}
+
+#[test]
+fn tls_p2p_qos1_loses_nothing() {
+    let pki = Pki::new("p2p");
+    let b = Broker::mosquitto_tls(&pki, false);
+    let ca = pki.path("ca.pem");
+    let mut args = vec!["p2p", "-c", "4", "--rate", "200", "--qos", "1"];
+    args.extend(["--tls", "--cafile", &ca]);
+    args.extend(SHORT);
+    let v = run("tls-p2p", &b, &args);
+    assert_nothing_lost(&v);
+    assert_eq!(int(&v, "/totals/acked"), int(&v, "/totals/sent"));
+    assert_eq!(int(&v, "/totals/received"), int(&v, "/totals/sent"));
+    assert_eq!(v["config"]["transport"]["kind"], "tls", "{v:#}");
+    assert_eq!(v["config"]["transport"]["tls_verify"], "cafile", "{v:#}");
+}
+
+/// Every attempt is a full TLS handshake; how many complete depends on the
+/// machine, so this checks that they do and that none fails.
+#[test]
+fn tls_storm_connects() {
+    let pki = Pki::new("storm");
+    let b = Broker::mosquitto_tls(&pki, false);
+    let ca = pki.path("ca.pem");
+    let args = [
+        "storm",
+        "-c",
+        "10",
+        "--connect-rate",
+        "100",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--tls",
+        "--cafile",
+        &ca,
+    ];
+    let v = run("tls-storm", &b, &args);
+    assert!(int(&v, "/totals/connects_ok") > 0, "{v:#}");
+    assert_eq!(int(&v, "/totals/connects_failed"), 0, "{v:#}");
+    assert_eq!(int(&v, "/totals/errors"), 0, "a DISCONNECT failed\n{v:#}");
+    assert!(
+        v.pointer("/connect_ms/p99").is_some_and(Value::is_f64),
+        "{v:#}"
+    );
+}
+
+/// A broker that requires a client certificate: loadgen with --cert/--key
+/// gets through; without them it fails, saying so, and does not hang.
+#[test]
+fn mutual_tls_with_and_without_a_client_certificate() {
+    let pki = Pki::new("mutual");
+    let b = Broker::mosquitto_tls(&pki, true);
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let mut args = vec!["p2p", "-c", "2", "--rate", "100", "--qos", "1"];
+    args.extend(["--tls", "--cafile", &ca, "--cert", &cert, "--key", &key]);
+    args.extend(SHORT);
+    let v = run("mutual-tls", &b, &args);
+    assert_nothing_lost(&v);
+    assert_eq!(
+        v["config"]["transport"]["client_certificate"], true,
+        "{v:#}"
+    );
+
+    let port = b.port.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["p2p", "--quiet", "-c", "1", "--connect-timeout", "5"])
+        .args(["--port", &port, "--tls", "--cafile", &ca])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting loadgen");
+    let out = wait_bounded(child, RUN_LIMIT, "loadgen without a client certificate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "connected without a certificate:\n{stderr}"
+    );
+    assert!(stderr.contains("no client could connect"), "{stderr}");
+}
+
+#[test]
+fn tls_without_a_way_to_verify_is_refused_up_front() {
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["p2p", "--quiet", "--tls", "--port", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting loadgen");
+    let out = wait_bounded(child, RUN_LIMIT, "loadgen --tls without --cafile");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--cafile") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
 }

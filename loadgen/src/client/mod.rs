@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
-use monoio::net::TcpStream;
 use ringmq_proto::codec::{
     decode, encode, Connect, Packet, Pid, Properties, Property, SubOptions, Subscribe,
 };
@@ -27,6 +25,7 @@ use crate::pacer::timeout;
 use crate::scenario::{ClientSpec, Role};
 use crate::shared::Phase;
 use crate::signal::Notify;
+use crate::transport::Link;
 
 pub use inflight::Inflight;
 pub use publisher::Publisher;
@@ -115,7 +114,7 @@ pub async fn keepalive(t: Rc<Thread>, conns: Rc<Conns>) {
 
 /// A connection that got its CONNACK (and SUBACK).
 pub struct Session {
-    pub stream: TcpStream,
+    pub link: Link,
     /// Bytes read past the handshake packets.
     pub leftover: BytesMut,
     pub receive_maximum: Option<u16>,
@@ -172,26 +171,23 @@ pub async fn connect_timed(
     }
 }
 
+/// Connects (TCP, then the transport's TLS handshake and WebSocket upgrade),
+/// sends CONNECT (and SUBSCRIBE) and waits for their acks.
 async fn handshake(t: &Thread, id: &str, filter: Option<&str>) -> Result<Session> {
     let s = &t.settings;
-    let mut stream = TcpStream::connect_addr(s.target.address)
-        .await
-        .with_context(|| format!("connecting to {}", s.target.address))?;
-    stream.set_nodelay(true)?;
+    let (mut link, mut buf) = Link::open(&s.transport, s.target.address, &s.target.host).await?;
     let mut out = BytesMut::with_capacity(256);
     encode(&connect_packet(t, id), s.protocol, &mut out);
     if let Some(filter) = filter {
         encode(&subscribe_packet(t, filter), s.protocol, &mut out);
     }
-    let (res, _) = stream.write_all(out).await;
-    res.context("sending CONNECT")?;
-    let mut buf = BytesMut::with_capacity(IDLE_READ);
-    let receive_maximum = expect_connack(t, &mut stream, &mut buf).await?;
+    link.send(out).await.context("sending CONNECT")?;
+    let receive_maximum = expect_connack(t, &mut link, &mut buf).await?;
     if filter.is_some() {
-        expect_suback(t, &mut stream, &mut buf).await?;
+        expect_suback(t, &mut link, &mut buf).await?;
     }
     Ok(Session {
-        stream,
+        link,
         leftover: buf,
         receive_maximum,
     })
@@ -230,7 +226,7 @@ fn subscribe_packet(t: &Thread, filter: &str) -> Packet {
 }
 
 /// Returns the broker's Receive Maximum (5.0) if it sent one.
-async fn expect_connack(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<u16>> {
+async fn expect_connack(t: &Thread, s: &mut Link, buf: &mut BytesMut) -> Result<Option<u16>> {
     loop {
         match next_packet(t, s, buf).await? {
             Packet::ConnAck(ack) if ack.code == 0 => {
@@ -246,7 +242,7 @@ async fn expect_connack(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Re
     }
 }
 
-async fn expect_suback(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Result<()> {
+async fn expect_suback(t: &Thread, s: &mut Link, buf: &mut BytesMut) -> Result<()> {
     loop {
         match next_packet(t, s, buf).await? {
             Packet::SubAck(ack) if ack.codes.iter().all(|&c| c < 0x80) => return Ok(()),
@@ -256,33 +252,17 @@ async fn expect_suback(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Res
     }
 }
 
-async fn next_packet(t: &Thread, s: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet> {
+async fn next_packet(t: &Thread, s: &mut Link, buf: &mut BytesMut) -> Result<Packet> {
     loop {
         if let Some(packet) = decode(buf, t.settings.protocol, MAX_PACKET)? {
             return Ok(packet);
         }
-        let (res, b) = read_into(s, std::mem::take(buf), IDLE_READ).await;
+        let (res, b) = s.recv(std::mem::take(buf), IDLE_READ).await;
         *buf = b;
         if res? == 0 {
             bail!("broker closed the connection during the handshake");
         }
     }
-}
-
-/// Reads into the free tail of `buf`, growing it to `capacity` first if the
-/// tail is short. (A plain monoio read into a `BytesMut` would overwrite it
-/// from the start.)
-pub async fn read_into<R: AsyncReadRent>(
-    r: &mut R,
-    mut buf: BytesMut,
-    capacity: usize,
-) -> (std::io::Result<usize>, BytesMut) {
-    if buf.capacity() - buf.len() < capacity / 4 {
-        buf.reserve(capacity);
-    }
-    let len = buf.len();
-    let (res, slice) = r.read(monoio::buf::IoBufMut::slice_mut(buf, len..)).await;
-    (res, slice.into_inner())
 }
 
 fn read_capacity(role: &Role) -> usize {
@@ -306,7 +286,7 @@ async fn run_session(
     }
     let conn = Conn::new(inflight, t.pacer.now_ns());
     conns.register(&conn);
-    let (rd, wr) = session.stream.into_split();
+    let (rd, wr) = session.link.into_split();
     let reader = monoio::spawn(reader::run(
         t.clone(),
         conn.clone(),

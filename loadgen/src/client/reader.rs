@@ -6,16 +6,15 @@ use std::rc::Rc;
 
 use anyhow::{bail, Result};
 use bytes::BytesMut;
-use monoio::io::OwnedReadHalf;
-use monoio::net::TcpStream;
 use ringmq_proto::codec::{decode, Ack, Packet, Publish, QosPid};
 
-use super::{read_into, Conn, MAX_PACKET};
+use super::{Conn, MAX_PACKET};
 use crate::context::Thread;
 use crate::payload::Header;
 use crate::scenario::Role;
 use crate::shared::{Counters, Phase};
 use crate::stats::PairKey;
+use crate::transport::ReadHalf;
 
 /// What one read's worth of frames added up to, flushed to the shared counters once.
 #[derive(Default)]
@@ -30,7 +29,7 @@ pub async fn run(
     t: Rc<Thread>,
     conn: Rc<Conn>,
     role: Role,
-    mut rd: OwnedReadHalf<TcpStream>,
+    mut rd: ReadHalf,
     mut buf: BytesMut,
     capacity: usize,
 ) -> Result<()> {
@@ -44,7 +43,7 @@ async fn read_loop(
     t: &Thread,
     conn: &Conn,
     role: &Role,
-    rd: &mut OwnedReadHalf<TcpStream>,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     capacity: usize,
 ) -> Result<()> {
@@ -58,8 +57,8 @@ async fn read_loop(
         while let Some(packet) = decode(buf, t.settings.protocol, MAX_PACKET)? {
             handle(t, conn, subscriber, packet, now, &mut tally)?;
         }
-        flush(t, conn, &tally);
-        let (res, b) = read_into(rd, std::mem::take(buf), capacity).await;
+        flush(t, conn, &tally, rd.wants_write());
+        let (res, b) = rd.read(std::mem::take(buf), capacity).await;
         *buf = b;
         // One timestamp per read: every frame in it arrived together.
         now = t.pacer.now_ns();
@@ -72,13 +71,15 @@ async fn read_loop(
     }
 }
 
-fn flush(t: &Thread, conn: &Conn, tally: &Tally) {
+/// `owed`: the transport has something for the broker (a pong) that only the
+/// writer sends.
+fn flush(t: &Thread, conn: &Conn, tally: &Tally, owed: bool) {
     let c = t.counters();
     Counters::add(&c.received, tally.received);
     Counters::add(&c.acked, tally.acked);
     Counters::add(&c.foreign, tally.foreign);
     Counters::add(&c.errors, tally.errors);
-    if tally.acked > 0 || !conn.outbox.borrow().is_empty() {
+    if tally.acked > 0 || owed || !conn.outbox.borrow().is_empty() {
         conn.wake.notify();
     }
 }

@@ -7,7 +7,6 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use ringmq_proto::codec::{encode, Disconnect, Packet};
 
 use super::{client_id, connect_timed, Session};
@@ -52,15 +51,12 @@ async fn attempt(t: Rc<Thread>, k: usize, intended_ns: u64, in_flight: Rc<Cell<u
     in_flight.set(in_flight.get() - 1);
 }
 
-async fn goodbye(t: &Thread, mut session: Session) -> anyhow::Result<()> {
+async fn goodbye(t: &Thread, session: Session) -> anyhow::Result<()> {
     let mut out = BytesMut::with_capacity(4);
     encode(
         &Packet::Disconnect(Disconnect::default()),
         t.settings.protocol,
         &mut out,
     );
-    let (res, _) = session.stream.write_all(out).await;
-    res?;
-    session.stream.shutdown().await?;
-    Ok(())
+    session.link.close(out).await
 }

@@ -8,24 +8,27 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result};
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf};
-use monoio::net::TcpStream;
 use ringmq_proto::codec::{Disconnect, Packet};
 
 use super::{wait, Conn, Publisher};
 use crate::context::Thread;
 use crate::shared::Phase;
 use crate::signal::yield_now;
+use crate::transport::WriteHalf;
 
 pub async fn run(
     t: &Rc<Thread>,
     conn: &Conn,
-    mut wr: OwnedWriteHalf<TcpStream>,
+    mut wr: WriteHalf,
     mut publisher: Option<Publisher>,
 ) -> Result<()> {
     let mut spare = BytesMut::new();
     loop {
         if conn.closed.get() {
+            // The reader saw the broker go; answer a WebSocket close if owed.
+            if wr.wants_write() {
+                let _ = wr.write(spare).await;
+            }
             return Ok(());
         }
         if t.phase() == Phase::Done {
@@ -40,7 +43,7 @@ pub async fn run(
         }
         if !conn.outbox.borrow().is_empty() {
             let buf = std::mem::replace(&mut *conn.outbox.borrow_mut(), spare);
-            let (res, mut buf) = wr.write_all(buf).await;
+            let (res, mut buf) = wr.write(buf).await;
             res.context("writing to the broker")?;
             buf.clear();
             spare = buf;
@@ -50,18 +53,23 @@ pub async fn run(
             yield_now().await;
             continue;
         }
+        if wr.wants_write() {
+            // Only the transport has something to say (a WebSocket pong).
+            let (res, buf) = wr.write(spare).await;
+            res.context("writing to the broker")?;
+            spare = buf;
+            continue;
+        }
         let send_due = publisher.as_ref().and_then(|p| p.next_due(t, conn, now));
         wait(t, conn, send_due).await;
     }
 }
 
-/// Flushes what is queued, says DISCONNECT and half-closes; the broker then
+/// Flushes what is queued, says DISCONNECT (and the transport's goodbyes:
+/// WebSocket close, TLS close_notify) and half-closes; the broker then
 /// closes, which ends the reader.
-async fn disconnect(t: &Thread, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream>) -> Result<()> {
+async fn disconnect(t: &Thread, conn: &Conn, wr: WriteHalf) -> Result<()> {
     conn.queue(&Packet::Disconnect(Disconnect::default()), t);
     let buf = std::mem::take(&mut *conn.outbox.borrow_mut());
-    let (res, _) = wr.write_all(buf).await;
-    res.context("sending DISCONNECT")?;
-    wr.shutdown().await.context("closing")?;
-    Ok(())
+    wr.close(buf).await.context("sending DISCONNECT")
 }

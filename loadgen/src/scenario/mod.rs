@@ -18,12 +18,17 @@ use serde::Serialize;
 use crate::cli::{LoadArgs, ScenarioKind};
 use crate::payload::HEADER_LEN;
 use crate::stats::Routing;
+use crate::transport::Transport;
 
 /// A broker under test.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     pub name: String,
     pub address: SocketAddr,
+    /// The host as given (a name or an address): TLS verifies it by default,
+    /// WebSocket sends it as Host.
+    #[serde(skip)]
+    pub host: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
 }
@@ -35,9 +40,12 @@ impl Target {
             .with_context(|| format!("resolving {host_port}"))?
             .next()
             .with_context(|| format!("{host_port} has no address"))?;
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         Ok(Target {
             name: name.to_string(),
             address,
+            host: host.to_string(),
             pid,
         })
     }
@@ -58,6 +66,8 @@ pub enum Pace {
 pub struct Settings {
     pub scenario: ScenarioKind,
     pub target: Target,
+    /// TCP, TLS, WebSocket or both; the same for every target.
+    pub transport: Transport,
     pub protocol: Protocol,
     pub qos: QoS,
     pub payload_size: usize,
@@ -81,9 +91,12 @@ pub struct Settings {
 impl Settings {
     pub fn new(kind: ScenarioKind, target: Target, args: &LoadArgs) -> Result<Settings> {
         validate(args)?;
+        let transport = Transport::from_args(&args.transport)?;
+        transport.check_host(&target.host)?;
         Ok(Settings {
             scenario: kind,
             target,
+            transport,
             protocol: protocol(args.protocol_version)?,
             qos: QoS::from_bits(args.qos).context("--qos must be 0, 1 or 2")?,
             payload_size: args.size,
