@@ -381,3 +381,49 @@ fn test_config_reports_unusable_certificates() {
     let (ok, err) = test_config(&[&base[..], &[cert, "--keyfile", wrong_key]].concat());
     assert!(!ok && err.contains("do not make a usable pair"), "{err}");
 }
+
+/// Each listener counts its connections in `$SYS`: accepted, refused (here a
+/// failed handshake), open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_count_their_connections_in_sys() {
+    let pki = Pki::new("sys");
+    let broker = tls_broker(&pki, false, |c| c.sys_interval = Duration::from_secs(1));
+    let tls = addr_of(&broker, "mqtts");
+    let mut garbage = Raw::open(tls).await;
+    let _ = garbage.send_bytes(&[0x5a; 64]).await;
+    within(
+        STEP,
+        "the refused handshake closed",
+        read_to_close(&mut garbage.stream),
+    )
+    .await;
+    let ca = pki.ca.clone();
+    let _kept = tokio::task::spawn_blocking(move || {
+        let mut stream = tls_connect(tls, &ca, None).expect("TLS");
+        connect_over(&mut stream, "sys-tls").expect("CONNACK");
+        stream
+    })
+    .await
+    .expect("client thread");
+    let mut watcher = V4::connect(broker.addr, "sys-watcher").await;
+    let base = format!("$SYS/broker/ringmq/listeners/mqtts:{}", tls.port());
+    watcher
+        .subscribe_ok(&format!("{base}/+"), v4::QoS::AtMostOnce)
+        .await;
+    let want = [("accepted", 2u64), ("refused", 1), ("open", 1)];
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + STEP * 2;
+    while want.iter().any(|(k, v)| seen.get(*k) != Some(v)) {
+        assert!(
+            Instant::now() < deadline,
+            "listener counters never reached {want:?}: {seen:?}"
+        );
+        let p = watcher.recv_publish().await;
+        let what = p.topic.rsplit('/').next().unwrap_or("").to_owned();
+        let n: u64 = std::str::from_utf8(&p.payload)
+            .unwrap_or("")
+            .parse()
+            .unwrap_or(0);
+        seen.insert(what, n);
+    }
+}

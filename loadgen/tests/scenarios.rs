@@ -79,6 +79,26 @@ impl Broker {
         broker
     }
 
+    /// ringmq with its plain listener and the listeners `extra` adds (flags
+    /// such as `--ws-port N`).
+    fn ringmq(extra: &[&str]) -> Broker {
+        let port = free_port();
+        let mut c = ringmq_command(port);
+        c.args(extra);
+        let child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting ringmq");
+        let mut broker = Broker {
+            child,
+            port,
+            config: None,
+        };
+        broker.wait_until_accepting();
+        broker
+    }
+
     fn start() -> Broker {
         let port = free_port();
         let mut config = None;
@@ -95,25 +115,7 @@ impl Broker {
                 config = Some(conf);
                 c
             }
-            _ => {
-                let mut c = Command::new(ringmq_binary());
-                // Queues large enough that a client starved of CPU on a busy
-                // machine is not an overload (which drops QoS 1 past 1000
-                // queued by default), as for Mosquitto above.
-                c.args([
-                    "--cores",
-                    "2",
-                    "--bind",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "--max-queued-messages",
-                    "1000000",
-                    "--max-queued-bytes",
-                    "1GiB",
-                ]);
-                c
-            }
+            _ => ringmq_command(port),
         };
         let child = cmd
             .stdout(Stdio::null())
@@ -208,6 +210,27 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The ringmq command line of these tests, plain listener on `port`.
+fn ringmq_command(port: u16) -> Command {
+    let mut c = Command::new(ringmq_binary());
+    // Queues large enough that a client starved of CPU on a busy machine is
+    // not an overload (which drops QoS 1 past 1000 queued by default), as
+    // for Mosquitto in `Broker::start`.
+    c.args([
+        "--cores",
+        "2",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--max-queued-messages",
+        "1000000",
+        "--max-queued-bytes",
+        "1GiB",
+    ]);
+    c
 }
 
 fn free_port() -> u16 {
@@ -713,4 +736,50 @@ fn tls_without_a_way_to_verify_is_refused_up_front() {
         stderr.contains("--cafile") && stderr.contains("--insecure"),
         "{stderr}"
     );
+}
+
+/// The same p2p run against ringmq over WebSocket, secure WebSocket and TLS
+/// (Mosquitto here has no WebSocket listener): nothing lost on any.
+#[test]
+fn ringmq_over_ws_wss_and_tls_loses_nothing() {
+    let pki = Pki::new("ringmq-layers");
+    let (ws, wss, tls) = (free_port(), free_port(), free_port());
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let (ws_s, wss_s, tls_s) = (ws.to_string(), wss.to_string(), tls.to_string());
+    let b = Broker::ringmq(&[
+        "--ws-port",
+        &ws_s,
+        "--wss-port",
+        &wss_s,
+        "--tls-port",
+        &tls_s,
+        "--certfile",
+        &cert,
+        "--keyfile",
+        &key,
+    ]);
+    for (name, port, flags) in [
+        ("ws", &ws_s, vec!["--ws"]),
+        ("wss", &wss_s, vec!["--ws", "--tls", "--cafile", &ca]),
+        ("tls", &tls_s, vec!["--tls", "--cafile", &ca]),
+    ] {
+        let mut args = vec![
+            "p2p", "-c", "4", "--rate", "200", "--qos", "1", "--port", port,
+        ];
+        args.extend(flags);
+        args.extend(SHORT);
+        let v = loadgen(&format!("ringmq-{name}"), &args);
+        assert_nothing_lost(&v);
+        assert_eq!(
+            int(&v, "/totals/received"),
+            int(&v, "/totals/sent"),
+            "{name}"
+        );
+        assert_eq!(v["config"]["transport"]["kind"], name, "{v:#}");
+    }
+    drop(b);
 }

@@ -85,5 +85,17 @@ fn sys_values(c: &Counters, uptime: u64, shared: &super::Shared) -> Vec<(String,
     for (name, value) in c.fields() {
         v.push((format!("$SYS/broker/ringmq/{name}"), value.to_string()));
     }
+    for l in &shared.listeners {
+        let name = format!("{}:{}", l.config.scheme(), l.config.port);
+        let stats = &l.stats;
+        for (what, n) in [
+            ("accepted", &stats.accepted),
+            ("refused", &stats.refused),
+            ("open", &stats.open),
+        ] {
+            let topic = format!("$SYS/broker/ringmq/listeners/{name}/{what}");
+            v.push((topic, n.load(Ordering::Relaxed).to_string()));
+        }
+    }
     v
 }

@@ -60,6 +60,12 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     client_id: &str,
 ) -> End {
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
+    let (weak_ctx, weak_conn) = (Rc::downgrade(ctx), Rc::downgrade(conn));
+    rd.set_write_prompt(Rc::new(move || {
+        if let (Some(ctx), Some(conn)) = (weak_ctx.upgrade(), weak_conn.upgrade()) {
+            conn.wake_writer(&ctx);
+        }
+    }));
     loop {
         match handle_frames(ctx, conn, &mut buf, client_id) {
             Step::Drained => {}
@@ -83,9 +89,6 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
         let room = sizer.prepare(&mut buf);
         let (res, b) = rd.read(buf, conn.cancel_handle()).await;
         buf = b;
-        if rd.wants_write() {
-            conn.clone().wake_writer(ctx);
-        }
         match res {
             Ok(0) => return End::Eof,
             Ok(n) => {

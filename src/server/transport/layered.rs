@@ -17,7 +17,7 @@ use rustls::ServerConnection;
 use tungstenite::WebSocket;
 
 use super::ws::{self, Duplex, Handshake, WsSettings};
-use super::{read_tcp, release, Portable, ReadHalf, Transport, WriteHalf};
+use super::{read_tcp, release, Portable, ReadHalf, Transport, WriteHalf, WritePrompt};
 
 /// Smallest and largest TCP read of a layered connection: idle ones hold the
 /// small buffer in their pending read; a busy one grows to a full TLS record.
@@ -200,11 +200,19 @@ impl Default for RawReads {
     }
 }
 
+/// The reading side's own state: the TCP bytes not yet fed to the layers, the
+/// read size, and whom to prompt when reading owes the client a reply.
+#[derive(Default)]
+struct Inbound {
+    raw: BytesMut,
+    sizes: RawReads,
+    prompt: Option<WritePrompt>,
+}
+
 /// Reads from TCP through the layers until MQTT bytes come out (or the end).
 async fn read_through<R: CancelableAsyncReadRent>(
     tcp: &mut R,
-    raw: &mut BytesMut,
-    sizes: &mut RawReads,
+    inbound: &mut Inbound,
     layers: &RefCell<Layers>,
     mut buf: BytesMut,
     cancel: CancelHandle,
@@ -218,15 +226,24 @@ async fn read_through<R: CancelableAsyncReadRent>(
         if layers.borrow().peer_closed {
             return (Ok(0), buf);
         }
-        let room = sizes.prepare(raw);
-        let (res, r) = read_tcp(tcp, std::mem::take(raw), cancel.clone()).await;
-        *raw = r;
+        // What came so far may owe the client a reply (a pong) while no MQTT
+        // bytes did: the writer sends it while this waits for more.
+        if let Some(prompt) = inbound
+            .prompt
+            .as_ref()
+            .filter(|_| layers.borrow().has_pending())
+        {
+            prompt();
+        }
+        let room = inbound.sizes.prepare(&mut inbound.raw);
+        let (res, r) = read_tcp(tcp, std::mem::take(&mut inbound.raw), cancel.clone()).await;
+        inbound.raw = r;
         match res {
             Ok(0) => return (Ok(0), buf),
-            Ok(n) => sizes.observe(n, room),
+            Ok(n) => inbound.sizes.observe(n, room),
             Err(e) => return (Err(e), buf),
         }
-        if let Err(e) = layers.borrow_mut().feed(raw) {
+        if let Err(e) = layers.borrow_mut().feed(&mut inbound.raw) {
             return (Err(e), buf);
         }
     }
@@ -258,8 +275,7 @@ pub struct Layered {
     tcp: TcpStream,
     /// Shared (an `Rc`) only once the stream is split.
     layers: RefCell<Layers>,
-    raw: BytesMut,
-    sizes: RawReads,
+    inbound: Inbound,
 }
 
 /// Why a TLS handshake or WebSocket upgrade did not complete.
@@ -277,8 +293,7 @@ impl Layered {
         let mut this = Layered {
             tcp,
             layers: RefCell::new(Layers::new(tls)),
-            raw: BytesMut::new(),
-            sizes: RawReads::default(),
+            inbound: Inbound::default(),
         };
         if this.layers.borrow().tls.is_some() {
             this.tls_handshake().await?;
@@ -305,16 +320,18 @@ impl Layered {
             if !handshaking {
                 return Ok(());
             }
-            let room = self.sizes.prepare(&mut self.raw);
+            let inbound = &mut self.inbound;
+            let room = inbound.sizes.prepare(&mut inbound.raw);
             let cancel = Canceller::new().handle();
-            let (res, raw) = read_tcp(&mut self.tcp, std::mem::take(&mut self.raw), cancel).await;
-            self.raw = raw;
+            let (res, raw) =
+                read_tcp(&mut self.tcp, std::mem::take(&mut inbound.raw), cancel).await;
+            inbound.raw = raw;
             match res {
                 Ok(0) => return Err(Refused("closed during the TLS handshake".into())),
-                Ok(n) => self.sizes.observe(n, room),
+                Ok(n) => inbound.sizes.observe(n, room),
                 Err(e) => return Err(Refused(format!("TLS handshake: {e}"))),
             }
-            let fed = self.layers.borrow_mut().feed(&mut self.raw);
+            let fed = self.layers.borrow_mut().feed(&mut inbound.raw);
             if let Err(e) = fed {
                 // Let the client read the alert that says why.
                 let _ = self.flush_pending().await;
@@ -369,8 +386,10 @@ impl Layered {
         Ok(Layered {
             tcp: TcpStream::from_std(parts.tcp)?,
             layers: RefCell::new(*parts.layers),
-            raw: parts.raw,
-            sizes: RawReads::default(),
+            inbound: Inbound {
+                raw: parts.raw,
+                ..Inbound::default()
+            },
         })
     }
 }
@@ -395,15 +414,7 @@ impl Transport for Layered {
     type Writer = LayeredWriter;
 
     async fn read(&mut self, buf: BytesMut, cancel: CancelHandle) -> (io::Result<usize>, BytesMut) {
-        read_through(
-            &mut self.tcp,
-            &mut self.raw,
-            &mut self.sizes,
-            &self.layers,
-            buf,
-            cancel,
-        )
-        .await
+        read_through(&mut self.tcp, &mut self.inbound, &self.layers, buf, cancel).await
     }
 
     async fn write_all(&mut self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
@@ -419,7 +430,7 @@ impl Transport for Layered {
         Portable::Layered(LayeredParts {
             tcp: release(self.tcp),
             layers: Box::new(self.layers.into_inner()),
-            raw: self.raw,
+            raw: self.inbound.raw,
         })
     }
 
@@ -428,8 +439,7 @@ impl Transport for Layered {
         let layers = Rc::new(self.layers);
         let reader = LayeredReader {
             tcp: rd,
-            raw: self.raw,
-            sizes: self.sizes,
+            inbound: self.inbound,
             layers: layers.clone(),
         };
         let writer = LayeredWriter {
@@ -443,26 +453,17 @@ impl Transport for Layered {
 
 pub struct LayeredReader {
     tcp: OwnedReadHalf<TcpStream>,
-    raw: BytesMut,
-    sizes: RawReads,
+    inbound: Inbound,
     layers: Rc<RefCell<Layers>>,
 }
 
 impl ReadHalf for LayeredReader {
     async fn read(&mut self, buf: BytesMut, cancel: CancelHandle) -> (io::Result<usize>, BytesMut) {
-        read_through(
-            &mut self.tcp,
-            &mut self.raw,
-            &mut self.sizes,
-            &self.layers,
-            buf,
-            cancel,
-        )
-        .await
+        read_through(&mut self.tcp, &mut self.inbound, &self.layers, buf, cancel).await
     }
 
-    fn wants_write(&self) -> bool {
-        self.layers.borrow().has_pending()
+    fn set_write_prompt(&mut self, prompt: WritePrompt) {
+        self.inbound.prompt = Some(prompt);
     }
 }
 

@@ -34,12 +34,14 @@ pub trait ReadHalf: 'static {
         cancel: CancelHandle,
     ) -> impl Future<Output = (io::Result<usize>, BytesMut)>;
 
-    /// Reading produced protocol output to send (a pong, a TLS alert): the
-    /// connection wakes its writer.
-    fn wants_write(&self) -> bool {
-        false
-    }
+    /// Sets what to call when reading produced protocol output to send (a
+    /// pong, a TLS alert) while no MQTT bytes came: the connection's writer
+    /// is woken to send it. Plain TCP has none.
+    fn set_write_prompt(&mut self, _prompt: WritePrompt) {}
 }
+
+/// Wakes a connection's writer from its reader.
+pub type WritePrompt = std::rc::Rc<dyn Fn()>;
 
 /// What writes MQTT bytes to a client.
 pub trait WriteHalf: 'static {

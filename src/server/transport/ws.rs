@@ -193,6 +193,14 @@ fn http_answer(status: u16, why: &str) -> Vec<u8> {
 /// `out`; a text frame is a protocol error [MQTT-6.0.0-1]. Returns true when
 /// the client closed the WebSocket.
 pub fn read_messages(ws: &mut WebSocket<Duplex>, out: &mut BytesMut) -> io::Result<bool> {
+    let closed = read_until_blocked(ws, out)?;
+    // Replies tungstenite queued while reading (a pong, the close answer) go
+    // into the duplex now, where the writer finds them.
+    let _ = ws.flush();
+    Ok(closed)
+}
+
+fn read_until_blocked(ws: &mut WebSocket<Duplex>, out: &mut BytesMut) -> io::Result<bool> {
     loop {
         match ws.read() {
             Ok(Message::Binary(payload)) => out.extend_from_slice(&payload),
