@@ -234,10 +234,11 @@ async fn admit<T: Transport>(
     let read = read_connect(ctx, &mut stream, &mut buf, max);
     let mut connect = match monoio::time::timeout(left, read).await {
         Ok(Ok(connect)) => connect,
-        Ok(Err(err)) => return refuse_malformed(ctx, stream, peer, err).await,
+        Ok(Err(err)) => return refuse_malformed(ctx, stream, peer, listener, err).await,
         Err(_) => {
             ctx.count(|c| c.connects_refused += 1);
-            tracing::info!(%peer, "closed: no CONNECT within connect_timeout [MQTT-3.1.4]");
+            let listener = &ctx.shared.listeners[listener].config;
+            tracing::info!(%peer, %listener, "closed: no CONNECT within connect_timeout [MQTT-3.1.4]");
             return None;
         }
     };
@@ -246,14 +247,14 @@ async fn admit<T: Transport>(
         connect.username = Some(Bytes::from(name.into_bytes()));
     }
     if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
-        return refuse(ctx, stream, peer, &connect, refusal).await;
+        return refuse(ctx, stream, peer, listener, &connect, refusal).await;
     }
     if let Err(code) = ctx.shared.auth.authenticate(&connect) {
         let refusal = Refusal {
             code: Some(code),
             rule: "not authorized (allow_anonymous is false and no username was given)",
         };
-        return refuse(ctx, stream, peer, &connect, refusal).await;
+        return refuse(ctx, stream, peer, listener, &connect, refusal).await;
     }
     let (client_id, assigned_id) = client_id_for(ctx, &connect);
     Some(Accepted {
@@ -315,6 +316,7 @@ async fn refuse_malformed<T: Transport>(
     ctx: &Ctx,
     mut stream: T,
     peer: SocketAddr,
+    listener: usize,
     err: DecodeError,
 ) -> Option<Accepted<T>> {
     ctx.count(|c| c.connects_refused += 1);
@@ -330,7 +332,8 @@ async fn refuse_malformed<T: Transport>(
         let _ = stream.write_all(out).await;
     }
     if !matches!(err, DecodeError::Truncated("CONNECT")) {
-        tracing::info!(%peer, rule = %err, "closed before CONNECT completed");
+        let listener = &ctx.shared.listeners[listener].config;
+        tracing::info!(%peer, %listener, rule = %err, "closed before CONNECT completed");
     }
     None
 }
@@ -339,11 +342,14 @@ async fn refuse<T: Transport>(
     ctx: &Ctx,
     mut stream: T,
     peer: SocketAddr,
+    listener: usize,
     c: &Connect,
     r: Refusal,
 ) -> Option<Accepted<T>> {
     ctx.count(|c| c.connects_refused += 1);
-    tracing::info!(%peer, client_id = c.client_id_str(), rule = r.rule, "CONNECT refused");
+    let listener = &ctx.shared.listeners[listener].config;
+    let client_id = c.client_id_str();
+    tracing::info!(%peer, %listener, client_id, rule = r.rule, "CONNECT refused");
     if let Some(code) = r.code {
         let max = ClientParams::from_connect(c, &ctx.shared.config.limits).maximum_packet_size;
         let connack = |properties| {
