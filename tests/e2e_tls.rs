@@ -427,3 +427,46 @@ async fn listeners_count_their_connections_in_sys() {
         seen.insert(what, n);
     }
 }
+
+/// A PUBLISH much larger than a TLS record (rustls holds at most 16 KiB of
+/// decrypted plaintext at a time): acknowledged and delivered intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_larger_than_a_tls_record_go_through() {
+    let pki = Pki::new("large");
+    let broker = tls_broker(&pki, false, |_| {});
+    let tls = addr_of(&broker, "mqtts");
+    let mut sub = V4::connect(broker.addr, "large-sub").await;
+    sub.subscribe_ok("large/#", v4::QoS::AtLeastOnce).await;
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    let ca = pki.ca.clone();
+    let ack = tokio::task::spawn_blocking(move || {
+        let mut stream = tls_connect(tls, &ca, None).expect("TLS");
+        connect_over(&mut stream, "large-pub").expect("CONNACK");
+        let publish = publish_packet("large/x", QosPid::AtLeastOnce(pid(1)), false, &sent);
+        // One write: the records arrive several to a TCP read.
+        stream
+            .write_all(&encode(&publish, Protocol::V3_1_1))
+            .expect("PUBLISH");
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(p) = codec::decode(&mut buf, Protocol::V3_1_1, 1 << 20).expect("decodable")
+            {
+                return p;
+            }
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "the broker closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("client thread");
+    assert!(matches!(ack, Packet::PubAck(_)), "{ack:?}");
+    let p = sub.recv_publish().await;
+    assert!(
+        p.payload[..] == payload[..],
+        "{} bytes delivered",
+        p.payload.len()
+    );
+}

@@ -61,6 +61,10 @@ impl Layers {
     /// Takes in everything TCP delivered: decrypts, then de-frames.
     fn feed(&mut self, raw: &mut BytesMut) -> io::Result<()> {
         if let Some(tls) = &mut self.tls {
+            let into = match &mut self.ws {
+                Some(ws) => &mut ws.get_mut().incoming,
+                None => &mut self.plain,
+            };
             let mut rd: &[u8] = raw;
             while !rd.is_empty() {
                 if tls.read_tls(&mut rd)? == 0 {
@@ -70,13 +74,11 @@ impl Layers {
                 if state.peer_has_closed() {
                     self.peer_closed = true;
                 }
+                // Record by record: rustls holds at most 16 KiB of decrypted
+                // plaintext and refuses more until it is taken.
+                drain_plaintext(tls, into)?;
             }
             raw.clear();
-            let into = match &mut self.ws {
-                Some(ws) => &mut ws.get_mut().incoming,
-                None => &mut self.plain,
-            };
-            drain_plaintext(tls, into)?;
         } else {
             match &mut self.ws {
                 Some(ws) => ws.get_mut().incoming.extend_from_slice(raw),
