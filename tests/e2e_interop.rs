@@ -2,13 +2,15 @@
 //! WebSocket listeners, on 127.0.0.1:
 //!
 //! - Paho's Python client (paho-mqtt 2.x) with `transport="websockets"`,
-//!   with and without TLS, MQTT 5 and 3.1.1 (`tests/paho/websockets.py`).
+//!   with and without TLS, MQTT 5 and 3.1.1 (`tests/paho/websockets.py`);
+//! - MQTT.js (npm `mqtt`, pinned in `tests/mqttjs/package-lock.json`) over
+//!   ws:// and wss://, MQTT 5 and 3.1.1 (`tests/mqttjs/round_trips.js`).
 //!
 //! Mosquitto's clients over TLS alone are in e2e_tls.rs; WebSocket framing
 //! and upgrade edge cases in e2e_ws.rs.
 //!
-//! The tools are required, not optional: scripts/test.sh installs paho-mqtt;
-//! a missing one fails these tests.
+//! The tools are required, not optional: scripts/test.sh installs paho-mqtt
+//! and runs `npm ci` in tests/mqttjs; a missing one fails these tests.
 
 mod common;
 
@@ -81,4 +83,26 @@ async fn paho_mqtt5_over_ws_and_wss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_mqtt311_over_ws_and_wss() {
     paho_over_websockets("3.1.1").await;
+}
+
+async fn mqttjs_over_websockets(version: &str) {
+    let pki = Pki::new("mqttjs-ws");
+    let broker = every_listener(&pki, |_| {});
+    let args = scenario_args(&broker, &pki, version);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    mqttjs("round_trips", &args).finish().await;
+}
+
+/// MQTT.js (MQTT 5) over ws://…/mqtt and wss://…/mqtt with the test CA: the
+/// same scenario as Paho's (QoS 0/1/2 combinations, mqtt:// to WebSocket
+/// and back, 200 KB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqttjs_mqtt5_over_ws_and_wss() {
+    mqttjs_over_websockets("5").await;
+}
+
+/// As [`mqttjs_mqtt5_over_ws_and_wss`], with MQTT.js speaking 3.1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqttjs_mqtt311_over_ws_and_wss() {
+    mqttjs_over_websockets("3.1.1").await;
 }
