@@ -4,7 +4,8 @@
 //! - Paho's Python client (paho-mqtt 2.x) with `transport="websockets"`,
 //!   with and without TLS, MQTT 5 and 3.1.1 (`tests/paho/websockets.py`);
 //! - MQTT.js (npm `mqtt`, pinned in `tests/mqttjs/package-lock.json`) over
-//!   ws:// and wss://, MQTT 5 and 3.1.1 (`tests/mqttjs/round_trips.js`).
+//!   ws:// and wss://, MQTT 5 and 3.1.1 (`tests/mqttjs/round_trips.js`);
+//! - rumqttc (3.1.1 and 5.0) with rustls over TLS and mutual TLS.
 //!
 //! Mosquitto's clients over TLS alone are in e2e_tls.rs; WebSocket framing
 //! and upgrade edge cases in e2e_ws.rs.
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 
 use common::*;
 use ringmq::config::{Config, ListenerProtocol};
+use rumqttc::{TlsConfiguration, Transport};
 
 /// The address of the broker's first listener with `scheme`.
 fn addr_of(broker: &TestBroker, scheme: &str) -> SocketAddr {
@@ -105,4 +107,269 @@ async fn mqttjs_mqtt5_over_ws_and_wss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqttjs_mqtt311_over_ws_and_wss() {
     mqttjs_over_websockets("3.1.1").await;
+}
+
+// ---------------------------------------------------------------- rumqttc --
+
+/// rumqttc's rustls transport trusting the test CA, presenting `client` if
+/// given. (rumqttc 0.24's `use-rustls`: rustls 0.22 with ring.)
+fn rumqttc_tls(pki: &Pki, client: Option<&CertFiles>) -> Transport {
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read a PEM file");
+    Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: read(&pki.ca),
+        alpn: None,
+        client_auth: client.map(|c| (read(&c.cert), read(&c.key))),
+    })
+}
+
+async fn v4_tls(addr: SocketAddr, id: &str, transport: Transport) -> V4 {
+    V4::connect_with(addr, id, |o| {
+        o.set_transport(transport);
+    })
+    .await
+}
+
+async fn v5_tls(addr: SocketAddr, id: &str, transport: Transport) -> V5 {
+    V5::connect_with(addr, id, |o| {
+        o.set_transport(transport);
+    })
+    .await
+}
+
+/// `(topic, payload, QoS)` of 3.1.1 deliveries, sorted.
+fn v4_seen(ps: &[v4::Publish]) -> Vec<(String, Vec<u8>, u8)> {
+    let mut v: Vec<_> = ps
+        .iter()
+        .map(|p| (p.topic.clone(), p.payload.to_vec(), p.qos as u8))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `(topic, payload, QoS)` of 5.0 deliveries, sorted.
+fn v5_seen(ps: &[v5::Publish]) -> Vec<(String, Vec<u8>, u8)> {
+    let mut v: Vec<_> = ps
+        .iter()
+        .map(|p| {
+            let topic = String::from_utf8(p.topic.to_vec()).expect("UTF-8 topic");
+            (topic, p.payload.to_vec(), p.qos as u8)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(mut v: Vec<(String, Vec<u8>, u8)>) -> Vec<(String, Vec<u8>, u8)> {
+    v.sort();
+    v
+}
+
+/// rumqttc 3.1.1 and 5.0 over TLS (rustls, the test CA), and a plain-TCP
+/// 5.0 client, each subscribed at QoS 2: the 3.1.1 client gets the QoS 0, 1
+/// and 2 messages of the other two, they get its own, each at its QoS; a
+/// marker from the same publisher after each set (nothing comes twice).
+/// Then a 200 KB message from the plain client to each TLS client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_v4_and_v5_over_tls_and_to_plain_clients() {
+    let pki = Pki::new("rumqttc-tls");
+    let broker = every_listener(&pki, |_| {});
+    let tls = addr_of(&broker, "mqtts");
+    let mut a = v4_tls(tls, "rq-tls-v4", rumqttc_tls(&pki, None)).await;
+    let mut b = v5_tls(tls, "rq-tls-v5", rumqttc_tls(&pki, None)).await;
+    let mut plain = V5::connect(broker.addr, "rq-plain").await;
+    a.subscribe_ok("rq/to-v4/#", v4::QoS::ExactlyOnce).await;
+    b.subscribe_ok("rq/to-v5/#", v5::QoS::ExactlyOnce).await;
+    plain
+        .subscribe_ok("rq/to-plain/#", v5::QoS::ExactlyOnce)
+        .await;
+
+    let v4q = [
+        v4::QoS::AtMostOnce,
+        v4::QoS::AtLeastOnce,
+        v4::QoS::ExactlyOnce,
+    ];
+    let v5q = [
+        v5::QoS::AtMostOnce,
+        v5::QoS::AtLeastOnce,
+        v5::QoS::ExactlyOnce,
+    ];
+    let expected = |to: &str, from: &str| {
+        sorted(
+            (0..3u8)
+                .map(|q| {
+                    (
+                        format!("rq/to-{to}/{q}"),
+                        format!("{from}-q{q}").into_bytes(),
+                        q,
+                    )
+                })
+                .collect(),
+        )
+    };
+    // b (5.0, TLS) and plain (5.0, TCP) to a (3.1.1, TLS).
+    for (from, sender) in [("v5", &b), ("plain", &plain)] {
+        for (q, qos) in v5q.iter().enumerate() {
+            let topic = format!("rq/to-v4/{q}");
+            sender
+                .publish(&topic, *qos, false, format!("{from}-q{q}"))
+                .await;
+        }
+        let got = a.recv_publishes(3).await;
+        assert_eq!(v4_seen(&got), expected("v4", from), "{from} -> v4 over TLS");
+        let marker = format!("end-{from}");
+        sender
+            .publish("rq/to-v4/2", v5::QoS::ExactlyOnce, false, marker.as_str())
+            .await;
+        a.expect_marker(&marker, &format!("{from} -> v4: each once"))
+            .await;
+    }
+    // a (3.1.1, TLS) to b (5.0, TLS) and to plain.
+    for (to, receiver) in [("v5", &mut b), ("plain", &mut plain)] {
+        for (q, qos) in v4q.iter().enumerate() {
+            let topic = format!("rq/to-{to}/{q}");
+            a.publish(&topic, *qos, false, format!("v4-q{q}")).await;
+        }
+        let got = receiver.recv_publishes(3).await;
+        assert_eq!(v5_seen(&got), expected(to, "v4"), "v4 over TLS -> {to}");
+        let marker = format!("end-v4-{to}");
+        a.publish(
+            &format!("rq/to-{to}/2"),
+            v4::QoS::ExactlyOnce,
+            false,
+            marker.as_str(),
+        )
+        .await;
+        receiver
+            .expect_marker(&marker, &format!("v4 -> {to}: each once"))
+            .await;
+    }
+
+    // A 200 KB message from the broker to TLS clients: 16 KiB records.
+    let big = big_payload();
+    plain
+        .publish("rq/to-v4/1", v5::QoS::AtLeastOnce, false, big.clone())
+        .await;
+    let p = a.recv_publish().await;
+    assert!(
+        p.payload[..] == big[..],
+        "200 KB to 3.1.1 over TLS: {} bytes",
+        p.payload.len()
+    );
+    plain
+        .publish("rq/to-v5/1", v5::QoS::AtLeastOnce, false, big.clone())
+        .await;
+    let p = b.recv_publish().await;
+    assert!(
+        p.payload[..] == big[..],
+        "200 KB to 5.0 over TLS: {} bytes",
+        p.payload.len()
+    );
+    a.disconnect().await;
+    b.disconnect().await;
+    plain.disconnect().await;
+}
+
+/// The 200 KB payload of the large-message checks.
+fn big_payload() -> Vec<u8> {
+    (0..200 * 1024).map(|i| (i % 251) as u8).collect()
+}
+
+/// Waits (bounded) for rumqttc's event loop to end the connection before
+/// any CONNACK: the TLS handshake or the first read fails. Returns the error.
+async fn v4_refused(addr: SocketAddr, id: &str, transport: Transport) -> String {
+    let mut o = v4_options(addr, id);
+    o.set_transport(transport);
+    let (_client, mut eventloop) = v4::AsyncClient::new(o, 10);
+    within(STEP, &format!("{id} refused"), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(v4::Event::Incoming(v4::Packet::ConnAck(ack))) => {
+                    panic!("{id}: accepted without a valid client certificate: {ack:?}")
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await
+}
+
+/// As [`v4_refused`] for rumqttc's 5.0 client.
+async fn v5_refused(addr: SocketAddr, id: &str, transport: Transport) -> String {
+    let mut o = v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_transport(transport);
+    let (_client, mut eventloop) = v5::AsyncClient::new(o, 10);
+    within(STEP, &format!("{id} refused"), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(v5::Event::Incoming(v5::Packet::ConnAck(ack))) => {
+                    panic!("{id}: accepted without a valid client certificate: {ack:?}")
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await
+}
+
+/// Mutual TLS with rumqttc: 3.1.1 and 5.0 clients presenting a certificate
+/// from the test CA get in and exchange QoS 1 and 2 messages with each other
+/// and with a plain client; without a certificate, or with one from another
+/// CA, both are refused, and the listener goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_mutual_tls_with_client_certificates() {
+    let pki = Pki::new("rumqttc-mtls");
+    let broker = start(2, |c| {
+        c.listeners
+            .push(pki.listener(ListenerProtocol::Mqtt, Some(pki.tls(true))));
+    });
+    let mtls = addr_of(&broker, "mqtts");
+    let (cert4, cert5) = (pki.client("rumqttc-v4"), pki.client("rumqttc-v5"));
+    let foreign = pki.foreign_client("rumqttc-foreign");
+
+    for (what, cert) in [("no certificate", None), ("a foreign CA", Some(&foreign))] {
+        let e = v4_refused(mtls, "rq-m-v4-bad", rumqttc_tls(&pki, cert)).await;
+        eprintln!("3.1.1 with {what}: {e}");
+        let e = v5_refused(mtls, "rq-m-v5-bad", rumqttc_tls(&pki, cert)).await;
+        eprintln!("5.0 with {what}: {e}");
+    }
+
+    let mut a = v4_tls(mtls, "rq-m-v4", rumqttc_tls(&pki, Some(&cert4))).await;
+    let mut b = v5_tls(mtls, "rq-m-v5", rumqttc_tls(&pki, Some(&cert5))).await;
+    let mut plain = V4::connect(broker.addr, "rq-m-plain").await;
+    a.subscribe_ok("m/to-v4", v4::QoS::ExactlyOnce).await;
+    b.subscribe_ok("m/to-v5", v5::QoS::ExactlyOnce).await;
+    plain.subscribe_ok("m/to-plain", v4::QoS::ExactlyOnce).await;
+
+    b.publish("m/to-v4", v5::QoS::AtLeastOnce, false, "v5-q1")
+        .await;
+    b.publish("m/to-v4", v5::QoS::ExactlyOnce, false, "v5-q2")
+        .await;
+    plain
+        .publish("m/to-v5", v4::QoS::ExactlyOnce, false, "plain-q2")
+        .await;
+    a.publish("m/to-plain", v4::QoS::AtLeastOnce, false, "v4-q1")
+        .await;
+    let got = a.recv_publishes(2).await;
+    assert_eq!(
+        v4_seen(&got),
+        vec![
+            ("m/to-v4".to_owned(), b"v5-q1".to_vec(), 1),
+            ("m/to-v4".to_owned(), b"v5-q2".to_vec(), 2)
+        ]
+    );
+    let got = b.recv_publishes(1).await;
+    assert_eq!(
+        v5_seen(&got),
+        vec![("m/to-v5".to_owned(), b"plain-q2".to_vec(), 2)]
+    );
+    let got = plain.recv_publishes(1).await;
+    assert_eq!(
+        v4_seen(&got),
+        vec![("m/to-plain".to_owned(), b"v4-q1".to_vec(), 1)]
+    );
+    a.disconnect().await;
+    b.disconnect().await;
+    plain.disconnect().await;
 }
