@@ -5,7 +5,9 @@
 //!   with and without TLS, MQTT 5 and 3.1.1 (`tests/paho/websockets.py`);
 //! - MQTT.js (npm `mqtt`, pinned in `tests/mqttjs/package-lock.json`) over
 //!   ws:// and wss://, MQTT 5 and 3.1.1 (`tests/mqttjs/round_trips.js`);
-//! - rumqttc (3.1.1 and 5.0) with rustls over TLS and mutual TLS.
+//! - rumqttc (3.1.1 and 5.0) with rustls over TLS and mutual TLS;
+//! - all of them and Mosquitto's clients at once: a subscriber and a
+//!   publisher on every listener, every message to every subscriber once.
 //!
 //! Mosquitto's clients over TLS alone are in e2e_tls.rs; WebSocket framing
 //! and upgrade edge cases in e2e_ws.rs.
@@ -15,6 +17,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use common::*;
@@ -372,4 +375,275 @@ async fn rumqttc_mutual_tls_with_client_certificates() {
     a.disconnect().await;
     b.disconnect().await;
     plain.disconnect().await;
+}
+
+// ----------------------------------------------------- every listener at once --
+
+/// Messages each publisher of [`one_message_across_every_listener`] sends.
+const PER_PUBLISHER: usize = 20;
+
+/// Checks one subscriber's deliveries, `(topic, QoS, payload)` in arrival
+/// order up to its last marker: every publisher's PER_PUBLISHER messages and
+/// its marker exactly once each, at the publisher's QoS, on its topic.
+fn check_fan_in(who: &str, got: &[(String, u8, String)], publishers: &[(&str, u8)]) {
+    let mut count: BTreeMap<(String, u8, String), usize> = BTreeMap::new();
+    for m in got {
+        *count.entry(m.clone()).or_default() += 1;
+    }
+    let mut expected = BTreeMap::new();
+    for (id, qos) in publishers {
+        let topic = format!("fan/{id}");
+        for i in 0..PER_PUBLISHER {
+            expected.insert((topic.clone(), *qos, format!("{id}-{i}")), 1);
+        }
+        expected.insert((topic, *qos, format!("end-{id}")), 1);
+    }
+    if count != expected {
+        let missing: Vec<_> = expected
+            .keys()
+            .filter(|k| !count.contains_key(*k))
+            .collect();
+        let wrong: Vec<_> = count
+            .iter()
+            .filter(|(k, n)| expected.get(*k) != Some(n))
+            .collect();
+        panic!(
+            "{who}: {} deliveries; missing {missing:?}; unexpected or repeated {wrong:?}",
+            got.len()
+        );
+    }
+}
+
+/// `MSG <topic> <qos> <payload>` lines of a listener_client script.
+fn msg_lines(lines: &[String]) -> Vec<(String, u8, String)> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("MSG "))
+        .map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let (t, q, p) = (f.next(), f.next(), f.next());
+            match (t, q.and_then(|q| q.parse().ok()), p) {
+                (Some(t), Some(q), Some(p)) => (t.to_owned(), q, p.to_owned()),
+                _ => panic!("malformed line {l:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Deliveries to a rumqttc subscriber until it has every publisher's marker.
+async fn rumqttc_fan_in<P: Proto>(
+    sub: &mut Client<P>,
+    publishers: &[(&str, u8)],
+    key: impl Fn(&P::Publish) -> (String, u8, String),
+) -> Vec<(String, u8, String)> {
+    let mut waiting: Vec<String> = publishers
+        .iter()
+        .map(|(id, _)| format!("end-{id}"))
+        .collect();
+    let mut got = Vec::new();
+    while !waiting.is_empty() {
+        let m = key(&sub.recv_publish().await);
+        waiting.retain(|w| *w != m.2);
+        got.push(m);
+    }
+    got
+}
+
+/// One broker with plain, TLS, WebSocket and secure WebSocket listeners; on
+/// each, subscribers of different clients (rumqttc 3.1.1 on mqtt://; rumqttc
+/// 5.0 and mosquitto_sub on mqtts://; Paho 5 and MQTT.js 3.1.1 on ws://;
+/// MQTT.js 5 and Paho 3.1.1 on wss://), all on `fan/#` at QoS 2. Then one
+/// publisher per listener at once (mosquitto_pub QoS 1 on mqtt://, rumqttc
+/// 5.0 QoS 2 on mqtts://, Paho 3.1.1 QoS 1 on ws://, MQTT.js 5 QoS 2 on
+/// wss://), PER_PUBLISHER messages and a marker each: every subscriber
+/// gets every message exactly once, at its QoS, by the time it has all four
+/// markers (each ordered after its publisher's messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_across_every_listener() {
+    let pki = Pki::new("fan");
+    let broker = every_listener(&pki, |_| {});
+    let port = |s| addr_of(&broker, s).port().to_string();
+    let (mqtt, ws, wss) = (port("mqtt"), port("ws"), port("wss"));
+    let tls = addr_of(&broker, "mqtts");
+    let ca = path(&pki.ca).to_owned();
+    let ws_url = format!("ws://127.0.0.1:{ws}/mqtt");
+    let wss_url = format!("wss://127.0.0.1:{wss}/mqtt");
+    let publishers: [(&str, u8); 4] = [
+        ("mosq-mqtt", 1),
+        ("rumqttc-mqtts", 2),
+        ("paho-ws", 1),
+        ("mqttjs-wss", 2),
+    ];
+    let ids = publishers.map(|(id, _)| id).join(",");
+
+    // Subscribers, each ready (its SUBACK in) before anything is published.
+    let mut rq_plain = V4::connect(broker.addr, "sub-rumqttc-mqtt").await;
+    rq_plain.subscribe_ok("fan/#", v4::QoS::ExactlyOnce).await;
+    let mut rq_tls = v5_tls(tls, "sub-rumqttc-mqtts", rumqttc_tls(&pki, None)).await;
+    rq_tls.subscribe_ok("fan/#", v5::QoS::ExactlyOnce).await;
+    let mut mosq_sub = MosqSub::start(
+        tls.port(),
+        &[
+            "--cafile",
+            &ca,
+            "-i",
+            "sub-mosq-mqtts",
+            "-t",
+            "fan/#",
+            "-q",
+            "2",
+            "-F",
+            "MSG|%t %q %p",
+        ],
+    )
+    .await;
+    let mut scripts = vec![
+        (
+            "Paho 5 on ws://",
+            paho(
+                "listener_client",
+                &[
+                    "sub",
+                    "127.0.0.1",
+                    &ws,
+                    "websockets",
+                    "-",
+                    "5",
+                    "sub-paho-ws",
+                    "fan/#",
+                    &ids,
+                ],
+            ),
+        ),
+        (
+            "Paho 3.1.1 on wss://",
+            paho(
+                "listener_client",
+                &[
+                    "sub",
+                    "127.0.0.1",
+                    &wss,
+                    "websockets",
+                    &ca,
+                    "3.1.1",
+                    "sub-paho-wss",
+                    "fan/#",
+                    &ids,
+                ],
+            ),
+        ),
+        (
+            "MQTT.js 3.1.1 on ws://",
+            mqttjs(
+                "listener_client",
+                &["sub", &ws_url, "-", "3.1.1", "sub-mqttjs-ws", "fan/#", &ids],
+            ),
+        ),
+        (
+            "MQTT.js 5 on wss://",
+            mqttjs(
+                "listener_client",
+                &["sub", &wss_url, &ca, "5", "sub-mqttjs-wss", "fan/#", &ids],
+            ),
+        ),
+    ];
+    for (who, s) in &mut scripts {
+        // Starting an interpreter is more than one event: twice STEP.
+        s.wait_line(2 * STEP, &format!("{who}: READY"), |l| l == "READY")
+            .await;
+    }
+
+    // The publishers, all at once.
+    let count = |qos: u8| format!("{qos}:{PER_PUBLISHER}");
+    let paho_pub = paho(
+        "listener_client",
+        &[
+            "pub",
+            "127.0.0.1",
+            &ws,
+            "websockets",
+            "-",
+            "3.1.1",
+            "paho-ws",
+            "fan/paho-ws",
+            &count(1),
+        ],
+    );
+    let mqttjs_pub = mqttjs(
+        "listener_client",
+        &[
+            "pub",
+            &wss_url,
+            &ca,
+            "5",
+            "mqttjs-wss",
+            "fan/mqttjs-wss",
+            &count(2),
+        ],
+    );
+    let mosq_lines: Vec<String> = (0..PER_PUBLISHER)
+        .map(|i| format!("mosq-mqtt-{i}"))
+        .chain(["end-mosq-mqtt".to_owned()])
+        .collect();
+    let mosq_pub = tokio::task::spawn_blocking(move || {
+        mosquitto_pub(
+            mqtt.parse().unwrap(),
+            &["-i", "mosq-mqtt", "-t", "fan/mosq-mqtt", "-q", "1"],
+            Some(&mosq_lines),
+        )
+    });
+    let mut rq_pub = v5_tls(tls, "rumqttc-mqtts", rumqttc_tls(&pki, None)).await;
+    for i in 0..PER_PUBLISHER {
+        let payload = format!("rumqttc-mqtts-{i}");
+        rq_pub
+            .publish("fan/rumqttc-mqtts", v5::QoS::ExactlyOnce, false, payload)
+            .await;
+    }
+    rq_pub
+        .publish(
+            "fan/rumqttc-mqtts",
+            v5::QoS::ExactlyOnce,
+            false,
+            "end-rumqttc-mqtts",
+        )
+        .await;
+
+    // Every subscriber, to its last marker.
+    let v4_key = |p: &v4::Publish| {
+        let payload = String::from_utf8(p.payload.to_vec()).expect("UTF-8 payload");
+        (p.topic.clone(), p.qos as u8, payload)
+    };
+    let v5_key = |p: &v5::Publish| {
+        let topic = String::from_utf8(p.topic.to_vec()).expect("UTF-8 topic");
+        let payload = String::from_utf8(p.payload.to_vec()).expect("UTF-8 payload");
+        (topic, p.qos as u8, payload)
+    };
+    let got = rumqttc_fan_in(&mut rq_plain, &publishers, v4_key).await;
+    check_fan_in("rumqttc 3.1.1 on mqtt://", &got, &publishers);
+    let got = rumqttc_fan_in(&mut rq_tls, &publishers, v5_key).await;
+    check_fan_in("rumqttc 5.0 on mqtts://", &got, &publishers);
+
+    let mut got = Vec::new();
+    let mut waiting: Vec<String> = publishers
+        .iter()
+        .map(|(id, _)| format!("end-{id}"))
+        .collect();
+    while !waiting.is_empty() {
+        let line = format!("MSG {}", mosq_sub.msg().await);
+        let m = msg_lines(&[line]).remove(0);
+        waiting.retain(|w| *w != m.2);
+        got.push(m);
+    }
+    check_fan_in("mosquitto_sub on mqtts://", &got, &publishers);
+
+    for (who, s) in scripts {
+        check_fan_in(who, &msg_lines(&s.finish().await), &publishers);
+    }
+    // Every publisher had its messages acknowledged.
+    rq_pub
+        .wait_acks(PER_PUBLISHER + 1, v5::QoS::ExactlyOnce)
+        .await;
+    paho_pub.finish().await;
+    mqttjs_pub.finish().await;
+    mosq_pub.await.expect("mosquitto_pub thread");
 }
