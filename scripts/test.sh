@@ -5,7 +5,8 @@
 #
 # The end-to-end tests in tests/e2e_mosquitto_clients.rs drive Eclipse
 # Mosquitto's command-line clients and fail loudly when they are missing, so
-# this script installs them first when it can (root with apt-get). Idempotent:
+# this script installs them first when it can (root with apt-get); likewise
+# Paho's Python client (pip) and MQTT.js (npm ci in tests/mqttjs). Idempotent:
 # nothing is installed when the tools are already there. Quiet on success
 # apart from cargo's own output. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -32,6 +33,26 @@ fi
 # Paho's Python client (MQTT 5) drives tests/e2e_paho.rs.
 if ! python3 -c 'import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.startswith("2") else 1)' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+fi
+
+# MQTT.js (npm `mqtt`, pinned by tests/mqttjs/package-lock.json) drives
+# tests/e2e_interop.rs. `npm ci` when node_modules is missing or was
+# installed from another lock file: a copy of the lock it was installed
+# from is kept in node_modules as a stamp.
+mqttjs=tests/mqttjs
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "scripts/test.sh: node and npm are missing; tests/e2e_interop.rs needs" \
+        "Node 20 or later with npm" >&2
+    exit 1
+fi
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+    echo "scripts/test.sh: node $(node --version) is too old; tests/e2e_interop.rs" \
+        "needs Node 20 or later" >&2
+    exit 1
+fi
+if ! cmp -s "$mqttjs/package-lock.json" "$mqttjs/node_modules/.ringmq-installed-lock"; then
+    (cd "$mqttjs" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$mqttjs/package-lock.json" "$mqttjs/node_modules/.ringmq-installed-lock"
 fi
 
 # The protocol core (proto/, crate ringmq-proto) stays pure by construction:

@@ -13,6 +13,8 @@
 //! - [`mosquitto`]: Mosquitto's command-line clients (`mosquitto_sub`,
 //!   `mosquitto_pub`).
 //! - [`tls`]: certificates made at test time (a CA, the server's, clients').
+//! - [`script`]: third-party clients run as programs (Paho's Python scripts,
+//!   MQTT.js scripts), their output lines read as they come ([`Script`]).
 //! - [`checks`]: payload numbering, sequence checks, the in-order,
 //!   exactly-once stream check shared by several suites, the range of a
 //!   remaining message expiry for measured time ([`remaining_expiry`]) and
@@ -40,6 +42,7 @@ pub mod checks;
 pub mod mosquitto;
 pub mod raw;
 pub mod rumqtt;
+pub mod script;
 pub mod tls;
 
 pub use broker::*;
@@ -47,6 +50,7 @@ pub use checks::*;
 pub use mosquitto::*;
 pub use raw::*;
 pub use rumqtt::*;
+pub use script::*;
 pub use tls::*;
 
 use std::future::Future;

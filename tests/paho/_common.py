@@ -1,6 +1,7 @@
 """Shared helpers for the Paho (paho-mqtt 2.x) scenario scripts.
 
-Each script takes `host port` as arguments, runs one scenario against a
+Each script takes `host port` as arguments (those for several listeners take
+named positional arguments, see `named_args`), runs one scenario against a
 running ringmq broker, prints one result line (`OK ...` or `FAIL ...`) and
 exits 0 on success, non-zero on failure. Every wait is bounded, and a global
 alarm bounds the whole script.
@@ -37,7 +38,7 @@ SCRIPT_LIMIT = 16  # whole-script bound, seconds
 
 __all__ = [
     "mqtt", "PacketTypes", "Properties", "SubscribeOptions", "STEP", "QUIET",
-    "args", "fail", "check", "ok", "owner_core", "id_on", "Client", "props", "drain_all",
+    "args", "named_args", "fail", "check", "ok", "owner_core", "id_on", "Client", "props", "drain_all",
 ]
 
 
@@ -73,6 +74,17 @@ def args():
     return sys.argv[1], int(sys.argv[2])
 
 
+def named_args(*names):
+    """Positional arguments `names` from argv, as a dict of strings; arms the
+    whole-script alarm."""
+    if len(sys.argv) != 1 + len(names):
+        print(f"usage: {sys.argv[0]} {' '.join(n.upper() for n in names)}")
+        sys.exit(2)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(SCRIPT_LIMIT)
+    return dict(zip(names, sys.argv[1:]))
+
+
 def owner_core(client_id, cores):
     """ringmq::router::owner_core: FNV-1a of the client id, modulo cores."""
     h = 0xCBF29CE484222325
@@ -102,12 +114,20 @@ class Client:
     """A Paho client whose callbacks feed queues, so the script waits for
     events (CONNACK, SUBACK, messages) with a bound instead of sleeping."""
 
-    def __init__(self, host, port, client_id, protocol=mqtt.MQTTv5):
+    def __init__(self, host, port, client_id, protocol=mqtt.MQTTv5, transport="tcp",
+                 ca=None, ws_path="/mqtt"):
+        """`transport` is "tcp" or "websockets" (upgrade on `ws_path`); `ca`, a
+        CA file, turns TLS on (the broker's certificate is verified, host name
+        included)."""
         self.host, self.port, self.id = host, port, client_id
         self.v5 = protocol == mqtt.MQTTv5
         kw = {} if self.v5 else {"clean_session": True}
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=protocol, **kw)
+                             protocol=protocol, transport=transport, **kw)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
+        if ca is not None:
+            self.c.tls_set(ca_certs=ca)
         self.connacks = queue.Queue()
         self.subacks = queue.Queue()
         self.messages = queue.Queue()
