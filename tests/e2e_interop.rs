@@ -8,8 +8,8 @@
 //! - rumqttc (3.1.1 and 5.0) with rustls over TLS and mutual TLS;
 //! - all of them and Mosquitto's clients at once: a subscriber and a
 //!   publisher on every listener, every message to every subscriber once;
-//! - large publishes from clients over TLS, ignored: a broker bug closes
-//!   those connections (`tls_listeners_take_publishes_over_16_kib`).
+//! - large publishes from clients over TLS and secure WebSocket
+//!   (`tls_listeners_take_publishes_over_16_kib`).
 //!
 //! Mosquitto's clients over TLS alone are in e2e_tls.rs; WebSocket framing
 //! and upgrade edge cases in e2e_ws.rs.
@@ -650,21 +650,13 @@ async fn one_message_across_every_listener() {
     mosq_pub.await.expect("mosquitto_pub thread");
 }
 
-// ------------------------------------------- large publishes over TLS (bug) --
+// ------------------------------------------------- large publishes over TLS --
 
 /// A 200 KB PUBLISH from a client to the broker over TLS (mqtts:// and
 /// wss://), from rumqttc (3.1.1 and 5.0, mqtts), Paho (mqtts, wss) and
 /// MQTT.js (mqtts, wss): acknowledged and delivered intact to a plain-TCP
 /// subscriber. (The broker-to-client direction is in the tests above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: a TLS connection (mqtts or wss) is closed, with \
-            `read failed ... received plaintext buffer full` in the debug log, when one TCP \
-            read holds TLS records with more than 16 KiB of plaintext: Layers::feed \
-            (src/server/transport/layered.rs) loops read_tls + process_new_packets over the \
-            whole read and drains the plaintext only after the loop, and rustls refuses \
-            read_tls once its 16 KiB received-plaintext buffer is over its limit. Any client \
-            publishing a large message (here 200 KB, 16 KiB records) loses its connection \
-            instead of a PUBACK"]
 async fn tls_listeners_take_publishes_over_16_kib() {
     let pki = Pki::new("big");
     let broker = every_listener(&pki, |_| {});

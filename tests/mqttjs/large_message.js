@@ -1,7 +1,7 @@
 // A 200 KB message from an MQTT.js client over a TLS listener (or any
 // other) to a plain-TCP subscriber: acknowledged, and delivered intact. Over
-// TLS the client's 16 KiB records arrive several to a TCP read (see the
-// ignored test `tls_listeners_take_publishes_over_16_kib` in
+// TLS the client's 16 KiB records arrive several to a TCP read (the
+// test `tls_listeners_take_publishes_over_16_kib` in
 // tests/e2e_interop.rs).
 //
 // Usage: node large_message.js PLAIN_URL URL CA

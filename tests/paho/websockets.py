@@ -11,7 +11,7 @@ Over each of ws and wss:
   WebSocket subscriber, and the reverse;
 - a 200 KB message (WebSocket frames with a 64-bit length, TLS records of
   16 KiB) from the broker to the client; from the client to the broker over
-  ws only: over TLS that is large_message.py's, in an ignored test
+  ws only: over TLS that is large_message.py's test
   (tests/e2e_interop.rs, `tls_listeners_take_publishes_over_16_kib`).
 Each delivery set ends with a marker from the same publisher: nothing
 (no second copy) may come before it.
