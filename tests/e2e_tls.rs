@@ -470,3 +470,83 @@ async fn publishes_larger_than_a_tls_record_go_through() {
         p.payload.len()
     );
 }
+
+/// A free port on 127.0.0.1 (the kernel's pick, released for the child).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// The broker binary reloads its certificates on SIGHUP and keeps running:
+/// after the files are replaced by a pair from another CA and the signal,
+/// new connections are verified by the new CA.
+#[test]
+fn sighup_reloads_certificates_and_keeps_the_broker_running() {
+    let pki = Pki::new("sighup");
+    let other = Pki::new("sighup-new");
+    let (plain, tls) = (free_port(), free_port());
+    let (plain_s, tls_s) = (plain.to_string(), tls.to_string());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            &plain_s,
+            "--tls-port",
+            &tls_s,
+            "--cores",
+            "1",
+            "--no-pin",
+        ])
+        .arg("--certfile")
+        .arg(&pki.server.cert)
+        .arg("--keyfile")
+        .arg(&pki.server.key)
+        .args(["--log-level", "warn", "--sys-interval", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ringmq");
+    let addr: SocketAddr = ([127, 0, 0, 1], tls).into();
+    let deadline = Instant::now() + STEP;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "ringmq exited at start"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "ringmq did not open its TLS port"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling a port
+    }
+    assert!(tls_session(addr, &pki.ca, None, "before").is_ok());
+    std::fs::copy(&other.server.cert, &pki.server.cert).expect("new cert");
+    std::fs::copy(&other.server.key, &pki.server.key).expect("new key");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    // The reload happens on the signal thread: wait (bounded) for its effect.
+    let deadline = Instant::now() + STEP;
+    while tls_session(addr, &other.ca, None, "after").is_err() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "SIGHUP ended the broker"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling the broker's state
+    }
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "still running after SIGHUP"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
