@@ -275,11 +275,24 @@ pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
     let peer = rest.peer;
     let failed = match portable {
         Portable::Tcp(tcp) => match TcpStream::from_std(tcp) {
-            Ok(stream) => return connection::serve(ctx, rest.with_stream(stream), slot).await,
+            // A task of its own, as on the accepting core: the handoff's state is freed now.
+            Ok(stream) => {
+                return drop(monoio::spawn(connection::serve(
+                    ctx,
+                    rest.with_stream(stream),
+                    slot,
+                )))
+            }
             Err(e) => e,
         },
         Portable::Layered(parts) => match Layered::from_parts(parts) {
-            Ok(stream) => return connection::serve(ctx, rest.with_stream(stream), slot).await,
+            Ok(stream) => {
+                return drop(monoio::spawn(connection::serve(
+                    ctx,
+                    rest.with_stream(stream),
+                    slot,
+                )))
+            }
             Err(e) => e,
         },
     };

@@ -14,12 +14,16 @@ mod reader;
 mod state;
 mod writer;
 
+use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use super::accept::{Accepted, ConnectionSlot};
 use super::context::{Ctx, Link};
-use super::transport::{Transport, WriteHalf};
+use super::transport::{ReadHalf, Transport, WriteHalf};
 use crate::router::CloseReason;
 pub use state::Connection;
 
@@ -29,7 +33,15 @@ pub use state::Connection;
 const FINISH_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves a connection whose session lives on this core, from CONNACK to close.
-pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: ConnectionSlot) {
+///
+/// The attach is done here, synchronously; the returned future holds only
+/// what the connection needs while it lives, since every idle connection
+/// holds one (a plain `async fn` would keep its arguments for its whole life).
+pub fn serve<S: Transport>(
+    ctx: Rc<Ctx>,
+    accepted: Accepted<S>,
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> {
     let id = ctx.next_conn_id();
     let Accepted {
         stream,
@@ -41,7 +53,7 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: Conn
         ..
     } = accepted;
     let fd = stream.raw_fd();
-    let (mut rd, wr) = stream.into_halves();
+    let (rd, wr) = stream.into_halves();
     let now = ctx.now();
     let (attached, max_out) = ctx.with_core(|core| {
         let attached = core.connect(&connect, client_id.clone(), id, now, assigned_id);
@@ -66,17 +78,28 @@ pub async fn serve<S: Transport>(ctx: Rc<Ctx>, accepted: Accepted<S>, slot: Conn
     // The CONNACK (and anything resumed) was marked before the link existed.
     conn.clone().wake_writer(&ctx);
     tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
+    run(ctx, conn, rd, leftover, client_id)
+}
+
+/// The life of a connection after CONNACK: reading, then the clean close.
+async fn run<R: ReadHalf, W: WriteHalf>(
+    ctx: Rc<Ctx>,
+    conn: Rc<Connection<W>>,
+    mut rd: R,
+    leftover: BytesMut,
+    client_id: Arc<str>,
+) {
     let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id).await;
     reader::log_end(&ctx, &conn, &client_id, &end);
     // Boxed, as every rare wait with a timer: their state would otherwise
     // enlarge the task that every idle connection holds.
     let finished = Box::pin(finish_output(&ctx, &conn)).await;
     let now = ctx.now();
-    ctx.with_core(|core| core.disconnected(attached.key, id, now));
+    ctx.with_core(|core| core.disconnected(conn.key, conn.id, now));
     if finished && end.client_may_send() {
         Box::pin(reader::drain(&ctx, &conn, &mut rd)).await;
     }
-    ctx.remove_link(id);
+    ctx.remove_link(conn.id);
 }
 
 /// Lets the last packets and the final DISCONNECT go out and shuts the write

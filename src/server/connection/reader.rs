@@ -60,12 +60,14 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     client_id: &str,
 ) -> End {
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
-    let (weak_ctx, weak_conn) = (Rc::downgrade(ctx), Rc::downgrade(conn));
-    rd.set_write_prompt(Rc::new(move || {
-        if let (Some(ctx), Some(conn)) = (weak_ctx.upgrade(), weak_conn.upgrade()) {
-            conn.wake_writer(&ctx);
-        }
-    }));
+    rd.set_write_prompt(&|| {
+        let (weak_ctx, weak_conn) = (Rc::downgrade(ctx), Rc::downgrade(conn));
+        Rc::new(move || {
+            if let (Some(ctx), Some(conn)) = (weak_ctx.upgrade(), weak_conn.upgrade()) {
+                conn.wake_writer(&ctx);
+            }
+        })
+    });
     loop {
         match handle_frames(ctx, conn, &mut buf, client_id) {
             Step::Drained => {}

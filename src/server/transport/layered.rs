@@ -464,8 +464,8 @@ impl ReadHalf for LayeredReader {
         read_through(&mut self.tcp, &mut self.inbound, &self.layers, buf, cancel).await
     }
 
-    fn set_write_prompt(&mut self, prompt: WritePrompt) {
-        self.inbound.prompt = Some(prompt);
+    fn set_write_prompt(&mut self, make: &dyn Fn() -> WritePrompt) {
+        self.inbound.prompt = Some(make());
     }
 }
 

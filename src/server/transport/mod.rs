@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 use bytes::BytesMut;
+use futures::FutureExt as _;
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{
     AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf,
@@ -36,8 +37,9 @@ pub trait ReadHalf: 'static {
 
     /// Sets what to call when reading produced protocol output to send (a
     /// pong, a TLS alert) while no MQTT bytes came: the connection's writer
-    /// is woken to send it. Plain TCP has none.
-    fn set_write_prompt(&mut self, _prompt: WritePrompt) {}
+    /// is woken to send it. `make` builds it only for a stream that has such
+    /// output: plain TCP never does, so it allocates nothing.
+    fn set_write_prompt(&mut self, _make: &dyn Fn() -> WritePrompt) {}
 }
 
 /// Wakes a connection's writer from its reader.
@@ -128,8 +130,15 @@ impl Transport for TcpStream {
 }
 
 impl ReadHalf for OwnedReadHalf<TcpStream> {
-    async fn read(&mut self, buf: BytesMut, cancel: CancelHandle) -> (io::Result<usize>, BytesMut) {
-        read_tcp(self, buf, cancel).await
+    fn read(
+        &mut self,
+        buf: BytesMut,
+        cancel: CancelHandle,
+    ) -> impl Future<Output = (io::Result<usize>, BytesMut)> {
+        // A plain map, not an async block: every idle connection holds this
+        // future, so no layer of state is added around monoio's read.
+        self.cancelable_read(spare_of(buf), cancel)
+            .map(|(res, b)| (res, b.into_inner()))
     }
 }
 
