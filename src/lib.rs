@@ -12,7 +12,9 @@
 //!     one drain point that carries out each core's outbox.
 //!   - [`config`], [`metrics`], [`auth`]: leaves used by the server.
 
-pub use ringmq_proto::{codec, counters, limits, message, router, session, store, time, topic};
+pub use ringmq_proto::{
+    access, codec, counters, limits, message, router, session, store, time, topic,
+};
 
 pub mod auth;
 pub mod config;

@@ -16,8 +16,11 @@
 //!   replicated interest index, shared groups, retained messages; what it asks
 //!   of other cores and of the server goes into its outbox.
 //! - [`store`]: the retained store behind a small interface.
+//! - [`access`]: what one client may publish, subscribe to and read, asked by
+//!   the session and the router, decided by the broker's authorizer.
 //! - [`time`], [`limits`], [`counters`]: leaves used by all of the above.
 
+pub mod access;
 pub mod codec;
 pub mod counters;
 pub mod limits;

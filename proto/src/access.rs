@@ -1,0 +1,68 @@
+//! What one client may do. The broker's authorizer (an ACL file today; an HTTP
+//! or JWT backend later) decides it per client at CONNECT and again on reload;
+//! the session asks at SUBSCRIBE and the router at PUBLISH, at delivery and
+//! for wills. Nothing here knows how rules are stored.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The answer to one SUBSCRIBE filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Refused: SUBACK 0x80 (3.1.1) or 0x87 (5.0) for this filter.
+    Refused,
+    /// Every topic the filter matches may be read: deliveries go unchecked.
+    All,
+    /// Some topics the filter matches may not be read: each delivery through
+    /// this subscription (retained messages included) asks [`Access::may_read`].
+    Checked,
+}
+
+/// One client's rights, already resolved for its client id and username.
+/// Called on the message path: implementations must answer without I/O or
+/// blocking, in time that does not grow with the size of the rule set.
+pub trait Access: Send + Sync + fmt::Debug {
+    /// May the client publish to this topic name (its will included)?
+    fn may_publish(&self, topic: &str) -> bool;
+    /// May a message on this topic name be delivered to the client?
+    fn may_read(&self, topic: &str) -> bool;
+    /// May the client subscribe to this topic filter (a shared subscription's
+    /// filter without its `$share/group/` prefix), and must deliveries through
+    /// it be checked one by one?
+    fn subscribe(&self, filter: &str) -> Grant;
+}
+
+/// A client's rights as sessions hold them. Everything is allowed when no
+/// authorizer is configured, at no cost on the message path.
+#[derive(Clone, Debug, Default)]
+pub struct Permissions(Option<Arc<dyn Access>>);
+
+impl Permissions {
+    /// Every topic, both ways.
+    pub fn all() -> Permissions {
+        Permissions(None)
+    }
+
+    /// What `access` allows.
+    pub fn limited(access: Arc<dyn Access>) -> Permissions {
+        Permissions(Some(access))
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.is_none()
+    }
+
+    #[inline]
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.0.as_ref().is_none_or(|a| a.may_publish(topic))
+    }
+
+    #[inline]
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.0.as_ref().is_none_or(|a| a.may_read(topic))
+    }
+
+    pub fn subscribe(&self, filter: &str) -> Grant {
+        self.0.as_ref().map_or(Grant::All, |a| a.subscribe(filter))
+    }
+}
