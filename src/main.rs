@@ -16,7 +16,9 @@ fn main() {
     };
     match command {
         Command::TestConfig(config) => {
-            if let Err(e) = ringmq::server::check_listeners(&config) {
+            let checked = ringmq::server::check_listeners(&config)
+                .and_then(|()| ringmq::auth::files::FileBackend::load(&config).map(drop));
+            if let Err(e) = checked {
                 eprintln!("ringmq: {e:#}");
                 std::process::exit(2);
             }

@@ -58,7 +58,12 @@ fn example_path() -> PathBuf {
 fn no_arguments_gives_defaults() {
     let config = run(&[]);
     assert_eq!(config, Config::default());
-    assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(
+        config.bind,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "loopback only by default"
+    );
+    assert!(config.local_only && config.allow_anonymous);
     assert_eq!(config.port, 1883);
     assert!(config.pin_cores);
     assert_eq!(config.io_driver, IoDriver::Auto);

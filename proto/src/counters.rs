@@ -72,6 +72,26 @@ counters! {
     dropped_retained_cap,
     /// Client PUBLISHes to `$SYS/...`, which clients may not write.
     dropped_sys_publish,
+    /// CONNECTs refused: unknown user or wrong password (CONNACK 4 / 0x86).
+    auth_bad_credentials,
+    /// CONNECTs refused: no username while anonymous clients are not allowed
+    /// (CONNACK 5 / 0x87).
+    auth_not_authorized,
+    /// CONNECTs answered late because their address failed to authenticate
+    /// repeatedly (brute-force slow-down).
+    auth_delayed,
+    /// Client PUBLISHes (not to `$SYS`) the ACL does not let the client write:
+    /// not routed, 5.0 PUBACK/PUBREC 0x87.
+    publishes_denied,
+    /// SUBSCRIBE filters the ACL refused (SUBACK 0x80 / 0x87).
+    subscribes_denied,
+    /// Messages not delivered through a wildcard subscription because the ACL
+    /// does not let the subscriber read their topic (not a loss: never allowed).
+    deliveries_denied,
+    /// Wills not published: the ACL does not let their client write the topic.
+    wills_denied,
+    /// Subscriptions removed because reloaded rules no longer allow them.
+    subscriptions_revoked,
     /// QoS 2 ids dropped after `awaiting_rel_timeout` without PUBREL.
     awaiting_rel_expired,
     /// Connections closed for a protocol violation.

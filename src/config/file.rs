@@ -12,6 +12,7 @@ use super::*;
 
 const LIMITS: &str = "Limits";
 const LISTENERS: &str = "Listeners";
+const SECURITY: &str = "Security";
 
 /// One configuration layer: every key optional, so "not given" stays
 /// distinguishable from "given the default" until the layers are merged.
@@ -22,7 +23,7 @@ const LISTENERS: &str = "Listeners";
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Address to listen on (default 0.0.0.0, all IPv4 interfaces; use :: for IPv6)
+    /// Address to listen on (default 127.0.0.1 unless password_file or allow_anonymous is set, then 0.0.0.0, all IPv4 interfaces; use :: for IPv6)
     #[arg(
         long = "bind",
         alias = "bind-address",
@@ -61,10 +62,16 @@ pub struct FileConfig {
         value_name = "N"
     )]
     pub mesh_queue_capacity: Option<usize>,
-    /// Accept clients that send no username (default true; false refuses them as not authorized; there is no password file yet, so any username is accepted)
+    /// Accept clients that send no username (default false with a password_file, else true on loopback only; setting it explicitly allows listening on other addresses without a password file)
     #[arg(long, env = "RINGMQ_ALLOW_ANONYMOUS", value_name = "BOOL", action = ArgAction::Set,
-          value_parser = clap::builder::BoolishValueParser::new())]
+          value_parser = clap::builder::BoolishValueParser::new(), help_heading = SECURITY)]
     pub allow_anonymous: Option<bool>,
+    /// Users and password hashes in Mosquitto's format ($7$, $6$ or argon2id; write it with `ringmq passwd`); re-read on SIGHUP (default: none)
+    #[arg(long, env = "RINGMQ_PASSWORD_FILE", value_name = "FILE", help_heading = SECURITY)]
+    pub password_file: Option<PathBuf>,
+    /// Who may publish and subscribe where, in Mosquitto's acl_file format; re-read on SIGHUP (default: none, every client may use every topic)
+    #[arg(long, env = "RINGMQ_ACL_FILE", value_name = "FILE", help_heading = SECURITY)]
+    pub acl_file: Option<PathBuf>,
     /// Log filter in tracing EnvFilter syntax, e.g. warn or info,ringmq=debug (default info)
     #[arg(long, env = "RINGMQ_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -201,6 +208,7 @@ impl FileConfig {
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
             persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
             keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
+            password_file, acl_file,
         )
     }
 
@@ -208,8 +216,16 @@ impl FileConfig {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let d = Config::default();
         let limits = self.resolve_limits(d.limits)?;
-        let bind = self.bind_address.unwrap_or(d.bind);
-        Ok(Config {
+        // Secure by default, as Mosquitto 2: nothing authenticates clients
+        // unless a password file or an explicit allow_anonymous says so, and
+        // then only this machine may connect.
+        let local_only = self.password_file.is_none() && self.allow_anonymous.is_none();
+        let bind = match self.bind_address {
+            Some(bind) => bind,
+            None if local_only => d.bind,
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let config = Config {
             default_listener: self.default_listener(),
             listeners: self.resolve_listeners(bind)?,
             bind,
@@ -224,12 +240,16 @@ impl FileConfig {
                 d.read_buffer_size,
             )?,
             mesh_queue_capacity: self.mesh_queue_capacity.unwrap_or(d.mesh_queue_capacity),
-            allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
+            allow_anonymous: self.allow_anonymous.unwrap_or(self.password_file.is_none()),
+            local_only,
+            password_file: self.password_file,
+            acl_file: self.acl_file,
             log_level: self.log_level.unwrap_or(d.log_level),
             sys_interval: secs(self.sys_interval, d.sys_interval),
             shared_strategy: self.shared_strategy.unwrap_or(d.shared_strategy),
             limits,
-        })
+        };
+        Ok(config)
     }
 
     fn resolve_limits(&self, d: Limits) -> Result<Limits, ConfigError> {

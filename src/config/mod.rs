@@ -76,6 +76,13 @@ pub struct Config {
     pub mesh_queue_capacity: usize,
     /// Whether clients without a username are accepted.
     pub allow_anonymous: bool,
+    /// Neither a password file nor an explicit `allow_anonymous` was given:
+    /// every listener must be on a loopback address.
+    pub local_only: bool,
+    /// Mosquitto-format password file: usernames and password hashes.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file: who may publish and subscribe where.
+    pub acl_file: Option<PathBuf>,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log_level: String,
     /// Interval between `$SYS` statistics publishes; zero disables them.
@@ -89,7 +96,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 1883,
             default_listener: true,
             listeners: Vec::new(),
@@ -100,6 +107,9 @@ impl Default for Config {
             read_buffer_size: 16 * 1024,
             mesh_queue_capacity: 1024,
             allow_anonymous: true,
+            local_only: true,
+            password_file: None,
+            acl_file: None,
             log_level: "info".to_owned(),
             sys_interval: Duration::from_secs(10),
             shared_strategy: SharedStrategy::RoundRobin,
@@ -181,8 +191,27 @@ impl Config {
         let mut check = Checker::default();
         self.check_runtime(&mut check);
         self.check_listeners(&mut check);
+        self.check_open_listeners(&mut check);
         validate::check_limits(&self.limits, &mut check);
         check.finish()
+    }
+
+    /// Secure by default: with nothing that authenticates clients, a
+    /// listener other machines can reach is a mistake to report, not a
+    /// broker to start.
+    fn check_open_listeners(&self, check: &mut Checker) {
+        if !self.local_only {
+            return;
+        }
+        for l in self.all_listeners() {
+            if !l.bind.is_loopback() {
+                check.fail(format!(
+                    "listener {l} is reachable from other machines but nothing authenticates \
+                     clients: set password_file (allow_anonymous then defaults to false), or \
+                     allow_anonymous = true to accept anyone"
+                ));
+            }
+        }
     }
 
     fn check_runtime(&self, check: &mut Checker) {

@@ -153,7 +153,7 @@ fn the_listener_table_as_mosquitto_names_it() {
     assert_eq!(config.listeners[0].to_string(), "mqtts://127.0.0.1:8883");
     assert!(tls.require_certificate && tls.cafile.is_some());
     assert_eq!(tls.min_version, TlsVersion::Tls12);
-    assert_eq!(config.listeners[1].to_string(), "ws://0.0.0.0:8080");
+    assert_eq!(config.listeners[1].to_string(), "ws://127.0.0.1:8080");
     assert_eq!(config.listeners[1].websockets_path, "/mqtt");
     assert_eq!(config.all_listeners().len(), 2);
 }
@@ -216,4 +216,48 @@ fn listener_settings_that_cannot_work_are_refused() {
         .expect_err("same port")
         .to_string()
         .contains("two listeners"));
+}
+
+fn resolved(toml: &str) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(toml).expect("parse");
+    let config = file.resolve()?;
+    config.validate()?;
+    Ok(config)
+}
+
+#[test]
+fn with_nothing_that_authenticates_only_loopback_listens() {
+    let config = resolved("").expect("valid");
+    assert!(config.local_only && config.allow_anonymous);
+    assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    for open in [
+        "bind_address = \"0.0.0.0\"",
+        "bind_address = \"::\"",
+        "[[listener]]\nport = 8080\nbind_address = \"192.0.2.1\"",
+    ] {
+        let err = resolved(open).expect_err(open).to_string();
+        assert!(
+            err.contains("password_file") && err.contains("allow_anonymous"),
+            "{err}"
+        );
+    }
+    resolved("bind_address = \"::1\"").expect("IPv6 loopback is fine");
+}
+
+#[test]
+fn a_password_file_opens_every_address_and_refuses_anonymous() {
+    let config = resolved("password_file = \"/etc/ringmq/passwd\"").expect("valid");
+    assert!(!config.local_only && !config.allow_anonymous);
+    assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let config = resolved("password_file = \"p\"\nallow_anonymous = true").expect("valid");
+    assert!(config.allow_anonymous);
+}
+
+#[test]
+fn explicit_allow_anonymous_opens_every_address() {
+    let config = resolved("allow_anonymous = true\nbind_address = \"0.0.0.0\"").expect("valid");
+    assert!(!config.local_only && config.allow_anonymous);
+    let config = resolved("allow_anonymous = false").expect("valid");
+    assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert!(!config.allow_anonymous);
 }

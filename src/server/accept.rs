@@ -19,6 +19,8 @@ use super::listener::{ListenerRuntime, ListenerStats};
 use super::mesh::{Handoff, Parcel};
 use super::transport::{client_identity, Layered, Portable, Transport};
 use super::Shared;
+use crate::access::Permissions;
+use crate::auth::{Credentials, Denial, Verdict};
 use crate::codec::{
     decode, encode, encode_with_reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol,
 };
@@ -40,6 +42,8 @@ pub struct Accepted<S> {
     pub client_id: Arc<str>,
     /// True when the broker assigned the id (CONNACK must carry it in 5.0).
     pub assigned_id: bool,
+    /// What the authorizer lets this client do.
+    pub permissions: Permissions,
     /// Bytes read after the CONNECT frame.
     pub leftover: BytesMut,
 }
@@ -61,6 +65,7 @@ impl<S> Accepted<S> {
             connect,
             client_id,
             assigned_id,
+            permissions,
             leftover,
         } = self;
         let rest = Accepted {
@@ -70,6 +75,7 @@ impl<S> Accepted<S> {
             connect,
             client_id,
             assigned_id,
+            permissions,
             leftover,
         };
         (stream, rest)
@@ -85,6 +91,7 @@ impl Accepted<()> {
             connect: self.connect,
             client_id: self.client_id,
             assigned_id: self.assigned_id,
+            permissions: self.permissions,
             leftover: self.leftover,
         }
     }
@@ -249,14 +256,17 @@ async fn admit<T: Transport>(
     if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
         return refuse(ctx, stream, peer, listener, &connect, refusal).await;
     }
-    if let Err(code) = ctx.shared.auth.authenticate(&connect) {
-        let refusal = Refusal {
-            code: Some(code),
-            rule: "not authorized (allow_anonymous is false and no username was given)",
-        };
-        return refuse(ctx, stream, peer, listener, &connect, refusal).await;
-    }
     let (client_id, assigned_id) = client_id_for(ctx, &connect);
+    let permissions = match authenticate(ctx, peer, listener, &connect, &client_id).await {
+        Ok(permissions) => permissions,
+        Err(denial) => {
+            let refusal = Refusal {
+                code: Some(denial.code()),
+                rule: denial.public_reason(),
+            };
+            return refuse(ctx, stream, peer, listener, &connect, refusal).await;
+        }
+    };
     Some(Accepted {
         stream,
         peer,
@@ -264,8 +274,56 @@ async fn admit<T: Transport>(
         connect,
         client_id,
         assigned_id,
+        permissions,
         leftover: buf,
     })
+}
+
+/// Checks the CONNECT's credentials (slow hashes on the verifier threads,
+/// an address that keeps failing made to wait first) and returns what the
+/// client may do.
+async fn authenticate(
+    ctx: &Ctx,
+    peer: SocketAddr,
+    listener: usize,
+    connect: &Connect,
+    client_id: &str,
+) -> Result<Permissions, Denial> {
+    let auth = &ctx.shared.auth;
+    let delay = auth.throttle.delay(peer.ip(), Instant::now());
+    if !delay.is_zero() {
+        ctx.count(|c| c.auth_delayed += 1);
+        monoio::time::sleep(delay).await;
+    }
+    let backend = auth.backend();
+    // The codec checked that a user name is UTF-8 [MQTT-3.1.3-11].
+    let username = connect.username.as_deref().map(String::from_utf8_lossy);
+    let who = Credentials {
+        client_id,
+        username: username.as_deref(),
+        password: connect.password.as_deref(),
+    };
+    let check = match backend.authenticate(&who) {
+        Verdict::Now(check) => check,
+        Verdict::Offload(slow) => match auth.offload.run(slow) {
+            Some(answer) => answer.await.unwrap_or(Err(Denial::Busy)),
+            None => Err(Denial::Busy),
+        },
+    };
+    if let Err(denial) = check {
+        if denial.is_bad_credentials() {
+            auth.throttle.failed(peer.ip(), Instant::now());
+            ctx.count(|c| c.auth_bad_credentials += 1);
+        } else if denial == Denial::Anonymous {
+            ctx.count(|c| c.auth_not_authorized += 1);
+        }
+        let listener = &ctx.shared.listeners[listener].config;
+        let user = who.username.unwrap_or("");
+        tracing::info!(%peer, %listener, client_id, username = user, reason = denial.reason(), "authentication failed");
+        return Err(denial);
+    }
+    auth.throttle.succeeded(peer.ip());
+    Ok(backend.permissions(client_id, who.username))
 }
 
 /// A connection handed over by another core.

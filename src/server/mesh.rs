@@ -25,6 +25,9 @@ pub enum Parcel {
     /// Router messages, in the order the sending core produced them.
     Routing(Vec<MeshMsg>),
     Handoff(Box<Handoff>),
+    /// The password or ACL rules were reloaded: re-decide every session's
+    /// permissions (subscriptions they no longer allow are removed).
+    Reauthorize,
     /// Stop: close connections and leave the event loop.
     Shutdown,
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::auth::{AnonymousPolicy, Authenticator};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{self, SharedCounters};
 use listener::ListenerRuntime;
@@ -31,7 +31,9 @@ pub struct Shared {
     pub config: Config,
     /// Every listener, the top-level one first, with the ports actually bound.
     pub listeners: Vec<ListenerRuntime>,
-    pub auth: Box<dyn Authenticator>,
+    /// Password and ACL rules in force (swapped on reload), the verifier
+    /// threads and the guessing throttle.
+    pub auth: Auth,
     pub mesh: Arc<Mesh>,
     pub counters: Vec<SharedCounters>,
     /// Open connections on all cores, against `max_connections`.
@@ -97,9 +99,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             listeners,
             counters: (0..cores).map(|_| SharedCounters::default()).collect(),
-            auth: Box::new(AnonymousPolicy {
-                allow_anonymous: config.allow_anonymous,
-            }),
+            auth: Auth::from_config(&config)?,
             config,
             mesh,
             connections: AtomicUsize::new(0),
@@ -159,16 +159,41 @@ impl Broker {
         failures
     }
 
-    /// Asks every core to close its connections and stop, then waits for them.
-    pub fn shutdown(self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
+    /// Re-reads the password and ACL files. A file that fails to load keeps
+    /// the old rules in force (fail closed) and the error is returned; new
+    /// rules apply to the next CONNECT, and every core re-checks its sessions'
+    /// subscriptions against them.
+    pub fn reload_auth(&self) -> anyhow::Result<()> {
+        if !self.shared.auth.has_files() {
+            return Ok(());
+        }
+        if let Err(e) = self.shared.auth.reload() {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "reload failed; the old password and ACL rules stay in force"
+            );
+            return Err(e);
+        }
+        tracing::info!("password and ACL files reloaded");
+        self.tell_every_core(|| Parcel::Reauthorize);
+        Ok(())
+    }
+
+    /// Sends a parcel to every core, waiting while a core's queue is full.
+    fn tell_every_core(&self, parcel: impl Fn() -> Parcel) {
         for core in 0..self.shared.mesh.cores() {
-            let mut parcel = Parcel::Shutdown;
+            let mut parcel = parcel();
             while let Err(back) = self.shared.mesh.try_send(core, parcel) {
                 parcel = back;
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
+    }
+
+    /// Asks every core to close its connections and stop, then waits for them.
+    pub fn shutdown(self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.tell_every_core(|| Parcel::Shutdown);
         for t in self.threads {
             let _ = t.join();
         }
@@ -189,19 +214,24 @@ impl Broker {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully.
-/// SIGHUP re-reads the TLS certificates.
+/// SIGHUP re-reads the TLS certificates and the password and ACL files.
 pub fn run(config: Config) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
+    let local_only = config.local_only;
     let broker = Broker::start(config)?;
     for (scheme, addr) in broker.listeners() {
         tracing::info!(%addr, scheme, "ringmq listening");
+    }
+    if local_only {
+        tracing::warn!("no password_file and no allow_anonymous set: listening on loopback only, accepting anonymous clients from this machine; set password_file (or allow_anonymous = true) to listen on other addresses");
     }
     for sig in signals.forever() {
         if sig == SIGHUP {
             tracing::info!("SIGHUP: reloading");
             broker.reload_tls();
+            let _ = broker.reload_auth();
             continue;
         }
         tracing::info!(signal = sig, "shutting down");

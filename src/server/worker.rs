@@ -182,6 +182,10 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                     Parcel::Handoff(h) => {
                         monoio::spawn(accept::adopt(ctx.clone(), *h));
                     }
+                    Parcel::Reauthorize => {
+                        let backend = ctx.shared.auth.backend();
+                        core.reauthorize(|id, user| backend.permissions(id, user));
+                    }
                     Parcel::Shutdown => {
                         stop = true;
                         break;

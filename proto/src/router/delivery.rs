@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::barrier::{Reply, Then};
 use super::interest::other_cores;
+use super::shared::Member;
 use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
 use crate::codec::QoS;
 use crate::message::Message;
@@ -27,6 +28,13 @@ impl Core {
     ) {
         if msg.topic.is_sys() {
             self.counters.dropped_sys_publish += 1;
+            return self.acknowledge_now(key, ack, Routing::NotAuthorized);
+        }
+        let permissions = self.sessions.get(key).map(|e| e.session.permissions());
+        if !permissions.is_none_or(|p| p.may_publish(msg.topic.as_str())) {
+            // 3.1.1 has no refusing PUBACK: the flow completes, the message is
+            // dropped and counted (as Mosquitto does); 5.0 gets 0x87.
+            self.counters.publishes_denied += 1;
             return self.acknowledge_now(key, ack, Routing::NotAuthorized);
         }
         let routing = if self.deliver(&msg, now) {
@@ -94,9 +102,14 @@ impl Core {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let sessions = &self.sessions;
+        let mut denied = 0;
         self.subs
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |list| {
                 for s in list {
+                    if s.checked && !may_read(sessions, s.key, msg) {
+                        denied += 1;
+                        continue;
+                    }
                     if s.opts.no_local
                         && is_publisher(sessions.get(s.key).map(|e| e.session.client_id()), msg)
                     {
@@ -110,6 +123,7 @@ impl Core {
                     });
                 }
             });
+        self.counters.deliveries_denied += denied;
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|m| m.key);
         }
@@ -226,9 +240,19 @@ impl Core {
         now: Time,
     ) {
         let publisher = msg.publisher.as_deref();
+        let sessions = &self.sessions;
+        let readable = |m: &Member| !m.checked || may_read(sessions, m.key, msg);
         let member = match self.shared.local.get_mut(&share) {
-            Some(group) => group.pick(&mut self.picker, publisher),
-            None => None,
+            Some(group) if !group.members.is_empty() => {
+                match group.pick_readable(&mut self.picker, publisher, readable) {
+                    Some(m) => Some(m),
+                    None => {
+                        self.counters.deliveries_denied += 1;
+                        return;
+                    }
+                }
+            }
+            _ => None,
         };
         let Some(m) = member else {
             if hops == 0 {
@@ -363,4 +387,11 @@ fn is_publisher(subscriber: Option<&Arc<str>>, msg: &Message) -> bool {
         (Some(s), Some(p)) => Arc::ptr_eq(s, p) || s == p,
         _ => false,
     }
+}
+
+/// Whether session `key` may read `msg` (a checked subscription's delivery).
+fn may_read(sessions: &slab::Slab<super::Entry>, key: SessionKey, msg: &Message) -> bool {
+    sessions
+        .get(key)
+        .is_some_and(|e| e.session.permissions().may_read(msg.topic.as_str()))
 }

@@ -4,14 +4,18 @@
 use std::sync::Arc;
 
 use super::{Attached, CloseReason, ConnId, Core, Entry, SessionKey};
+use crate::access::Permissions;
 use crate::codec::Connect;
 use crate::session::{Session, WillRelease};
 use crate::time::Time;
+use crate::topic::SubFilter;
 
 impl Core {
     /// Binds a connection to the session of `client_id`, taking over any existing
     /// connection (its will is published) and honouring clean start. Writes
-    /// CONNACK, then anything the session owes the client.
+    /// CONNACK, then anything the session owes the client. `permissions` are
+    /// what the authorizer decided for this client; a resumed session's
+    /// subscriptions are re-checked against them.
     pub fn connect(
         &mut self,
         connect: &Connect,
@@ -19,6 +23,7 @@ impl Core {
         conn: ConnId,
         now: Time,
         assigned_id: bool,
+        permissions: Permissions,
     ) -> Attached {
         let limits = self.limits.clone();
         if let Some(&key) = self.by_client_id.get(&client_id) {
@@ -28,6 +33,7 @@ impl Core {
                 self.end_session(key, now);
             } else {
                 self.resume(key, connect, conn, now);
+                self.authorize(key, permissions);
                 return Attached {
                     key,
                     session_present: true,
@@ -35,6 +41,7 @@ impl Core {
             }
         }
         let mut session = Session::new(client_id.clone(), connect, &limits, now);
+        session.set_permissions(permissions);
         session.send_connack(false, assigned_id.then_some(&*client_id), &limits);
         let key = self.sessions.insert(Entry {
             session: Box::new(session),
@@ -119,11 +126,65 @@ impl Core {
         }
     }
 
-    /// Publishes a will now, or parks it until its delay passes.
+    /// Gives session `key` new permissions (a reconnect, or reloaded rules):
+    /// subscriptions they no longer allow are removed, and deliveries through
+    /// the others are checked or not as the new rules require.
+    pub fn authorize(&mut self, key: SessionKey, permissions: Permissions) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        e.session.set_permissions(permissions);
+        let (revoked, changed) = e.session.recheck_subscriptions();
+        self.counters.subscriptions_revoked += revoked.len() as u64;
+        for filter in &revoked {
+            self.unsubscribe_one(key, filter);
+        }
+        for (filter, entry) in changed {
+            self.set_checked(key, &filter, entry.checked);
+        }
+    }
+
+    /// Re-decides every session's permissions with `decide(client_id,
+    /// username)`, as [`Core::authorize`] does for one.
+    pub fn reauthorize(&mut self, mut decide: impl FnMut(&str, Option<&str>) -> Permissions) {
+        let keys: Vec<SessionKey> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let s = &self.sessions[key].session;
+            let permissions = decide(s.client_id(), s.username().map(|u| &**u));
+            self.authorize(key, permissions);
+        }
+    }
+
+    fn set_checked(&mut self, key: SessionKey, filter: &SubFilter, checked: bool) {
+        match filter {
+            SubFilter::Plain(f) => {
+                let list = self.subs.get_mut(f.as_str()).into_iter().flatten();
+                for s in list.filter(|s| s.key == key) {
+                    s.checked = checked;
+                }
+            }
+            SubFilter::Shared(share) => {
+                let group = self.shared.local.get_mut(share).into_iter();
+                for m in group.flat_map(|g| g.members.iter_mut()) {
+                    if m.key == key {
+                        m.checked = checked;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes a will now, or parks it until its delay passes, if its
+    /// client may write its topic.
     fn release_will(&mut self, key: SessionKey, will: Option<WillRelease>, now: Time) {
         let Some(will) = will else {
             return;
         };
+        let session = &self.sessions[key].session;
+        if !session.permissions().may_publish(will.topic().as_str()) {
+            self.counters.wills_denied += 1;
+            return;
+        }
         if will.delay == 0 {
             self.publish_will(will, now);
         } else {

@@ -71,6 +71,8 @@ struct Subscriber {
     key: SessionKey,
     opts: SubOptions,
     id: Option<u32>,
+    /// Each delivery asks the session's permissions (a partly readable filter).
+    checked: bool,
 }
 
 #[derive(Debug)]
@@ -175,6 +177,7 @@ impl Core {
             self.counters.messages_sent += t.sent;
             self.counters.dropped_expired += t.expired;
             self.counters.dropped_too_large += t.too_large;
+            self.counters.subscribes_denied += t.subscribes_denied;
             if let Some(conn) = e.conn.filter(|_| !e.dirty && !e.session.tx.is_empty()) {
                 e.dirty = true;
                 self.outbox.writable.push(conn);

@@ -77,6 +77,8 @@ pub struct Member {
     pub key: SessionKey,
     pub opts: crate::codec::SubOptions,
     pub id: Option<u32>,
+    /// Deliveries to this member are checked against its permissions.
+    pub checked: bool,
 }
 
 impl LocalGroup {
@@ -87,6 +89,21 @@ impl LocalGroup {
         }
         let i = pick.index(n, &mut self.next, publisher);
         Some(self.members[i as usize])
+    }
+
+    /// [`Self::pick`], but a member that may not read the message gives way to
+    /// the first one that may.
+    pub fn pick_readable(
+        &mut self,
+        pick: &mut Picker,
+        publisher: Option<&str>,
+        may_read: impl Fn(&Member) -> bool,
+    ) -> Option<Member> {
+        let first = self.pick(pick, publisher)?;
+        if may_read(&first) {
+            return Some(first);
+        }
+        self.members.iter().copied().find(|m| may_read(m))
     }
 }
 
@@ -201,6 +218,7 @@ mod tests {
                 key,
                 opts: Default::default(),
                 id: None,
+                checked: false,
             });
         }
         let mut p = Picker::new(SharedStrategy::HashClientId, 1);

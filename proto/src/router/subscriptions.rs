@@ -76,6 +76,7 @@ impl Core {
                     key,
                     opts: entry.opts,
                     id: entry.id,
+                    checked: entry.checked,
                 };
                 if !self.shared.join(share, member) {
                     return 0;
@@ -90,6 +91,7 @@ impl Core {
             key,
             opts: entry.opts,
             id: entry.id,
+            checked: entry.checked,
         };
         match list.iter_mut().find(|s| s.key == key) {
             Some(s) => {
@@ -122,6 +124,7 @@ impl Core {
             _ => return false,
         }
         let mut found = Vec::new();
+        let permissions = self.sessions[key].session.permissions().clone();
         for ((filter, entry), existed) in pending.added.iter().zip(pending.existed) {
             let send = match entry.opts.retain_handling {
                 0 => true,
@@ -133,6 +136,9 @@ impl Core {
             };
             if send {
                 self.retained.for_each_matching(filter.as_str(), |_, msg| {
+                    if entry.checked && !permissions.may_read(msg.topic.as_str()) {
+                        return;
+                    }
                     found.push(Routed {
                         msg: msg.clone(),
                         qos: entry.opts.qos.min(msg.qos),
@@ -192,6 +198,7 @@ impl Core {
                     key,
                     opts: entry.opts,
                     id: entry.id,
+                    checked: entry.checked,
                 };
                 self.shared.join(&share, member)
             } else {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::access::{Access, Grant, Permissions};
 use crate::codec::{decode, Connect, Pid, Properties, Protocol, Publish, QoS, QosPid, Subscribe};
 
 const T0: Time = Time::ZERO;
@@ -57,8 +58,12 @@ impl Cluster {
     }
 
     fn connect(&mut self, core: usize, id: &str, clean: bool) -> SessionKey {
+        self.connect_with(core, id, clean, Permissions::all())
+    }
+
+    fn connect_with(&mut self, core: usize, id: &str, clean: bool, p: Permissions) -> SessionKey {
         let c = v3_connect(id, clean);
-        let attached = self.cores[core].connect(&c, id.into(), 1, T0, false);
+        let attached = self.cores[core].connect(&c, id.into(), 1, T0, false, p);
         self.take_packets(core, attached.key);
         attached.key
     }
@@ -201,7 +206,7 @@ fn takeover_resumes_persistent_session() {
     let first = c.connect(0, "dev", false);
     c.subscribe(0, first, "t", QoS::AtLeastOnce);
     let connect = v3_connect("dev", false);
-    let again = c.cores[0].connect(&connect, "dev".into(), 2, T0, false);
+    let again = c.cores[0].connect(&connect, "dev".into(), 2, T0, false, Permissions::all());
     assert!(again.session_present);
     assert_eq!(again.key, first);
     assert_eq!(
@@ -292,7 +297,7 @@ fn persistent_client_expiration_ends_offline_311_sessions() {
     });
     let mut core = Core::new(0, 1, limits, SharedStrategy::RoundRobin);
     let connect = v3_connect("dev", false);
-    let a = core.connect(&connect, "dev".into(), 1, T0, false);
+    let a = core.connect(&connect, "dev".into(), 1, T0, false, Permissions::all());
     core.disconnected(a.key, 1, Time::from_millis(1_000));
     core.tick(Time::from_millis(60_999));
     assert!(
@@ -398,4 +403,154 @@ fn retained_qos0_and_single_core_publishes_are_not_held() {
         c.cores[0].handle_packet(publ, T0, p).unwrap(),
         Next::Continue
     );
+}
+
+/// Reads and writes only topics under `prefix`; subscriptions to `#` are
+/// granted but checked, anything outside `prefix` refused.
+#[derive(Debug)]
+struct Under(&'static str);
+
+impl Access for Under {
+    fn may_publish(&self, topic: &str) -> bool {
+        topic.starts_with(self.0)
+    }
+    fn may_read(&self, topic: &str) -> bool {
+        topic.starts_with(self.0)
+    }
+    fn subscribe(&self, filter: &str) -> Grant {
+        match filter {
+            "#" => Grant::Checked,
+            f if f.starts_with(self.0) => Grant::All,
+            _ => Grant::Refused,
+        }
+    }
+}
+
+fn under(prefix: &'static str) -> Permissions {
+    Permissions::limited(Arc::new(Under(prefix)))
+}
+
+fn suback_codes(packets: &[Packet]) -> Vec<u8> {
+    packets
+        .iter()
+        .find_map(|p| match p {
+            Packet::SubAck(s) => Some(s.codes.clone()),
+            _ => None,
+        })
+        .expect("a SUBACK")
+}
+
+#[test]
+fn denied_publish_is_acknowledged_but_not_routed() {
+    let mut c = Cluster::new(2);
+    let sub = c.connect(1, "sub", true);
+    c.subscribe(1, sub, "#", QoS::AtLeastOnce);
+    c.take_packets(1, sub);
+    let publ = c.connect_with(0, "pub", true, under("mine/"));
+    c.publish(0, publ, "theirs/x", false, b"1");
+    let acks = c.take_packets(0, publ);
+    assert!(
+        matches!(acks[..], [Packet::PubAck(_)]),
+        "3.1.1: the QoS flow completes"
+    );
+    assert!(c.publishes(1, sub).is_empty());
+    assert_eq!(c.cores[0].counters.publishes_denied, 1);
+    c.publish(0, publ, "mine/x", false, b"2");
+    assert_eq!(c.publishes(1, sub), vec![("mine/x".to_string(), false)]);
+}
+
+#[test]
+fn refused_filter_is_refused_alone() {
+    let mut c = Cluster::new(1);
+    let sub = c.connect_with(0, "sub", true, under("mine/"));
+    let p = Packet::Subscribe(Subscribe {
+        pid: Pid::new(1).unwrap(),
+        filters: vec![
+            (Bytes::from_static(b"theirs/#"), SubOptions::default()),
+            (Bytes::from_static(b"mine/#"), SubOptions::default()),
+        ],
+        properties: Properties::default(),
+    });
+    c.cores[0].handle_packet(sub, T0, p).unwrap();
+    assert_eq!(suback_codes(&c.take_packets(0, sub)), [0x80, 0]);
+    assert_eq!(c.cores[0].counters.subscribes_denied, 1);
+    assert_eq!(c.cores[0].session(sub).unwrap().subscription_count(), 1);
+}
+
+#[test]
+fn checked_wildcard_delivers_only_readable_topics_retained_included() {
+    let mut c = Cluster::new(2);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "secret/r", true, b"s");
+    c.publish(0, publ, "mine/r", true, b"m");
+    let sub = c.connect_with(1, "sub", true, under("mine/"));
+    c.subscribe(1, sub, "#", QoS::AtLeastOnce);
+    assert_eq!(c.publishes(1, sub), vec![("mine/r".to_string(), true)]);
+    c.publish(0, publ, "secret/live", false, b"s");
+    c.publish(0, publ, "mine/live", false, b"m");
+    assert_eq!(c.publishes(1, sub), vec![("mine/live".to_string(), false)]);
+    assert_eq!(c.cores[1].counters.deliveries_denied, 1);
+}
+
+#[test]
+fn will_is_published_only_where_its_client_may_write() {
+    let mut c = Cluster::new(1);
+    let sub = c.connect(0, "sub", true);
+    c.subscribe(0, sub, "#", QoS::AtMostOnce);
+    c.take_packets(0, sub);
+    for (id, topic, published) in [("w1", "theirs/will", false), ("w2", "mine/will", true)] {
+        let mut connect = v3_connect(id, true);
+        connect.will = Some(crate::codec::Will {
+            topic: Bytes::from_static(topic.as_bytes()),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        let a = c.cores[0].connect(&connect, id.into(), 7, T0, false, under("mine/"));
+        c.cores[0].disconnected(a.key, 7, T0);
+        let got = c.publishes(0, sub);
+        assert_eq!(got.len(), usize::from(published), "will on {topic}");
+    }
+    assert_eq!(c.cores[0].counters.wills_denied, 1);
+}
+
+#[test]
+fn reauthorize_revokes_and_rechecks_subscriptions() {
+    let mut c = Cluster::new(2);
+    let sub = c.connect(1, "sub", true);
+    c.subscribe(1, sub, "theirs/#", QoS::AtMostOnce);
+    c.subscribe(1, sub, "#", QoS::AtMostOnce);
+    c.take_packets(1, sub);
+    c.cores[1].reauthorize(|id, user| {
+        assert_eq!((id, user), ("sub", None));
+        under("mine/")
+    });
+    c.settle();
+    assert_eq!(c.cores[1].counters.subscriptions_revoked, 1);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "theirs/x", false, b"1");
+    c.publish(0, publ, "mine/x", false, b"2");
+    assert_eq!(c.publishes(1, sub), vec![("mine/x".to_string(), false)]);
+    // Rules that allow everything again stop checking deliveries.
+    c.cores[1].reauthorize(|_, _| Permissions::all());
+    c.publish(0, publ, "theirs/y", false, b"3");
+    assert_eq!(c.publishes(1, sub), vec![("theirs/y".to_string(), false)]);
+}
+
+#[test]
+fn shared_group_skips_a_member_that_may_not_read() {
+    let mut c = Cluster::new(1);
+    let blind = c.connect_with(0, "blind", true, under("other/"));
+    let reader = c.connect(0, "reader", true);
+    c.subscribe(0, blind, "$share/g/#", QoS::AtMostOnce);
+    c.subscribe(0, reader, "$share/g/#", QoS::AtMostOnce);
+    c.take_packets(0, blind);
+    c.take_packets(0, reader);
+    let publ = c.connect(0, "pub", true);
+    for _ in 0..4 {
+        c.publish(0, publ, "mine/x", false, b"1");
+    }
+    assert!(c.publishes(0, blind).is_empty());
+    assert_eq!(c.publishes(0, reader).len(), 4);
 }

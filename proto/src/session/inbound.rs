@@ -219,8 +219,18 @@ impl Session {
                 codes.push(refused(reason::QUOTA_EXCEEDED));
                 continue;
             }
+            let grant = self.permissions.subscribe(filter.topic_filter());
+            if grant == Grant::Refused {
+                self.tally.subscribes_denied += 1;
+                codes.push(refused(reason::NOT_AUTHORIZED));
+                continue;
+            }
             // A repeated filter replaces the old subscription [MQTT-3.8.4-3].
-            let entry = SubEntry { opts, id };
+            let entry = SubEntry {
+                opts,
+                id,
+                checked: grant == Grant::Checked,
+            };
             self.subscriptions.insert(filter.clone(), entry);
             codes.push(opts.qos as u8);
             added.push((filter, entry));

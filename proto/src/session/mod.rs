@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 pub use connect::{check_connect, effective_keep_alive, ClientParams, Refusal};
 pub use outbound::{Inflight, OutState, Outbound, Routed};
 
+use crate::access::{Grant, Permissions};
 use crate::codec::{
     encode, reason, Ack, Connect, Packet, Pid, Properties, Property, Protocol, Publish, QoS,
     QosPid, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -34,6 +35,9 @@ pub struct SubEntry {
     pub opts: SubOptions,
     /// 5.0 subscription identifier, sent back with each matching PUBLISH.
     pub id: Option<u32>,
+    /// The client may read only some topics the filter matches: each delivery
+    /// is checked against its [`Permissions`] ([`Grant::Checked`]).
+    pub checked: bool,
 }
 
 /// What the router must do after a packet was handled.
@@ -148,6 +152,10 @@ pub struct WillRelease {
 }
 
 impl WillRelease {
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
     pub fn into_message(self, now: Time) -> Arc<Message> {
         let w = self.will;
         Message::new(self.topic, w.payload, w.qos, w.retain)
@@ -164,12 +172,18 @@ pub struct Tally {
     pub sent: u64,
     pub expired: u64,
     pub too_large: u64,
+    /// SUBSCRIBE filters refused by the client's permissions.
+    pub subscribes_denied: u64,
 }
 
 /// One client's session: subscriptions, QoS state, and (while connected) its output.
 #[derive(Debug)]
 pub struct Session {
     client_id: Arc<str>,
+    /// From the latest CONNECT (or the TLS certificate), for re-authorizing.
+    username: Option<Arc<str>>,
+    /// What the client may publish, subscribe to and read.
+    permissions: Permissions,
     protocol: Protocol,
     params: ClientParams,
     /// The session expiry the CONNECT asked for was 0 (5.0 section 3.14.2.2.2).
@@ -200,6 +214,8 @@ impl Session {
     pub fn new(client_id: Arc<str>, connect: &Connect, limits: &Limits, now: Time) -> Session {
         let mut session = Session {
             client_id,
+            username: None,
+            permissions: Permissions::all(),
             protocol: connect.protocol,
             params: ClientParams::from_connect(connect, limits),
             connect_expiry_zero: true,
@@ -226,6 +242,43 @@ impl Session {
 
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    pub fn username(&self) -> Option<&Arc<str>> {
+        self.username.as_ref()
+    }
+
+    pub fn permissions(&self) -> &Permissions {
+        &self.permissions
+    }
+
+    /// Replaces the client's permissions. The router re-checks the session's
+    /// subscriptions against them ([`Session::recheck_subscriptions`]).
+    pub fn set_permissions(&mut self, permissions: Permissions) {
+        self.permissions = permissions;
+    }
+
+    /// Re-decides every subscription under the current permissions: refused
+    /// ones are removed and returned; the others' `checked` flag is updated
+    /// and those whose flag changed are returned as well.
+    pub fn recheck_subscriptions(&mut self) -> (Vec<SubFilter>, Vec<(SubFilter, SubEntry)>) {
+        let (mut revoked, mut changed) = (Vec::new(), Vec::new());
+        for (filter, entry) in self.subscriptions.iter_mut() {
+            match self.permissions.subscribe(filter.topic_filter()) {
+                Grant::Refused => revoked.push(filter.clone()),
+                grant => {
+                    let checked = grant == Grant::Checked;
+                    if entry.checked != checked {
+                        entry.checked = checked;
+                        changed.push((filter.clone(), *entry));
+                    }
+                }
+            }
+        }
+        for filter in &revoked {
+            self.subscriptions.remove(filter);
+        }
+        (revoked, changed)
     }
 
     /// True when the session outlives its connection (3.1.1 clean session 0, or a
@@ -264,6 +317,10 @@ impl Session {
     /// clean start 0): takes the connection's protocol, parameters and will.
     pub fn attach(&mut self, connect: &Connect, limits: &Limits, now: Time) {
         self.protocol = connect.protocol;
+        self.username = connect
+            .username
+            .as_ref()
+            .map(|u| Arc::from(String::from_utf8_lossy(u)));
         self.params = ClientParams::from_connect(connect, limits);
         self.connect_expiry_zero = self.params.session_expiry == 0;
         self.keep_alive = effective_keep_alive(connect, limits);

@@ -61,6 +61,15 @@ impl SubFilter {
     pub fn is_shared(&self) -> bool {
         matches!(self, SubFilter::Shared(_))
     }
+
+    /// The topic filter that selects messages: a shared one's without its
+    /// `$share/{group}/` prefix.
+    pub fn topic_filter(&self) -> &str {
+        match self {
+            SubFilter::Plain(f) => f.as_str(),
+            SubFilter::Shared(s) => s.filter().as_str(),
+        }
+    }
 }
 
 /// Equal filters hash alike whatever their kind: a key is its text, so a

@@ -49,6 +49,7 @@ pub fn serve<S: Transport>(
         connect,
         client_id,
         assigned_id,
+        permissions,
         leftover,
         ..
     } = accepted;
@@ -56,7 +57,14 @@ pub fn serve<S: Transport>(
     let (rd, wr) = stream.into_halves();
     let now = ctx.now();
     let (attached, max_out) = ctx.with_core(|core| {
-        let attached = core.connect(&connect, client_id.clone(), id, now, assigned_id);
+        let attached = core.connect(
+            &connect,
+            client_id.clone(),
+            id,
+            now,
+            assigned_id,
+            permissions,
+        );
         let max_out = core
             .session(attached.key)
             .map_or(u32::MAX, |s| s.client_maximum_packet_size());
