@@ -2,6 +2,7 @@
 //! a session exists. Today the only policy is `allow_anonymous`; password files
 //! and ACLs plug in behind the same trait.
 
+pub mod passwd;
 pub mod password;
 
 use crate::codec::{Connect, ConnectCode};
