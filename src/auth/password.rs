@@ -554,6 +554,22 @@ mod tests {
     }
 
     #[test]
+    fn reference_argon2id_verifies() {
+        // From libargon2 (the C reference library Mosquitto 2.1 links):
+        // argon2id_hash_encoded(t=3, m=4096, p=2, "mosquitto",
+        // salt "0123456789abcdef", 32-byte hash).
+        let line = "u:$argon2id$v=19$m=4096,t=3,p=2$MDEyMzQ1Njc4OWFiY2RlZg$06+YmKacdVhytzk3VIgLnqrXOBVULeNg04KAp3yqhG8";
+        let f = PasswordFile::parse(line).unwrap();
+        let h = f.get("u").unwrap();
+        assert!(h.verify(b"mosquitto"));
+        assert!(!h.verify(b"mosquitt0"));
+        assert!(h.is_expensive());
+        assert_eq!(h.encode(), &line[2..]);
+        let huge = line.replace("m=4096", "m=4194304");
+        assert_eq!(reason(&huge).1, LineError::Argon2Params);
+    }
+
+    #[test]
     fn unpadded_base64_is_accepted() {
         let line = ALICE.trim_end_matches('=');
         let f = PasswordFile::parse(line).unwrap();
