@@ -3,8 +3,9 @@
 # target (unit, integration and end-to-end tests; benches run once in test
 # mode).
 #
-# The end-to-end tests in tests/e2e_mosquitto_clients.rs drive Eclipse
-# Mosquitto's command-line clients and fail loudly when they are missing, so
+# The end-to-end tests in tests/e2e_mosquitto_clients.rs and tests/passwd.rs
+# drive Eclipse Mosquitto's command-line tools (mosquitto_pub, mosquitto_sub,
+# mosquitto_passwd) and fail loudly when they are missing, so
 # this script installs them first when it can (root with apt-get); likewise
 # Paho's Python client (pip) and MQTT.js (npm ci in tests/mqttjs). Idempotent:
 # nothing is installed when the tools are already there. Quiet on success
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 missing=()
-for tool in mosquitto_pub mosquitto_sub stdbuf; do
+for tool in mosquitto_pub mosquitto_sub mosquitto_passwd stdbuf; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 

@@ -6,6 +6,13 @@ use ringmq::config::{Command, Config, ConfigError};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // `ringmq passwd ...` is a separate tool that must not go through the
+    // broker's Config parsing.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "passwd") {
+        std::process::exit(ringmq::auth::passwd::main(
+            std::env::args_os().skip(2).collect(),
+        ));
+    }
     let command = match Config::from_env_args() {
         Ok(c) => c,
         Err(ConfigError::Cli(e)) => e.exit(),

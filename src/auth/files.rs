@@ -15,6 +15,9 @@ use crate::config::Config;
 #[derive(Debug)]
 pub struct FileBackend {
     passwords: Option<PasswordFile>,
+    /// Checked for unknown users: a hash of the file's own kind and cost, so
+    /// that an unknown user takes as long (and the same path) as a known one.
+    decoy: PasswordHash,
     acl: Option<Arc<AclFile>>,
     allow_anonymous: bool,
 }
@@ -36,7 +39,12 @@ impl FileBackend {
             Some(path) => Some(Arc::new(AclFile::load(path).context("acl_file")?)),
             None => None,
         };
+        let decoy = passwords
+            .as_ref()
+            .and_then(|f| f.iter().next())
+            .map_or_else(|| PasswordHash::decoy().clone(), |(_, h)| h.clone());
         let backend = FileBackend {
+            decoy,
             passwords,
             acl,
             allow_anonymous: config.allow_anonymous,
@@ -80,7 +88,7 @@ impl Authenticator for FileBackend {
         // An unknown user costs a hash too, so timing does not tell users apart.
         let (hash, known) = match file.get(user) {
             Some(hash) => (hash, true),
-            None => (PasswordHash::decoy(), false),
+            None => (&self.decoy, false),
         };
         if !hash.is_expensive() {
             return Verdict::Now(decide(hash, known, who.password));
