@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Failures an address may have before it is slowed down.
 const FREE_FAILURES: u32 = 3;
-/// The first delay; it doubles with each further failure.
+/// Half the first delay; it doubles with each further failure.
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 /// The longest delay.
 const MAX_DELAY: Duration = Duration::from_secs(10);
@@ -84,11 +84,12 @@ impl Throttle {
 }
 
 /// The delay after `failures` consecutive failures: none for the first few,
-/// then 250 ms doubling up to 10 s.
+/// then 500 ms doubling up to 10 s.
 fn delay_after(failures: u32) -> Duration {
-    let Some(extra) = failures.checked_sub(FREE_FAILURES) else {
+    let extra = failures.saturating_sub(FREE_FAILURES);
+    if extra == 0 {
         return Duration::ZERO;
-    };
+    }
     FIRST_DELAY
         .saturating_mul(1u32 << extra.min(16))
         .min(MAX_DELAY)
