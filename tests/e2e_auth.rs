@@ -484,3 +484,140 @@ async fn argon2id_users_are_checked_off_the_event_loop() {
         assert_eq!(got, want);
     }
 }
+
+fn ringmq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .output()
+        .expect("run ringmq")
+}
+
+#[test]
+fn test_config_names_the_bad_line_of_each_file() {
+    let files = Files::new("test-config");
+    let passwd = files.write("bad-passwd", "# users\nbob\n");
+    let acl = files.write("acl", "user alice\ntopic read a/#\ntopik read b\n");
+    let good_passwd = mosquitto_password_file(&files);
+    for (flag, path, line) in [
+        ("--password-file", &passwd, "line 2"),
+        ("--acl-file", &acl, "line 3"),
+    ] {
+        let out = ringmq(&["--test-config", flag, path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(line), "{flag} names {line}: {err}");
+    }
+    let out = ringmq(&[
+        "--test-config",
+        "--password-file",
+        good_passwd.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn an_address_other_machines_reach_needs_a_password_file_or_allow_anonymous() {
+    let out = ringmq(&["--test-config", "--bind", "0.0.0.0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("password_file") && err.contains("allow_anonymous"),
+        "{err}"
+    );
+    let out = ringmq(&[
+        "--test-config",
+        "--bind",
+        "0.0.0.0",
+        "--allow-anonymous",
+        "true",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let files = Files::new("open");
+    let passwd = mosquitto_password_file(&files);
+    let out = ringmq(&["--test-config", "--password-file", passwd.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("0.0.0.0:1883"),
+        "{report}"
+    );
+}
+
+/// The broker binary re-reads its password file on SIGHUP: a user added by
+/// `ringmq passwd` gets in without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_password_file() {
+    let files = Files::new("sighup");
+    let passwd = mosquitto_password_file(&files);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--cores",
+            "1",
+            "--no-pin",
+        ])
+        .arg("--password-file")
+        .arg(&passwd)
+        .args(["--log-level", "warn", "--sys-interval", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ringmq");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let code = |user: &'static str| async move {
+        let mut raw = Raw::open(addr).await;
+        let pw = format!("{user}-pw");
+        let p = login(
+            Protocol::V3_1_1,
+            "",
+            Some(user.as_bytes()),
+            Some(pw.as_bytes()),
+        );
+        raw.handshake(p).await.code
+    };
+    let deadline = std::time::Instant::now() + STEP;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "ringmq exited at start"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringmq did not open its port"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a port
+    }
+    assert_eq!(code("alice").await, 0);
+    assert_eq!(code("carol").await, 4, "not yet in the file");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["passwd", "-b"])
+        .arg(&passwd)
+        .args(["carol", "carol-pw"])
+        .output()
+        .expect("ringmq passwd");
+    assert!(out.status.success(), "{out:?}");
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    // The reload runs on the signal thread: wait (bounded) for its effect.
+    let deadline = std::time::Instant::now() + STEP * 2;
+    while code("carol").await != 0 {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "SIGHUP ended the broker"
+        );
+        assert!(std::time::Instant::now() < deadline, "carol never got in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // polling the broker's state
+    }
+    assert_eq!(code("alice").await, 0, "alice still in");
+    let _ = child.kill();
+    let _ = child.wait();
+}
