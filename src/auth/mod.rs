@@ -4,6 +4,8 @@
 
 use crate::codec::{Connect, ConnectCode};
 
+pub mod acl;
+
 /// Decides whether a CONNECT's credentials are accepted.
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, connect: &Connect) -> Result<(), ConnectCode>;
