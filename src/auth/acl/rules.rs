@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::fmt;
 
 use super::relation::{covers, intersects};
-use crate::topic::{matches, MatchScratch, Trie};
+use crate::topic::{MatchScratch, Trie};
 
 /// Access bits: a rule grants `READ` and/or `WRITE`, or is a `DENY`.
 pub(super) const READ: u8 = 1;
@@ -64,7 +64,7 @@ impl RuleSet {
             None => self
                 .rules
                 .iter()
-                .filter(|r| matches(&r.filter, topic))
+                .filter(|r| rule_matches(&r.filter, topic))
                 .fold(0, |bits, r| bits | r.bits),
         }
     }
@@ -91,6 +91,40 @@ impl fmt::Debug for RuleSet {
             .field("rules", &self.rules.len())
             .field("indexed", &self.index.is_some())
             .finish()
+    }
+}
+
+/// [`crate::topic::matches`] without its split iterators: comparing whole
+/// level slices measured about four times as fast, and the scan runs on every
+/// publish and delivery.
+pub(super) fn rule_matches(filter: &str, topic: &str) -> bool {
+    let (filter, topic) = (filter.as_bytes(), topic.as_bytes());
+    // [MQTT-4.7.2-1]: a leading wildcard never matches a '$' topic.
+    if topic.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {
+        return false;
+    }
+    let level_end = |s: &[u8], from: usize| {
+        s[from..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(s.len(), |i| from + i)
+    };
+    let (mut f, mut t) = (0, 0);
+    loop {
+        let (fe, te) = (level_end(filter, f), level_end(topic, t));
+        match &filter[f..fe] {
+            b"#" => return true,
+            b"+" => {}
+            level if level == &topic[t..te] => {}
+            _ => return false,
+        }
+        match (fe == filter.len(), te == topic.len()) {
+            (true, true) => return true,
+            // `x/#` also matches `x`.
+            (false, true) => return &filter[fe..] == b"/#",
+            (true, false) => return false,
+            (false, false) => (f, t) = (fe + 1, te + 1),
+        }
     }
 }
 
@@ -153,6 +187,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic::matches;
 
     fn set(rules: &[(&str, u8)]) -> RuleSet {
         RuleSet::new(
@@ -187,6 +222,16 @@ mod tests {
         }
         assert_eq!(small.bits("a/b"), WRITE | DENY | READ);
         assert_eq!(small.bits("$SYS/a"), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rule_matches_is_matches(
+            f in crate::auth::acl::relation::tests::filter(),
+            t in proptest::sample::select(crate::auth::acl::relation::tests::all_topics()),
+        ) {
+            proptest::prop_assert_eq!(rule_matches(&f, &t), matches(&f, &t));
+        }
     }
 
     #[test]
