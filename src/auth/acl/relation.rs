@@ -11,15 +11,23 @@ fn wild_first(filter: &str) -> bool {
     matches!(filter.split('/').next(), Some("+" | "#"))
 }
 
+/// An equivalent filter whose `#` never has to match zero levels. A `#`
+/// matching zero levels leaves the topic "" when nothing but one empty level
+/// precedes it, and "" is no topic; so `#` is `+/#` and `/#` is `/+/#`.
+/// Elsewhere `#` keeps matching zero levels (`a/#` matches `a`).
+fn normal(filter: &str) -> &str {
+    match filter {
+        "#" => "+/#",
+        "/#" => "/+/#",
+        other => other,
+    }
+}
+
 /// Whether every topic matching `filter` also matches `rule`.
 pub(super) fn covers(rule: &str, filter: &str) -> bool {
+    let (rule, filter) = (normal(rule), normal(filter));
     if wild_first(rule) && filter.starts_with('$') {
         return false;
-    }
-    // Only a level-0 `#` excludes zero levels (a topic has at least one), so
-    // `+/#` covers `#` there but nowhere deeper.
-    if filter == "#" {
-        return rule == "#" || rule == "+/#";
     }
     let (mut r, mut f) = (rule.split('/'), filter.split('/'));
     loop {
@@ -34,6 +42,7 @@ pub(super) fn covers(rule: &str, filter: &str) -> bool {
 
 /// Whether some topic matches both `rule` and `filter`.
 pub(super) fn intersects(rule: &str, filter: &str) -> bool {
+    let (rule, filter) = (normal(rule), normal(filter));
     if (wild_first(rule) && filter.starts_with('$'))
         || (wild_first(filter) && rule.starts_with('$'))
     {
@@ -109,6 +118,10 @@ pub(super) mod tests {
         assert!(!intersects("$SYS/#", "+/x"));
         assert!(intersects("$SYS/#", "$SYS/+"));
         assert!(!intersects("a/b", "a/b/c"));
+        // "" is no topic: `/#` needs a second level.
+        assert!(!intersects("+", "/#"));
+        assert!(covers("/+/#", "/#"));
+        assert!(covers("+/+/#", "/#"));
     }
 
     proptest! {
