@@ -19,8 +19,10 @@ pub enum Grant {
 }
 
 /// One client's rights, already resolved for its client id and username.
-/// Called on the message path: implementations must answer without I/O or
-/// blocking, in time that does not grow with the size of the rule set.
+/// Called on the event loop: implementations answer without I/O or
+/// blocking. `may_publish` and `may_read` are on the message path and must
+/// take time that does not grow with the size of the rule set; `subscribe`
+/// runs once per SUBSCRIBE filter.
 pub trait Access: Send + Sync + fmt::Debug {
     /// May the client publish to this topic name (its will included)?
     fn may_publish(&self, topic: &str) -> bool;

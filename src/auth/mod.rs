@@ -95,8 +95,6 @@ pub enum Verdict {
     Offload(Box<dyn FnOnce() -> Check + Send>),
 }
 
-pub mod acl;
-
 /// Decides whether a CONNECT's credentials are accepted.
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, who: &Credentials) -> Verdict;
