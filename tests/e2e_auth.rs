@@ -621,3 +621,56 @@ async fn sighup_rereads_the_password_file() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `use_identity_as_username` feeds the ACL: a device's certificate name is
+/// the `%u` of its patterns, whatever its CONNECT says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_name_is_the_username_the_acl_sees() {
+    use ringmq::config::ListenerProtocol;
+    let files = Files::new("identity-acl");
+    let acl = files.write(
+        "acl",
+        "user watcher\ntopic read sensors/#\npattern write sensors/%u/#\n",
+    );
+    let pki = Pki::new("identity-acl");
+    let broker = start(2, |c| {
+        let mut tls = pki.tls(true);
+        tls.use_identity_as_username = true;
+        c.listeners
+            .push(pki.listener(ListenerProtocol::Mqtt, Some(tls)));
+        c.acl_file = Some(acl.clone());
+        c.allow_anonymous = false;
+    });
+    let tls_port = broker
+        .listeners()
+        .into_iter()
+        .find(|(s, _)| *s == "mqtts")
+        .map(|(_, a)| a.port())
+        .expect("a TLS listener");
+    // No password file: a username is enough on the plain listener.
+    let mut watcher = Raw::open(broker.addr).await;
+    let ack = watcher
+        .handshake(login(Protocol::V3_1_1, "watcher", Some(b"watcher"), None))
+        .await;
+    assert_eq!(ack.code, 0);
+    watcher
+        .subscribe_ok("sensors/#", RawQoS::AtMostOnce, 0)
+        .await;
+    let device = pki.client("sensor-42");
+    let (cert, key) = (device.cert.to_str().unwrap(), device.key.to_str().unwrap());
+    let ca = pki.ca.to_str().unwrap();
+    for (topic, payload) in [
+        ("sensors/sensor-7/t", "forged"),
+        ("sensors/sensor-42/t", "own"),
+    ] {
+        let args = [
+            "--cafile", ca, "--cert", cert, "--key", key, "-i", "dev", "-u", "sensor-7", "-t",
+            topic, "-m", payload, "-q", "1",
+        ];
+        mosquitto_pub(tls_port, &args, None);
+    }
+    let got = watcher
+        .expect_marker("own", "only the device's own topic")
+        .await;
+    assert_eq!(&got.topic[..], b"sensors/sensor-42/t");
+}
