@@ -68,3 +68,56 @@ impl Permissions {
         self.0.as_ref().map_or(Grant::All, |a| a.subscribe(filter))
     }
 }
+
+/// Slots of a [`DecisionCache`].
+const CACHE_SLOTS: usize = 8;
+
+/// One session's recent decisions for one kind of access. A client publishes
+/// to (and a checked subscription delivers from) few topics, again and again:
+/// a hit costs a hash and a byte comparison instead of a walk of the rules.
+/// Exact topics are kept, never only their hash, so a collision cannot
+/// change an answer. Dropped whenever the permissions change.
+#[derive(Debug, Default)]
+pub struct DecisionCache {
+    slots: [Option<(Box<str>, bool)>; CACHE_SLOTS],
+}
+
+impl DecisionCache {
+    /// The cached decision for `topic`, or `decide()` remembered.
+    pub fn get_or(&mut self, topic: &str, decide: impl FnOnce() -> bool) -> bool {
+        use std::hash::BuildHasher as _;
+        let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(topic);
+        let slot = &mut self.slots[hash as usize % CACHE_SLOTS];
+        match slot {
+            Some((cached, allowed)) if **cached == *topic => *allowed,
+            _ => {
+                let allowed = decide();
+                *slot = Some((topic.into(), allowed));
+                allowed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_answers_as_decided_and_never_mixes_topics() {
+        let mut cache = DecisionCache::default();
+        let mut calls = 0;
+        for round in 0..3 {
+            for i in 0..20 {
+                let topic = format!("t/{i}");
+                let allowed = cache.get_or(&topic, || {
+                    calls += 1;
+                    i % 2 == 0
+                });
+                assert_eq!(allowed, i % 2 == 0, "round {round}, {topic}");
+            }
+        }
+        assert!(calls < 60, "some answers came from the cache");
+        assert!(calls >= 20, "each topic was decided once at least");
+    }
+}

@@ -30,8 +30,8 @@ impl Core {
             self.counters.dropped_sys_publish += 1;
             return self.acknowledge_now(key, ack, Routing::NotAuthorized);
         }
-        let permissions = self.sessions.get(key).map(|e| e.session.permissions());
-        if !permissions.is_none_or(|p| p.may_publish(msg.topic.as_str())) {
+        let session = self.sessions.get_mut(key).map(|e| &mut e.session);
+        if !session.is_none_or(|s| s.may_publish(msg.topic.as_str())) {
             // 3.1.1 has no refusing PUBACK: the flow completes, the message is
             // dropped and counted (as Mosquitto does); 5.0 gets 0x87.
             self.counters.publishes_denied += 1;
@@ -101,7 +101,7 @@ impl Core {
     fn deliver_local(&mut self, msg: &Arc<Message>, now: Time) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        let sessions = &self.sessions;
+        let sessions = &mut self.sessions;
         let mut denied = 0;
         self.subs
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |list| {
@@ -240,7 +240,7 @@ impl Core {
         now: Time,
     ) {
         let publisher = msg.publisher.as_deref();
-        let sessions = &self.sessions;
+        let sessions = &mut self.sessions;
         let readable = |m: &Member| !m.checked || may_read(sessions, m.key, msg);
         let member = match self.shared.local.get_mut(&share) {
             Some(group) if !group.members.is_empty() => {
@@ -390,8 +390,8 @@ fn is_publisher(subscriber: Option<&Arc<str>>, msg: &Message) -> bool {
 }
 
 /// Whether session `key` may read `msg` (a checked subscription's delivery).
-fn may_read(sessions: &slab::Slab<super::Entry>, key: SessionKey, msg: &Message) -> bool {
+fn may_read(sessions: &mut slab::Slab<super::Entry>, key: SessionKey, msg: &Message) -> bool {
     sessions
-        .get(key)
-        .is_some_and(|e| e.session.permissions().may_read(msg.topic.as_str()))
+        .get_mut(key)
+        .is_some_and(|e| e.session.may_read(msg.topic.as_str()))
 }

@@ -180,8 +180,8 @@ impl Core {
         let Some(will) = will else {
             return;
         };
-        let session = &self.sessions[key].session;
-        if !session.permissions().may_publish(will.topic().as_str()) {
+        let session = &mut self.sessions[key].session;
+        if !session.may_publish(will.topic().as_str()) {
             self.counters.wills_denied += 1;
             return;
         }

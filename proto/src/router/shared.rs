@@ -97,7 +97,7 @@ impl LocalGroup {
         &mut self,
         pick: &mut Picker,
         publisher: Option<&str>,
-        may_read: impl Fn(&Member) -> bool,
+        mut may_read: impl FnMut(&Member) -> bool,
     ) -> Option<Member> {
         let first = self.pick(pick, publisher)?;
         if may_read(&first) {

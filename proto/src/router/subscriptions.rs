@@ -124,7 +124,7 @@ impl Core {
             _ => return false,
         }
         let mut found = Vec::new();
-        let permissions = self.sessions[key].session.permissions().clone();
+        let session = &mut self.sessions[key].session;
         for ((filter, entry), existed) in pending.added.iter().zip(pending.existed) {
             let send = match entry.opts.retain_handling {
                 0 => true,
@@ -136,7 +136,7 @@ impl Core {
             };
             if send {
                 self.retained.for_each_matching(filter.as_str(), |_, msg| {
-                    if entry.checked && !permissions.may_read(msg.topic.as_str()) {
+                    if entry.checked && !session.may_read(msg.topic.as_str()) {
                         return;
                     }
                     found.push(Routed {

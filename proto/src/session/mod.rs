@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 pub use connect::{check_connect, effective_keep_alive, ClientParams, Refusal};
 pub use outbound::{Inflight, OutState, Outbound, Routed};
 
-use crate::access::{Grant, Permissions};
+use crate::access::{DecisionCache, Grant, Permissions};
 use crate::codec::{
     encode, reason, Ack, Connect, Packet, Pid, Properties, Property, Protocol, Publish, QoS,
     QosPid, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -184,6 +184,8 @@ pub struct Session {
     username: Option<Arc<str>>,
     /// What the client may publish, subscribe to and read.
     permissions: Permissions,
+    /// Recent publish and read decisions, made once rules are limited.
+    decisions: Option<Box<[DecisionCache; 2]>>,
     protocol: Protocol,
     params: ClientParams,
     /// The session expiry the CONNECT asked for was 0 (5.0 section 3.14.2.2.2).
@@ -216,6 +218,7 @@ impl Session {
             client_id,
             username: None,
             permissions: Permissions::all(),
+            decisions: None,
             protocol: connect.protocol,
             params: ClientParams::from_connect(connect, limits),
             connect_expiry_zero: true,
@@ -256,6 +259,32 @@ impl Session {
     /// subscriptions against them ([`Session::recheck_subscriptions`]).
     pub fn set_permissions(&mut self, permissions: Permissions) {
         self.permissions = permissions;
+        self.decisions = None;
+    }
+
+    /// May the client publish to `topic`? Remembered for the next time.
+    #[inline]
+    pub fn may_publish(&mut self, topic: &str) -> bool {
+        self.decide(0, topic)
+    }
+
+    /// May a message on `topic` be delivered to the client?
+    #[inline]
+    pub fn may_read(&mut self, topic: &str) -> bool {
+        self.decide(1, topic)
+    }
+
+    #[inline]
+    fn decide(&mut self, which: usize, topic: &str) -> bool {
+        if self.permissions.is_all() {
+            return true;
+        }
+        let permissions = &self.permissions;
+        let caches = self.decisions.get_or_insert_with(Default::default);
+        caches[which].get_or(topic, || match which {
+            0 => permissions.may_publish(topic),
+            _ => permissions.may_read(topic),
+        })
     }
 
     /// Re-decides every subscription under the current permissions: refused
