@@ -550,3 +550,27 @@ fn sighup_reloads_certificates_and_keeps_the_broker_running() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// ALPN: a client offering `mqtt` gets it; one offering nothing still
+/// connects (most MQTT clients send no ALPN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_mqtt_is_accepted() {
+    let pki = Pki::new("alpn");
+    let broker = tls_broker(&pki, false, |_| {});
+    let tls = addr_of(&broker, "mqtts");
+    let ca = pki.ca.clone();
+    let (offered, none) = tokio::task::spawn_blocking(move || {
+        let mut with = tls_connect_alpn(tls, &ca, None, &[b"mqtt"]).expect("handshake with ALPN");
+        let offered = with.conn.alpn_protocol().map(<[u8]>::to_vec);
+        let ack = connect_over(&mut with, "alpn").expect("CONNACK");
+        let mut without = tls_connect_alpn(tls, &ca, None, &[]).expect("handshake without ALPN");
+        let none = without.conn.alpn_protocol().is_none();
+        let ack2 = connect_over(&mut without, "no-alpn").expect("CONNACK");
+        assert_eq!((ack.code, ack2.code), (0, 0));
+        (offered, none)
+    })
+    .await
+    .expect("client thread");
+    assert_eq!(offered.as_deref(), Some(&b"mqtt"[..]));
+    assert!(none, "no protocol chosen when none was offered");
+}

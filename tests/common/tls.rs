@@ -161,6 +161,16 @@ pub fn tls_connect(
     ca: &Path,
     client: Option<&CertFiles>,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    tls_connect_alpn(addr, ca, client, &[])
+}
+
+/// [`tls_connect`], offering these ALPN protocols.
+pub fn tls_connect_alpn(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    client: Option<&CertFiles>,
+    alpn: &[&[u8]],
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use std::sync::Arc;
@@ -188,6 +198,8 @@ pub fn tls_connect(
         }
         None => builder.with_no_client_auth(),
     };
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::IpAddress(addr.ip().into());
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client session");
     let mut sock = std::net::TcpStream::connect(addr)?;
