@@ -16,6 +16,7 @@
 //!   replicated interest index, shared groups, retained messages; what it asks
 //!   of other cores and of the server goes into its outbox.
 //! - [`store`]: the retained store behind a small interface.
+//! - [`durable`]: the stored form of messages and persistent sessions.
 //! - [`access`]: what one client may publish, subscribe to and read, asked by
 //!   the session and the router, decided by the broker's authorizer.
 //! - [`time`], [`limits`], [`counters`]: leaves used by all of the above.
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod codec;
 pub mod counters;
+pub mod durable;
 pub mod limits;
 pub mod message;
 pub mod router;

@@ -18,6 +18,7 @@ pub use encode::{encode, encode_publish, encode_with_reason, encoded_len, Publis
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{Place, Properties, Property};
+pub(crate) use reader::Reader;
 
 /// Protocol revision, from CONNECT's protocol level byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

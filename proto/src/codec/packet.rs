@@ -214,6 +214,20 @@ impl SubOptions {
             | (self.retain_as_published as u8) << 3
             | self.retain_handling << 4
     }
+
+    /// The inverse of [`SubOptions::byte`]; `None` for reserved bits or
+    /// values (QoS 3, retain handling 3).
+    pub fn from_byte(b: u8) -> Option<SubOptions> {
+        if b & 0xc0 != 0 || (b >> 4) & 3 == 3 {
+            return None;
+        }
+        Some(SubOptions {
+            qos: QoS::from_bits(b & 3)?,
+            no_local: b & 4 != 0,
+            retain_as_published: b & 8 != 0,
+            retain_handling: (b >> 4) & 3,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

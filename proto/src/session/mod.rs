@@ -287,6 +287,70 @@ impl Session {
         })
     }
 
+    /// What must outlive the broker process, for storing.
+    pub fn image(&self) -> crate::durable::SessionImage {
+        crate::durable::SessionImage {
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            protocol: self.protocol,
+            session_expiry: self.params.session_expiry,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, e)| (f.clone(), *e))
+                .collect(),
+            awaiting_rel: self.awaiting_rel.keys().copied().collect(),
+            inflight: self
+                .out
+                .inflight
+                .iter()
+                .map(|e| (e.pid, e.state, e.item.clone()))
+                .collect(),
+            queue: self.out.queue.iter().cloned().collect(),
+        }
+    }
+
+    /// A stored session, offline, as it was: its client's next CONNECT with
+    /// clean start 0 resumes it (and brings its connection parameters and
+    /// permissions). QoS 2 ids awaiting PUBREL count their timeout from `now`.
+    pub fn restore(image: crate::durable::SessionImage, limits: &Limits, now: Time) -> Session {
+        let mut out = Outbound::default();
+        for (pid, state, item) in image.inflight {
+            out.inflight.push_back(Inflight { pid, item, state });
+        }
+        for item in image.queue {
+            out.enqueue(item);
+        }
+        // The rest of the parameters come with the next CONNECT.
+        let params = ClientParams {
+            session_expiry: image.session_expiry.min(limits.max_session_expiry),
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            topic_alias_maximum: 0,
+        };
+        Session {
+            client_id: image.client_id,
+            username: image.username,
+            permissions: Permissions::all(),
+            decisions: None,
+            protocol: image.protocol,
+            params,
+            connect_expiry_zero: image.session_expiry == 0,
+            keep_alive: 0,
+            requested_keep_alive: 0,
+            last_rx: now,
+            connected: false,
+            will: None,
+            subscriptions: image.subscriptions.into_iter().collect(),
+            out,
+            awaiting_rel: image.awaiting_rel.into_iter().map(|p| (p, now)).collect(),
+            aliases_in: Vec::new(),
+            aliases_out: HashMap::new(),
+            tally: Tally::default(),
+            tx: BytesMut::new(),
+        }
+    }
+
     /// Re-decides every subscription under the current permissions: refused
     /// ones are removed and returned; the others' `checked` flag is updated
     /// and those whose flag changed are returned as well.
