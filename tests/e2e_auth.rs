@@ -674,3 +674,13 @@ async fn the_certificate_name_is_the_username_the_acl_sees() {
         .await;
     assert_eq!(&got.topic[..], b"sensors/sensor-42/t");
 }
+
+/// Eclipse Paho (Python, MQTT 5) with usernames and passwords against the
+/// same password and ACL files (tests/paho/auth_acl.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_with_passwords_and_the_acl() {
+    let files = Files::new("paho");
+    let broker = acl_broker(&files);
+    let port = broker.port.to_string();
+    paho("auth_acl", &["127.0.0.1", &port]).finish().await;
+}
