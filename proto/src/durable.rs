@@ -174,7 +174,7 @@ pub fn get_session(r: &mut Cursor, epoch: Epoch) -> Result<SessionImage, Corrupt
     })
 }
 
-fn put_routed(out: &mut BytesMut, item: &Routed, epoch: Epoch) {
+pub(crate) fn put_routed(out: &mut BytesMut, item: &Routed, epoch: Epoch) {
     out.put_u8(item.qos as u8 | u8::from(item.retain) << 2);
     out.put_u32_le(item.sub_ids.len() as u32);
     for id in item.sub_ids.iter() {
@@ -185,7 +185,7 @@ fn put_routed(out: &mut BytesMut, item: &Routed, epoch: Epoch) {
     put_message(out, &item.msg, epoch);
 }
 
-fn get_routed(r: &mut Cursor, epoch: Epoch) -> Result<Routed, Corrupt> {
+pub(crate) fn get_routed(r: &mut Cursor, epoch: Epoch) -> Result<Routed, Corrupt> {
     let flags = r.u8()?;
     let qos = QoS::from_bits(flags & 3).ok_or(Corrupt::Invalid("QoS"))?;
     let sub_ids = r.list(|r| r.u32())?.into_boxed_slice();
@@ -211,7 +211,7 @@ fn get_routed(r: &mut Cursor, epoch: Epoch) -> Result<Routed, Corrupt> {
     })
 }
 
-fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut BytesMut, b: &[u8]) {
     out.put_u32_le(b.len() as u32);
     out.put_slice(b);
 }
@@ -254,7 +254,7 @@ impl Cursor {
         self.inner.remaining()
     }
 
-    fn u8(&mut self) -> Result<u8, Corrupt> {
+    pub(crate) fn u8(&mut self) -> Result<u8, Corrupt> {
         Ok(self.inner.u8()?)
     }
 
@@ -263,17 +263,17 @@ impl Cursor {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn pid(&mut self) -> Result<Pid, Corrupt> {
+    pub(crate) fn pid(&mut self) -> Result<Pid, Corrupt> {
         let b = self.inner.take(2)?;
         Pid::new(u16::from_le_bytes([b[0], b[1]])).ok_or(Corrupt::Invalid("packet id 0"))
     }
 
-    fn bytes(&mut self) -> Result<Bytes, Corrupt> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, Corrupt> {
         let len = self.u32()? as usize;
         Ok(self.inner.take(len)?)
     }
 
-    fn str(&mut self) -> Result<Arc<str>, Corrupt> {
+    pub(crate) fn str(&mut self) -> Result<Arc<str>, Corrupt> {
         let b = self.bytes()?;
         std::str::from_utf8(&b)
             .map(Arc::from)
@@ -312,6 +312,8 @@ impl Cursor {
         Ok(out)
     }
 }
+
+pub mod journal;
 
 #[cfg(test)]
 mod tests;

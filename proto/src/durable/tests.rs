@@ -209,3 +209,169 @@ proptest! {
         let _ = get_session(&mut Cursor::new(bytes.into()), EPOCH);
     }
 }
+
+mod journal {
+    use super::*;
+    use crate::codec::{Ack, Packet, Publish, QosPid, Subscribe};
+    use crate::durable::journal::Replay;
+
+    fn limits() -> Limits {
+        Limits {
+            max_inflight_messages: 3,
+            max_queued_messages: 6,
+            ..Limits::default()
+        }
+    }
+
+    fn connect() -> Connect {
+        Connect {
+            protocol: Protocol::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: Bytes::from_static(b"dev"),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties(vec![Property::SessionExpiryInterval(600)]),
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Deliver(QoS, u8),
+        AckOldest,
+        RecOldest,
+        CompOldest,
+        InboundQos2(u16),
+        Rel(u16),
+        Subscribe(u8),
+        Disconnect,
+        Reconnect,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (prop_oneof![Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)], any::<u8>())
+                .prop_map(|(q, n)| Op::Deliver(q, n)),
+            2 => Just(Op::AckOldest),
+            2 => Just(Op::RecOldest),
+            2 => Just(Op::CompOldest),
+            1 => (1u16..5).prop_map(Op::InboundQos2),
+            1 => (1u16..5).prop_map(Op::Rel),
+            1 => (0u8..4).prop_map(Op::Subscribe),
+            1 => Just(Op::Disconnect),
+            1 => Just(Op::Reconnect),
+        ]
+    }
+
+    fn oldest(s: &Session, state: OutState, qos: QoS) -> Option<Pid> {
+        s.image()
+            .inflight
+            .iter()
+            .find(|(_, st, r)| *st == state && r.qos == qos)
+            .map(|(p, _, _)| *p)
+    }
+
+    fn run(s: &mut Session, op: &Op, connected: &mut bool) {
+        let l = limits();
+        let now = Time::from_millis(1000);
+        let mut events = Vec::new();
+        let packet = match op {
+            Op::Deliver(qos, n) => {
+                let topic = format!("t/{n}");
+                let m = message(&topic, &[*n], *qos, None);
+                let _ = s.deliver(routed(m, None), &l, now);
+                return;
+            }
+            Op::AckOldest => match oldest(s, OutState::Published, QoS::AtLeastOnce) {
+                Some(pid) => Packet::PubAck(Ack::new(pid)),
+                None => return,
+            },
+            Op::RecOldest => match oldest(s, OutState::Published, QoS::ExactlyOnce) {
+                Some(pid) => Packet::PubRec(Ack::new(pid)),
+                None => return,
+            },
+            Op::CompOldest => match oldest(s, OutState::Released, QoS::ExactlyOnce) {
+                Some(pid) => Packet::PubComp(Ack::new(pid)),
+                None => return,
+            },
+            Op::InboundQos2(id) => Packet::Publish(Publish {
+                dup: false,
+                qos_pid: QosPid::ExactlyOnce(Pid::new(*id).unwrap()),
+                retain: false,
+                topic: Bytes::from_static(b"in"),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"p"),
+            }),
+            Op::Rel(id) => Packet::PubRel(Ack::new(Pid::new(*id).unwrap())),
+            Op::Subscribe(n) => Packet::Subscribe(Subscribe {
+                pid: Pid::new(1).unwrap(),
+                filters: vec![(Bytes::from(format!("f/{n}/#")), SubOptions::default())],
+                properties: Properties::default(),
+            }),
+            Op::Disconnect => {
+                if *connected {
+                    let _ = s.detach(&l);
+                    *connected = false;
+                }
+                return;
+            }
+            Op::Reconnect => {
+                if !*connected {
+                    s.attach(&connect(), &l, now);
+                    s.resume(&l, now);
+                    *connected = true;
+                }
+                return;
+            }
+        };
+        if *connected {
+            let _ = s.handle_packet(now, packet, &l, &mut events);
+        }
+    }
+
+    /// Subscriptions, QoS 2 ids, in-flight (id, released, payload), queue.
+    type Summary = (Vec<String>, Vec<u16>, Vec<(u16, bool, Bytes)>, Vec<Bytes>);
+
+    fn summary(img: &SessionImage) -> Summary {
+        let mut subs: Vec<String> = img
+            .subscriptions
+            .iter()
+            .map(|(f, _)| f.as_str().to_owned())
+            .collect();
+        subs.sort();
+        let mut rel: Vec<u16> = img.awaiting_rel.iter().map(|p| p.get()).collect();
+        rel.sort();
+        let inflight = img
+            .inflight
+            .iter()
+            .map(|(p, st, r)| (p.get(), *st == OutState::Released, r.msg.payload.clone()))
+            .collect();
+        let queue = img.queue.iter().map(|r| r.msg.payload.clone()).collect();
+        (subs, rel, inflight, queue)
+    }
+
+    proptest! {
+        /// Whatever a persistent session goes through, folding its journal
+        /// gives back its image at every step.
+        #[test]
+        fn replaying_the_journal_gives_the_session_back(ops in proptest::collection::vec(op(), 1..60)) {
+            let l = limits();
+            let mut s = Session::new("dev".into(), &connect(), &l, Time::ZERO);
+            s.set_journal(Some(EPOCH));
+            let mut log = Vec::new();
+            let mut connected = true;
+            for op in &ops {
+                run(&mut s, op, &mut connected);
+                log.extend(s.take_journal());
+                let mut replay = Replay::new(EPOCH);
+                for record in &log {
+                    replay.apply(record.clone()).expect("own records replay");
+                }
+                let back = replay.finish();
+                prop_assert_eq!(back.sessions.len(), 1);
+                prop_assert_eq!(summary(&back.sessions[0]), summary(&s.image()), "after {:?}", op);
+            }
+        }
+    }
+}

@@ -182,6 +182,8 @@ impl Core {
         self.counters.count(outcome);
         if outcome == crate::session::Outcome::Sent {
             self.mark_dirty(key);
+        } else {
+            self.collect_journal(key);
         }
     }
 
@@ -299,6 +301,11 @@ impl Core {
         self.outbox.send(owner, update);
     }
 
+    /// A retained message from the store, on its owner core.
+    pub(super) fn route_restored_retained(&mut self, msg: Arc<Message>, now: Time) {
+        self.order_retained(&msg, None, now);
+    }
+
     /// As the topic's owner: applies the caps and stores, then forwards to
     /// every replica, in one order for all of them.
     fn order_retained(&mut self, msg: &Arc<Message>, then: Option<Then>, now: Time) {
@@ -308,6 +315,14 @@ impl Core {
                 self.complete(then, now);
             }
             return;
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            if msg.payload.is_empty() {
+                journal.retained_cleared(msg.topic.as_str());
+            } else {
+                journal.retained(msg);
+            }
+            self.outbox.journal.extend(journal.take());
         }
         let replicas = self.cores - 1;
         let reply: Option<Reply> = then.map(|then| {

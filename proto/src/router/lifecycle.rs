@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use super::owner_core;
 use super::{Attached, CloseReason, ConnId, Core, Entry, SessionKey};
 use crate::access::Permissions;
 use crate::codec::Connect;
+use crate::durable::SessionImage;
 use crate::session::{Session, WillRelease};
 use crate::time::Time;
 use crate::topic::SubFilter;
@@ -33,6 +35,7 @@ impl Core {
                 self.end_session(key, now);
             } else {
                 self.resume(key, connect, conn, now);
+                self.journal_session(key);
                 self.authorize(key, permissions);
                 return Attached {
                     key,
@@ -54,6 +57,7 @@ impl Core {
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
         self.counters.connections_current += 1;
+        self.journal_session(key);
         self.mark_dirty(key);
         Attached {
             key,
@@ -114,6 +118,7 @@ impl Core {
         // A shared-group member that goes away hands what it has not acknowledged
         // to another member, even if its session stays.
         let unacked = e.session.take_shared_unacked();
+        self.collect_journal(key);
         self.activate_shared(key, false);
         for item in unacked {
             self.reroute_shared(item, now);
@@ -123,6 +128,50 @@ impl Core {
             0 => self.end_session(key, now),
             u32::MAX => {}
             secs => self.sessions[key].expires_at = Some(now.after_secs(secs)),
+        }
+    }
+
+    /// Brings back a session from the store, offline: its subscriptions are
+    /// in force again (announced to every core), its messages wait for its
+    /// client, and its expiry counts from now. Journaled afresh, so the new
+    /// journal holds it whole.
+    pub fn restore(&mut self, image: SessionImage, now: Time) {
+        if self.by_client_id.contains_key(&image.client_id) {
+            return;
+        }
+        let session = Session::restore(image, &self.limits, now);
+        let client_id = session.client_id().clone();
+        let subscriptions: Vec<_> = session
+            .subscriptions()
+            .map(|(f, e)| (f.clone(), *e))
+            .collect();
+        let expires_at = match session.session_expiry() {
+            u32::MAX => None,
+            secs => Some(now.after_secs(secs)),
+        };
+        let key = self.sessions.insert(Entry {
+            session: Box::new(session),
+            conn: None,
+            dirty: false,
+            paused: false,
+            expires_at,
+            delayed_will: None,
+        });
+        self.by_client_id.insert(client_id, key);
+        self.counters.sessions_current += 1;
+        for (filter, entry) in subscriptions {
+            // Shared memberships count only connected members: the client's
+            // reconnect activates them.
+            self.restore_subscription(key, &filter, entry);
+        }
+        self.journal_session(key);
+    }
+
+    /// Brings back a retained message from the store: the topic's owner core
+    /// stores it and orders it to every replica (and journals it again).
+    pub fn restore_retained(&mut self, msg: Arc<crate::message::Message>, now: Time) {
+        if owner_core(msg.topic.as_str(), self.cores) == self.id {
+            self.route_restored_retained(msg, now);
         }
     }
 
@@ -200,7 +249,14 @@ impl Core {
 
     /// Ends a session: a pending will goes out [MQTT-3.1.2-8], subscriptions go.
     pub(super) fn end_session(&mut self, key: SessionKey, now: Time) {
+        self.collect_journal(key);
         let mut e = self.sessions.remove(key);
+        if e.session.is_journaled() {
+            if let Some(journal) = self.journal.as_mut() {
+                journal.gone(e.session.client_id());
+                self.outbox.journal.extend(journal.take());
+            }
+        }
         self.by_client_id.remove(e.session.client_id());
         self.counters.sessions_current -= 1;
         if let Some((_, will)) = e.delayed_will.take().map(|b| *b) {

@@ -29,6 +29,8 @@ pub use outbox::Outbox;
 
 use crate::codec::{Packet, SubOptions};
 use crate::counters::Counters;
+use crate::durable::journal::Recorder;
+use crate::durable::Epoch;
 use crate::limits::{Limits, SharedStrategy};
 use crate::session::{Event, Session, Violation, WillRelease};
 use crate::store::RetainedStore;
@@ -132,6 +134,9 @@ pub struct Core {
     pub counters: Counters,
     /// What the server must do after this call.
     pub outbox: Outbox,
+    /// Set when the broker keeps a store: persistent sessions and the
+    /// retained topics this core owns are journaled into the outbox.
+    journal: Option<Recorder>,
 }
 
 impl Core {
@@ -157,7 +162,35 @@ impl Core {
             events: Vec::new(),
             counters: Counters::default(),
             outbox: Outbox::new(cores),
+            journal: None,
         }
+    }
+
+    /// From now on, journal what must outlive the process into
+    /// [`Outbox::journal`]: persistent sessions (as they connect or are
+    /// restored) and the retained topics this core owns.
+    pub fn keep_journal(&mut self, epoch: Epoch) {
+        self.journal = Some(Recorder::new(epoch));
+    }
+
+    /// Moves a session's journal records into the outbox.
+    fn collect_journal(&mut self, key: SessionKey) {
+        if let Some(e) = self.sessions.get_mut(key) {
+            if e.session.is_journaled() {
+                self.outbox.journal.extend(e.session.take_journal());
+            }
+        }
+    }
+
+    /// Journals session `key` if it is persistent and the core keeps a
+    /// journal; stops journaling it otherwise.
+    fn journal_session(&mut self, key: SessionKey) {
+        let epoch = self.journal.as_ref().map(Recorder::epoch);
+        if let Some(e) = self.sessions.get_mut(key) {
+            let persistent = e.session.is_persistent();
+            e.session.set_journal(epoch.filter(|_| persistent));
+        }
+        self.collect_journal(key);
     }
 
     /// How many cores the broker runs.
@@ -172,6 +205,7 @@ impl Core {
     /// Collects the session's refill tally and, if it has bytes to write, lists
     /// its connection as writable. Called after every call that touched it.
     fn mark_dirty(&mut self, key: SessionKey) {
+        self.collect_journal(key);
         if let Some(e) = self.sessions.get_mut(key) {
             let t = e.session.take_tally();
             self.counters.messages_sent += t.sent;
@@ -287,6 +321,9 @@ impl Core {
                 }
                 self.counters.awaiting_rel_expired +=
                     e.session.expire_awaiting_rel(now, &limits) as u64;
+                if e.session.is_journaled() {
+                    self.outbox.journal.extend(e.session.take_journal());
+                }
             }
             if e.delayed_will.as_ref().is_some_and(|w| now >= w.0) {
                 wills.extend(e.delayed_will.take().map(|b| b.1));

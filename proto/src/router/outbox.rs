@@ -17,6 +17,9 @@ pub struct Outbox {
     pub close: Vec<(ConnId, CloseReason)>,
     /// Paused connections that may read again: their SUBACK is written.
     pub resume: Vec<ConnId>,
+    /// Journal records for this core's store, in order (only while the core
+    /// keeps a journal, see [`super::Core::keep_journal`]).
+    pub journal: Vec<bytes::Bytes>,
 }
 
 impl Outbox {
@@ -27,6 +30,7 @@ impl Outbox {
             writable: Vec::new(),
             close: Vec::new(),
             resume: Vec::new(),
+            journal: Vec::new(),
         }
     }
 
@@ -51,6 +55,7 @@ impl Outbox {
             && self.writable.is_empty()
             && self.close.is_empty()
             && self.resume.is_empty()
+            && self.journal.is_empty()
     }
 }
 

@@ -62,6 +62,30 @@ impl Core {
         }
     }
 
+    /// A restored session's subscription: in force here and announced to
+    /// every core, with no SUBACK to wait for.
+    pub(super) fn restore_subscription(
+        &mut self,
+        key: SessionKey,
+        filter: &SubFilter,
+        entry: SubEntry,
+    ) {
+        let SubFilter::Plain(plain) = filter else {
+            return;
+        };
+        let list = self.subs.get_or_insert_with(plain.as_str(), Vec::new);
+        list.push(Subscriber {
+            key,
+            opts: entry.opts,
+            id: entry.id,
+            checked: entry.checked,
+        });
+        self.counters.subscriptions_current += 1;
+        if list.len() == 1 {
+            self.announce_interest(plain, true, None);
+        }
+    }
+
     /// Returns how many cores must acknowledge before the SUBACK.
     fn subscribe_one(
         &mut self,

@@ -554,3 +554,102 @@ fn shared_group_skips_a_member_that_may_not_read() {
     assert!(c.publishes(0, blind).is_empty());
     assert_eq!(c.publishes(0, reader).len(), 4);
 }
+
+/// What one core's journal holds so far.
+fn take_journal(c: &mut Cluster, core: usize) -> Vec<Bytes> {
+    std::mem::take(&mut c.cores[core].outbox.journal)
+}
+
+#[test]
+fn a_journal_brings_sessions_and_retained_back_on_another_core_count() {
+    use crate::durable::{journal::Replay, Epoch};
+    let epoch = Epoch(1_000_000);
+    let mut old = Cluster::new(2);
+    for core in &mut old.cores {
+        core.keep_journal(epoch);
+    }
+    let sub_id = "persistent-sub";
+    let sub = old.connect(1, sub_id, false);
+    old.subscribe(1, sub, "q/#", QoS::AtLeastOnce);
+    old.take_packets(1, sub);
+    old.cores[1].disconnected(sub, 1, T0);
+    let publ = old.connect(0, "pub", true);
+    for i in 0..5u8 {
+        let topic: &'static str = ["q/0", "q/1", "q/2", "q/3", "q/4"][usize::from(i)];
+        old.publish(0, publ, topic, false, b"m");
+    }
+    old.publish(0, publ, "r/kept", true, b"state");
+    old.publish(0, publ, "r/gone", true, b"x");
+    old.publish(0, publ, "r/gone", true, b"");
+    // The store: each core's records, replayed (order within a core kept).
+    let mut replay = Replay::new(epoch);
+    for core in 0..2 {
+        for record in take_journal(&mut old, core) {
+            replay.apply(record).expect("replays");
+        }
+    }
+    let recovered = replay.finish();
+    assert_eq!(
+        recovered.sessions.len(),
+        1,
+        "the clean publisher was never stored"
+    );
+    assert_eq!(recovered.sessions[0].queue.len(), 5);
+    let topics: Vec<_> = recovered
+        .retained
+        .iter()
+        .map(|m| m.topic.as_str().to_owned())
+        .collect();
+    assert_eq!(topics, ["r/kept"]);
+    // Three cores now: each session goes to the core its id hashes to.
+    let mut new = Cluster::new(3);
+    for core in &mut new.cores {
+        core.keep_journal(epoch);
+    }
+    let home = owner_core(sub_id, 3);
+    for image in recovered.sessions {
+        new.cores[home].restore(image, T0);
+    }
+    for msg in recovered.retained {
+        let msg = Arc::new(msg);
+        for core in &mut new.cores {
+            core.restore_retained(msg.clone(), T0);
+        }
+    }
+    new.settle();
+    // The subscriber comes back: session present, the five messages in order.
+    let c = v3_connect(sub_id, false);
+    let attached = new.cores[home].connect(&c, sub_id.into(), 1, T0, false, Permissions::all());
+    assert!(attached.session_present);
+    let packets = {
+        let tx = new.cores[home]
+            .take_tx(attached.key, 1, BytesMut::new())
+            .unwrap();
+        let mut buf = tx;
+        let mut out = Vec::new();
+        while let Some(p) = decode(&mut buf, Protocol::V3_1_1, u32::MAX).unwrap() {
+            out.push(p);
+        }
+        out
+    };
+    let topics: Vec<String> = packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(String::from_utf8(p.topic.to_vec()).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(topics, ["q/0", "q/1", "q/2", "q/3", "q/4"]);
+    // Its subscription is in force on every core again, and the retained
+    // message is on every replica.
+    let publ = new.connect(2, "pub2", true);
+    let late = new.connect(1, "late", true);
+    new.subscribe(1, late, "r/#", QoS::AtLeastOnce);
+    assert_eq!(new.publishes(1, late), vec![("r/kept".to_string(), true)]);
+    new.publish(2, publ, "q/5", false, b"after");
+    let again = new.publishes(home, attached.key);
+    assert!(
+        again.iter().any(|(t, _)| t == "q/5"),
+        "subscription restored: {again:?}"
+    );
+}

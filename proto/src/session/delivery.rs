@@ -19,6 +19,7 @@ impl Session {
             && self.out.inflight.len() < self.window(limits)
             && self.tx.len() < limits.max_write_buffer;
         if window_open {
+            self.journal(|r, c| r.queued(c, &item));
             return self.send_inflight(item, now);
         }
         if !self.out.has_room(
@@ -28,6 +29,7 @@ impl Session {
         ) {
             return Outcome::DroppedQueueFull;
         }
+        self.journal(|r, c| r.queued(c, &item));
         self.out.enqueue(item);
         Outcome::Queued
     }
@@ -113,11 +115,14 @@ impl Session {
         let qos_pid = QosPid::new(item.qos, pid);
         let outcome = self.encode_delivery(&item.msg, item.retain, &item.sub_ids, qos_pid, now);
         if outcome == Outcome::Sent {
+            self.journal(|r, c| r.sent(c, pid));
             self.out.inflight.push_back(Inflight {
                 pid,
                 item,
                 state: OutState::Published,
             });
+        } else {
+            self.journal(|r, c| r.skipped(c));
         }
         outcome
     }
@@ -135,6 +140,7 @@ impl Session {
             };
             if item.msg.expired(now) {
                 self.tally.expired += 1;
+                self.journal(|r, c| r.skipped(c));
                 continue;
             }
             match self.send_inflight(item, now) {
@@ -148,6 +154,11 @@ impl Session {
     /// Messages that came through shared subscriptions and were not received for
     /// sure: handed back so another group member gets them.
     pub fn take_shared_unacked(&mut self) -> Vec<Routed> {
-        self.out.take_shared_unacked()
+        let taken = self.out.take_shared_unacked();
+        if !taken.is_empty() && self.recorder.is_some() {
+            let image = self.image();
+            self.journal(|r, _| r.put(&image));
+        }
+        taken
     }
 }

@@ -108,6 +108,7 @@ impl Session {
                     return Err(Violation::AwaitingRelFull);
                 }
                 self.awaiting_rel.insert(pid, now);
+                self.journal(|r, c| r.await_rel(c, pid));
                 Some(PublishAck::PubRec(pid))
             }
         };
@@ -133,6 +134,7 @@ impl Session {
                 if reason >= 0x80 {
                     // A refusing PUBREC ends the flow: no PUBREL follows [MQTT-4.3.3].
                     self.awaiting_rel.remove(&pid);
+                    self.journal(|r, c| r.rel_done(c, pid));
                 }
                 let mut a = Ack::new(pid);
                 a.reason = reason;
@@ -143,7 +145,10 @@ impl Session {
 
     fn on_pubrel(&mut self, pid: Pid) {
         let mut ack = Ack::new(pid);
-        if self.awaiting_rel.remove(&pid).is_none() && self.protocol.is_v5() {
+        let known = self.awaiting_rel.remove(&pid).is_some();
+        if known {
+            self.journal(|r, c| r.rel_done(c, pid));
+        } else if self.protocol.is_v5() {
             ack.reason = reason::PACKET_ID_NOT_FOUND;
         }
         self.send(&Packet::PubComp(ack));
@@ -155,6 +160,8 @@ impl Session {
             .position(pid, OutState::Published, QoS::AtLeastOnce)
         {
             self.out.inflight.remove(i);
+            // Before pump: the id may be reused at once.
+            self.journal(|r, c| r.settled(c, pid));
             self.pump(limits, now);
         }
     }
@@ -174,16 +181,19 @@ impl Session {
         if ack.reason >= 0x80 {
             // 5.0: the receiver refused it; the flow ends here [MQTT-4.3.3-4].
             self.out.inflight.remove(i);
+            self.journal(|r, c| r.settled(c, ack.pid));
             self.pump(limits, now);
             return;
         }
         self.out.inflight[i].state = OutState::Released;
+        self.journal(|r, c| r.released(c, ack.pid));
         self.send(&Packet::PubRel(Ack::new(ack.pid)));
     }
 
     fn on_pubcomp(&mut self, pid: Pid, limits: &Limits, now: Time) {
         if let Some(i) = self.out.position(pid, OutState::Released, QoS::ExactlyOnce) {
             self.out.inflight.remove(i);
+            self.journal(|r, c| r.settled(c, pid));
             self.pump(limits, now);
         }
     }
@@ -236,6 +246,9 @@ impl Session {
             added.push((filter, entry));
             existed.push(exists);
         }
+        if !added.is_empty() {
+            self.journal_meta();
+        }
         events.push(Event::Subscribe {
             pid: s.pid,
             codes,
@@ -278,6 +291,9 @@ impl Session {
             codes,
             properties: Properties::default(),
         }));
+        if !removed.is_empty() {
+            self.journal_meta();
+        }
         events.push(Event::Unsubscribe(removed));
     }
 }

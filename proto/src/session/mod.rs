@@ -24,6 +24,8 @@ use crate::codec::{
     encode, reason, Ack, Connect, Packet, Pid, Properties, Property, Protocol, Publish, QoS,
     QosPid, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
 };
+use crate::durable::journal::Recorder;
+use crate::durable::Epoch;
 use crate::limits::Limits;
 use crate::message::{Alias, Delivery, Message};
 use crate::time::{keep_alive_grace, Time};
@@ -186,6 +188,9 @@ pub struct Session {
     permissions: Permissions,
     /// Recent publish and read decisions, made once rules are limited.
     decisions: Option<Box<[DecisionCache; 2]>>,
+    /// Journal records of changes to what must outlive the process, while
+    /// the session is persistent and the broker keeps a store.
+    recorder: Option<Box<Recorder>>,
     protocol: Protocol,
     params: ClientParams,
     /// The session expiry the CONNECT asked for was 0 (5.0 section 3.14.2.2.2).
@@ -219,6 +224,7 @@ impl Session {
             username: None,
             permissions: Permissions::all(),
             decisions: None,
+            recorder: None,
             protocol: connect.protocol,
             params: ClientParams::from_connect(connect, limits),
             connect_expiry_zero: true,
@@ -290,6 +296,21 @@ impl Session {
     /// What must outlive the broker process, for storing.
     pub fn image(&self) -> crate::durable::SessionImage {
         crate::durable::SessionImage {
+            awaiting_rel: self.awaiting_rel.keys().copied().collect(),
+            inflight: self
+                .out
+                .inflight
+                .iter()
+                .map(|e| (e.pid, e.state, e.item.clone()))
+                .collect(),
+            queue: self.out.queue.iter().cloned().collect(),
+            ..self.meta_image()
+        }
+    }
+
+    /// [`Session::image`] without the messages and QoS 2 ids.
+    fn meta_image(&self) -> crate::durable::SessionImage {
+        crate::durable::SessionImage {
             client_id: self.client_id.clone(),
             username: self.username.clone(),
             protocol: self.protocol,
@@ -299,14 +320,51 @@ impl Session {
                 .iter()
                 .map(|(f, e)| (f.clone(), *e))
                 .collect(),
-            awaiting_rel: self.awaiting_rel.keys().copied().collect(),
-            inflight: self
-                .out
-                .inflight
-                .iter()
-                .map(|e| (e.pid, e.state, e.item.clone()))
-                .collect(),
-            queue: self.out.queue.iter().cloned().collect(),
+            awaiting_rel: Vec::new(),
+            inflight: Vec::new(),
+            queue: Vec::new(),
+        }
+    }
+
+    /// Starts journaling this session's changes; the first record is its
+    /// whole image. Stops when `epoch` is `None` (the session stopped being
+    /// persistent, or the broker keeps no store).
+    pub fn set_journal(&mut self, epoch: Option<Epoch>) {
+        match (epoch, &self.recorder) {
+            (Some(epoch), None) => {
+                let mut r = Box::new(Recorder::new(epoch));
+                r.put(&self.image());
+                self.recorder = Some(r);
+            }
+            (None, Some(_)) => self.recorder = None,
+            _ => {}
+        }
+    }
+
+    pub fn is_journaled(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    /// Journal records made since the last call.
+    pub fn take_journal(&mut self) -> Vec<Bytes> {
+        self.recorder.as_mut().map(|r| r.take()).unwrap_or_default()
+    }
+
+    /// Journals the session's meta (subscriptions, expiry) after a change.
+    pub(super) fn journal_meta(&mut self) {
+        if self.recorder.is_some() {
+            let meta = self.meta_image();
+            if let Some(r) = self.recorder.as_mut() {
+                r.meta(&meta);
+            }
+        }
+    }
+
+    /// Journals one change, if journaling.
+    #[inline]
+    pub(super) fn journal(&mut self, f: impl FnOnce(&mut Recorder, &str)) {
+        if let Some(r) = self.recorder.as_mut() {
+            f(r, &self.client_id);
         }
     }
 
@@ -333,6 +391,7 @@ impl Session {
             username: image.username,
             permissions: Permissions::all(),
             decisions: None,
+            recorder: None,
             protocol: image.protocol,
             params,
             connect_expiry_zero: image.session_expiry == 0,
@@ -370,6 +429,9 @@ impl Session {
         }
         for filter in &revoked {
             self.subscriptions.remove(filter);
+        }
+        if !revoked.is_empty() || !changed.is_empty() {
+            self.journal_meta();
         }
         (revoked, changed)
     }
@@ -428,6 +490,7 @@ impl Session {
                 .resize(usize::from(limits.max_topic_alias), None);
         }
         self.will = connect.will.clone().map(Box::new);
+        self.journal_meta();
     }
 
     /// The connection ended. Returns the will to publish: after an abnormal end,
@@ -528,10 +591,17 @@ impl Session {
     /// Forgets QoS 2 ids whose PUBREL never came within `awaiting_rel_timeout`, so a
     /// client can't pin state forever. Returns how many were dropped.
     pub fn expire_awaiting_rel(&mut self, now: Time, limits: &Limits) -> usize {
-        let before = self.awaiting_rel.len();
-        self.awaiting_rel
-            .retain(|_, &mut at| now.since(at) < limits.awaiting_rel_timeout);
-        before - self.awaiting_rel.len()
+        let expired: Vec<Pid> = self
+            .awaiting_rel
+            .iter()
+            .filter(|(_, &at)| now.since(at) >= limits.awaiting_rel_timeout)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in &expired {
+            self.awaiting_rel.remove(pid);
+            self.journal(|r, c| r.rel_done(c, *pid));
+        }
+        expired.len()
     }
 }
 
