@@ -205,8 +205,10 @@ impl Core {
     /// Collects the session's refill tally and, if it has bytes to write, lists
     /// its connection as writable. Called after every call that touched it.
     fn mark_dirty(&mut self, key: SessionKey) {
-        self.collect_journal(key);
         if let Some(e) = self.sessions.get_mut(key) {
+            if e.session.is_journaled() {
+                self.outbox.journal.extend(e.session.take_journal());
+            }
             let t = e.session.take_tally();
             self.counters.messages_sent += t.sent;
             self.counters.dropped_expired += t.expired;
