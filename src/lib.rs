@@ -19,4 +19,5 @@ pub use ringmq_proto::{
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod persist;
 pub mod server;
