@@ -316,7 +316,7 @@ impl Core {
             }
             return;
         }
-        if let Some(journal) = self.journal.as_mut() {
+        if let Some(journal) = self.journal.as_mut().filter(|_| !msg.topic.is_sys()) {
             if msg.payload.is_empty() {
                 journal.retained_cleared(msg.topic.as_str());
             } else {

@@ -7,6 +7,7 @@ use super::owner_core;
 use super::{Attached, CloseReason, ConnId, Core, Entry, SessionKey};
 use crate::access::Permissions;
 use crate::codec::Connect;
+use crate::durable::journal::Recorder;
 use crate::durable::SessionImage;
 use crate::session::{Session, WillRelease};
 use crate::time::Time;
@@ -165,6 +166,31 @@ impl Core {
             self.restore_subscription(key, &filter, entry);
         }
         self.journal_session(key);
+    }
+
+    /// Everything this core must keep, as journal records that supersede all
+    /// earlier ones (for compacting the store): every journaled session whole,
+    /// and the retained messages of the topics this core owns.
+    pub fn journal_snapshot(&mut self) -> Vec<bytes::Bytes> {
+        let Some(epoch) = self.journal.as_ref().map(Recorder::epoch) else {
+            return Vec::new();
+        };
+        let mut snapshot = Recorder::new(epoch);
+        for (_, e) in self.sessions.iter_mut() {
+            if e.session.is_journaled() {
+                // Superseded by the image.
+                e.session.take_journal();
+                snapshot.put(&e.session.image());
+            }
+        }
+        let (id, cores) = (self.id, self.cores);
+        self.retained.for_each(|topic, msg| {
+            if owner_core(topic, cores) == id && !msg.topic.is_sys() {
+                snapshot.retained(msg);
+            }
+        });
+        self.outbox.journal.clear();
+        snapshot.take()
     }
 
     /// Brings back a retained message from the store: the topic's owner core

@@ -345,3 +345,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Core>();
+};

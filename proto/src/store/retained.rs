@@ -54,6 +54,11 @@ impl RetainedStore {
         self.tree.for_each_matching(filter, f);
     }
 
+    /// Every retained message, `$` topics included.
+    pub fn for_each(&self, f: impl FnMut(&str, &Arc<Message>)) {
+        self.tree.for_each(f);
+    }
+
     pub fn len(&self) -> usize {
         self.tree.len()
     }
@@ -68,6 +73,27 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    #[test]
+    fn for_each_visits_dollar_topics_too() {
+        let mut s = RetainedStore::new(10, 1 << 20);
+        for t in ["a/b", "$app/x", "c"] {
+            let topic = crate::topic::TopicName::from_static(t);
+            s.set(
+                &Message::new(
+                    topic,
+                    Bytes::from_static(b"v"),
+                    crate::codec::QoS::AtMostOnce,
+                    true,
+                )
+                .shared(),
+            );
+        }
+        let mut seen = Vec::new();
+        s.for_each(|t, _| seen.push(t.to_owned()));
+        seen.sort();
+        assert_eq!(seen, ["$app/x", "a/b", "c"]);
+    }
     use crate::codec::QoS;
     use crate::topic::TopicName;
 

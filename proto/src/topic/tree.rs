@@ -159,6 +159,27 @@ impl<V> TopicTree<V> {
         }
     }
 
+    /// Calls `f(topic, value)` for every stored topic, `$` topics included
+    /// (for a snapshot of the store, not for a subscriber).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &V)) {
+        let parent_end = parent_end(ROOT, "");
+        let mut stack: Vec<Frame> = self.arena[ROOT]
+            .children
+            .iter()
+            .map(|(level, id)| Frame {
+                id,
+                walk: Walk::All,
+                parent_end,
+                level,
+            })
+            .collect();
+        let mut topic = String::new();
+        while let Some(frame) = stack.pop() {
+            frame.enter(&mut topic);
+            self.visit("", &frame, &topic, &mut stack, &mut f);
+        }
+    }
+
     /// Handles one node of the filter walk: reports it if it matches and
     /// queues the children the filter can still reach.
     fn visit<'a>(
