@@ -13,7 +13,7 @@
 //!   - [`config`], [`metrics`], [`auth`]: leaves used by the server.
 
 pub use ringmq_proto::{
-    access, codec, counters, limits, message, router, session, store, time, topic,
+    access, codec, counters, durable, limits, message, router, session, store, time, topic,
 };
 
 pub mod auth;

@@ -92,6 +92,9 @@ counters! {
     wills_denied,
     /// Subscriptions removed because reloaded rules no longer allow them.
     subscriptions_revoked,
+    /// Records cut off the store's log tails at start: writes a crash
+    /// interrupted, never acknowledged as durable.
+    store_torn_records,
     /// QoS 2 ids dropped after `awaiting_rel_timeout` without PUBREL.
     awaiting_rel_expired,
     /// Connections closed for a protocol violation.

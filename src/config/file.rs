@@ -13,6 +13,7 @@ use super::*;
 const LIMITS: &str = "Limits";
 const LISTENERS: &str = "Listeners";
 const SECURITY: &str = "Security";
+const PERSISTENCE: &str = "Persistence";
 
 /// One configuration layer: every key optional, so "not given" stays
 /// distinguishable from "given the default" until the layers are merged.
@@ -66,6 +67,16 @@ pub struct FileConfig {
     #[arg(long, env = "RINGMQ_ALLOW_ANONYMOUS", value_name = "BOOL", action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new(), help_heading = SECURITY)]
     pub allow_anonymous: Option<bool>,
+    /// Keep persistent sessions, their queued QoS 1/2 messages and retained messages across restarts, in persistence_location (default false for now: see the README's durability paragraph)
+    #[arg(long, env = "RINGMQ_PERSISTENCE", value_name = "BOOL", action = ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), help_heading = PERSISTENCE)]
+    pub persistence: Option<bool>,
+    /// Directory of the store, one subdirectory per core (default ringmq-data, relative to the working directory)
+    #[arg(long, env = "RINGMQ_PERSISTENCE_LOCATION", value_name = "DIR", help_heading = PERSISTENCE)]
+    pub persistence_location: Option<PathBuf>,
+    /// Seconds between fdatasyncs of the store (default 1; a kill -9 loses nothing, a power cut at most this)
+    #[arg(long, env = "RINGMQ_PERSISTENCE_FSYNC_INTERVAL", value_name = "SECS", help_heading = PERSISTENCE)]
+    pub persistence_fsync_interval: Option<u64>,
     /// Users and password hashes in Mosquitto's format ($7$, $6$ or argon2id; write it with `ringmq passwd`); re-read on SIGHUP (default: none)
     #[arg(long, env = "RINGMQ_PASSWORD_FILE", value_name = "FILE", help_heading = SECURITY)]
     pub password_file: Option<PathBuf>,
@@ -208,7 +219,7 @@ impl FileConfig {
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
             persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
             keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
-            password_file, acl_file,
+            password_file, acl_file, persistence, persistence_location, persistence_fsync_interval,
         )
     }
 
@@ -244,6 +255,12 @@ impl FileConfig {
             local_only,
             password_file: self.password_file,
             acl_file: self.acl_file,
+            persistence: self.persistence.unwrap_or(d.persistence),
+            persistence_location: self.persistence_location.unwrap_or(d.persistence_location),
+            persistence_fsync_interval: secs(
+                self.persistence_fsync_interval,
+                d.persistence_fsync_interval,
+            ),
             log_level: self.log_level.unwrap_or(d.log_level),
             sys_interval: secs(self.sys_interval, d.sys_interval),
             shared_strategy: self.shared_strategy.unwrap_or(d.shared_strategy),

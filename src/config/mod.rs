@@ -83,6 +83,12 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// Mosquitto-format ACL file: who may publish and subscribe where.
     pub acl_file: Option<PathBuf>,
+    /// Keep persistent sessions and retained messages across restarts.
+    pub persistence: bool,
+    /// The store's directory (one subdirectory per core).
+    pub persistence_location: PathBuf,
+    /// How often the store is fdatasync'ed.
+    pub persistence_fsync_interval: Duration,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log_level: String,
     /// Interval between `$SYS` statistics publishes; zero disables them.
@@ -110,6 +116,9 @@ impl Default for Config {
             local_only: true,
             password_file: None,
             acl_file: None,
+            persistence: false,
+            persistence_location: PathBuf::from("ringmq-data"),
+            persistence_fsync_interval: Duration::from_secs(1),
             log_level: "info".to_owned(),
             sys_interval: Duration::from_secs(10),
             shared_strategy: SharedStrategy::RoundRobin,
@@ -216,6 +225,11 @@ impl Config {
 
     fn check_runtime(&self, check: &mut Checker) {
         check.range("cores", self.cores as u64, bounds::CORES);
+        check.range(
+            "persistence_fsync_interval",
+            self.persistence_fsync_interval.as_secs(),
+            1..=3600,
+        );
         check.range(
             "ring_entries",
             self.ring_entries.into(),

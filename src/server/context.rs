@@ -36,6 +36,8 @@ pub struct Ctx {
     outgoing: RefCell<Vec<VecDeque<Parcel>>>,
     next_conn: Cell<u64>,
     flush_retry: Cell<bool>,
+    /// The core's log grew enough to be compacted at the next tick.
+    compact_due: Cell<bool>,
 }
 
 impl Ctx {
@@ -49,6 +51,7 @@ impl Ctx {
             outgoing: RefCell::new((0..cores).map(|_| VecDeque::new()).collect()),
             next_conn: Cell::new(0),
             flush_retry: Cell::new(false),
+            compact_due: Cell::new(false),
         }
     }
 
@@ -74,6 +77,18 @@ impl Ctx {
             self.drain(&mut core);
         }
         result
+    }
+
+    /// Writes the core's whole state as a snapshot into its log if the log
+    /// grew enough since the last one (called from the tick).
+    pub fn compact_if_due(self: &Rc<Self>) {
+        let Some(store) = self.shared.store.as_ref() else {
+            return;
+        };
+        if self.compact_due.replace(false) {
+            let snapshot = self.with_core(|core| core.journal_snapshot());
+            store.compact(self.id, snapshot);
+        }
     }
 
     /// Bumps counters only: no routing happens, so there is nothing to drain.
@@ -115,6 +130,16 @@ impl Ctx {
     /// for other cores. Nothing here calls back into the core.
     fn drain(self: &Rc<Self>, core: &mut Core) {
         let out = &mut core.outbox;
+        if let Some(store) = self
+            .shared
+            .store
+            .as_ref()
+            .filter(|_| !out.journal.is_empty())
+        {
+            if store.append(self.id, out.journal.drain(..)) {
+                self.compact_due.set(true);
+            }
+        }
         let links = self.links.borrow();
         for conn in out.writable.drain(..) {
             if let Some(link) = links.get(&conn) {

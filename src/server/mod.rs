@@ -8,6 +8,7 @@ mod context;
 mod listener;
 mod mesh;
 mod notify;
+mod store;
 mod sys;
 pub mod transport;
 mod worker;
@@ -22,6 +23,7 @@ use anyhow::Context as _;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{self, SharedCounters};
+use crate::router::Core;
 use listener::ListenerRuntime;
 use mesh::{mesh, Mesh, Parcel};
 
@@ -42,6 +44,8 @@ pub struct Shared {
     pub started: Instant,
     /// Set by each core once its listeners are bound.
     pub ready: AtomicUsize,
+    /// The per-core logs, with `persistence`.
+    pub store: Option<store::Store>,
 }
 
 /// Loads every listener's certificates (reporting an unreadable file or a
@@ -95,8 +99,21 @@ impl Broker {
             .map(|l| ListenerRuntime::new(l, max_packet))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let cores = config.cores;
+        let started = Instant::now();
+        let limits = Arc::new(config.limits.clone());
+        let mut routers: Vec<Core> = (0..cores)
+            .map(|id| Core::new(id, cores, limits.clone(), config.shared_strategy))
+            .collect();
+        let store = match config.persistence {
+            true => Some(
+                store::Store::open(&config, store::epoch_now())?
+                    .restore_into(&mut routers, crate::time::Time::ZERO)?,
+            ),
+            false => None,
+        };
         let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity);
         let shared = Arc::new(Shared {
+            store,
             listeners,
             counters: (0..cores).map(|_| SharedCounters::default()).collect(),
             auth: Auth::from_config(&config)?,
@@ -104,17 +121,17 @@ impl Broker {
             mesh,
             connections: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
-            started: Instant::now(),
+            started,
             ready: AtomicUsize::new(0),
         });
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(cores);
-        for (id, inbox) in inboxes.into_iter().enumerate() {
+        for ((id, inbox), core) in inboxes.into_iter().enumerate().zip(routers) {
             let shared = shared.clone();
             let bound_tx = bound_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringmq-core-{id}"))
-                .spawn(move || worker::run(id, shared, inbox, bound_tx))
+                .spawn(move || worker::run(id, core, shared, inbox, bound_tx))
                 .context("spawning a core thread")?;
             threads.push(thread);
         }
@@ -196,6 +213,9 @@ impl Broker {
         self.tell_every_core(|| Parcel::Shutdown);
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(store) = &self.shared.store {
+            store.flush();
         }
         let totals = metrics::total(&self.shared.counters);
         tracing::info!(?totals, "ringmq stopped");

@@ -23,6 +23,7 @@ const TICK: Duration = Duration::from_millis(500);
 /// shutdown. Reports the bound address (or the error) on `bound`.
 pub fn run(
     id: usize,
+    core: Core,
     shared: Arc<Shared>,
     inbox: Inbox,
     bound: Sender<std::io::Result<SocketAddr>>,
@@ -44,7 +45,7 @@ pub fn run(
         match rt {
             Ok(mut rt) => {
                 tracing::info!(core = id, driver = "io_uring", entries, "core started");
-                return rt.block_on(serve(id, shared, inbox, bound));
+                return rt.block_on(serve(id, core, shared, inbox, bound));
             }
             Err(e) if required => {
                 let _ = bound.send(Err(std::io::Error::other(format!(
@@ -70,7 +71,7 @@ pub fn run(
     match rt {
         Ok(mut rt) => {
             tracing::info!(core = id, driver = "epoll", "core started");
-            rt.block_on(serve(id, shared, inbox, bound));
+            rt.block_on(serve(id, core, shared, inbox, bound));
         }
         Err(e) => {
             let _ = bound.send(Err(e));
@@ -89,6 +90,7 @@ fn pin(id: usize) {
 
 async fn serve(
     id: usize,
+    core: Core,
     shared: Arc<Shared>,
     inbox: Inbox,
     bound: Sender<std::io::Result<SocketAddr>>,
@@ -107,12 +109,6 @@ async fn serve(
         }
     }
     let _ = bound.send(Ok(shared.listeners[0].config.addr()));
-    let core = Core::new(
-        id,
-        shared.config.cores,
-        Arc::new(shared.config.limits.clone()),
-        shared.config.shared_strategy,
-    );
     let ctx = Rc::new(Ctx::new(id, core, shared));
     let stop = Canceller::new();
     let stop_handle = stop.handle();
@@ -231,6 +227,7 @@ async fn tick_loop(ctx: Rc<Ctx>) {
         monoio::time::sleep(TICK).await;
         let now = ctx.now();
         ctx.with_core(|core| core.tick(now));
+        ctx.compact_if_due();
         ctx.shared.counters[ctx.id].publish(&ctx.counters());
         sys.maybe_publish(&ctx, now);
         if ctx

@@ -1,0 +1,188 @@
+//! The store: persistent sessions with their queued QoS 1/2 messages and
+//! retained messages survive a restart, onto another number of cores too; a
+//! torn log tail is cut off and counted; a corrupt log stops the start with
+//! a message naming the file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::*;
+use ringmq::codec::Protocol;
+
+/// A store directory for one test, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ringmq-store-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn persistent(dir: &Path, cores: usize) -> TestBroker {
+    let dir = dir.to_owned();
+    start(cores, move |c| {
+        c.persistence = true;
+        c.persistence_location = dir;
+    })
+}
+
+const QOS1: usize = 600;
+const QOS2: usize = 50;
+
+/// A persistent subscriber of `s/#` (QoS 1) and `x/#` (QoS 2), offline;
+/// `QOS1` + `QOS2` numbered messages and a retained one published to it.
+async fn fill(broker: &TestBroker, sub_id: &str) {
+    let mut sub = Raw::connect(broker.addr, sub_id, false, 0, None).await;
+    sub.subscribe_ok("s/#", RawQoS::AtLeastOnce, 1).await;
+    sub.subscribe_ok("x/#", RawQoS::ExactlyOnce, 2).await;
+    sub.disconnect().await;
+    let pub_id = id_on(0, broker.cores, "publisher");
+    let mut publ = Raw::connect(broker.addr, &pub_id, true, 0, None).await;
+    for i in 0..QOS1 {
+        let body = numbered("q1", i);
+        publ.send(&publish_packet(
+            "s/n",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+            body.as_bytes(),
+        ))
+        .await;
+        assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    }
+    for i in 0..QOS2 {
+        let body = numbered("q2", i);
+        publ.send(&publish_packet(
+            "x/n",
+            QosPid::ExactlyOnce(pid(2)),
+            false,
+            body.as_bytes(),
+        ))
+        .await;
+        assert!(matches!(publ.recv().await, Packet::PubRec(_)));
+        publ.send(&Packet::PubRel(Ack::new(pid(2)))).await;
+        assert!(matches!(publ.recv().await, Packet::PubComp(_)));
+    }
+    publ.send(&publish_packet(
+        "r/state",
+        QosPid::AtLeastOnce(pid(3)),
+        true,
+        b"on",
+    ))
+    .await;
+    assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    publ.disconnect().await;
+}
+
+/// Reconnects the subscriber and takes everything it is owed, acknowledging
+/// as it goes (QoS 2 through PUBREC/PUBREL/PUBCOMP); returns the payloads
+/// per topic in arrival order.
+async fn drain(broker: &TestBroker, sub_id: &str) -> (Vec<Bytes>, Vec<Bytes>) {
+    let mut sub = Raw::open(broker.addr).await;
+    let ack = sub
+        .handshake(connect_packet(Protocol::V3_1_1, sub_id, false, 0, None))
+        .await;
+    assert_eq!(ack.code, 0);
+    assert!(ack.session_present, "the session came back");
+    let (mut q1, mut q2) = (Vec::new(), Vec::new());
+    while q1.len() < QOS1 || q2.len() < QOS2 {
+        match sub.recv().await {
+            Packet::Publish(p) if &p.topic[..] == b"s/n" => {
+                sub.puback(&p).await;
+                q1.push(p.payload);
+            }
+            Packet::Publish(p) if &p.topic[..] == b"x/n" => {
+                let id = p.qos_pid.pid().expect("QoS 2 has an id");
+                sub.send(&Packet::PubRec(Ack::new(id))).await;
+                q2.push(p.payload);
+            }
+            Packet::PubRel(a) => sub.send(&Packet::PubComp(Ack::new(a.pid))).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (q1, q2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_queued_messages_and_retained_survive_a_restart_onto_more_cores() {
+    let dir = Dir::new("restart");
+    let sub_id = id_on(1, 2, "durable-sub");
+    {
+        let broker = persistent(&dir.0, 2);
+        fill(&broker, &sub_id).await;
+    } // stopped: SIGTERM's path, every log flushed
+    let broker = persistent(&dir.0, 3);
+    let (q1, q2) = drain(&broker, &sub_id).await;
+    assert_sequence("QoS 1 after the restart", "q1", &q1, QOS1);
+    assert_sequence("QoS 2 after the restart", "q2", &q2, QOS2);
+    // The retained message is on every core of the new run.
+    wait_retained_payload(&broker, "r/state", b"on").await;
+    assert!(!dir.0.join("core-2").join("missing").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_off_and_counted_and_a_flipped_byte_stops_the_start() {
+    let dir = Dir::new("damage");
+    let sub_id = id_on(0, 1, "durable-sub");
+    {
+        let broker = persistent(&dir.0, 1);
+        fill(&broker, &sub_id).await;
+    }
+    let segment = last_segment(&dir.0.join("core-0"));
+    // A write cut short by a crash: half a record header at the end.
+    let mut bytes = std::fs::read(&segment).expect("read the segment");
+    let good = bytes.len();
+    bytes.extend_from_slice(&[0x40, 0, 0]);
+    std::fs::write(&segment, &bytes).expect("tear the tail");
+    {
+        let broker = persistent(&dir.0, 1);
+        broker
+            .wait_counters(STEP, "torn record counted", |c| c.store_torn_records == 1)
+            .await;
+        let (q1, _) = drain(&broker, &sub_id).await;
+        assert_eq!(q1.len(), QOS1);
+    }
+    // A flipped byte in the middle of a record: refuse to start, name the file.
+    let segment = last_segment(&dir.0.join("core-0"));
+    let mut bytes = std::fs::read(&segment).expect("read the segment");
+    assert!(bytes.len() > 200, "the snapshot holds the session");
+    let middle = bytes.len().min(good) / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&segment, &bytes).expect("flip a byte");
+    let dir2 = dir.0.clone();
+    let err = match start_result(1, move |c| {
+        c.persistence = true;
+        c.persistence_location = dir2;
+    }) {
+        Ok(_) => panic!("a corrupt store must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("core-0"), "names the file: {err}");
+    assert!(
+        err.contains("--persistence false"),
+        "offers the way out: {err}"
+    );
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("a core directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a segment")
+}
