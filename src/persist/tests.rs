@@ -353,6 +353,33 @@ fn all_operations_failing_then_recovering() {
     );
 }
 
+/// A disk that never comes back: drop gives up after `shutdown_timeout`
+/// (even behind a compaction that cannot be written), flush says why, and
+/// what was synced before is still there.
+#[test]
+fn drop_gives_up_on_a_dead_disk() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new();
+    let mut config = cfg(FsyncPolicy::Always, 1 << 20);
+    config.shutdown_timeout = Duration::from_millis(50);
+    let w = open(tmp.path(), config, &faults);
+    (1..=5).for_each(|i| put(&w, i));
+    w.flush().expect("flush");
+    faults.fail_all(true);
+    (6..=9).for_each(|i| put(&w, i));
+    w.compact(expected(100..=101)).expect("compact");
+    let e = w
+        .flush_timeout(Duration::from_millis(20))
+        .expect_err("not durable");
+    assert_eq!((e.target, e.synced), (10, 5));
+    drop(w);
+    // Half-written batches may have reached the file (not the disk): any
+    // prefix from the synced records on, never the unwritten snapshot.
+    let got = bodies(&recover(tmp.path()).expect("recover"));
+    assert!((5..=9).contains(&got.len()), "{} records", got.len());
+    assert!(got == expected(1..=got.len() as u64));
+}
+
 #[test]
 fn periodic_mode_syncs_on_flush_and_drop() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -503,9 +530,9 @@ fn recovery_shares_one_buffer_per_segment() {
 }
 
 mod model {
-    //! Random append / flush / compact sequences on small segments, then a
-    //! crash and a power cut that keeps a random part of the unsynced tail:
-    //! recovery yields the log as it stood at some LSN between what was
+    //! Random append / flush / compact / fault sequences on small segments
+    //! (so they rotate), then a crash and a power cut that keeps a random
+    //! part of the unsynced tail: recovery yields the log as it stood at some LSN between what was
     //! synced and what was appended, never anything else.
 
     use super::*;
@@ -516,6 +543,8 @@ mod model {
         Append(usize),
         Flush,
         Compact(usize),
+        /// Every file operation fails (ENOSPC / EIO) until switched off.
+        Faults(bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -523,6 +552,7 @@ mod model {
             8 => (0usize..300).prop_map(Op::Append),
             1 => Just(Op::Flush),
             1 => (0usize..4).prop_map(Op::Compact),
+            1 => any::<bool>().prop_map(Op::Faults),
         ]
     }
 
@@ -533,7 +563,7 @@ mod model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
         fn recovers_a_state_between_synced_and_appended(
             ops in proptest::collection::vec(op(), 1..40),
@@ -564,7 +594,13 @@ mod model {
                     }
                     Op::Flush => {
                         n -= 1;
+                        faults.fail_all(false);
                         w.flush().expect("flush");
+                        continue;
+                    }
+                    Op::Faults(on) => {
+                        n -= 1;
+                        faults.fail_all(on);
                         continue;
                     }
                 }
@@ -572,6 +608,7 @@ mod model {
             }
             let synced = w.synced() as usize;
             w.crash();
+            faults.fail_all(false);
             faults.power_cut(keep_extra).expect("power cut");
             let r = recover(tmp.path()).expect("recover");
             let got = bodies(&r);

@@ -277,6 +277,17 @@ fn check_len(record: &[u8]) -> Result<(), RecordTooLarge> {
 /// when appends outrun the disk.
 const MAX_BATCH: usize = 8 << 20;
 
+/// Marks the writer gone however its thread ends (a panic included), so
+/// flush waiters return instead of waiting for ever.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::Release);
+        self.0.wake_waiters();
+    }
+}
+
 struct Active {
     file: Box<dyn SegmentFile>,
     /// Bytes of the file known durable; `pending` goes right after them.
@@ -344,6 +355,7 @@ impl Worker {
     }
 
     fn run(mut self) {
+        let _exit = ExitGuard(self.shared.clone());
         while !self.done {
             self.receive();
             if self.done {
@@ -357,8 +369,6 @@ impl Worker {
                 break;
             }
         }
-        self.shared.exited.store(true, Ordering::Release);
-        self.shared.wake_waiters();
     }
 
     fn idle(&self) -> bool {
@@ -417,9 +427,11 @@ impl Worker {
         }
     }
 
-    /// Behind a queued compaction everything waits its turn.
+    /// Behind a queued compaction everything waits its turn, except stopping:
+    /// a compaction failing for ever must not keep drop from returning.
     fn intake(&mut self, msg: Msg) {
-        if self.backlog.is_empty() && !matches!(msg, Msg::Compact(..)) {
+        let jumps = matches!(msg, Msg::Stop | Msg::Crash);
+        if jumps || (self.backlog.is_empty() && !matches!(msg, Msg::Compact(..))) {
             self.apply(msg);
         } else {
             self.backlog.push_back(msg);
