@@ -258,6 +258,16 @@ impl Cursor {
         Ok(self.inner.u8()?)
     }
 
+    pub(crate) fn u64(&mut self) -> Result<u64, Corrupt> {
+        let b = self.inner.take(8)?;
+        Ok(u64::from_le_bytes(b[..].try_into().unwrap_or([0; 8])))
+    }
+
+    /// The MQTT codec's reader over the same bytes (for 5.0 properties).
+    pub(crate) fn codec(&mut self) -> &mut crate::codec::Reader {
+        &mut self.inner
+    }
+
     fn u32(&mut self) -> Result<u32, Corrupt> {
         let b = self.inner.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))

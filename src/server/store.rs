@@ -193,6 +193,10 @@ impl Opened {
             let home = owner_core(&image.client_id, n);
             cores[home].restore(image, now);
         }
+        for (client, at, will) in recovered.wills {
+            let home = owner_core(&client, n);
+            cores[home].restore_delayed_will(&client, at, will);
+        }
         for msg in recovered.retained {
             let msg = std::sync::Arc::new(msg);
             for core in cores.iter_mut() {

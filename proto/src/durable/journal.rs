@@ -21,9 +21,11 @@ use super::{
     get_message, get_routed, get_session, put_bytes, put_message, put_routed, put_session, Corrupt,
     Cursor, Epoch, SessionImage,
 };
-use crate::codec::Pid;
+use crate::codec::{Pid, Properties, QoS, Will};
 use crate::message::Message;
-use crate::session::{OutState, Routed};
+use crate::session::{OutState, Routed, WillRelease};
+use crate::time::Time;
+use crate::topic::TopicName;
 
 const PUT: u8 = 1;
 const META: u8 = 2;
@@ -37,6 +39,8 @@ const AWAIT_REL: u8 = 9;
 const REL_DONE: u8 = 10;
 const RETAINED: u8 = 11;
 const RETAINED_CLEARED: u8 = 12;
+const WILL: u8 = 13;
+const WILL_DONE: u8 = 14;
 
 /// Builds journal records; each is one entry for the store.
 #[derive(Debug)]
@@ -127,6 +131,23 @@ impl Recorder {
         self.record(REL_DONE, client, |out, _| out.put_u16_le(pid.get()));
     }
 
+    /// A will waiting out its delay, due at `at`.
+    pub fn will(&mut self, client: &str, at: Time, will: &WillRelease) {
+        self.record(WILL, client, |out, epoch| {
+            out.put_u64_le(epoch.to_unix(at));
+            put_bytes(out, will.topic().as_bytes());
+            let w = will.will();
+            put_bytes(out, &w.payload);
+            out.put_u8(w.qos as u8 | u8::from(w.retain) << 2);
+            w.properties.encode(out);
+        });
+    }
+
+    /// The delayed will was published or cancelled.
+    pub fn will_done(&mut self, client: &str) {
+        self.record(WILL_DONE, client, |_, _| {});
+    }
+
     /// A retained message stored for its topic (the owner core journals it).
     pub fn retained(&mut self, msg: &Message) {
         self.record(RETAINED, "", |out, epoch| put_message(out, msg, epoch));
@@ -144,6 +165,8 @@ impl Recorder {
 pub struct Recovered {
     pub sessions: Vec<SessionImage>,
     pub retained: Vec<Message>,
+    /// Delayed wills of recovered sessions: client id, when due, the will.
+    pub wills: Vec<(Arc<str>, Time, WillRelease)>,
 }
 
 /// Folds journal records, oldest first, into the state they describe.
@@ -158,6 +181,7 @@ pub struct Replay {
 #[derive(Debug)]
 struct Building {
     image: SessionImage,
+    will: Option<(Time, WillRelease)>,
     inflight: VecDeque<(Pid, OutState, Routed)>,
     queue: VecDeque<Routed>,
 }
@@ -184,6 +208,7 @@ impl Replay {
                 let queue = std::mem::take(&mut image.queue).into();
                 let b = Building {
                     image,
+                    will: None,
                     inflight,
                     queue,
                 };
@@ -202,6 +227,7 @@ impl Replay {
                     None => {
                         let b = Building {
                             image,
+                            will: None,
                             inflight: VecDeque::new(),
                             queue: VecDeque::new(),
                         };
@@ -237,10 +263,18 @@ impl Replay {
     }
 
     pub fn finish(self) -> Recovered {
-        let sessions = self.sessions.into_values().map(Building::finish).collect();
+        let mut wills = Vec::new();
+        let mut sessions = Vec::with_capacity(self.sessions.len());
+        for (client, mut b) in self.sessions {
+            if let Some((at, will)) = b.will.take() {
+                wills.push((client, at, will));
+            }
+            sessions.push(b.finish());
+        }
         Recovered {
             sessions,
             retained: self.retained.into_values().collect(),
+            wills,
         }
     }
 }
@@ -282,6 +316,25 @@ impl Building {
                 let pid = r.pid()?;
                 self.image.awaiting_rel.retain(|p| *p != pid);
             }
+            WILL => {
+                let at = epoch.to_time(r.u64()?);
+                let topic = TopicName::new(r.bytes()?, usize::MAX)
+                    .map_err(|_| Corrupt::Invalid("will topic"))?;
+                let payload = r.bytes()?;
+                let flags = r.u8()?;
+                let qos = QoS::from_bits(flags & 3).ok_or(Corrupt::Invalid("will QoS"))?;
+                let properties = Properties::decode(r.codec())?;
+                let will = Will {
+                    topic: topic.bytes().clone(),
+                    payload,
+                    qos,
+                    retain: flags & 4 != 0,
+                    properties,
+                };
+                let publisher = self.image.client_id.clone();
+                self.will = Some((at, WillRelease::from_parts(topic, will, publisher)));
+            }
+            WILL_DONE => self.will = None,
             _ => return Err(Corrupt::Invalid("record kind")),
         }
         Ok(())

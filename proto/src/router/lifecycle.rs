@@ -74,7 +74,14 @@ impl Core {
         e.paused = false;
         e.expires_at = None;
         // Reconnecting within the will delay cancels the will [MQTT-3.1.3-9].
-        e.delayed_will = None;
+        let cancelled = e.delayed_will.take().is_some();
+        if cancelled && e.session.is_journaled() {
+            if let Some(journal) = self.journal.as_mut() {
+                journal.will_done(e.session.client_id());
+                self.outbox.journal.extend(journal.take());
+            }
+        }
+        let e = &mut self.sessions[key];
         e.session.attach(connect, &limits, now);
         e.session.send_connack(true, None, &limits);
         e.session.resume(&limits, now);
@@ -181,6 +188,9 @@ impl Core {
                 // Superseded by the image.
                 e.session.take_journal();
                 snapshot.put(&e.session.image());
+                if let Some((at, will)) = e.delayed_will.as_deref() {
+                    snapshot.will(e.session.client_id(), *at, will);
+                }
             }
         }
         let (id, cores) = (self.id, self.cores);
@@ -191,6 +201,20 @@ impl Core {
         });
         self.outbox.journal.clear();
         snapshot.take()
+    }
+
+    /// Brings back a restored session's delayed will (published when due,
+    /// or cancelled by its client's reconnect, as before the restart).
+    pub fn restore_delayed_will(&mut self, client_id: &str, at: Time, will: WillRelease) {
+        let Some(&key) = self.by_client_id.get(client_id) else {
+            return;
+        };
+        let e = &mut self.sessions[key];
+        if let Some(journal) = self.journal.as_mut().filter(|_| e.session.is_journaled()) {
+            journal.will(client_id, at, &will);
+            self.outbox.journal.extend(journal.take());
+        }
+        e.delayed_will = Some(Box::new((at, will)));
     }
 
     /// Brings back a retained message from the store: the topic's owner core
@@ -264,7 +288,12 @@ impl Core {
             self.publish_will(will, now);
         } else {
             let at = now.after_secs(will.delay);
-            self.sessions[key].delayed_will = Some(Box::new((at, will)));
+            let e = &mut self.sessions[key];
+            if let Some(journal) = self.journal.as_mut().filter(|_| e.session.is_journaled()) {
+                journal.will(e.session.client_id(), at, &will);
+                self.outbox.journal.extend(journal.take());
+            }
+            e.delayed_will = Some(Box::new((at, will)));
         }
     }
 

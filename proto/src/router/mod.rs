@@ -329,6 +329,10 @@ impl Core {
             }
             if e.delayed_will.as_ref().is_some_and(|w| now >= w.0) {
                 wills.extend(e.delayed_will.take().map(|b| b.1));
+                if let Some(journal) = self.journal.as_mut().filter(|_| e.session.is_journaled()) {
+                    journal.will_done(e.session.client_id());
+                    self.outbox.journal.extend(journal.take());
+                }
             }
             if e.expires_at.is_some_and(|at| now >= at) {
                 expired.push(key);

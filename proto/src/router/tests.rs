@@ -653,3 +653,56 @@ fn a_journal_brings_sessions_and_retained_back_on_another_core_count() {
         "subscription restored: {again:?}"
     );
 }
+
+#[test]
+fn a_delayed_will_outlives_a_restart_and_goes_out_when_due() {
+    use crate::codec::{Property, Will};
+    use crate::durable::{journal::Replay, Epoch};
+    let epoch = Epoch(5_000_000);
+    let mut old = Cluster::new(1);
+    old.cores[0].keep_journal(epoch);
+    let mut connect = v3_connect("dev", false);
+    connect.protocol = Protocol::V5;
+    connect.properties = Properties(vec![Property::SessionExpiryInterval(3600)]);
+    connect.will = Some(Will {
+        topic: Bytes::from_static(b"status/dev"),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties(vec![Property::WillDelayInterval(60)]),
+    });
+    let a = old.cores[0].connect(&connect, "dev".into(), 1, T0, false, Permissions::all());
+    old.cores[0].disconnected(a.key, 1, T0);
+    let mut replay = Replay::new(epoch);
+    for record in take_journal(&mut old, 0) {
+        replay.apply(record).expect("replays");
+    }
+    let recovered = replay.finish();
+    assert_eq!(recovered.wills.len(), 1, "the will waits out its delay");
+    // The next run started 10 s later (wall clock): the will is due 50 s in.
+    let mut new = Cluster::new(2);
+    let later = Epoch(epoch.0 + 10_000);
+    for core in &mut new.cores {
+        core.keep_journal(later);
+    }
+    let home = owner_core("dev", 2);
+    for image in recovered.sessions {
+        new.cores[home].restore(image, T0);
+    }
+    for (client, at, will) in recovered.wills {
+        let at = later.to_time(epoch.to_unix(at));
+        new.cores[home].restore_delayed_will(&client, at, will);
+    }
+    new.settle();
+    let watcher = new.connect(1 - home, "watcher", true);
+    new.subscribe(1 - home, watcher, "status/#", QoS::AtMostOnce);
+    new.cores[home].tick(Time::from_millis(49_000));
+    new.settle();
+    assert!(new.publishes(1 - home, watcher).is_empty(), "not due yet");
+    new.cores[home].tick(Time::from_millis(50_000));
+    new.settle();
+    assert_eq!(
+        new.publishes(1 - home, watcher),
+        vec![("status/dev".to_string(), false)]
+    );
+}

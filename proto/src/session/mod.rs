@@ -158,6 +158,24 @@ impl WillRelease {
         &self.topic
     }
 
+    pub fn will(&self) -> &Will {
+        &self.will
+    }
+
+    pub fn publisher(&self) -> &Arc<str> {
+        &self.publisher
+    }
+
+    /// A will as stored (its topic already validated when it was accepted).
+    pub fn from_parts(topic: TopicName, will: Will, publisher: Arc<str>) -> WillRelease {
+        WillRelease {
+            topic,
+            will,
+            publisher,
+            delay: 0,
+        }
+    }
+
     pub fn into_message(self, now: Time) -> Arc<Message> {
         let w = self.will;
         Message::new(self.topic, w.payload, w.qos, w.retain)
