@@ -186,3 +186,84 @@ fn last_segment(dir: &Path) -> PathBuf {
     logs.sort();
     logs.pop().expect("a segment")
 }
+
+/// A store that cannot write (a full disk, injected): QoS 1 publishes wait
+/// for it instead of being acknowledged, QoS 0 keeps flowing, and once it
+/// writes again the held publish is acknowledged and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_holds_qos1_acknowledgements_and_not_qos0() {
+    use ringmq::config::FaultHook;
+    use ringmq::persist::Faults;
+    let dir = Dir::new("full-disk");
+    let faults = Faults::new();
+    let location = dir.0.clone();
+    let hook = FaultHook(faults.clone());
+    let start_store = move |c: &mut ringmq::config::Config| {
+        c.persistence = true;
+        c.persistence_location = location;
+        c.persistence_faults = Some(hook);
+    };
+    let broker = start(1, start_store);
+    let sub_id = "held-sub";
+    let mut sub = Raw::connect(broker.addr, sub_id, false, 0, None).await;
+    sub.subscribe_ok("held/#", RawQoS::AtLeastOnce, 1).await;
+    sub.disconnect().await;
+    let mut live = Raw::connect(broker.addr, "live", true, 0, None).await;
+    live.subscribe_ok("live/#", RawQoS::AtMostOnce, 0).await;
+    let mut publ = Raw::connect(broker.addr, "pub", true, 0, None).await;
+    faults.fail_all(true);
+    // The first write to fail is the one that tells the broker.
+    publ.send(&publish_packet(
+        "held/1",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+        b"1",
+    ))
+    .await;
+    assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    broker
+        .wait_counters(STEP, "the store reported failing", |c| c.store_failing == 1)
+        .await;
+    publ.send(&publish_packet(
+        "held/2",
+        QosPid::AtLeastOnce(pid(2)),
+        false,
+        b"2",
+    ))
+    .await;
+    publ.assert_silent(QUIET, "no PUBACK while the store cannot write")
+        .await;
+    let mut qos0 = Raw::connect(broker.addr, "qos0-pub", true, 0, None).await;
+    qos0.send(&publish_packet(
+        "live/x",
+        QosPid::AtMostOnce,
+        false,
+        b"flows",
+    ))
+    .await;
+    live.expect_marker("flows", "QoS 0 keeps flowing").await;
+    faults.fail_all(false);
+    match publ.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.pid, pid(2)),
+        other => panic!("expected the held PUBACK, got {other:?}"),
+    }
+    let c = broker
+        .wait_counters(STEP, "the store writes again", |c| c.store_failing == 0)
+        .await;
+    assert!(c.store_holds >= 1 && c.store_failed_writes >= 1, "{c:?}");
+    drop(broker);
+    // Both messages were kept.
+    let dir2 = dir.0.clone();
+    let broker = start(1, move |c| {
+        c.persistence = true;
+        c.persistence_location = dir2;
+    });
+    let mut sub = Raw::open(broker.addr).await;
+    let ack = sub
+        .handshake(connect_packet(Protocol::V3_1_1, sub_id, false, 0, None))
+        .await;
+    assert!(ack.session_present);
+    let a = sub.recv_publish().await;
+    let b = sub.recv_publish().await;
+    assert_eq!((&a.payload[..], &b.payload[..]), (&b"1"[..], &b"2"[..]));
+}

@@ -95,6 +95,13 @@ counters! {
     /// Records cut off the store's log tails at start: writes a crash
     /// interrupted, never acknowledged as durable.
     store_torn_records,
+    /// 1 while some core's log cannot be written (QoS 1/2 publishes wait).
+    store_failing,
+    /// Writes to the store's logs that failed (and were retried).
+    store_failed_writes,
+    /// Times a connection held a QoS 1/2 PUBLISH because the store could
+    /// not write.
+    store_holds,
     /// QoS 2 ids dropped after `awaiting_rel_timeout` without PUBREL.
     awaiting_rel_expired,
     /// Connections closed for a protocol violation.

@@ -261,6 +261,7 @@ impl FileConfig {
                 self.persistence_fsync_interval,
                 d.persistence_fsync_interval,
             ),
+            persistence_faults: None,
             log_level: self.log_level.unwrap_or(d.log_level),
             sys_interval: secs(self.sys_interval, d.sys_interval),
             shared_strategy: self.shared_strategy.unwrap_or(d.shared_strategy),

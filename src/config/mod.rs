@@ -89,6 +89,9 @@ pub struct Config {
     pub persistence_location: PathBuf,
     /// How often the store is fdatasync'ed.
     pub persistence_fsync_interval: Duration,
+    /// Tests only: the store's file operations fail on demand.
+    #[doc(hidden)]
+    pub persistence_faults: Option<FaultHook>,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log_level: String,
     /// Interval between `$SYS` statistics publishes; zero disables them.
@@ -119,6 +122,7 @@ impl Default for Config {
             persistence: false,
             persistence_location: PathBuf::from("ringmq-data"),
             persistence_fsync_interval: Duration::from_secs(1),
+            persistence_faults: None,
             log_level: "info".to_owned(),
             sys_interval: Duration::from_secs(10),
             shared_strategy: SharedStrategy::RoundRobin,
@@ -273,3 +277,16 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Fault switches for the store's file operations, compared by identity.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct FaultHook(pub std::sync::Arc<crate::persist::Faults>);
+
+impl PartialEq for FaultHook {
+    fn eq(&self, other: &FaultHook) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FaultHook {}

@@ -18,7 +18,7 @@
 //! Stop: every log is flushed to disk after the cores have stopped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -41,6 +41,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Store {
     location: PathBuf,
     writers: Vec<LogWriter>,
+    /// Per core: its log failed to write at its last health check.
+    failing: Vec<AtomicBool>,
+    /// How many cores' logs are failing: QoS 1/2 publishes wait while any is.
+    failing_cores: AtomicUsize,
     /// Per core: bytes appended since its last snapshot.
     appended: Vec<AtomicU64>,
     epoch: Epoch,
@@ -110,13 +114,22 @@ impl Store {
                 fsync: FsyncPolicy::Periodic(config.persistence_fsync_interval),
                 ..WriterConfig::default()
             };
-            let writer = LogWriter::open(writer_config, tail, Box::new(|| {}))
+            let opened = match &config.persistence_faults {
+                Some(hook) => {
+                    let io = Box::new(persist::FaultyIo::new(hook.0.clone()));
+                    LogWriter::open_with_io(writer_config, tail, Box::new(|| {}), io)
+                }
+                None => LogWriter::open(writer_config, tail, Box::new(|| {})),
+            };
+            let writer = opened
                 .with_context(|| format!("persistence: cannot open the log of core {core}"))?;
             writers.push(writer);
         }
         let store = Store {
             location,
             appended: (0..config.cores).map(|_| AtomicU64::new(0)).collect(),
+            failing: (0..config.cores).map(|_| AtomicBool::new(false)).collect(),
+            failing_cores: AtomicUsize::new(0),
             writers,
             epoch,
         };
@@ -163,6 +176,38 @@ impl Store {
                 tracing::error!(core, error = %e, "persistence: not everything reached the disk");
             }
         }
+    }
+
+    /// Looks at a core's log writer (each tick): a log that cannot write
+    /// makes every QoS 1/2 PUBLISH wait, broker-wide, until it writes again,
+    /// so nothing more is acknowledged than the store can keep.
+    pub fn check_health(&self, core: usize) {
+        let health = self.writers[core].health();
+        let was = self.failing[core].swap(health.is_err(), Ordering::Relaxed);
+        match (was, health) {
+            (false, Err(e)) => {
+                self.failing_cores.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(core, error = %e, "persistence: the log cannot be written; QoS 1/2 publishes wait until it can");
+            }
+            (true, Ok(())) => {
+                self.failing_cores.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(
+                    core,
+                    "persistence: the log writes again; QoS 1/2 publishes go on"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// True while some core's log cannot be written.
+    pub fn failing(&self) -> bool {
+        self.failing_cores.load(Ordering::Relaxed) > 0
+    }
+
+    /// Writes that failed, over every core's log.
+    pub fn failed_writes(&self) -> u64 {
+        self.writers.iter().map(LogWriter::failed_ops).sum()
     }
 
     pub fn location(&self) -> &Path {

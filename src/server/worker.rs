@@ -228,6 +228,16 @@ async fn tick_loop(ctx: Rc<Ctx>) {
         let now = ctx.now();
         ctx.with_core(|core| core.tick(now));
         ctx.compact_if_due();
+        if let Some(store) = &ctx.shared.store {
+            store.check_health(ctx.id);
+            if ctx.id == 0 {
+                let (failing, failed) = (store.failing() as u64, store.failed_writes());
+                ctx.count(|c| {
+                    c.store_failing = failing;
+                    c.store_failed_writes = failed;
+                });
+            }
+        }
         ctx.shared.counters[ctx.id].publish(&ctx.counters());
         sys.maybe_publish(&ctx, now);
         if ctx

@@ -48,6 +48,8 @@ enum Step {
     Drained,
     /// A SUBACK waits for other cores; the rest of the buffer waits for it.
     Paused,
+    /// A QoS 1/2 PUBLISH is next while the store cannot write: it waits.
+    HoldForStore,
     Ended(End),
 }
 
@@ -80,6 +82,11 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
                 continue;
             }
             Step::Ended(end) => return end,
+            Step::HoldForStore => {
+                ctx.count(|c| c.store_holds += 1);
+                Box::pin(wait_for_store(ctx, conn)).await;
+                continue;
+            }
         }
         if ctx.mesh_backlog() {
             // Boxed: rare, and its timer would otherwise enlarge every connection.
@@ -121,7 +128,13 @@ fn handle_frames<W>(
     let max = ctx.shared.config.limits.max_packet_size;
     // One clock read per read, not per packet.
     let now = ctx.now();
+    let holding = ctx.shared.store.as_ref().is_some_and(|s| s.failing());
     let step = ctx.with_core(|core| loop {
+        if holding && is_qos12_publish(buf) {
+            // Not acknowledged while the store cannot keep it: the client
+            // waits (its later packets too), as with back-pressure.
+            return Ok(Step::HoldForStore);
+        }
         let packet = match decode(buf, conn.protocol, max) {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(Step::Drained),
@@ -146,6 +159,21 @@ fn handle_frames<W>(
             conn.set_farewell(code, &rule);
             Step::Ended(End::Violation)
         }
+    }
+}
+
+/// Whether the next frame in `buf` is a PUBLISH at QoS 1 or 2 (from its
+/// fixed header's first byte).
+fn is_qos12_publish(buf: &[u8]) -> bool {
+    buf.first()
+        .is_some_and(|b| b >> 4 == 3 && (b >> 1) & 3 != 0)
+}
+
+/// Waits until every core's log writes again (or the connection ends).
+async fn wait_for_store<W>(ctx: &Ctx, conn: &Connection<W>) {
+    const LOOK_AGAIN: Duration = Duration::from_millis(50);
+    while conn.close_reason().is_none() && ctx.shared.store.as_ref().is_some_and(|s| s.failing()) {
+        monoio::time::sleep(LOOK_AGAIN).await;
     }
 }
 
