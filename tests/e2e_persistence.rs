@@ -267,3 +267,131 @@ async fn a_failing_store_holds_qos1_acknowledgements_and_not_qos0() {
     let b = sub.recv_publish().await;
     assert_eq!((&a.payload[..], &b.payload[..]), (&b"1"[..], &b"2"[..]));
 }
+
+/// kill -9 in periodic mode: what the log writer had written before the
+/// kill (in the page cache, not yet fdatasync'ed) is all there after a
+/// restart. The test waits for the last message's bytes to appear in the
+/// log file (the event), then kills the broker process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_what_the_log_writer_wrote() {
+    let dir = Dir::new("kill9");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--cores",
+                "2",
+                "--no-pin",
+            ])
+            .args([
+                "--persistence",
+                "true",
+                "--persistence-fsync-interval",
+                "3600",
+            ])
+            .arg("--persistence-location")
+            .arg(&dir.0)
+            .args(["--log-level", "warn", "--sys-interval", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run ringmq")
+    };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = spawn();
+    wait_for_port(addr, &mut child).await;
+    let sub_id = id_on(1, 2, "killed-sub");
+    let mut sub = Raw::connect(addr, &sub_id, false, 0, None).await;
+    sub.subscribe_ok("k/#", RawQoS::AtLeastOnce, 1).await;
+    sub.disconnect().await;
+    let pub_id = id_on(0, 2, "killed-pub");
+    let mut publ = Raw::connect(addr, &pub_id, true, 0, None).await;
+    const N: usize = 200;
+    for i in 0..N {
+        let body = numbered("k", i);
+        publ.send(&publish_packet(
+            "k/n",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+            body.as_bytes(),
+        ))
+        .await;
+        assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    }
+    // The last message's bytes in core 1's log: everything before it is too.
+    let last = numbered("k", N - 1);
+    let core_dir = dir.0.join("core-1");
+    let deadline = std::time::Instant::now() + STEP;
+    while !log_contains(&core_dir, last.as_bytes()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never wrote {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a file
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    wait_port_released(addr).await;
+    let mut child = spawn();
+    wait_for_port(addr, &mut child).await;
+    let mut sub = Raw::open(addr).await;
+    let ack = sub
+        .handshake(connect_packet(Protocol::V3_1_1, &sub_id, false, 0, None))
+        .await;
+    assert!(ack.session_present, "the session survived kill -9");
+    let mut got = Vec::new();
+    while got.len() < N {
+        let p = sub.recv_publish().await;
+        sub.puback(&p).await;
+        got.push(p.payload);
+    }
+    assert_sequence("after kill -9", "k", &got, N);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn wait_for_port(addr: std::net::SocketAddr, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + STEP;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "ringmq exited at start"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringmq did not open its port"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a port
+    }
+}
+
+/// After a kill -9, io_uring releases the dead process's listening sockets
+/// a moment later (its teardown runs after the exit): wait for the port.
+async fn wait_port_released(addr: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + STEP;
+    while std::net::TcpListener::bind(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed broker's port stayed taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a port
+    }
+}
+
+fn log_contains(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path())
+            .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}
