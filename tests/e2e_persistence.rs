@@ -338,6 +338,8 @@ async fn kill_9_keeps_what_the_log_writer_wrote() {
     }
     child.kill().expect("kill -9");
     let _ = child.wait();
+    // The dead process's listening sockets linger a moment (io_uring closes
+    // them after the exit) and would take the probe's connection: wait.
     wait_port_released(addr).await;
     let mut child = spawn();
     wait_for_port(addr, &mut child).await;
@@ -372,8 +374,6 @@ async fn wait_for_port(addr: std::net::SocketAddr, child: &mut std::process::Chi
     }
 }
 
-/// After a kill -9, io_uring releases the dead process's listening sockets
-/// a moment later (its teardown runs after the exit): wait for the port.
 async fn wait_port_released(addr: std::net::SocketAddr) {
     let deadline = std::time::Instant::now() + STEP;
     while std::net::TcpListener::bind(addr).is_err() {

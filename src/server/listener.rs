@@ -98,7 +98,30 @@ pub fn reserve_port(addr: SocketAddr) -> std::io::Result<Socket> {
 /// between the two brokers. A socket without SO_REUSEPORT cannot share the
 /// port with any listener (SO_REUSEADDR only lets it past TIME_WAIT
 /// connections of an earlier run).
+///
+/// A port held by a broker that just died is retried for [`RELEASE_WAIT`]:
+/// after a kill -9, io_uring closes the dead process's listening sockets a
+/// moment after its exit, and a supervisor restarting at once would be
+/// refused otherwise.
 pub fn ensure_port_is_free(addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match probe_bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a port in use is retried at start.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn probe_bind(addr: SocketAddr) -> std::io::Result<()> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
