@@ -46,6 +46,9 @@ pub struct Shared {
     pub ready: AtomicUsize,
     /// The per-core logs, with `persistence`.
     pub store: Option<store::Store>,
+    /// Cores whose connections are all closed at shutdown: until every core
+    /// is, each keeps taking what the others route to it.
+    pub quiet: AtomicUsize,
 }
 
 /// Loads every listener's certificates (reporting an unreadable file or a
@@ -123,6 +126,7 @@ impl Broker {
             shutdown: AtomicBool::new(false),
             started,
             ready: AtomicUsize::new(0),
+            quiet: AtomicUsize::new(0),
         });
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(cores);

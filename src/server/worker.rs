@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,8 +127,9 @@ async fn serve(
     for task in accepting {
         task.await;
     }
-    let _ = mesh_task.await;
     close_all(&ctx).await;
+    ctx.shared.quiet.fetch_add(1, Ordering::AcqRel);
+    let _ = mesh_task.await;
 }
 
 /// Accepts on one listener until shutdown.
@@ -160,11 +162,27 @@ async fn accept_loop(
     }
 }
 
+/// How long a stopping core waits for the others to close their connections
+/// while it takes what they still route to it.
+const QUIET_WAIT: Duration = Duration::from_secs(5);
+
 /// Drains this core's inbox whenever another core rings: router messages in
-/// one call into the core, connections moving here, the stop.
+/// one call into the core, connections moving here, the stop. After the stop
+/// it goes on until every core's connections are closed, so a message a
+/// publisher on another core had acknowledged still reaches its session here.
 async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
+    let mut stopping: Option<std::time::Instant> = None;
     loop {
-        inbox.doorbell.wait().await;
+        match stopping {
+            None => inbox.doorbell.wait().await,
+            Some(since) => {
+                let all_quiet = ctx.shared.quiet.load(Ordering::Acquire) == ctx.shared.config.cores;
+                if (all_quiet && inbox.rx.is_empty()) || since.elapsed() > QUIET_WAIT {
+                    return;
+                }
+                let _ = monoio::time::timeout(QUIET_POLL, inbox.doorbell.wait()).await;
+            }
+        }
         let mut stop = false;
         let now = ctx.now();
         ctx.with_core(|core| {
@@ -175,9 +193,11 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                             core.handle_mesh(msg, now);
                         }
                     }
-                    Parcel::Handoff(h) => {
+                    // Dropped when stopping: the connection closes.
+                    Parcel::Handoff(h) if stopping.is_none() => {
                         monoio::spawn(accept::adopt(ctx.clone(), *h));
                     }
+                    Parcel::Handoff(_) => {}
                     Parcel::Reauthorize => {
                         let backend = ctx.shared.auth.backend();
                         core.reauthorize(|id, user| backend.permissions(id, user));
@@ -189,11 +209,15 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                 }
             }
         });
-        if stop {
-            return begin_shutdown(&ctx);
+        if stop && stopping.is_none() {
+            stopping = Some(std::time::Instant::now());
+            begin_shutdown(&ctx);
         }
     }
 }
+
+/// How often a stopping core looks whether every core is quiet.
+const QUIET_POLL: Duration = Duration::from_millis(10);
 
 /// Stops accepting (the accept loop sees the shutdown flag once its pending
 /// accept is cancelled) and asks every connection to close.
