@@ -548,10 +548,7 @@ fn an_address_other_machines_reach_needs_a_password_file_or_allow_anonymous() {
 async fn sighup_rereads_the_password_file() {
     let files = Files::new("sighup");
     let passwd = mosquitto_password_file(&files);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args([
             "--bind",
@@ -641,12 +638,7 @@ async fn the_certificate_name_is_the_username_the_acl_sees() {
         c.acl_file = Some(acl.clone());
         c.allow_anonymous = false;
     });
-    let tls_port = broker
-        .listeners()
-        .into_iter()
-        .find(|(s, _)| *s == "mqtts")
-        .map(|(_, a)| a.port())
-        .expect("a TLS listener");
+    let tls_port = addr_of(&broker, "mqtts").port();
     // No password file: a username is enough on the plain listener.
     let mut watcher = Raw::open(broker.addr).await;
     let ack = watcher

@@ -26,16 +26,6 @@ use common::*;
 use ringmq::config::{Config, ListenerProtocol};
 use rumqttc::{TlsConfiguration, Transport};
 
-/// The address of the broker's first listener with `scheme`.
-fn addr_of(broker: &TestBroker, scheme: &str) -> SocketAddr {
-    broker
-        .listeners()
-        .into_iter()
-        .find(|(s, _)| *s == scheme)
-        .map(|(_, a)| a)
-        .unwrap_or_else(|| panic!("no {scheme} listener"))
-}
-
 /// A 2-core broker with its plain listener and, after it, a TLS, a
 /// WebSocket and a secure WebSocket listener (none requiring a client
 /// certificate).

@@ -275,10 +275,7 @@ async fn a_failing_store_holds_qos1_acknowledgements_and_not_qos0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_keeps_what_the_log_writer_wrote() {
     let dir = Dir::new("kill9");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port();
+    let port = free_port();
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args([

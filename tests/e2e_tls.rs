@@ -15,16 +15,6 @@ use ringmq::codec::{self, Protocol};
 use ringmq::config::ListenerProtocol;
 use tokio::io::AsyncWriteExt;
 
-/// The address of the broker's first listener with `scheme`.
-fn addr_of(broker: &TestBroker, scheme: &str) -> SocketAddr {
-    broker
-        .listeners()
-        .into_iter()
-        .find(|(s, _)| *s == scheme)
-        .map(|(_, a)| a)
-        .unwrap_or_else(|| panic!("no {scheme} listener"))
-}
-
 /// A 2-core broker with its plain listener and one TLS listener.
 fn tls_broker(
     pki: &Pki,
@@ -469,14 +459,6 @@ async fn publishes_larger_than_a_tls_record_go_through() {
         "{} bytes delivered",
         p.payload.len()
     );
-}
-
-/// A free port on 127.0.0.1 (the kernel's pick, released for the child).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port()
 }
 
 /// The broker binary reloads its certificates on SIGHUP and keeps running:

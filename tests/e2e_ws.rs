@@ -18,15 +18,6 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::{Message, WebSocket};
 
-fn addr_of(broker: &TestBroker, scheme: &str) -> SocketAddr {
-    broker
-        .listeners()
-        .into_iter()
-        .find(|(s, _)| *s == scheme)
-        .map(|(_, a)| a)
-        .unwrap_or_else(|| panic!("no {scheme} listener"))
-}
-
 /// A 2-core broker with its plain listener, a ws one and a wss one.
 fn ws_broker(pki: &Pki, tweak: impl FnOnce(&mut ringmq::config::Config)) -> TestBroker {
     start(2, |c| {

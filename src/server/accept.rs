@@ -331,30 +331,25 @@ pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
     let slot = ConnectionSlot::admitted(&ctx.shared, h.listener);
     let (portable, rest) = h.split();
     let peer = rest.peer;
-    let failed = match portable {
-        Portable::Tcp(tcp) => match TcpStream::from_std(tcp) {
-            // A task of its own, as on the accepting core: the handoff's state is freed now.
-            Ok(stream) => {
-                return drop(monoio::spawn(connection::serve(
-                    ctx,
-                    rest.with_stream(stream),
-                    slot,
-                )))
-            }
-            Err(e) => e,
-        },
-        Portable::Layered(parts) => match Layered::from_parts(parts) {
-            Ok(stream) => {
-                return drop(monoio::spawn(connection::serve(
-                    ctx,
-                    rest.with_stream(stream),
-                    slot,
-                )))
-            }
-            Err(e) => e,
-        },
+    let served = match portable {
+        Portable::Tcp(tcp) => TcpStream::from_std(tcp).map(|s| serve_here(ctx, rest, s, slot)),
+        Portable::Layered(parts) => {
+            Layered::from_parts(parts).map(|s| serve_here(ctx, rest, s, slot))
+        }
     };
-    tracing::warn!(%peer, error = %failed, "handoff failed");
+    if let Err(e) = served {
+        tracing::warn!(%peer, error = %e, "handoff failed");
+    }
+}
+
+/// Serves a handed-over connection in a task of its own, as on the
+/// accepting core: the handoff's state is freed now.
+fn serve_here<S: Transport>(ctx: Rc<Ctx>, rest: Accepted<()>, stream: S, slot: ConnectionSlot) {
+    drop(monoio::spawn(connection::serve(
+        ctx,
+        rest.with_stream(stream),
+        slot,
+    )));
 }
 
 /// Reads until one whole first packet is in `buf`; it must be a CONNECT.

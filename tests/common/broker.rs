@@ -104,6 +104,26 @@ pub fn start_result(cores: usize, tweak: impl FnOnce(&mut Config)) -> anyhow::Re
     })
 }
 
+/// The address of the broker's first listener with `scheme` (`mqtt`,
+/// `mqtts`, `ws`, `wss`).
+pub fn addr_of(broker: &TestBroker, scheme: &str) -> SocketAddr {
+    broker
+        .listeners()
+        .into_iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, a)| a)
+        .unwrap_or_else(|| panic!("no {scheme} listener"))
+}
+
+/// A free port on 127.0.0.1 (the kernel's pick, released for a child
+/// process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
 /// Two cores, defaults otherwise.
 pub fn start2() -> TestBroker {
     start(2, |_| {})
