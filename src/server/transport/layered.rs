@@ -36,6 +36,8 @@ pub struct Layers {
     plain: BytesMut,
     /// The client ended the TLS session or the WebSocket.
     peer_closed: bool,
+    /// The WebSocket close frame went out: no data frame may follow.
+    ws_close_sent: bool,
 }
 
 impl Layers {
@@ -51,6 +53,7 @@ impl Layers {
             ws: None,
             plain: BytesMut::new(),
             peer_closed: false,
+            ws_close_sent: false,
         }
     }
 
@@ -104,20 +107,30 @@ impl Layers {
         Ok(out.len() - before)
     }
 
-    /// Frames and encrypts `plain`, after any protocol output waiting, onto
-    /// the end of `raw`.
+    /// Frames and encrypts `plain`, then any protocol output waiting, onto
+    /// the end of `raw`. MQTT bytes go before a WebSocket close frame: they
+    /// answer packets that came before the client's close (its DISCONNECT's
+    /// PUBACKs), and nothing may follow a close (RFC 6455 5.5.1), so bytes
+    /// after it are dropped.
     fn encode(&mut self, plain: &[u8], raw: &mut BytesMut) -> io::Result<()> {
         let mut head = Vec::new();
+        let mut tail = Vec::new();
+        let mut plain = plain;
         if let Some(ws) = &mut self.ws {
-            ws::take_control_output(ws, &mut head);
+            if self.ws_close_sent {
+                plain = &[];
+            }
             if !plain.is_empty() {
                 ws::data_frame_header(plain.len(), &mut head);
             }
+            ws::take_control_output(ws, &mut tail);
+            self.ws_close_sent |= !ws.can_write();
         }
         match &mut self.tls {
             Some(tls) => {
                 tls.writer().write_all(&head)?;
                 tls.writer().write_all(plain)?;
+                tls.writer().write_all(&tail)?;
                 let mut out = raw.writer();
                 while tls.wants_write() {
                     tls.write_tls(&mut out)?;
@@ -126,6 +139,7 @@ impl Layers {
             None => {
                 raw.put_slice(&head);
                 raw.put_slice(plain);
+                raw.put_slice(&tail);
             }
         }
         Ok(())
@@ -490,5 +504,69 @@ impl WriteHalf for LayeredWriter {
             write_through(&mut self.tcp, &mut self.raw, &self.layers, BytesMut::new()).await;
         res?;
         AsyncWriteRent::shutdown(&mut self.tcp).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+
+    use super::*;
+
+    /// Layers over a WebSocket upgraded from a canned request.
+    fn upgraded() -> Layers {
+        let settings = WsSettings {
+            path: "/mqtt".into(),
+            max_message: 1 << 20,
+        };
+        let mut request = BytesMut::from(
+            &b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+               Sec-WebSocket-Protocol: mqtt\r\n\r\n"[..],
+        );
+        let Handshake::Done(socket) = ws::start(&settings, &mut request) else {
+            panic!("the upgrade should complete");
+        };
+        let mut layers = Layers::new(None);
+        layers.ws = Some(socket);
+        let mut answer = BytesMut::new();
+        layers.encode(&[], &mut answer).unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 101"), "{answer:?}");
+        layers
+    }
+
+    /// A frame as a client sends it (masked).
+    fn from_client(mut frame: Frame, into: &mut BytesMut) {
+        frame.header_mut().mask = Some([1, 2, 3, 4]);
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).unwrap();
+        into.extend_from_slice(&bytes);
+    }
+
+    #[test]
+    fn answers_to_packets_before_a_close_go_out_before_the_close_frame() {
+        let mut layers = upgraded();
+        let mut input = BytesMut::new();
+        let pingreq = vec![0xC0, 0];
+        from_client(
+            Frame::message(pingreq.clone(), OpCode::Data(Data::Binary), true),
+            &mut input,
+        );
+        from_client(Frame::close(None), &mut input);
+        layers.feed(&mut input).unwrap();
+        let mut mqtt = BytesMut::new();
+        layers.take_plain(&mut mqtt).unwrap();
+        assert_eq!(mqtt[..], pingreq[..]);
+        assert!(layers.peer_closed);
+
+        let mut raw = BytesMut::new();
+        layers.encode(&[0xD0, 0], &mut raw).unwrap();
+        assert_eq!(raw[..4], [0x82, 2, 0xD0, 0], "the PINGRESP frame first");
+        assert_eq!(raw[4], 0x88, "then the close frame: {raw:?}");
+
+        let mut after = BytesMut::new();
+        layers.encode(&[0xD0, 0], &mut after).unwrap();
+        assert!(after.is_empty(), "nothing after a close frame: {after:?}");
     }
 }
