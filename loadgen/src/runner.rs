@@ -239,7 +239,7 @@ fn drain(mon: &mut Monitor, s: &Settings) {
     let mut moved = Instant::now();
     mon.wait_until(deadline, |snap| {
         let acks_done = qos0 || snap.acked >= snap.sent;
-        if snap.received >= snap.expected && acks_done {
+        if snap.publishers_done() && snap.received >= snap.expected && acks_done {
             return true;
         }
         if (snap.received, snap.acked) != last {

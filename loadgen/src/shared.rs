@@ -43,6 +43,11 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Publishes carrying another run's id, or not carrying ours at all.
     pub foreign: AtomicU64,
+    /// Publishers that began a session, and those of them done sending (their
+    /// schedule ran past the window, or their session ended): the drain
+    /// waits for every late send before it counts acks.
+    pub publishers_began: AtomicU64,
+    pub publishers_done: AtomicU64,
 }
 
 impl Counters {
@@ -65,6 +70,8 @@ pub struct Snapshot {
     pub expected: u64,
     pub errors: u64,
     pub foreign: u64,
+    pub publishers_began: u64,
+    pub publishers_done: u64,
 }
 
 impl Snapshot {
@@ -72,7 +79,16 @@ impl Snapshot {
         self.connect_ok.saturating_sub(self.closed)
     }
 
+    /// Every publisher that began has sent its last message.
+    pub fn publishers_done(&self) -> bool {
+        self.publishers_done >= self.publishers_began
+    }
+
     fn add(&mut self, c: &Counters) {
+        // Read first, with the ordering its increment published: the sends
+        // it follows are then counted in `sent` below.
+        self.publishers_done += c.publishers_done.load(Acquire);
+        self.publishers_began += c.publishers_began.load(Relaxed);
         self.connect_ok += c.connect_ok.load(Relaxed);
         self.connect_failed += c.connect_failed.load(Relaxed);
         self.closed += c.closed.load(Relaxed);

@@ -28,6 +28,8 @@ pub struct Publisher {
     start_ns: u64,
     end_ns: u64,
     seq: u64,
+    /// Counted in `publishers_done`.
+    done: bool,
 }
 
 impl Publisher {
@@ -41,6 +43,22 @@ impl Publisher {
             start_ns: 0,
             end_ns: 0,
             seq: 0,
+            done: false,
+        }
+    }
+
+    /// Counts this publisher among those that began (call once per session).
+    pub fn began(&self, t: &Thread) {
+        Counters::add(&t.counters().publishers_began, 1);
+    }
+
+    /// No more sends from this publisher: its schedule ran out or its
+    /// session ended. Counted once, after its sends were.
+    pub fn finish(&mut self, t: &Thread) {
+        if !std::mem::replace(&mut self.done, true) {
+            t.counters()
+                .publishers_done
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -94,12 +112,17 @@ impl Publisher {
         let mut out = conn.outbox.borrow_mut();
         let mut inflight = conn.inflight.borrow_mut();
         let mut sent = 0;
+        let mut exhausted = false;
         while sent < batch {
             let intended = match t.settings.pace {
                 Pace::OpenLoop { .. } => schedule.due(self.seq),
                 Pace::MaxRate => now,
             };
-            if intended > now || intended < self.start_ns || intended >= self.end_ns {
+            if intended >= self.end_ns {
+                exhausted = true;
+                break;
+            }
+            if intended > now || intended < self.start_ns {
                 break;
             }
             let qos_pid = match t.settings.qos {
@@ -126,6 +149,10 @@ impl Publisher {
         let c = t.counters();
         Counters::add(&c.sent, sent);
         Counters::add(&c.expected, sent * t.plan.fanout());
+        drop((stats, out, inflight));
+        if exhausted {
+            self.finish(t);
+        }
     }
 
     fn stamp(&mut self, run_id: u32, intended_ns: u64) {

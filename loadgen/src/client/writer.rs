@@ -19,8 +19,24 @@ use crate::transport::WriteHalf;
 pub async fn run(
     t: &Rc<Thread>,
     conn: &Conn,
-    mut wr: WriteHalf,
+    wr: WriteHalf,
     mut publisher: Option<Publisher>,
+) -> Result<()> {
+    if let Some(p) = &publisher {
+        p.began(t);
+    }
+    let result = write_loop(t, conn, wr, publisher.as_mut()).await;
+    if let Some(p) = publisher.as_mut() {
+        p.finish(t);
+    }
+    result
+}
+
+async fn write_loop(
+    t: &Rc<Thread>,
+    conn: &Conn,
+    mut wr: WriteHalf,
+    mut publisher: Option<&mut Publisher>,
 ) -> Result<()> {
     let mut spare = BytesMut::new();
     loop {
