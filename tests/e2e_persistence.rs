@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -268,6 +269,190 @@ async fn a_failing_store_holds_qos1_acknowledgements_and_not_qos0() {
     assert_eq!((&a.payload[..], &b.payload[..]), (&b"1"[..], &b"2"[..]));
 }
 
+/// Publishes `n` numbered messages to `c/n`, QoS 1 and 2 alternating, with
+/// [`WINDOW`] in flight, calling `at(done, acked)` after each
+/// acknowledgement (PUBACK or PUBREC) until it returns true. Returns the
+/// acknowledged payloads.
+async fn publish_windowed(
+    publ: &mut Raw,
+    n: usize,
+    mut at: impl FnMut(usize, &HashSet<String>) -> bool,
+) -> HashSet<String> {
+    const WINDOW: usize = 8;
+    let id = |i: usize| pid(i as u16 % 64 + 1);
+    let mut acked = HashSet::new();
+    let (mut sent, mut done) = (0, 0);
+    while done < n {
+        while sent < n && sent - done < WINDOW {
+            let qos_pid = match sent % 2 {
+                0 => QosPid::AtLeastOnce(id(sent)),
+                _ => QosPid::ExactlyOnce(id(sent)),
+            };
+            let body = numbered("c", sent);
+            publ.send(&publish_packet("c/n", qos_pid, false, body.as_bytes()))
+                .await;
+            sent += 1;
+        }
+        let acked_id = match publ.recv().await {
+            Packet::PubAck(a) => a.pid,
+            Packet::PubRec(a) => {
+                publ.send(&Packet::PubRel(Ack::new(a.pid))).await;
+                a.pid
+            }
+            Packet::PubComp(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        };
+        // Acknowledgements come in order: this one is message `done`'s.
+        assert_eq!(acked_id, id(done));
+        acked.insert(numbered("c", done));
+        done += 1;
+        if at(done, &acked) {
+            break;
+        }
+    }
+    acked
+}
+
+/// Connects the persistent subscriber again and takes messages until every
+/// one of `promised` came (QoS 2 acknowledged through PUBCOMP).
+async fn receive_all(
+    addr: std::net::SocketAddr,
+    sub_id: &str,
+    promised: &HashSet<String>,
+    what: &str,
+) {
+    let mut sub = Raw::open(addr).await;
+    let ack = sub
+        .handshake(connect_packet(Protocol::V3_1_1, sub_id, false, 0, None))
+        .await;
+    assert!(ack.session_present, "the session survived {what}");
+    let mut missing = promised.clone();
+    while !missing.is_empty() {
+        match sub.next_within(STEP).await {
+            RawEv::Packet(Packet::Publish(p)) => {
+                match p.qos_pid {
+                    QosPid::ExactlyOnce(id) => sub.send(&Packet::PubRec(Ack::new(id))).await,
+                    _ => sub.puback(&p).await,
+                }
+                missing.remove(std::str::from_utf8(&p.payload).expect("utf-8"));
+            }
+            RawEv::Packet(Packet::PubRel(a)) => sub.send(&Packet::PubComp(Ack::new(a.pid))).await,
+            RawEv::Packet(other) => panic!("unexpected {other:?}"),
+            ev => panic!(
+                "{} of {} acknowledged messages lost in {what} ({ev:?}), e.g. {:?}",
+                missing.len(),
+                promised.len(),
+                missing.iter().next()
+            ),
+        }
+    }
+}
+
+/// A persistent subscriber of `c/#` at QoS 2 on core 1 of 2, offline.
+async fn offline_subscriber(addr: std::net::SocketAddr, tag: &str) -> String {
+    let sub_id = id_on(1, 2, tag);
+    let mut sub = Raw::connect(addr, &sub_id, false, 0, None).await;
+    sub.subscribe_ok("c/#", RawQoS::ExactlyOnce, 2).await;
+    sub.disconnect().await;
+    sub_id
+}
+
+/// `persistence_fsync = "always"` and a power cut (the store's files cut
+/// back to what had been fdatasync'ed, by the fault-injecting I/O layer):
+/// every message whose PUBACK (QoS 1) or PUBREC (QoS 2) the publisher had
+/// received when the power went is delivered after the restart. Publisher
+/// and subscriber live on different cores, so the acknowledgement waits for
+/// the sync on the subscriber's core as well as the publisher's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_a_power_cut_keeps_every_acknowledged_message() {
+    use ringmq::config::{FaultHook, FsyncMode};
+    use ringmq::persist::Faults;
+    let dir = Dir::new("power-cut");
+    let faults = Faults::new();
+    let (location, hook) = (dir.0.clone(), FaultHook(faults.clone()));
+    let broker = start(2, move |c| {
+        c.persistence = true;
+        c.persistence_location = location;
+        c.persistence_fsync = FsyncMode::Always;
+        c.persistence_faults = Some(hook);
+    });
+    let sub_id = offline_subscriber(broker.addr, "cut-sub").await;
+    let mut publ = Raw::connect(broker.addr, &id_on(0, 2, "cut-pub"), true, 0, None).await;
+    // The cut falls in the middle, with messages in flight on both sides.
+    const N: usize = 400;
+    let mut cut = None;
+    publish_windowed(&mut publ, N, |done, acked| {
+        if done == N / 2 {
+            // What was acknowledged is taken before what is on disk, which
+            // only grows: the disk must hold all of it.
+            cut = Some((acked.clone(), faults.durable()));
+        }
+        false
+    })
+    .await;
+    drop(publ);
+    drop(broker);
+    let (promised, durable) = cut.expect("the cut was taken");
+    for (path, len) in &durable {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("a log file");
+        file.set_len(*len).expect("cut the file back");
+    }
+    let dir2 = dir.0.clone();
+    let broker = start(2, move |c| {
+        c.persistence = true;
+        c.persistence_location = dir2;
+    });
+    receive_all(broker.addr, &sub_id, &promised, "the power cut").await;
+}
+
+/// `persistence_fsync = "always"` and kill -9 of the broker process in the
+/// middle of publishing: every message acknowledged before the kill is
+/// delivered after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_kill_9_mid_stream_keeps_every_acknowledged_message() {
+    let dir = Dir::new("kill9-always");
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = spawn_persistent(port, &dir.0, &["--persistence-fsync", "always"]);
+    wait_for_port(addr, &mut child).await;
+    let sub_id = offline_subscriber(addr, "kill-sub").await;
+    let mut publ = Raw::connect(addr, &id_on(0, 2, "kill-pub"), true, 0, None).await;
+    const N: usize = 400;
+    let promised = publish_windowed(&mut publ, N, |done, _| {
+        if done == N / 2 {
+            child.kill().expect("kill -9");
+        }
+        done == N / 2
+    })
+    .await;
+    let _ = child.wait();
+    drop(publ);
+    wait_port_released(addr).await;
+    let mut child = spawn_persistent(port, &dir.0, &[]);
+    wait_for_port(addr, &mut child).await;
+    receive_all(addr, &sub_id, &promised, "kill -9").await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// ringmq as a process, 2 cores, persistent in `dir`, with `extra` flags.
+fn spawn_persistent(port: u16, dir: &Path, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--bind", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--cores", "2", "--no-pin", "--persistence", "true"])
+        .arg("--persistence-location")
+        .arg(dir)
+        .args(extra)
+        .args(["--log-level", "warn", "--sys-interval", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ringmq")
+}
+
 /// kill -9 in periodic mode: what the log writer had written before the
 /// kill (in the page cache, not yet fdatasync'ed) is all there after a
 /// restart. The test waits for the last message's bytes to appear in the
@@ -276,31 +461,7 @@ async fn a_failing_store_holds_qos1_acknowledgements_and_not_qos0() {
 async fn kill_9_keeps_what_the_log_writer_wrote() {
     let dir = Dir::new("kill9");
     let port = free_port();
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "--cores",
-                "2",
-                "--no-pin",
-            ])
-            .args([
-                "--persistence",
-                "true",
-                "--persistence-fsync-interval",
-                "3600",
-            ])
-            .arg("--persistence-location")
-            .arg(&dir.0)
-            .args(["--log-level", "warn", "--sys-interval", "0"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run ringmq")
-    };
+    let spawn = || spawn_persistent(port, &dir.0, &["--persistence-fsync-interval", "3600"]);
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let mut child = spawn();
     wait_for_port(addr, &mut child).await;

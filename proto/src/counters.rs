@@ -102,6 +102,10 @@ counters! {
     /// Times a connection held a QoS 1/2 PUBLISH because the store could
     /// not write.
     store_holds,
+    /// fdatasyncs of the store's logs (over all cores; counted on core 0).
+    store_syncs,
+    /// Writes that waited for the disk (`persistence_fsync = "always"`).
+    durable_waits,
     /// QoS 2 ids dropped after `awaiting_rel_timeout` without PUBREL.
     awaiting_rel_expired,
     /// Connections closed for a protocol violation.

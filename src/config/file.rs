@@ -74,7 +74,10 @@ pub struct FileConfig {
     /// Directory of the store, one subdirectory per core (default ringmq-data, relative to the working directory)
     #[arg(long, env = "RINGMQ_PERSISTENCE_LOCATION", value_name = "DIR", help_heading = PERSISTENCE)]
     pub persistence_location: Option<PathBuf>,
-    /// Seconds between fdatasyncs of the store (default 1; a kill -9 loses nothing, a power cut at most this)
+    /// When the store reaches the disk (default periodic: fdatasync every persistence_fsync_interval; always: a QoS 1/2 PUBLISH is acknowledged only once it is on disk)
+    #[arg(long, env = "RINGMQ_PERSISTENCE_FSYNC", value_name = "MODE", help_heading = PERSISTENCE)]
+    pub persistence_fsync: Option<FsyncMode>,
+    /// Seconds between fdatasyncs of the store in periodic mode (default 1; a kill -9 loses nothing, a power cut at most this)
     #[arg(long, env = "RINGMQ_PERSISTENCE_FSYNC_INTERVAL", value_name = "SECS", help_heading = PERSISTENCE)]
     pub persistence_fsync_interval: Option<u64>,
     /// Users and password hashes in Mosquitto's format ($7$, $6$ or argon2id; write it with `ringmq passwd`); re-read on SIGHUP (default: none)
@@ -219,7 +222,8 @@ impl FileConfig {
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
             persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
             keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
-            password_file, acl_file, persistence, persistence_location, persistence_fsync_interval,
+            password_file, acl_file, persistence, persistence_location, persistence_fsync,
+            persistence_fsync_interval,
         )
     }
 
@@ -257,6 +261,7 @@ impl FileConfig {
             acl_file: self.acl_file,
             persistence: self.persistence.unwrap_or(d.persistence),
             persistence_location: self.persistence_location.unwrap_or(d.persistence_location),
+            persistence_fsync: self.persistence_fsync.unwrap_or(d.persistence_fsync),
             persistence_fsync_interval: secs(
                 self.persistence_fsync_interval,
                 d.persistence_fsync_interval,

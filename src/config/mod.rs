@@ -48,6 +48,19 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// When the store's records are made durable, and so what a PUBACK means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncMode {
+    /// fdatasync every `persistence_fsync_interval`: a kill -9 loses nothing
+    /// the log writer wrote, a power cut at most that interval.
+    #[default]
+    Periodic,
+    /// A QoS 1/2 PUBLISH is acknowledged only once what it caused is on disk
+    /// on every core it reached (one fdatasync per batch, per core).
+    Always,
+}
+
 /// The fully resolved, validated broker configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -87,7 +100,10 @@ pub struct Config {
     pub persistence: bool,
     /// The store's directory (one subdirectory per core).
     pub persistence_location: PathBuf,
-    /// How often the store is fdatasync'ed.
+    /// When the store is fdatasync'ed: per batch, before acknowledging, or
+    /// every `persistence_fsync_interval`.
+    pub persistence_fsync: FsyncMode,
+    /// How often the store is fdatasync'ed in periodic mode.
     pub persistence_fsync_interval: Duration,
     /// Tests only: the store's file operations fail on demand.
     #[doc(hidden)]
@@ -121,6 +137,7 @@ impl Default for Config {
             acl_file: None,
             persistence: false,
             persistence_location: PathBuf::from("ringmq-data"),
+            persistence_fsync: FsyncMode::Periodic,
             persistence_fsync_interval: Duration::from_secs(1),
             persistence_faults: None,
             log_level: "info".to_owned(),

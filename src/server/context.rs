@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::durability::{Durability, Mark};
 use super::mesh::Parcel;
 use super::Shared;
 use crate::metrics::Counters;
@@ -38,6 +39,8 @@ pub struct Ctx {
     flush_retry: Cell<bool>,
     /// The core's log grew enough to be compacted at the next tick.
     compact_due: Cell<bool>,
+    /// With `persistence_fsync = "always"`: what is on disk where.
+    durability: Option<Durability>,
 }
 
 impl Ctx {
@@ -46,12 +49,17 @@ impl Ctx {
         Ctx {
             id,
             core: RefCell::new(core),
-            shared,
             links: RefCell::new(HashMap::new()),
             outgoing: RefCell::new((0..cores).map(|_| VecDeque::new()).collect()),
             next_conn: Cell::new(0),
             flush_retry: Cell::new(false),
             compact_due: Cell::new(false),
+            durability: shared
+                .store
+                .as_ref()
+                .filter(|s| s.always())
+                .map(|_| Durability::new(id, cores)),
+            shared,
         }
     }
 
@@ -160,13 +168,80 @@ impl Ctx {
         let mut queued = false;
         let mut outgoing = self.outgoing.borrow_mut();
         for (dest, batch) in out.take_batches() {
-            outgoing[dest].push_back(Parcel::Routing(batch));
+            let seq = self.durability.as_ref().map_or(0, |d| d.next_batch(dest));
+            outgoing[dest].push_back(Parcel::Routing {
+                from: self.id,
+                seq,
+                batch,
+            });
             queued = true;
         }
         drop(outgoing);
         if queued {
             self.send_outgoing();
         }
+    }
+
+    /// With `persistence_fsync = "always"`, what output of session `key`
+    /// taken now must wait for: all of it when the session is persistent,
+    /// or when its client sent QoS 1/2 publishes (`acks_publishes`), whose
+    /// acknowledgements it carries. `None`: write at once.
+    pub fn output_mark(&self, key: SessionKey, acks_publishes: bool) -> Option<Mark> {
+        let durability = self.durability.as_ref()?;
+        if !acks_publishes && !self.core.borrow().is_journaled(key) {
+            return None;
+        }
+        let store = self.shared.store.as_ref()?;
+        Some(durability.mark(store.last_lsn(self.id)))
+    }
+
+    /// True with `persistence_fsync = "always"`.
+    pub fn tracks_durability(&self) -> bool {
+        self.durability.is_some()
+    }
+
+    /// Waits until everything `mark` depends on is on disk.
+    pub async fn wait_durable(&self, mark: &Mark) {
+        let (Some(durability), Some(store)) = (&self.durability, &self.shared.store) else {
+            return;
+        };
+        let durable = || durability.is_durable(mark, store.synced(self.id));
+        if !durable() {
+            self.count(|c| c.durable_waits += 1);
+            durability.wait(durable).await;
+        }
+    }
+
+    /// Routing batches from other cores were handled (and what they caused
+    /// appended to the log): they are confirmed once it is synced.
+    pub fn handled_batches(self: &Rc<Self>, batches: &[(usize, u64)]) {
+        let (Some(durability), Some(store)) = (&self.durability, &self.shared.store) else {
+            return;
+        };
+        let lsn = store.last_lsn(self.id);
+        for &(from, seq) in batches {
+            durability.handled(from, seq, lsn);
+        }
+    }
+
+    /// Another core confirmed batches this core sent it as durable.
+    pub fn batches_durable(&self, from: usize, seq: u64) {
+        if let Some(durability) = &self.durability {
+            durability.confirmed(from, seq);
+        }
+    }
+
+    /// After the log synced or confirmations came: confirms to other cores
+    /// the batches now on disk here, and lets waiting writers look again.
+    pub fn durability_advanced(self: &Rc<Self>) {
+        let (Some(durability), Some(store)) = (&self.durability, &self.shared.store) else {
+            return;
+        };
+        for (core, seq) in durability.due_confirmations(store.synced(self.id)) {
+            let from = self.id;
+            self.send_to(core, Parcel::Durable { from, seq });
+        }
+        durability.wake_all();
     }
 
     /// Queues a parcel for another core and sends what its queue takes.

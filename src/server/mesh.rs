@@ -22,8 +22,19 @@ pub type Handoff = Accepted<Portable>;
 /// What travels between cores.
 #[derive(Debug)]
 pub enum Parcel {
-    /// Router messages, in the order the sending core produced them.
-    Routing(Vec<MeshMsg>),
+    /// Router messages, in the order core `from` produced them; `seq`
+    /// counts the batches `from` sent to this core (see [`Parcel::Durable`]).
+    Routing {
+        from: usize,
+        seq: u64,
+        batch: Vec<MeshMsg>,
+    },
+    /// With `persistence_fsync = "always"`: what core `from` journaled for
+    /// the batches up to `seq` this core sent it is on disk.
+    Durable {
+        from: usize,
+        seq: u64,
+    },
     Handoff(Box<Handoff>),
     /// The password or ACL rules were reloaded: re-decide every session's
     /// permissions (subscriptions they no longer allow are removed).
@@ -96,6 +107,11 @@ pub fn mesh(cores: usize, capacity: usize) -> (Arc<Mesh>, Vec<Inbox>) {
 impl Mesh {
     pub fn cores(&self) -> usize {
         self.senders.len()
+    }
+
+    /// What wakes core `core`'s mesh task (also rung by its log writer).
+    pub fn doorbell(&self, core: usize) -> Arc<Doorbell> {
+        self.doorbells[core].clone()
     }
 
     /// Sends without blocking; a full queue hands the parcel back so the caller

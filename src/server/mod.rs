@@ -5,6 +5,7 @@
 mod accept;
 mod connection;
 mod context;
+mod durability;
 mod listener;
 mod mesh;
 mod notify;
@@ -107,14 +108,17 @@ impl Broker {
         let mut routers: Vec<Core> = (0..cores)
             .map(|id| Core::new(id, cores, limits.clone(), config.shared_strategy))
             .collect();
+        let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity);
         let store = match config.persistence {
-            true => Some(
-                store::Store::open(&config, store::epoch_now())?
-                    .restore_into(&mut routers, crate::time::Time::ZERO)?,
-            ),
+            true => {
+                let doorbells: Vec<_> = (0..cores).map(|core| mesh.doorbell(core)).collect();
+                Some(
+                    store::Store::open(&config, store::epoch_now(), &doorbells)?
+                        .restore_into(&mut routers, crate::time::Time::ZERO)?,
+                )
+            }
             false => None,
         };
-        let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity);
         let shared = Arc::new(Shared {
             store,
             listeners,

@@ -19,15 +19,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::config::Config;
+use super::mesh::Doorbell;
+use crate::config::{Config, FsyncMode};
 use crate::durable::journal::{Recovered, Replay};
 use crate::durable::Epoch;
-use crate::persist::{self, FsyncPolicy, LogWriter, WriterConfig};
+use crate::persist::{self, FsyncPolicy, LogWriter, Lsn, WriterConfig};
 use crate::router::{owner_core, Core};
 use crate::time::Time;
 
@@ -48,6 +50,8 @@ pub struct Store {
     /// Per core: bytes appended since its last snapshot.
     appended: Vec<AtomicU64>,
     epoch: Epoch,
+    /// `persistence_fsync = "always"`: output waits for the disk.
+    always: bool,
 }
 
 /// What the store held at start.
@@ -73,7 +77,15 @@ impl Store {
     /// Recovers every core's log under the configured location and opens a
     /// writer for each core of this run. An unreadable or corrupt log is an
     /// error naming the file and the way out; the broker does not start.
-    pub fn open(config: &Config, epoch: Epoch) -> anyhow::Result<Opened> {
+    ///
+    /// With `persistence_fsync = "always"` each core's writer syncs every
+    /// batch and rings the core's `doorbells[core]` when a sync completes.
+    pub fn open(
+        config: &Config,
+        epoch: Epoch,
+        doorbells: &[Arc<Doorbell>],
+    ) -> anyhow::Result<Opened> {
+        let always = config.persistence_fsync == FsyncMode::Always;
         let location = config.persistence_location.clone();
         std::fs::create_dir_all(&location)
             .with_context(|| format!("persistence: cannot create {}", location.display()))?;
@@ -104,24 +116,12 @@ impl Store {
             }
         }
         let mut writers = Vec::with_capacity(config.cores);
-        for core in 0..config.cores {
+        for (core, doorbell) in doorbells.iter().enumerate().take(config.cores) {
             let tail = match tails.iter().position(|(c, _)| *c == core) {
                 Some(i) => tails.swap_remove(i).1,
                 None => persist::recover(&persist::core_dir(&location, core))?.tail,
             };
-            let writer_config = WriterConfig {
-                core,
-                fsync: FsyncPolicy::Periodic(config.persistence_fsync_interval),
-                ..WriterConfig::default()
-            };
-            let opened = match &config.persistence_faults {
-                Some(hook) => {
-                    let io = Box::new(persist::FaultyIo::new(hook.0.clone()));
-                    LogWriter::open_with_io(writer_config, tail, Box::new(|| {}), io)
-                }
-                None => LogWriter::open(writer_config, tail, Box::new(|| {})),
-            };
-            let writer = opened
+            let writer = open_writer(config, core, tail, doorbell)
                 .with_context(|| format!("persistence: cannot open the log of core {core}"))?;
             writers.push(writer);
         }
@@ -132,6 +132,7 @@ impl Store {
             failing_cores: AtomicUsize::new(0),
             writers,
             epoch,
+            always,
         };
         Ok(Opened {
             store,
@@ -143,6 +144,26 @@ impl Store {
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// True with `persistence_fsync = "always"`.
+    pub fn always(&self) -> bool {
+        self.always
+    }
+
+    /// The position of the last record appended to a core's log.
+    pub fn last_lsn(&self, core: usize) -> Lsn {
+        self.writers[core].last_lsn()
+    }
+
+    /// How far a core's log is on disk.
+    pub fn synced(&self, core: usize) -> Lsn {
+        self.writers[core].synced()
+    }
+
+    /// fdatasyncs done, over every core's log.
+    pub fn syncs(&self) -> u64 {
+        self.writers.iter().map(LogWriter::syncs).sum()
     }
 
     /// Appends a core's new journal records. Returns true when the log has
@@ -243,7 +264,7 @@ impl Opened {
             cores[home].restore_delayed_will(&client, at, will);
         }
         for msg in recovered.retained {
-            let msg = std::sync::Arc::new(msg);
+            let msg = Arc::new(msg);
             for core in cores.iter_mut() {
                 core.restore_retained(msg.clone(), now);
             }
@@ -279,6 +300,39 @@ fn settle(cores: &mut [Core], now: Time) {
                 cores[dest].handle_mesh(msg, now);
             }
         }
+    }
+}
+
+/// Opens core `core`'s log writer; with `persistence_fsync = "always"` it
+/// syncs every batch and rings `doorbell` after each sync.
+fn open_writer(
+    config: &Config,
+    core: usize,
+    tail: persist::LogTail,
+    doorbell: &Arc<Doorbell>,
+) -> std::io::Result<LogWriter> {
+    let always = config.persistence_fsync == FsyncMode::Always;
+    let writer_config = WriterConfig {
+        core,
+        fsync: match always {
+            true => FsyncPolicy::Always,
+            false => FsyncPolicy::Periodic(config.persistence_fsync_interval),
+        },
+        ..WriterConfig::default()
+    };
+    let notify: persist::Notify = match always {
+        true => {
+            let doorbell = doorbell.clone();
+            Box::new(move || doorbell.ring())
+        }
+        false => Box::new(|| {}),
+    };
+    match &config.persistence_faults {
+        Some(hook) => {
+            let io = Box::new(persist::FaultyIo::new(hook.0.clone()));
+            LogWriter::open_with_io(writer_config, tail, notify, io)
+        }
+        None => LogWriter::open(writer_config, tail, notify),
     }
 }
 

@@ -185,14 +185,19 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
         }
         let mut stop = false;
         let now = ctx.now();
+        let mut handled = Vec::new();
         ctx.with_core(|core| {
             while let Ok(parcel) = inbox.rx.try_recv() {
                 match parcel {
-                    Parcel::Routing(batch) => {
+                    Parcel::Routing { from, seq, batch } => {
                         for msg in batch {
                             core.handle_mesh(msg, now);
                         }
+                        if ctx.tracks_durability() {
+                            handled.push((from, seq));
+                        }
                     }
+                    Parcel::Durable { from, seq } => ctx.batches_durable(from, seq),
                     // Dropped when stopping: the connection closes.
                     Parcel::Handoff(h) if stopping.is_none() => {
                         monoio::spawn(accept::adopt(ctx.clone(), *h));
@@ -209,6 +214,9 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                 }
             }
         });
+        // Also where a sync of this core's log lands: its writer rings.
+        ctx.handled_batches(&handled);
+        ctx.durability_advanced();
         if stop && stopping.is_none() {
             stopping = Some(std::time::Instant::now());
             begin_shutdown(&ctx);
@@ -256,9 +264,11 @@ async fn tick_loop(ctx: Rc<Ctx>) {
             store.check_health(ctx.id);
             if ctx.id == 0 {
                 let (failing, failed) = (store.failing() as u64, store.failed_writes());
+                let syncs = store.syncs();
                 ctx.count(|c| {
                     c.store_failing = failing;
                     c.store_failed_writes = failed;
+                    c.store_syncs = syncs;
                 });
             }
         }

@@ -173,6 +173,13 @@ impl Core {
         self.journal = Some(Recorder::new(epoch));
     }
 
+    /// True when session `key` is journaled (it outlives the process).
+    pub fn is_journaled(&self, key: SessionKey) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|e| e.session.is_journaled())
+    }
+
     /// Moves a session's journal records into the outbox.
     fn collect_journal(&mut self, key: SessionKey) {
         if let Some(e) = self.sessions.get_mut(key) {

@@ -130,10 +130,13 @@ fn handle_frames<W>(
     let now = ctx.now();
     let holding = ctx.shared.store.as_ref().is_some_and(|s| s.failing());
     let step = ctx.with_core(|core| loop {
-        if holding && is_qos12_publish(buf) {
-            // Not acknowledged while the store cannot keep it: the client
-            // waits (its later packets too), as with back-pressure.
-            return Ok(Step::HoldForStore);
+        if is_qos12_publish(buf) {
+            if holding {
+                // Not acknowledged while the store cannot keep it: the client
+                // waits (its later packets too), as with back-pressure.
+                return Ok(Step::HoldForStore);
+            }
+            conn.set_acks_publishes();
         }
         let packet = match decode(buf, conn.protocol, max) {
             Ok(Some(p)) => p,

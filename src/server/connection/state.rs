@@ -48,6 +48,9 @@ pub struct Connection<W> {
     /// Cancels the reader's pending read when the connection must end.
     canceller: RefCell<Canceller>,
     farewell: RefCell<Option<Farewell>>,
+    /// The client sent a QoS 1/2 PUBLISH: with `persistence_fsync =
+    /// "always"` its output (the acknowledgements) waits for the disk.
+    acks_publishes: Cell<bool>,
     /// Held until the reader and any writer are done with the socket.
     _slot: ConnectionSlot,
 }
@@ -74,8 +77,18 @@ impl<W> Connection<W> {
             closed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
             farewell: RefCell::new(None),
+            acks_publishes: Cell::new(false),
             _slot: slot,
         }
+    }
+
+    /// The client sent a QoS 1/2 PUBLISH (see `acks_publishes`).
+    pub fn set_acks_publishes(&self) {
+        self.acks_publishes.set(true);
+    }
+
+    pub fn acks_publishes(&self) -> bool {
+        self.acks_publishes.get()
     }
 
     /// Why the broker ends the connection, once it decided to.

@@ -33,6 +33,10 @@ pub(super) async fn write_loop<W: WriteHalf>(ctx: Rc<Ctx>, conn: Rc<Connection<W
                 }
             },
         };
+        if let Some(mark) = ctx.output_mark(conn.key, conn.acks_publishes()) {
+            // Boxed: only with `persistence_fsync = "always"`.
+            Box::pin(ctx.wait_durable(&mark)).await;
+        }
         let len = buf.len();
         let (res, mut buf) = wr.write_all(buf).await;
         if res.is_err() {
