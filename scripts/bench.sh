@@ -106,7 +106,7 @@ log_type warning
 EOF
 
 log "starting ringmq on :$RINGMQ_PORT and mosquitto on :$MOSQUITTO_PORT"
-"${BROKER_CPU[@]}" target/release/ringmq --bind 127.0.0.1 --port "$RINGMQ_PORT" --cores 1 \
+"${BROKER_CPU[@]}" target/release/ringmq --bind 127.0.0.1 --port "$RINGMQ_PORT" --cores 1 --persistence false \
     2>"$OUT/ringmq.log" &
 RINGMQ_PID=$!
 PIDS+=("$RINGMQ_PID")

@@ -558,6 +558,8 @@ async fn sighup_rereads_the_password_file() {
             "--cores",
             "1",
             "--no-pin",
+            "--persistence",
+            "false",
         ])
         .arg("--password-file")
         .arg(&passwd)

@@ -178,6 +178,53 @@ async fn a_torn_tail_is_cut_off_and_counted_and_a_flipped_byte_stops_the_start()
     );
 }
 
+/// Where the store cannot be: a directory another broker uses (its lock
+/// is held), a path under a file. A missing directory is created, parents
+/// too. Each refusal names the path.
+#[test]
+fn a_location_in_use_or_unusable_stops_the_start_and_a_missing_one_is_made() {
+    let dir = Dir::new("location");
+    let nested = dir.0.join("a").join("b");
+    let at = nested.clone();
+    let first = start(1, move |c| {
+        c.persistence = true;
+        c.persistence_location = at;
+    });
+    assert!(
+        nested.join("core-0").is_dir(),
+        "the missing directory was made"
+    );
+    let at = nested.clone();
+    let err = match start_result(1, move |c| {
+        c.persistence = true;
+        c.persistence_location = at;
+    }) {
+        Ok(_) => panic!("two brokers on one store"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("in use by another ringmq"), "{err}");
+    assert!(err.contains(&nested.display().to_string()), "{err}");
+    drop(first);
+    // Once the first one is gone, the store is free again.
+    let at = nested.clone();
+    drop(start(1, move |c| {
+        c.persistence = true;
+        c.persistence_location = at;
+    }));
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write a file");
+    let under = file.join("store");
+    let at = under.clone();
+    let err = match start_result(1, move |c| {
+        c.persistence = true;
+        c.persistence_location = at;
+    }) {
+        Ok(_) => panic!("a store under a file"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&under.display().to_string()), "{err}");
+}
+
 fn last_segment(dir: &Path) -> PathBuf {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("a core directory")

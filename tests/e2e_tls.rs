@@ -481,6 +481,8 @@ fn sighup_reloads_certificates_and_keeps_the_broker_running() {
             "--cores",
             "1",
             "--no-pin",
+            "--persistence",
+            "false",
         ])
         .arg("--certfile")
         .arg(&pki.server.cert)

@@ -221,6 +221,8 @@ fn ringmq_command(port: u16) -> Command {
     c.args([
         "--cores",
         "2",
+        "--persistence",
+        "false",
         "--bind",
         "127.0.0.1",
         "-p",

@@ -67,7 +67,7 @@ pub struct FileConfig {
     #[arg(long, env = "RINGMQ_ALLOW_ANONYMOUS", value_name = "BOOL", action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new(), help_heading = SECURITY)]
     pub allow_anonymous: Option<bool>,
-    /// Keep persistent sessions, their queued QoS 1/2 messages and retained messages across restarts, in persistence_location (default false for now: see the README's durability paragraph)
+    /// Keep persistent sessions, their queued QoS 1/2 messages and retained messages across restarts, in persistence_location (default true; false keeps everything in memory only)
     #[arg(long, env = "RINGMQ_PERSISTENCE", value_name = "BOOL", action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new(), help_heading = PERSISTENCE)]
     pub persistence: Option<bool>,

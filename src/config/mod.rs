@@ -135,7 +135,7 @@ impl Default for Config {
             local_only: true,
             password_file: None,
             acl_file: None,
-            persistence: false,
+            persistence: true,
             persistence_location: PathBuf::from("ringmq-data"),
             persistence_fsync: FsyncMode::Periodic,
             persistence_fsync_interval: Duration::from_secs(1),

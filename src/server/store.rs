@@ -52,6 +52,8 @@ pub struct Store {
     epoch: Epoch,
     /// `persistence_fsync = "always"`: output waits for the disk.
     always: bool,
+    /// Held (locked) while this broker uses the location.
+    _lock: std::fs::File,
 }
 
 /// What the store held at start.
@@ -89,6 +91,7 @@ impl Store {
         let location = config.persistence_location.clone();
         std::fs::create_dir_all(&location)
             .with_context(|| format!("persistence: cannot create {}", location.display()))?;
+        let lock = lock_location(&location)?;
         let mut replay = Replay::new(epoch);
         let mut tails = Vec::new();
         let mut torn_records = 0;
@@ -133,6 +136,7 @@ impl Store {
             writers,
             epoch,
             always,
+            _lock: lock,
         };
         Ok(Opened {
             store,
@@ -333,6 +337,30 @@ fn open_writer(
             LogWriter::open_with_io(writer_config, tail, notify, io)
         }
         None => LogWriter::open(writer_config, tail, notify),
+    }
+}
+
+/// Takes the location's lock file, so that two brokers never write the same
+/// logs; the lock goes with the process, however it ends.
+fn lock_location(location: &Path) -> anyhow::Result<std::fs::File> {
+    let path = location.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("persistence: cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "persistence: {} is in use by another ringmq (it holds {}); stop that broker, \
+             or give this one another --persistence-location",
+            location.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("persistence: cannot lock {}", path.display()))
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use monoio::io::Canceller;
 use super::context::Ctx;
 use super::listener::bind_reuseport;
 use super::mesh::{Inbox, Parcel};
+use super::notify::Notify;
 use super::{accept, sys, Shared};
 use crate::config::IoDriver;
 use crate::router::{CloseReason, Core};
@@ -114,7 +115,8 @@ async fn serve(
     let stop = Canceller::new();
     let stop_handle = stop.handle();
     STOP.with(|s| *s.borrow_mut() = Some(stop));
-    monoio::spawn(tick_loop(ctx.clone()));
+    let ticks_stop = Rc::new(Notify::default());
+    let ticks = monoio::spawn(tick_loop(ctx.clone(), ticks_stop.clone()));
     let mesh_task = monoio::spawn(mesh_loop(ctx.clone(), inbox));
     let accepting: Vec<_> = sockets
         .into_iter()
@@ -130,6 +132,10 @@ async fn serve(
     close_all(&ctx).await;
     ctx.shared.quiet.fetch_add(1, Ordering::AcqRel);
     let _ = mesh_task.await;
+    // Every task that holds the context ends before the runtime does, so
+    // the broker's shared state (the store and its lock) goes with it.
+    ticks_stop.notify();
+    ticks.await;
 }
 
 /// Accepts on one listener until shutdown.
@@ -253,10 +259,14 @@ async fn close_all(ctx: &Rc<Ctx>) {
 }
 
 /// Housekeeping: keep-alive expiry, QoS 2 state expiry, counters, `$SYS`.
-async fn tick_loop(ctx: Rc<Ctx>) {
+async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
     let mut sys = sys::SysPublisher::new(&ctx);
     loop {
-        monoio::time::sleep(TICK).await;
+        let tick = std::pin::pin!(monoio::time::sleep(TICK));
+        let stopped = std::pin::pin!(stop.notified());
+        if let futures::future::Either::Right(_) = futures::future::select(tick, stopped).await {
+            return;
+        }
         let now = ctx.now();
         ctx.with_core(|core| core.tick(now));
         ctx.compact_if_due();

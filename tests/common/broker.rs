@@ -77,6 +77,9 @@ pub fn test_config(cores: usize) -> Config {
         cores,
         pin_cores: false,
         log_level: "warn".to_owned(),
+        // Memory only, unless the test is about the store (and gives it a
+        // directory of its own).
+        persistence: false,
         ..Config::default()
     }
 }

@@ -139,7 +139,38 @@ pub async fn run_client(t: Rc<Thread>, conns: Rc<Conns>, spec: ClientSpec, inten
         if let Err(e) = run_session(&t, &conns, &spec, session).await {
             t.log_error("connection", &e);
         }
+        if !t.settings.clean {
+            let limit = t.settings.connect_timeout;
+            match timeout(&t.pacer, limit, discard_session(&t, &id)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => t.log_error("ending the session", &e),
+                None => t.log_error(
+                    "ending the session",
+                    &anyhow::anyhow!("no CONNACK within {limit:?}"),
+                ),
+            }
+        }
     }
+}
+
+/// With --clean false the broker keeps every client's session after the
+/// run, still subscribed: the next run's messages would queue in them. A
+/// clean reconnect ends each one, so a run leaves no session behind.
+async fn discard_session(t: &Thread, id: &str) -> Result<()> {
+    let s = &t.settings;
+    let (mut link, mut buf) = Link::open(&s.transport, s.target.address, &s.target.host).await?;
+    let mut connect = connect_packet(t, id);
+    if let Packet::Connect(c) = &mut connect {
+        c.clean_start = true;
+    }
+    let mut out = BytesMut::with_capacity(256);
+    encode(&connect, s.protocol, &mut out);
+    link.send(out).await.context("sending CONNECT")?;
+    expect_connack(t, &mut link, &mut buf).await?;
+    let mut bye = BytesMut::with_capacity(8);
+    let disconnect = Packet::Disconnect(ringmq_proto::codec::Disconnect::default());
+    encode(&disconnect, s.protocol, &mut bye);
+    link.close(bye).await
 }
 
 /// Handshake under --connect-timeout; records the connect time from `intended_ns`.

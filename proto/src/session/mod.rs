@@ -394,6 +394,9 @@ impl Session {
         for (pid, state, item) in image.inflight {
             out.inflight.push_back(Inflight { pid, item, state });
         }
+        // Sized once: a queue of a million messages regrown by doubling
+        // would copy (and fault in) every size on its way.
+        out.queue.reserve_exact(image.queue.len());
         for item in image.queue {
             out.enqueue(item);
         }
