@@ -50,6 +50,12 @@ counters! {
     connects_refused,
     /// Connections refused because `max_connections` was reached.
     refused_max_connections,
+    /// CONNECTs refused because their address had `max_connections_per_ip`
+    /// open (CONNACK quota exceeded / server unavailable).
+    refused_per_ip,
+    /// CONNECTs refused by `max_connection_rate` (CONNACK connection rate
+    /// exceeded / server unavailable).
+    refused_connection_rate,
     /// PUBLISH packets received from clients.
     messages_received,
     /// PUBLISH packets sent to clients (deliveries, not counting resends).

@@ -52,6 +52,10 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Open client connections across the whole broker (all cores together).
     pub max_connections: usize,
+    /// Open connections from one IP address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// New connections per second on each listener (0: no limit).
+    pub max_connection_rate: u32,
     /// Unacknowledged outgoing QoS 1/2 messages per client (MQTT 5 Receive
     /// Maximum semantics).
     pub max_inflight_messages: u16,
@@ -99,6 +103,8 @@ impl Default for Limits {
         Limits {
             max_packet_size: 1 << 20,
             max_connections: 100_000,
+            max_connections_per_ip: 0,
+            max_connection_rate: 0,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
             max_queued_bytes: 16 << 20,

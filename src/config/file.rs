@@ -99,6 +99,12 @@ pub struct FileConfig {
     /// Open connections across the whole broker (default 100000; further connections are closed on accept)
     #[arg(long, env = "RINGMQ_MAX_CONNECTIONS", value_name = "N", help_heading = LIMITS)]
     pub max_connections: Option<usize>,
+    /// Open connections from one IP address (default 0: no limit; more get CONNACK "quota exceeded")
+    #[arg(long, env = "RINGMQ_MAX_CONNECTIONS_PER_IP", value_name = "N", help_heading = LIMITS)]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second on each listener (default 0: no limit; more get CONNACK "connection rate exceeded" in 5.0, "server unavailable" in 3.1.1)
+    #[arg(long, env = "RINGMQ_MAX_CONNECTION_RATE", value_name = "N", help_heading = LIMITS)]
+    pub max_connection_rate: Option<u32>,
     /// Unacknowledged QoS 1/2 messages in flight per client (default 20; more wait in the client's queue)
     #[arg(long, env = "RINGMQ_MAX_INFLIGHT_MESSAGES", value_name = "N", help_heading = LIMITS)]
     pub max_inflight_messages: Option<u16>,
@@ -216,7 +222,7 @@ impl FileConfig {
         overlay!(self, lower;
             bind_address, port, cores, pin_cores, io_driver, ring_entries, read_buffer_size,
             mesh_queue_capacity, allow_anonymous, log_level, sys_interval, max_packet_size,
-            max_connections, max_inflight_messages, max_queued_messages, max_queued_bytes,
+            max_connections, max_connections_per_ip, max_connection_rate, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
             max_awaiting_rel, awaiting_rel_timeout, max_retained_messages, max_retained_bytes,
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
@@ -283,6 +289,10 @@ impl FileConfig {
         Ok(Limits {
             max_packet_size,
             max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip),
+            max_connection_rate: self.max_connection_rate.unwrap_or(d.max_connection_rate),
             max_inflight_messages: self
                 .max_inflight_messages
                 .unwrap_or(d.max_inflight_messages),

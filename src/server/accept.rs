@@ -15,6 +15,7 @@ use monoio::net::TcpStream;
 
 use super::connection;
 use super::context::Ctx;
+use super::edge;
 use super::listener::{ListenerRuntime, ListenerStats};
 use super::mesh::{Handoff, Parcel};
 use super::transport::{client_identity, Layered, Portable, Transport};
@@ -22,7 +23,8 @@ use super::Shared;
 use crate::access::Permissions;
 use crate::auth::{Credentials, Denial, Verdict};
 use crate::codec::{
-    decode, encode, encode_with_reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol,
+    decode, encode, encode_with_reason, ConnAck, Connect, ConnectCode, DecodeError, Packet,
+    Properties, Protocol,
 };
 use crate::router::owner_core;
 use crate::session::{check_connect, ClientParams, Refusal};
@@ -102,6 +104,8 @@ impl Accepted<()> {
 pub struct ConnectionSlot {
     shared: Arc<Shared>,
     listener: usize,
+    /// The address counted against `max_connections_per_ip`, if any.
+    ip: Option<std::net::IpAddr>,
 }
 
 impl ConnectionSlot {
@@ -119,6 +123,27 @@ impl ConnectionSlot {
         ConnectionSlot {
             shared: shared.clone(),
             listener,
+            ip: None,
+        }
+    }
+
+    /// Counts the connection against its address's `max_connections_per_ip`;
+    /// false when the address has that many open already.
+    fn claim_ip(&mut self, ip: std::net::IpAddr) -> bool {
+        let per_ip = &self.shared.per_ip;
+        if !per_ip.enabled() {
+            return true;
+        }
+        let claimed = per_ip.claim(ip);
+        self.ip = claimed.then_some(ip);
+        claimed
+    }
+
+    /// Counts a handed-over connection's address again (it was admitted).
+    fn count_ip(&mut self, ip: std::net::IpAddr) {
+        if self.shared.per_ip.enabled() {
+            self.shared.per_ip.count(ip);
+            self.ip = Some(ip);
         }
     }
 }
@@ -128,6 +153,9 @@ impl Drop for ConnectionSlot {
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         let stats = &self.shared.listeners[self.listener].stats;
         stats.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            self.shared.per_ip.release(ip);
+        }
     }
 }
 
@@ -136,7 +164,7 @@ impl Drop for ConnectionSlot {
 pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, index: usize) {
     let listener = &ctx.shared.listeners[index];
     ListenerStats::bump(&listener.stats.accepted);
-    let Some(slot) = ConnectionSlot::claim(&ctx.shared, index) else {
+    let Some(mut slot) = ConnectionSlot::claim(&ctx.shared, index) else {
         ctx.count(|c| c.refused_max_connections += 1);
         ListenerStats::bump(&listener.stats.refused);
         tracing::warn!(%peer, listener = %listener.config, "refused: max_connections reached");
@@ -144,16 +172,42 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, index: us
     };
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.shared.config.limits.connect_timeout;
+    let edge = edge_refusal(&ctx, index, peer, &mut slot);
     if listener.is_plain() {
-        let admitted = admit(&ctx, stream, peer, index, None, deadline).await;
+        let admitted = admit(&ctx, stream, peer, index, None, edge, deadline).await;
         return proceed(ctx, admitted, slot);
     }
     let Some((layered, identity)) = handshake(&ctx, stream, peer, listener, deadline).await else {
         ListenerStats::bump(&listener.stats.refused);
         return;
     };
-    let admitted = admit(&ctx, layered, peer, index, identity, deadline).await;
+    let admitted = admit(&ctx, layered, peer, index, identity, edge, deadline).await;
     proceed(ctx, admitted, slot);
+}
+
+/// Whether the listener's connection rate or the address's connection count
+/// refuses this connection (answered once its CONNECT is read).
+fn edge_refusal(
+    ctx: &Ctx,
+    listener: usize,
+    peer: SocketAddr,
+    slot: &mut ConnectionSlot,
+) -> Option<Refusal> {
+    if !ctx.allow_connection(listener) {
+        ctx.count(|c| c.refused_connection_rate += 1);
+        return Some(Refusal {
+            code: Some(ConnectCode::ConnectionRateExceeded),
+            rule: edge::RATE_RULE,
+        });
+    }
+    if !slot.claim_ip(peer.ip()) {
+        ctx.count(|c| c.refused_per_ip += 1);
+        return Some(Refusal {
+            code: Some(ConnectCode::QuotaExceeded),
+            rule: edge::PER_IP_RULE,
+        });
+    }
+    None
 }
 
 /// An admitted connection goes to the core that owns its client id; a refused
@@ -233,6 +287,7 @@ async fn admit<T: Transport>(
     peer: SocketAddr,
     listener: usize,
     identity: Option<String>,
+    edge: Option<Refusal>,
     deadline: Instant,
 ) -> Option<Accepted<T>> {
     let mut buf = BytesMut::with_capacity(MIN_READ);
@@ -254,6 +309,9 @@ async fn admit<T: Transport>(
         connect.username = Some(Bytes::from(name.into_bytes()));
     }
     if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
+        return refuse(ctx, stream, peer, listener, &connect, refusal).await;
+    }
+    if let Some(refusal) = edge {
         return refuse(ctx, stream, peer, listener, &connect, refusal).await;
     }
     let (client_id, assigned_id) = client_id_for(ctx, &connect);
@@ -328,7 +386,8 @@ async fn authenticate(
 
 /// A connection handed over by another core.
 pub async fn adopt(ctx: Rc<Ctx>, h: Handoff) {
-    let slot = ConnectionSlot::admitted(&ctx.shared, h.listener);
+    let mut slot = ConnectionSlot::admitted(&ctx.shared, h.listener);
+    slot.count_ip(h.peer.ip());
     let (portable, rest) = h.split();
     let peer = rest.peer;
     let served = match portable {
@@ -415,7 +474,13 @@ async fn refuse<T: Transport>(
     ctx.count(|c| c.connects_refused += 1);
     let listener = &ctx.shared.listeners[listener].config;
     let client_id = c.client_id_str();
-    tracing::info!(%peer, %listener, client_id, rule = r.rule, "CONNECT refused");
+    match ctx.may_log_refusal(r.rule) {
+        Some(0) => tracing::info!(%peer, %listener, client_id, rule = r.rule, "CONNECT refused"),
+        Some(more) => {
+            tracing::info!(%peer, %listener, client_id, rule = r.rule, not_logged = more, "CONNECT refused (and more for this rule, not logged)")
+        }
+        None => {}
+    }
     if let Some(code) = r.code {
         let max = ClientParams::from_connect(c, &ctx.shared.config.limits).maximum_packet_size;
         let connack = |properties| {

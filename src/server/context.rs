@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::durability::{Durability, Mark};
+use super::edge::{self, LogGate, RateLimit};
 use super::mesh::Parcel;
 use super::Shared;
 use crate::metrics::Counters;
@@ -41,6 +42,10 @@ pub struct Ctx {
     compact_due: Cell<bool>,
     /// With `persistence_fsync = "always"`: what is on disk where.
     durability: Option<Durability>,
+    /// Per listener: this core's share of `max_connection_rate`.
+    connection_rates: RefCell<Vec<Option<RateLimit>>>,
+    /// Log lines for the edge's refusals (rate, per address), rate limited.
+    refusal_logs: RefCell<[LogGate; 2]>,
 }
 
 impl Ctx {
@@ -54,6 +59,8 @@ impl Ctx {
             next_conn: Cell::new(0),
             flush_retry: Cell::new(false),
             compact_due: Cell::new(false),
+            connection_rates: RefCell::new(connection_rates(&shared, cores)),
+            refusal_logs: RefCell::default(),
             durability: shared
                 .store
                 .as_ref()
@@ -244,6 +251,26 @@ impl Ctx {
         durability.wake_all();
     }
 
+    /// Takes a token of this core's share of listener `listener`'s
+    /// `max_connection_rate`.
+    pub fn allow_connection(&self, listener: usize) -> bool {
+        match &mut self.connection_rates.borrow_mut()[listener] {
+            Some(rate) => rate.allow(std::time::Instant::now()),
+            None => true,
+        }
+    }
+
+    /// Whether a refused CONNECT is logged: the edge's refusals (a flood of
+    /// them) at most once per period, with how many were not; others always.
+    pub fn may_log_refusal(&self, rule: &str) -> Option<u64> {
+        let gate = match rule {
+            edge::RATE_RULE => 0,
+            edge::PER_IP_RULE => 1,
+            _ => return Some(0),
+        };
+        self.refusal_logs.borrow_mut()[gate].pass(std::time::Instant::now())
+    }
+
     /// Queues a parcel for another core and sends what its queue takes.
     pub fn send_to(self: &Rc<Self>, core: usize, parcel: Parcel) {
         self.outgoing.borrow_mut()[core].push_back(parcel);
@@ -306,4 +333,15 @@ impl Ctx {
             }
         }
     }
+}
+
+/// Each core's share of every listener's `max_connection_rate` (none when 0).
+fn connection_rates(shared: &Shared, cores: usize) -> Vec<Option<RateLimit>> {
+    let rate = shared.config.limits.max_connection_rate;
+    let now = std::time::Instant::now();
+    shared
+        .listeners
+        .iter()
+        .map(|_| (rate > 0).then(|| RateLimit::new(f64::from(rate) / cores as f64, now)))
+        .collect()
 }

@@ -6,6 +6,7 @@ mod accept;
 mod connection;
 mod context;
 mod durability;
+mod edge;
 mod listener;
 mod mesh;
 mod notify;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub counters: Vec<SharedCounters>,
     /// Open connections on all cores, against `max_connections`.
     pub connections: AtomicUsize,
+    /// Open connections per address, against `max_connections_per_ip`.
+    pub per_ip: edge::PerIp,
     pub shutdown: AtomicBool,
     pub started: Instant,
     /// Set by each core once its listeners are bound.
@@ -119,6 +122,7 @@ impl Broker {
             }
             false => None,
         };
+        let per_ip = edge::PerIp::new(config.limits.max_connections_per_ip);
         let shared = Arc::new(Shared {
             store,
             listeners,
@@ -127,6 +131,7 @@ impl Broker {
             config,
             mesh,
             connections: AtomicUsize::new(0),
+            per_ip,
             shutdown: AtomicBool::new(false),
             started,
             ready: AtomicUsize::new(0),

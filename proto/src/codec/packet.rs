@@ -99,6 +99,7 @@ pub enum ConnectCode {
     PacketTooLarge,
     QuotaExceeded,
     BadAuthenticationMethod,
+    ConnectionRateExceeded,
 }
 
 impl ConnectCode {
@@ -118,14 +119,19 @@ impl ConnectCode {
                 PacketTooLarge => 0x95,
                 QuotaExceeded => 0x97,
                 BadAuthenticationMethod => 0x8C,
+                ConnectionRateExceeded => 0x9F,
             }
         } else {
             match self {
                 Accepted => 0,
                 UnsupportedProtocolVersion => 1,
                 ClientIdRejected => 2,
-                ServerUnavailable | MalformedPacket | ProtocolError | PacketTooLarge
-                | QuotaExceeded => 3,
+                ServerUnavailable
+                | MalformedPacket
+                | ProtocolError
+                | PacketTooLarge
+                | QuotaExceeded
+                | ConnectionRateExceeded => 3,
                 BadUsernameOrPassword | BadAuthenticationMethod => 4,
                 NotAuthorized => 5,
             }
