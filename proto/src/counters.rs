@@ -50,6 +50,17 @@ counters! {
     connects_refused,
     /// Connections refused because `max_connections` was reached.
     refused_max_connections,
+    /// QoS 1/2 messages queued past a connected client's caps while its
+    /// publishers were being slowed (back-pressure: none is dropped).
+    queued_over_cap,
+    /// Times a publisher was held back because a subscriber it feeds had a
+    /// full queue.
+    publishers_throttled,
+    /// Clients disconnected for holding their publishers back longer than
+    /// `max_stall` without reading.
+    slow_consumers_disconnected,
+    /// Times a publisher's connection stopped reading because it was held back.
+    held_back_waits,
     /// CONNECTs refused because their address had `max_connections_per_ip`
     /// open (CONNACK quota exceeded / server unavailable).
     refused_per_ip,
@@ -140,6 +151,7 @@ impl Counters {
         match outcome {
             Outcome::Sent => self.messages_sent += 1,
             Outcome::Queued => {}
+            Outcome::QueuedOverCap => self.queued_over_cap += 1,
             Outcome::DroppedSlowConsumer => self.dropped_slow_consumer += 1,
             Outcome::DroppedOffline => self.dropped_offline_qos0 += 1,
             Outcome::DroppedQueueFull => self.dropped_queue_full += 1,

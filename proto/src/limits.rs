@@ -44,6 +44,39 @@ impl FromStr for SharedStrategy {
     }
 }
 
+/// What happens to a QoS 1/2 message for a connected subscriber whose queue
+/// is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+pub enum SlowConsumerPolicy {
+    /// Queued past the cap, and every publisher feeding the queue stops being
+    /// read until it drains: nothing acknowledged is dropped.
+    #[default]
+    Backpressure,
+    /// Dropped and counted (`dropped_queue_full`), as Mosquitto does.
+    Drop,
+}
+
+impl SlowConsumerPolicy {
+    pub const NAMES: [&'static str; 2] = ["backpressure", "drop"];
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "backpressure" => Ok(SlowConsumerPolicy::Backpressure),
+            "drop" => Ok(SlowConsumerPolicy::Drop),
+            _ => Err(format!(
+                "unknown slow consumer policy {s:?} (expected one of {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 /// Resource caps. Each one bounds memory or work that a client (or all
 /// clients together) could otherwise grow without limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +96,11 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Bytes queued per client behind the in-flight window.
     pub max_queued_bytes: usize,
+    /// A connected client's full queue: slow its publishers, or drop.
+    pub slow_consumer_policy: SlowConsumerPolicy,
+    /// How long a connected client may hold its publishers back without
+    /// reading anything before it is disconnected as a slow consumer.
+    pub max_stall: Duration,
     /// Unsent output bytes per connection. Past it, QoS 0 messages to that
     /// client are dropped (and counted) and QoS 1/2 wait in its session queue,
     /// so that one stalled reader cannot hold the broker's memory hostage.
@@ -108,6 +146,8 @@ impl Default for Limits {
             max_inflight_messages: 20,
             max_queued_messages: 1000,
             max_queued_bytes: 16 << 20,
+            slow_consumer_policy: SlowConsumerPolicy::Backpressure,
+            max_stall: Duration::from_secs(10),
             max_write_buffer: 1 << 20,
             max_topic_levels: 128,
             max_client_id_len: 256,

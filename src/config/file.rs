@@ -135,6 +135,12 @@ pub struct FileConfig {
     /// Seconds a QoS 2 message may await its PUBREL (default 300; then it is discarded)
     #[arg(long, env = "RINGMQ_AWAITING_REL_TIMEOUT", value_name = "SECS", help_heading = LIMITS)]
     pub awaiting_rel_timeout: Option<u64>,
+    /// A connected client's full queue (default backpressure: its publishers are not read until it drains, nothing acknowledged is dropped; drop: QoS 1/2 past the queue caps are dropped and counted)
+    #[arg(long, env = "RINGMQ_SLOW_CONSUMER_POLICY", value_name = "POLICY", value_parser = slow_consumer_policy_parser(), help_heading = LIMITS)]
+    pub slow_consumer_policy: Option<SlowConsumerPolicy>,
+    /// Seconds a client may hold its publishers back without reading before it is disconnected as a slow consumer (default 10)
+    #[arg(long, env = "RINGMQ_MAX_STALL", value_name = "SECS", help_heading = LIMITS)]
+    pub max_stall: Option<u64>,
     /// Retained messages stored broker-wide (default 1000000; beyond it new retained topics are not stored)
     #[arg(long, env = "RINGMQ_MAX_RETAINED_MESSAGES", value_name = "N", help_heading = LIMITS)]
     pub max_retained_messages: Option<usize>,
@@ -190,6 +196,13 @@ pub struct FileConfig {
     pub shared_strategy: Option<SharedStrategy>,
 }
 
+/// `--slow-consumer-policy`: the core's names.
+fn slow_consumer_policy_parser() -> impl clap::builder::TypedValueParser<Value = SlowConsumerPolicy>
+{
+    clap::builder::PossibleValuesParser::new(SlowConsumerPolicy::NAMES)
+        .try_map(|name| name.parse::<SlowConsumerPolicy>())
+}
+
 /// `--shared-strategy`: the core's names, listed in `--help` and in errors.
 fn shared_strategy_parser() -> impl clap::builder::TypedValueParser<Value = SharedStrategy> {
     clap::builder::PossibleValuesParser::new(SharedStrategy::NAMES)
@@ -224,7 +237,8 @@ impl FileConfig {
             mesh_queue_capacity, allow_anonymous, log_level, sys_interval, max_packet_size,
             max_connections, max_connections_per_ip, max_connection_rate, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
-            max_awaiting_rel, awaiting_rel_timeout, max_retained_messages, max_retained_bytes,
+            max_awaiting_rel, awaiting_rel_timeout, slow_consumer_policy, max_stall,
+            max_retained_messages, max_retained_bytes,
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
             persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
             keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
@@ -313,6 +327,8 @@ impl FileConfig {
             max_keepalive: self.max_keepalive.unwrap_or(d.max_keepalive),
             max_awaiting_rel: self.max_awaiting_rel.unwrap_or(d.max_awaiting_rel),
             awaiting_rel_timeout: secs(self.awaiting_rel_timeout, d.awaiting_rel_timeout),
+            slow_consumer_policy: self.slow_consumer_policy.unwrap_or(d.slow_consumer_policy),
+            max_stall: secs(self.max_stall, d.max_stall),
             max_retained_messages: self
                 .max_retained_messages
                 .unwrap_or(d.max_retained_messages),

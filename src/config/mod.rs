@@ -29,7 +29,7 @@ pub use file::{Cli, FileConfig};
 pub use listener::{
     Listener, ListenerFile, ListenerProtocol, TlsConfig, TlsVersion, DEFAULT_WEBSOCKETS_PATH,
 };
-pub use ringmq_proto::limits::{Limits, SharedStrategy};
+pub use ringmq_proto::limits::{Limits, SharedStrategy, SlowConsumerPolicy};
 pub use size::ByteSize;
 use validate::{bounds, Checker};
 

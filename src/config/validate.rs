@@ -67,6 +67,7 @@ pub(super) fn check_limits(limits: &Limits, check: &mut Checker) {
         limits.awaiting_rel_timeout.as_secs(),
         AT_LEAST_ONE,
     );
+    check.range("max_stall", limits.max_stall.as_secs(), AT_LEAST_ONE);
     check.range(
         "max_retained_messages",
         limits.max_retained_messages as u64,

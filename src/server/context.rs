@@ -117,6 +117,11 @@ impl Ctx {
         self.core.borrow().is_paused(key, conn)
     }
 
+    /// True while a subscriber's full queue holds this publisher back.
+    pub fn is_held_back(&self, key: SessionKey, conn: ConnId) -> bool {
+        self.core.borrow().is_held_back(key, conn)
+    }
+
     /// This core's counters, to publish.
     pub fn counters(&self) -> Ref<'_, Counters> {
         Ref::map(self.core.borrow(), |core| &core.counters)

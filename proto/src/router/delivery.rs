@@ -178,12 +178,16 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
+        let publisher = item.msg.publisher.clone();
         let outcome = e.session.deliver(item, &self.limits, now);
         self.counters.count(outcome);
         if outcome == crate::session::Outcome::Sent {
             self.mark_dirty(key);
         } else {
             self.collect_journal(key);
+        }
+        if outcome == crate::session::Outcome::QueuedOverCap {
+            self.hold_back(key, publisher, now);
         }
     }
 
@@ -350,6 +354,7 @@ impl Core {
     pub fn handle_mesh(&mut self, msg: MeshMsg, now: Time) {
         match msg {
             MeshMsg::Publish { msg } => self.deliver_local(&msg, now),
+            MeshMsg::Hold { publisher, on } => self.apply_hold(&publisher, on),
             MeshMsg::Retain {
                 msg,
                 from_owner: true,

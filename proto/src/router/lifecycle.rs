@@ -54,6 +54,9 @@ impl Core {
             paused: false,
             expires_at: None,
             delayed_will: None,
+            holding: Vec::new(),
+            stalled_since: None,
+            held_by: 0,
         });
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
@@ -100,6 +103,7 @@ impl Core {
         e.dirty = false;
         e.paused = false;
         let will = e.session.detach(&limits);
+        self.release_holds(key);
         self.counters.takeovers += 1;
         self.counters.connections_current -= 1;
         self.outbox.close.push((old, CloseReason::SessionTakenOver));
@@ -126,6 +130,7 @@ impl Core {
         // A shared-group member that goes away hands what it has not acknowledged
         // to another member, even if its session stays.
         let unacked = e.session.take_shared_unacked();
+        self.release_holds(key);
         self.collect_journal(key);
         self.activate_shared(key, false);
         for item in unacked {
@@ -164,6 +169,9 @@ impl Core {
             paused: false,
             expires_at,
             delayed_will: None,
+            holding: Vec::new(),
+            stalled_since: None,
+            held_by: 0,
         });
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
@@ -304,6 +312,7 @@ impl Core {
 
     /// Ends a session: a pending will goes out [MQTT-3.1.2-8], subscriptions go.
     pub(super) fn end_session(&mut self, key: SessionKey, now: Time) {
+        self.release_holds(key);
         self.collect_journal(key);
         let mut e = self.sessions.remove(key);
         if e.session.is_journaled() {

@@ -33,6 +33,9 @@ pub enum MeshMsg {
     },
     /// One acknowledgement of the receiver's barrier `token`.
     Ack { token: u64 },
+    /// A subscriber's full queue starts (or stops) holding back publisher
+    /// `publisher`, whose session lives on the receiving core.
+    Hold { publisher: Arc<str>, on: bool },
     /// A shared group's connected members on `core` changed by `delta`.
     SharedInterest {
         share: SharedFilter,

@@ -8,6 +8,7 @@
 //! close or to resume, and batches of [`MeshMsg`] for other cores. The server
 //! drains the outbox after every call. Time comes in as [`Time`].
 
+mod backpressure;
 mod barrier;
 mod delivery;
 mod interest;
@@ -52,6 +53,8 @@ pub enum CloseReason {
     ServerShutdown,
     /// The socket failed while writing.
     WriteFailed,
+    /// It held its publishers back for `max_stall` without reading.
+    SlowConsumer,
 }
 
 /// What a connection does after one of its packets was handled. Ordered:
@@ -92,6 +95,12 @@ struct Entry {
     expires_at: Option<Time>,
     /// A will waiting out its 5.0 will delay interval.
     delayed_will: Option<Box<(Time, WillRelease)>>,
+    /// Publishers this client's full queue holds back (see `backpressure`).
+    holding: Vec<Arc<str>>,
+    /// While holding: when it last wrote to its client.
+    stalled_since: Option<Time>,
+    /// Subscribers holding this client back as a publisher.
+    held_by: u32,
 }
 
 /// Result of attaching a connection to a session.
@@ -125,6 +134,8 @@ pub struct Core {
     retained: RetainedStore,
     /// Work waiting for other cores' acknowledgements, by token.
     barriers: HashMap<u64, Barrier>,
+    /// Sessions holding publishers back.
+    holders: Vec<SessionKey>,
     next_token: u64,
     scratch: MatchScratch,
     matches: Vec<Match>,
@@ -155,6 +166,7 @@ impl Core {
             picker: Picker::new(strategy, 0x9e37_79b9_7f4a_7c15 ^ id as u64),
             retained,
             barriers: HashMap::new(),
+            holders: Vec::new(),
             next_token: 0,
             scratch: MatchScratch::new(),
             matches: Vec::new(),
@@ -257,6 +269,7 @@ impl Core {
             if e.conn == Some(conn) {
                 e.session.pump(&self.limits, now);
                 self.mark_dirty(key);
+                self.made_progress(key, now);
             }
         }
     }
@@ -323,7 +336,8 @@ impl Core {
         let mut expired = Vec::new();
         for (key, e) in self.sessions.iter_mut() {
             if let Some(conn) = e.conn {
-                if e.session.keep_alive_expired(now) {
+                // A held-back publisher is not read: its PINGREQs wait too.
+                if e.held_by == 0 && e.session.keep_alive_expired(now) {
                     self.outbox
                         .close
                         .push((conn, CloseReason::KeepAliveTimeout));
@@ -345,6 +359,7 @@ impl Core {
                 expired.push(key);
             }
         }
+        self.end_stalls(now);
         for will in wills {
             self.publish_will(will, now);
         }

@@ -22,16 +22,30 @@ impl Session {
             self.journal(|r, c| r.queued(c, &item));
             return self.send_inflight(item, now);
         }
-        if !self.out.has_room(
+        let room = self.out.has_room(
             item.msg.weight(),
             limits.max_queued_messages,
             limits.max_queued_bytes,
-        ) {
+        );
+        let hold =
+            self.connected && limits.slow_consumer_policy == SlowConsumerPolicy::Backpressure;
+        if !room && !hold {
             return Outcome::DroppedQueueFull;
         }
         self.journal(|r, c| r.queued(c, &item));
         self.out.enqueue(item);
-        Outcome::Queued
+        if room {
+            Outcome::Queued
+        } else {
+            Outcome::QueuedOverCap
+        }
+    }
+
+    /// The queue is back to half its caps: publishers held back for it may
+    /// go on (half, so that they are not stopped again at once).
+    pub fn queue_drained(&self, limits: &Limits) -> bool {
+        self.out.queue.len() <= limits.max_queued_messages / 2
+            && self.out.queued_bytes <= limits.max_queued_bytes / 2
     }
 
     /// The outgoing window: our cap, narrowed by the client's Receive Maximum.

@@ -26,7 +26,7 @@ use crate::codec::{
 };
 use crate::durable::journal::Recorder;
 use crate::durable::Epoch;
-use crate::limits::Limits;
+use crate::limits::{Limits, SlowConsumerPolicy};
 use crate::message::{Alias, Delivery, Message};
 use crate::time::{keep_alive_grace, Time};
 use crate::topic::{SubFilter, TopicError, TopicFilter, TopicName};
@@ -130,6 +130,9 @@ pub enum Outcome {
     Sent,
     /// Held in the session queue (window full or client offline).
     Queued,
+    /// Held in the queue of a connected client past its caps: its publishers
+    /// are to be slowed (`slow_consumer_policy = "backpressure"`).
+    QueuedOverCap,
     /// QoS 0 dropped: the connection's output buffer is over `max_write_buffer`.
     DroppedSlowConsumer,
     /// QoS 0 for an offline client: not queued (as Mosquitto's default).

@@ -200,13 +200,23 @@ fn outbound_qos1_window_queue_and_ack() {
     let out = sent(&mut s);
     assert_eq!(out.len(), 2);
     assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
-    // Queue cap 3: one more fits, the next is dropped.
+    // Queue cap 3: one more fits; past it the policy decides: held past the
+    // cap (back-pressure, the default) or dropped.
     assert_eq!(
         s.deliver(msg("t", QoS::AtLeastOnce), &lim, t(0)),
         Outcome::Queued
     );
     assert_eq!(
         s.deliver(msg("t", QoS::AtLeastOnce), &lim, t(0)),
+        Outcome::QueuedOverCap
+    );
+    assert!(!s.queue_drained(&lim));
+    let dropping = Limits {
+        slow_consumer_policy: crate::limits::SlowConsumerPolicy::Drop,
+        ..lim.clone()
+    };
+    assert_eq!(
+        s.deliver(msg("t", QoS::AtLeastOnce), &dropping, t(0)),
         Outcome::DroppedQueueFull
     );
     let Packet::Publish(first) = &out[0] else {
@@ -216,7 +226,7 @@ fn outbound_qos1_window_queue_and_ack() {
     handle(&mut s, 1, Packet::PubAck(Ack::new(first_pid))).unwrap();
     // The ack opened the window: exactly one queued message moves in.
     assert_eq!(sent(&mut s).len(), 1);
-    assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
+    assert_eq!((s.inflight_len(), s.queued_len()), (2, 3));
 }
 
 #[test]

@@ -50,6 +50,8 @@ enum Step {
     Paused,
     /// A QoS 1/2 PUBLISH is next while the store cannot write: it waits.
     HoldForStore,
+    /// A subscriber this client publishes to has a full queue: wait.
+    HeldBack,
     Ended(End),
 }
 
@@ -82,6 +84,13 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
                 continue;
             }
             Step::Ended(end) => return end,
+            Step::HeldBack => {
+                ctx.count(|c| c.held_back_waits += 1);
+                while conn.close_reason().is_none() && ctx.is_held_back(conn.key, conn.id) {
+                    conn.woken().await;
+                }
+                continue;
+            }
             Step::HoldForStore => {
                 ctx.count(|c| c.store_holds += 1);
                 Box::pin(wait_for_store(ctx, conn)).await;
@@ -130,6 +139,11 @@ fn handle_frames<W>(
     let now = ctx.now();
     let holding = ctx.shared.store.as_ref().is_some_and(|s| s.failing());
     let step = ctx.with_core(|core| loop {
+        if core.is_held_back(conn.key, conn.id) {
+            // A subscriber it feeds is full: neither this buffer's next
+            // packet nor the socket is read until it drains.
+            return Ok(Step::HeldBack);
+        }
         if is_qos12_publish(buf) {
             if holding {
                 // Not acknowledged while the store cannot keep it: the client
@@ -202,6 +216,13 @@ pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: 
             conn.set_farewell(reason::SERVER_SHUTTING_DOWN, "server shutting down");
         }
         CloseReason::WriteFailed => tracing::debug!(client_id, "closed: write failed"),
+        CloseReason::SlowConsumer => {
+            tracing::warn!(
+                client_id,
+                "closed: slow consumer, held its publishers back for max_stall without reading"
+            );
+            conn.set_farewell(reason::QUOTA_EXCEEDED, "slow consumer");
+        }
     }
 }
 

@@ -1,0 +1,208 @@
+//! Back-pressure: a connected subscriber whose queue is full holds back the
+//! publishers that feed it (their PUBACKs stop, their sockets are not read)
+//! instead of the broker dropping messages it acknowledged; a subscriber
+//! that stops reading is disconnected after `max_stall`, which frees them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+
+/// Small caps: 2 in flight, 5 queued.
+fn small_queues(c: &mut ringmq::config::Config) {
+    c.limits.max_inflight_messages = 2;
+    c.limits.max_queued_messages = 5;
+}
+
+/// Counts the PUBACKs `publ` gets until it has been silent for [`QUIET`].
+async fn acks_until_silent(publ: &mut Raw) -> usize {
+    let mut acks = 0;
+    loop {
+        match publ.next_within(QUIET).await {
+            RawEv::Packet(Packet::PubAck(_)) => acks += 1,
+            RawEv::Silent => return acks,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Publisher and subscriber on one core, so the hold is exact: 2 in flight
+/// + 5 queued + the one that went past the cap are acknowledged, nothing
+/// more is read until the subscriber reads; then every message arrives, in
+/// order, and nothing was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscriber_holds_its_publisher_and_loses_nothing() {
+    let broker = start(1, small_queues);
+    let mut sub = Raw::connect(broker.addr, "bp-sub", true, 0, None).await;
+    sub.subscribe_ok("bp/#", RawQoS::AtLeastOnce, 1).await;
+    let mut publ = Raw::connect(broker.addr, "bp-pub", true, 0, None).await;
+    const N: usize = 50;
+    for i in 0..N {
+        let body = numbered("bp", i);
+        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
+        publ.send(&publish_packet("bp/1", qos, false, body.as_bytes()))
+            .await;
+    }
+    assert_eq!(
+        acks_until_silent(&mut publ).await,
+        2 + 5 + 1,
+        "held after the cap"
+    );
+    let c = broker
+        .wait_counters(STEP, "the hold counted", |c| c.publishers_throttled == 1)
+        .await;
+    assert_eq!(c.queued_over_cap, 1, "{c:?}");
+    let got = read_all(&mut sub, N).await;
+    assert_sequence("the held messages", "bp", &got, N);
+    assert_eq!(
+        acks_until_silent(&mut publ).await,
+        N - 8,
+        "the rest acknowledged"
+    );
+    let c = broker
+        .wait_counters(STEP, "counters", |c| c.messages_sent >= N as u64)
+        .await;
+    assert_eq!(c.dropped_queue_full, 0, "{c:?}");
+}
+
+/// Takes `n` QoS 1 messages, acknowledging each.
+async fn read_all(sub: &mut Raw, n: usize) -> Vec<Bytes> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let p = sub.recv_publish().await;
+        sub.puback(&p).await;
+        got.push(p.payload);
+    }
+    got
+}
+
+/// Three publishers on one core, QoS 1 and 2, at full speed into one
+/// subscriber on the other core with tiny queues: every message arrives
+/// exactly once, in order per publisher, and none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_in_across_cores_into_a_slow_subscriber_loses_nothing() {
+    let broker = start(2, small_queues);
+    let sub_id = id_on(1, 2, "fan-sub");
+    let mut sub = Raw::connect(broker.addr, &sub_id, true, 0, None).await;
+    sub.subscribe_ok("fan/#", RawQoS::ExactlyOnce, 2).await;
+    const PUBLISHERS: usize = 3;
+    const N: usize = 600;
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let addr = broker.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut publ =
+                Raw::connect(addr, &id_on(0, 2, &format!("fan-pub{p}")), true, 0, None).await;
+            publish_pipelined(&mut publ, &format!("fan/{p}"), &format!("p{p}-"), N).await;
+        }));
+    }
+    let mut per_topic: HashMap<Vec<u8>, Vec<Bytes>> = HashMap::new();
+    let mut received = 0;
+    while received < PUBLISHERS * N {
+        match sub.recv().await {
+            Packet::Publish(p) => {
+                match p.qos_pid {
+                    QosPid::ExactlyOnce(id) => sub.send(&Packet::PubRec(Ack::new(id))).await,
+                    _ => sub.puback(&p).await,
+                }
+                per_topic
+                    .entry(p.topic.to_vec())
+                    .or_default()
+                    .push(p.payload);
+                received += 1;
+            }
+            Packet::PubRel(a) => sub.send(&Packet::PubComp(Ack::new(a.pid))).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for task in tasks {
+        within(STEP, "a publisher finishing", task)
+            .await
+            .expect("publisher");
+    }
+    for p in 0..PUBLISHERS {
+        let got = &per_topic[format!("fan/{p}").as_bytes()];
+        assert_sequence(&format!("publisher {p}"), &format!("p{p}-"), got, N);
+    }
+    // The last QoS 2 flows end; no message comes twice.
+    loop {
+        match sub.next_within(QUIET).await {
+            RawEv::Packet(Packet::PubRel(a)) => sub.send(&Packet::PubComp(Ack::new(a.pid))).await,
+            RawEv::Silent => break,
+            other => panic!("after every message: {other:?}"),
+        }
+    }
+    let c = broker.counters();
+    assert_eq!(c.dropped_queue_full, 0, "{c:?}");
+}
+
+/// `n` messages, QoS 1 and 2 alternating, 20 in flight, every ack awaited.
+async fn publish_pipelined(publ: &mut Raw, topic: &str, prefix: &str, n: usize) {
+    const WINDOW: usize = 20;
+    let id = |i: usize| pid(i as u16 % 1000 + 1);
+    let (mut sent, mut done) = (0, 0);
+    while done < n {
+        while sent < n && sent - done < WINDOW {
+            let qos_pid = match sent % 2 {
+                0 => QosPid::AtLeastOnce(id(sent)),
+                _ => QosPid::ExactlyOnce(id(sent)),
+            };
+            let body = numbered(prefix, sent);
+            publ.send(&publish_packet(topic, qos_pid, false, body.as_bytes()))
+                .await;
+            sent += 1;
+        }
+        match publ.recv().await {
+            Packet::PubAck(_) => done += 1,
+            Packet::PubRec(a) => publ.send(&Packet::PubRel(Ack::new(a.pid))).await,
+            Packet::PubComp(_) => done += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A subscriber that never reads holds its publisher for `max_stall`, then
+/// is disconnected as a slow consumer, and the publisher goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_disconnected_after_max_stall() {
+    let broker = start(1, |c| {
+        small_queues(c);
+        c.limits.max_stall = Duration::from_secs(1);
+    });
+    let mut sub = Raw::connect(broker.addr, "stall-sub", true, 0, None).await;
+    sub.subscribe_ok("st/#", RawQoS::AtLeastOnce, 1).await;
+    let mut publ = Raw::connect(broker.addr, "stall-pub", true, 0, None).await;
+    const N: usize = 30;
+    for i in 0..N {
+        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
+        publ.send(&publish_packet(
+            "st/1",
+            qos,
+            false,
+            numbered("st", i).as_bytes(),
+        ))
+        .await;
+    }
+    // Held, then freed when the stalled subscriber is cut off.
+    let mut acks = 0;
+    while acks < N {
+        match publ.next_within(STEP).await {
+            RawEv::Packet(Packet::PubAck(_)) => acks += 1,
+            other => panic!("{acks} of {N} acknowledged, then {other:?}"),
+        }
+    }
+    let c = broker
+        .wait_counters(STEP, "the slow consumer cut off", |c| {
+            c.slow_consumers_disconnected == 1
+        })
+        .await;
+    assert_eq!(
+        c.dropped_queue_full, 0,
+        "held past the cap, not dropped: {c:?}"
+    );
+    // What it had not read is its own to lose: the connection is gone.
+    let _ = sub.expect_closed(STEP).await;
+}
