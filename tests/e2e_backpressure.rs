@@ -146,12 +146,7 @@ async fn publish_pipelined(publ: &mut Raw, topic: &str, prefix: &str, n: usize) 
     let (mut sent, mut done) = (0, 0);
     while done < n {
         while sent < n && sent - done < WINDOW {
-            let qos_pid = match sent % 2 {
-                0 => QosPid::AtLeastOnce(id(sent)),
-                _ => QosPid::ExactlyOnce(id(sent)),
-            };
-            let body = numbered(prefix, sent);
-            publ.send(&publish_packet(topic, qos_pid, false, body.as_bytes()))
+            publ.send(&numbered_publish(topic, prefix, sent, id(sent)))
                 .await;
             sent += 1;
         }
@@ -205,4 +200,62 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_max_stall() {
     );
     // What it had not read is its own to lose: the connection is gone.
     let _ = sub.expect_closed(STEP).await;
+}
+
+/// QoS 0 too: a subscriber on core 1 that does not read, with a 64 KiB
+/// output cap, holds back a publisher on core 0 that floods it with 16 MB
+/// (more than the sockets' buffers take): the hold is counted, nothing is
+/// dropped, and once the subscriber reads it gets every message in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_nothing() {
+    const MSGS: usize = 1000;
+    const SIZE: usize = 16 * 1024;
+    let broker = start(2, |c| c.limits.max_write_buffer = 64 * 1024);
+    let mut sub = Raw::open_small_rcvbuf(broker.addr, 4096).await;
+    let ack = sub
+        .handshake(connect_packet(
+            ringmq::codec::Protocol::V3_1_1,
+            &id_on(1, 2, "q0-sub"),
+            true,
+            0,
+            None,
+        ))
+        .await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(sub.subscribe(1, &[("q0/t", RawQoS::AtMostOnce)]).await, [0]);
+    let addr = broker.addr;
+    let publisher = tokio::spawn(async move {
+        let mut publ = Raw::connect(addr, &id_on(0, 2, "q0-pub"), true, 0, None).await;
+        let body = "z".repeat(SIZE);
+        for i in 0..MSGS {
+            let payload = format!("{}|{body}", numbered("q0", i));
+            let p = publish_packet("q0/t", QosPid::AtMostOnce, false, payload.as_bytes());
+            // Blocks while the publisher is held back: TCP pushes back.
+            publ.send_bytes(&encode(&p, ringmq::codec::Protocol::V3_1_1))
+                .await
+                .expect("publish");
+        }
+        publ
+    });
+    broker
+        .wait_counters(STEP, "the publisher held back", |c| {
+            c.publishers_throttled >= 1
+        })
+        .await;
+    let mut got = Vec::with_capacity(MSGS);
+    while got.len() < MSGS {
+        let p = sub.recv_publish().await;
+        let end = p
+            .payload
+            .iter()
+            .position(|b| *b == b'|')
+            .expect("separator");
+        got.push(p.payload.slice(..end));
+    }
+    assert_sequence("QoS 0 through a hold", "q0", &got, MSGS);
+    within(STEP, "the publisher finishing", publisher)
+        .await
+        .expect("publisher");
+    let c = broker.counters();
+    assert_eq!(c.dropped_slow_consumer, 0, "{c:?}");
 }

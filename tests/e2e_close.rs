@@ -146,7 +146,11 @@ async fn violation_after_publishes_keeps_every_puback() {
 /// its socket is not held open by a blocked writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stopped_reading_cannot_hold_its_socket() {
-    let broker = start(1, |_| {});
+    // Dropping its QoS 0 (rather than holding the publisher back) lets the
+    // test see, by the counter, that the broker's writes to it are stuck.
+    let broker = start(1, |c| {
+        c.limits.slow_consumer_policy = ringmq::config::SlowConsumerPolicy::Drop
+    });
     let mut stuck = Raw::open_small_rcvbuf(broker.addr, 4096).await;
     let ack = stuck
         .handshake(connect_packet(Protocol::V3_1_1, "stuck", true, 0, None))

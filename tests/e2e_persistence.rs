@@ -331,12 +331,7 @@ async fn publish_windowed(
     let (mut sent, mut done) = (0, 0);
     while done < n {
         while sent < n && sent - done < WINDOW {
-            let qos_pid = match sent % 2 {
-                0 => QosPid::AtLeastOnce(id(sent)),
-                _ => QosPid::ExactlyOnce(id(sent)),
-            };
-            let body = numbered("c", sent);
-            publ.send(&publish_packet("c/n", qos_pid, false, body.as_bytes()))
+            publ.send(&numbered_publish("c/n", "c", sent, id(sent)))
                 .await;
             sent += 1;
         }

@@ -297,11 +297,13 @@ async fn overlapping_subscriptions_deliver_once_at_max_qos() {
     }
 }
 
-/// A subscriber that never reads (raw socket, small receive buffer) with
-/// `max_write_buffer` = 64 KiB: QoS 0 messages to it are dropped (counted in
-/// `dropped_slow_consumer`) while the other subscribers, on its core and on
-/// the other one, get every message, each within [`STEP`] of its publish:
-/// the stalled one never holds them back. (How fast they get them is for the
+/// `slow_consumer_policy = "drop"`: a subscriber that never reads (raw
+/// socket, small receive buffer) with `max_write_buffer` = 64 KiB: QoS 0
+/// messages to it are dropped (counted in `dropped_slow_consumer`) while the
+/// other subscribers, on its core and on the other one, get every message,
+/// each within [`STEP`] of its publish: the stalled one never holds them
+/// back. (With back-pressure, the default, it would for `max_stall`: see
+/// e2e_backpressure.rs.) (How fast they get them is for the
 /// benchmarks; the slowest step is printed, not asserted.)
 ///
 /// 1000 QoS 0 messages of 16 KiB (16 MB, far more than the kernel buffers a
@@ -316,6 +318,7 @@ async fn slow_consumer_does_not_hold_back_others() {
     const SIZE: usize = 16 * 1024;
     let broker = start(2, |c| {
         c.limits.max_write_buffer = 64 * 1024;
+        c.limits.slow_consumer_policy = ringmq::config::SlowConsumerPolicy::Drop;
         c.read_buffer_size = 64 * 1024;
     });
     let topic = "slow/t";

@@ -50,8 +50,9 @@ counters! {
     connects_refused,
     /// Connections refused because `max_connections` was reached.
     refused_max_connections,
-    /// QoS 1/2 messages queued past a connected client's caps while its
-    /// publishers were being slowed (back-pressure: none is dropped).
+    /// Messages held past a connected client's caps (QoS 1/2 in its queue,
+    /// QoS 0 in its output buffer) while its publishers were being slowed
+    /// (back-pressure: none is dropped).
     queued_over_cap,
     /// Times a publisher was held back because a subscriber it feeds had a
     /// full queue.
@@ -152,6 +153,10 @@ impl Counters {
             Outcome::Sent => self.messages_sent += 1,
             Outcome::Queued => {}
             Outcome::QueuedOverCap => self.queued_over_cap += 1,
+            Outcome::SentOverCap => {
+                self.messages_sent += 1;
+                self.queued_over_cap += 1;
+            }
             Outcome::DroppedSlowConsumer => self.dropped_slow_consumer += 1,
             Outcome::DroppedOffline => self.dropped_offline_qos0 += 1,
             Outcome::DroppedQueueFull => self.dropped_queue_full += 1,

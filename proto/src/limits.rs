@@ -102,8 +102,8 @@ pub struct Limits {
     /// reading anything before it is disconnected as a slow consumer.
     pub max_stall: Duration,
     /// Unsent output bytes per connection. Past it, QoS 0 messages to that
-    /// client are dropped (and counted) and QoS 1/2 wait in its session queue,
-    /// so that one stalled reader cannot hold the broker's memory hostage.
+    /// client hold its publishers back (or, with the drop policy, are dropped
+    /// and counted) and QoS 1/2 wait in its session queue.
     pub max_write_buffer: usize,
     /// Topic levels in a topic name or filter; bounds trie depth and matching work.
     pub max_topic_levels: usize,

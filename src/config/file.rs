@@ -114,7 +114,7 @@ pub struct FileConfig {
     /// Bytes queued per client behind the in-flight window (default 16MiB; when full, new messages to it are dropped)
     #[arg(long, env = "RINGMQ_MAX_QUEUED_BYTES", value_name = "BYTES", help_heading = LIMITS)]
     pub max_queued_bytes: Option<ByteSize>,
-    /// Unsent output per connection (default 1MiB; past it QoS 0 to that client is dropped and counted, QoS 1/2 wait in its queue)
+    /// Unsent output per connection (default 1MiB; past it QoS 0 to that client holds its publishers back, or with --slow-consumer-policy drop is dropped and counted; QoS 1/2 wait in its queue)
     #[arg(long, env = "RINGMQ_MAX_WRITE_BUFFER", value_name = "BYTES", help_heading = LIMITS)]
     pub max_write_buffer: Option<ByteSize>,
     /// Levels in a topic name or filter (default 128; deeper topics are rejected)
@@ -135,7 +135,7 @@ pub struct FileConfig {
     /// Seconds a QoS 2 message may await its PUBREL (default 300; then it is discarded)
     #[arg(long, env = "RINGMQ_AWAITING_REL_TIMEOUT", value_name = "SECS", help_heading = LIMITS)]
     pub awaiting_rel_timeout: Option<u64>,
-    /// A connected client's full queue (default backpressure: its publishers are not read until it drains, nothing acknowledged is dropped; drop: QoS 1/2 past the queue caps are dropped and counted)
+    /// A connected client's full queue or output buffer (default backpressure: its publishers are not read until it drains, nothing acknowledged is dropped; drop: what is past the caps is dropped and counted)
     #[arg(long, env = "RINGMQ_SLOW_CONSUMER_POLICY", value_name = "POLICY", value_parser = slow_consumer_policy_parser(), help_heading = LIMITS)]
     pub slow_consumer_policy: Option<SlowConsumerPolicy>,
     /// Seconds a client may hold its publishers back without reading before it is disconnected as a slow consumer (default 10)

@@ -6,11 +6,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{id_on, v4, Packet, Raw, RawQoS, TestBroker, STEP, V4};
+use super::{id_on, publish_packet, v4, Packet, Pid, QosPid, Raw, RawQoS, TestBroker, STEP, V4};
 
 /// Payload `prefix-<n>`, so order and duplicates can be checked.
 pub fn numbered(prefix: &str, n: usize) -> String {
     format!("{prefix}-{n}")
+}
+
+/// Message `i` of a numbered stream on `topic` with packet id `id`: QoS 1
+/// for even `i`, QoS 2 for odd, so one stream exercises both flows.
+pub fn numbered_publish(topic: &str, prefix: &str, i: usize, id: Pid) -> Packet {
+    let qos_pid = match i % 2 {
+        0 => QosPid::AtLeastOnce(id),
+        _ => QosPid::ExactlyOnce(id),
+    };
+    publish_packet(topic, qos_pid, false, numbered(prefix, i).as_bytes())
 }
 
 /// Asserts that `payloads` are exactly `prefix-0 .. prefix-(n-1)` in order.

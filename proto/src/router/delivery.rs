@@ -169,8 +169,13 @@ impl Core {
         };
         let outcome = e.session.deliver_qos0(msg, retain, ids, &self.limits, now);
         self.counters.count(outcome);
-        if outcome == crate::session::Outcome::Sent {
-            self.mark_dirty(key);
+        match outcome {
+            crate::session::Outcome::Sent => self.mark_dirty(key),
+            crate::session::Outcome::SentOverCap => {
+                self.mark_dirty(key);
+                self.hold_back(key, msg.publisher.clone(), now);
+            }
+            _ => {}
         }
     }
 

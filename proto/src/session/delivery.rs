@@ -41,11 +41,13 @@ impl Session {
         }
     }
 
-    /// The queue is back to half its caps: publishers held back for it may
-    /// go on (half, so that they are not stopped again at once).
+    /// The queue and the output buffer are back to half their caps:
+    /// publishers held back for them may go on (half, so that they are not
+    /// stopped again at once).
     pub fn queue_drained(&self, limits: &Limits) -> bool {
         self.out.queue.len() <= limits.max_queued_messages / 2
             && self.out.queued_bytes <= limits.max_queued_bytes / 2
+            && self.tx.len() <= limits.max_write_buffer / 2
     }
 
     /// The outgoing window: our cap, narrowed by the client's Receive Maximum.
@@ -73,10 +75,14 @@ impl Session {
         if !self.connected {
             return Outcome::DroppedOffline;
         }
-        if self.tx.len() >= limits.max_write_buffer {
+        let full = self.tx.len() >= limits.max_write_buffer;
+        if full && limits.slow_consumer_policy == SlowConsumerPolicy::Drop {
             return Outcome::DroppedSlowConsumer;
         }
-        self.encode_delivery(msg, retain, sub_ids, QosPid::AtMostOnce, now)
+        match self.encode_delivery(msg, retain, sub_ids, QosPid::AtMostOnce, now) {
+            Outcome::Sent if full => Outcome::SentOverCap,
+            outcome => outcome,
+        }
     }
 
     /// Encodes one PUBLISH, choosing a topic alias when the client accepts them,

@@ -133,7 +133,11 @@ pub enum Outcome {
     /// Held in the queue of a connected client past its caps: its publishers
     /// are to be slowed (`slow_consumer_policy = "backpressure"`).
     QueuedOverCap,
-    /// QoS 0 dropped: the connection's output buffer is over `max_write_buffer`.
+    /// QoS 0 encoded past `max_write_buffer` of a connected client: its
+    /// publishers are to be slowed (`slow_consumer_policy = "backpressure"`).
+    SentOverCap,
+    /// QoS 0 dropped: the connection's output buffer is over `max_write_buffer`
+    /// (`slow_consumer_policy = "drop"`).
     DroppedSlowConsumer,
     /// QoS 0 for an offline client: not queued (as Mosquitto's default).
     DroppedOffline,

@@ -286,10 +286,21 @@ fn reconnect_resends_with_dup_and_pubrel() {
 }
 
 #[test]
-fn slow_consumer_drops_qos0_only() {
-    let lim = Limits {
+fn a_full_output_buffer_holds_or_drops_qos0_by_policy_and_queues_qos1() {
+    let holding = Limits {
         max_write_buffer: 64,
         ..limits()
+    };
+    let mut s = session(true);
+    let outcomes: Vec<_> = (0..20)
+        .map(|_| s.deliver(msg("t", QoS::AtMostOnce), &holding, t(0)))
+        .collect();
+    assert!(outcomes.contains(&Outcome::SentOverCap));
+    assert!(!outcomes.contains(&Outcome::DroppedSlowConsumer));
+    assert!(!s.queue_drained(&holding), "over the cap");
+    let lim = Limits {
+        slow_consumer_policy: crate::limits::SlowConsumerPolicy::Drop,
+        ..holding
     };
     let mut s = session(true);
     let mut outcomes = Vec::new();
