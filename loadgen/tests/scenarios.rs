@@ -82,8 +82,17 @@ impl Broker {
     /// ringmq with its plain listener and the listeners `extra` adds (flags
     /// such as `--ws-port N`).
     fn ringmq(extra: &[&str]) -> Broker {
+        Broker::ringmq_with(ringmq_command, extra)
+    }
+
+    /// ringmq with its default queue caps: overload is back-pressure.
+    fn ringmq_default_caps() -> Broker {
+        Broker::ringmq_with(ringmq_base_command, &[])
+    }
+
+    fn ringmq_with(command: fn(u16) -> Command, extra: &[&str]) -> Broker {
         let port = free_port();
-        let mut c = ringmq_command(port);
+        let mut c = command(port);
         c.args(extra);
         let child = c
             .stdout(Stdio::null())
@@ -214,10 +223,22 @@ impl Drop for Pki {
 
 /// The ringmq command line of these tests, plain listener on `port`.
 fn ringmq_command(port: u16) -> Command {
-    let mut c = Command::new(ringmq_binary());
+    let mut c = ringmq_base_command(port);
     // Queues large enough that a client starved of CPU on a busy machine is
-    // not an overload (which drops QoS 1 past 1000 queued by default), as
-    // for Mosquitto in `Broker::start`.
+    // not an overload, as for Mosquitto in `Broker::start` (which drops
+    // QoS 1 past 1000 queued by default).
+    c.args([
+        "--max-queued-messages",
+        "1000000",
+        "--max-queued-bytes",
+        "1GiB",
+    ]);
+    c
+}
+
+/// ringmq on 2 cores on `port`, memory only, default caps.
+fn ringmq_base_command(port: u16) -> Command {
+    let mut c = Command::new(ringmq_binary());
     c.args([
         "--cores",
         "2",
@@ -227,10 +248,6 @@ fn ringmq_command(port: u16) -> Command {
         "127.0.0.1",
         "-p",
         &port.to_string(),
-        "--max-queued-messages",
-        "1000000",
-        "--max-queued-bytes",
-        "1GiB",
     ]);
     c
 }
@@ -466,6 +483,39 @@ fn fan_in_at_a_fixed_rate_loses_nothing() {
     let v = run("fan-in-fixed", &b, &args);
     assert_nothing_lost(&v);
     assert_eq!(int(&v, "/totals/received"), int(&v, "/totals/sent"));
+}
+
+/// The issue-11 overload: 8 publishers at full speed into one subscriber on
+/// a broker with its default queue caps, QoS 0, 1 and 2: with back-pressure
+/// the publishers are slowed instead of their messages dropped, so nothing
+/// is lost, duplicated or reordered (loadgen checks sequence numbers per
+/// publisher).
+#[test]
+fn fan_in_at_max_rate_into_default_caps_loses_nothing() {
+    let b = Broker::ringmq_default_caps();
+    for qos in ["0", "1", "2"] {
+        // 50 in flight: QoS 2 may have at most max_awaiting_rel (100)
+        // unreleased per client, a 3.1.1 client has no way to learn it.
+        let mut args = vec![
+            "fan-in",
+            "-c",
+            "8",
+            "--max-rate",
+            "--inflight",
+            "50",
+            "--qos",
+            qos,
+        ];
+        args.extend(SHORT);
+        let v = run(&format!("fan-in-max-q{qos}"), &b, &args);
+        assert_nothing_lost(&v);
+        assert_eq!(
+            int(&v, "/totals/received"),
+            int(&v, "/totals/sent"),
+            "QoS {qos}"
+        );
+        assert_eq!(int(&v, "/totals/out_of_order"), 0, "QoS {qos}: {v:#}");
+    }
 }
 
 #[test]

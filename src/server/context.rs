@@ -13,7 +13,7 @@ use super::edge::{self, LogGate, RateLimit};
 use super::mesh::Parcel;
 use super::Shared;
 use crate::metrics::Counters;
-use crate::router::{CloseReason, ConnId, Core, SessionKey};
+use crate::router::{CloseReason, ConnId, Core, Notice, SessionKey};
 use crate::time::Time;
 
 /// How often a core retries sending to a full queue of another core.
@@ -46,6 +46,8 @@ pub struct Ctx {
     connection_rates: RefCell<Vec<Option<RateLimit>>>,
     /// Log lines for the edge's refusals (rate, per address), rate limited.
     refusal_logs: RefCell<[LogGate; 2]>,
+    /// Log lines for the core's policy notices, rate limited per kind.
+    notice_logs: RefCell<[LogGate; 2]>,
 }
 
 impl Ctx {
@@ -61,6 +63,7 @@ impl Ctx {
             compact_due: Cell::new(false),
             connection_rates: RefCell::new(connection_rates(&shared, cores)),
             refusal_logs: RefCell::default(),
+            notice_logs: RefCell::default(),
             durability: shared
                 .store
                 .as_ref()
@@ -160,6 +163,9 @@ impl Ctx {
                 self.compact_due.set(true);
             }
         }
+        for notice in out.notices.drain(..) {
+            self.log_notice(notice);
+        }
         let links = self.links.borrow();
         for conn in out.writable.drain(..) {
             if let Some(link) = links.get(&conn) {
@@ -254,6 +260,35 @@ impl Ctx {
             self.send_to(core, Parcel::Durable { from, seq });
         }
         durability.wake_all();
+    }
+
+    /// Logs a policy event, at most once per period per kind (with how many
+    /// were not logged), so that an overload cannot fill a disk.
+    fn log_notice(&self, notice: Notice) {
+        let kind = match notice {
+            Notice::HoldStarted { .. } => 0,
+            Notice::SlowConsumer { .. } => 1,
+        };
+        let Some(not_logged) = self.notice_logs.borrow_mut()[kind].pass(std::time::Instant::now())
+        else {
+            return;
+        };
+        match notice {
+            Notice::HoldStarted {
+                subscriber,
+                publisher,
+            } => tracing::warn!(
+                subscriber = &*subscriber,
+                publisher = &*publisher,
+                not_logged,
+                "back-pressure: the subscriber's queue is full; its publisher is not read until it drains"
+            ),
+            Notice::SlowConsumer { client } => tracing::warn!(
+                client_id = &*client,
+                not_logged,
+                "slow consumer: held its publishers back for max_stall without reading; disconnecting"
+            ),
+        }
     }
 
     /// Takes a token of this core's share of listener `listener`'s

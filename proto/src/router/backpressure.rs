@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use super::{owner_core, CloseReason, ConnId, Core, MeshMsg, SessionKey};
+use super::{owner_core, CloseReason, ConnId, Core, MeshMsg, Notice, SessionKey};
 use crate::time::Time;
 
 impl Core {
@@ -37,6 +37,11 @@ impl Core {
             e.stalled_since = Some(now);
             self.holders.push(key);
         }
+        let subscriber = e.session.client_id().clone();
+        self.outbox.notices.push(Notice::HoldStarted {
+            subscriber,
+            publisher: publisher.clone(),
+        });
         self.counters.publishers_throttled += 1;
         self.send_hold(publisher, true);
     }
@@ -121,7 +126,10 @@ impl Core {
             })
             .collect();
         for key in stalled {
-            if let Some(conn) = self.sessions[key].conn {
+            let e = &self.sessions[key];
+            if let Some(conn) = e.conn {
+                let client = e.session.client_id().clone();
+                self.outbox.notices.push(Notice::SlowConsumer { client });
                 self.counters.slow_consumers_disconnected += 1;
                 self.outbox.close.push((conn, CloseReason::SlowConsumer));
             }

@@ -26,7 +26,7 @@ use slab::Slab;
 pub use barrier::Reply;
 pub use interest::{owner_core, CoreSet};
 pub use mesh::MeshMsg;
-pub use outbox::Outbox;
+pub use outbox::{Notice, Outbox};
 
 use crate::codec::{Packet, SubOptions};
 use crate::counters::Counters;

@@ -2,7 +2,22 @@
 //! close or to read again, messages for other cores. The server drains it
 //! after every call into the core.
 
+use std::sync::Arc;
+
 use super::{CloseReason, ConnId, MeshMsg};
+
+/// Policy events the server logs (rate limited): the core only reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `subscriber`'s full queue started holding back `publisher`.
+    HoldStarted {
+        subscriber: Arc<str>,
+        publisher: Arc<str>,
+    },
+    /// `client` held its publishers back for `max_stall` without reading
+    /// and is disconnected.
+    SlowConsumer { client: Arc<str> },
+}
 
 /// One core's pending effects. Filled by the router, emptied by the server.
 #[derive(Debug)]
@@ -20,6 +35,8 @@ pub struct Outbox {
     /// Journal records for this core's store, in order (only while the core
     /// keeps a journal, see [`super::Core::keep_journal`]).
     pub journal: Vec<bytes::Bytes>,
+    /// Policy events to log.
+    pub notices: Vec<Notice>,
 }
 
 impl Outbox {
@@ -31,6 +48,7 @@ impl Outbox {
             close: Vec::new(),
             resume: Vec::new(),
             journal: Vec::new(),
+            notices: Vec::new(),
         }
     }
 
@@ -56,6 +74,7 @@ impl Outbox {
             && self.close.is_empty()
             && self.resume.is_empty()
             && self.journal.is_empty()
+            && self.notices.is_empty()
     }
 }
 

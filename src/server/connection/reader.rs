@@ -217,10 +217,8 @@ pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: 
         }
         CloseReason::WriteFailed => tracing::debug!(client_id, "closed: write failed"),
         CloseReason::SlowConsumer => {
-            tracing::warn!(
-                client_id,
-                "closed: slow consumer, held its publishers back for max_stall without reading"
-            );
+            // Logged (rate limited) where the core decided it.
+            tracing::debug!(client_id, "closed: slow consumer");
             conn.set_farewell(reason::QUOTA_EXCEEDED, "slow consumer");
         }
     }
