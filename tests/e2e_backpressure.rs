@@ -259,3 +259,47 @@ async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_n
     let c = broker.counters();
     assert_eq!(c.dropped_slow_consumer, 0, "{c:?}");
 }
+
+/// One connection flooding its core (QoS 0 to a topic nobody reads, as fast
+/// as the socket takes it) does not starve another connection on the same
+/// core: each of its PINGREQs is answered while the flood goes on. A
+/// connection's turn is one read (at most `read_buffer_size`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_connection_does_not_starve_another_on_its_core() {
+    let broker = start(1, |_| {});
+    let addr = broker.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    let flood = tokio::spawn(async move {
+        let mut publ = Raw::connect(addr, "flooder", true, 0, None).await;
+        let p = publish_packet("nobody/reads", QosPid::AtMostOnce, false, &[1u8; 512]);
+        let burst: Vec<u8> = (0..256)
+            .flat_map(|_| encode(&p, ringmq::codec::Protocol::V3_1_1))
+            .collect();
+        let mut sent = 0usize;
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            publ.send_bytes(&burst).await.expect("flood");
+            sent += burst.len();
+        }
+        sent
+    });
+    // The flood is under way once the broker has counted some of it.
+    broker
+        .wait_counters(STEP, "the flood under way", |c| {
+            c.messages_received > 10_000
+        })
+        .await;
+    let mut other = Raw::connect(addr, "pinger", true, 0, None).await;
+    for _ in 0..20 {
+        other.send(&Packet::PingReq).await;
+        match other.recv().await {
+            Packet::PingResp => {}
+            p => panic!("expected PINGRESP, got {p:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = within(STEP, "the flood ending", flood)
+        .await
+        .expect("flooder");
+    assert!(sent > 0);
+}
