@@ -211,18 +211,7 @@ async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_n
     const MSGS: usize = 1000;
     const SIZE: usize = 16 * 1024;
     let broker = start(2, |c| c.limits.max_write_buffer = 64 * 1024);
-    let mut sub = Raw::open_small_rcvbuf(broker.addr, 4096).await;
-    let ack = sub
-        .handshake(connect_packet(
-            ringmq::codec::Protocol::V3_1_1,
-            &id_on(1, 2, "q0-sub"),
-            true,
-            0,
-            None,
-        ))
-        .await;
-    assert_eq!(ack.code, 0);
-    assert_eq!(sub.subscribe(1, &[("q0/t", RawQoS::AtMostOnce)]).await, [0]);
+    let mut sub = Raw::small_rcvbuf_subscriber(broker.addr, &id_on(1, 2, "q0-sub"), "q0/t").await;
     let addr = broker.addr;
     let publisher = tokio::spawn(async move {
         let mut publ = Raw::connect(addr, &id_on(0, 2, "q0-pub"), true, 0, None).await;
@@ -245,12 +234,7 @@ async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_n
     let mut got = Vec::with_capacity(MSGS);
     while got.len() < MSGS {
         let p = sub.recv_publish().await;
-        let end = p
-            .payload
-            .iter()
-            .position(|b| *b == b'|')
-            .expect("separator");
-        got.push(p.payload.slice(..end));
+        got.push(label_of(&p.payload));
     }
     assert_sequence("QoS 0 through a hold", "q0", &got, MSGS);
     within(STEP, "the publisher finishing", publisher)

@@ -151,15 +151,7 @@ async fn a_client_that_stopped_reading_cannot_hold_its_socket() {
     let broker = start(1, |c| {
         c.limits.slow_consumer_policy = ringmq::config::SlowConsumerPolicy::Drop
     });
-    let mut stuck = Raw::open_small_rcvbuf(broker.addr, 4096).await;
-    let ack = stuck
-        .handshake(connect_packet(Protocol::V3_1_1, "stuck", true, 0, None))
-        .await;
-    assert_eq!(ack.code, 0);
-    assert_eq!(
-        stuck.subscribe(1, &[("big", RawQoS::AtMostOnce)]).await,
-        [0]
-    );
+    let mut stuck = Raw::small_rcvbuf_subscriber(broker.addr, "stuck", "big").await;
     // From here on `stuck` reads nothing.
     let mut publisher = Raw::connect(broker.addr, "pub", true, 0, None).await;
     let payload = vec![7u8; 64 * 1024];

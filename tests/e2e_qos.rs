@@ -323,21 +323,8 @@ async fn slow_consumer_does_not_hold_back_others() {
     });
     let topic = "slow/t";
 
-    let mut stalled = Raw::open_small_rcvbuf(broker.addr, 4096).await;
-    let ack = stalled
-        .handshake(connect_packet(
-            ringmq::codec::Protocol::V3_1_1,
-            &id_on(1, 2, "slow-stalled"),
-            true,
-            0,
-            None,
-        ))
-        .await;
-    assert_eq!(ack.code, 0);
-    assert_eq!(
-        stalled.subscribe(1, &[(topic, RawQoS::AtMostOnce)]).await,
-        vec![0]
-    );
+    let stalled =
+        Raw::small_rcvbuf_subscriber(broker.addr, &id_on(1, 2, "slow-stalled"), topic).await;
     // From here on `stalled` never reads again.
 
     let mut fast_same = V4::connect(broker.addr, &id_on(1, 2, "slow-fast1")).await;
@@ -362,11 +349,7 @@ async fn slow_consumer_does_not_hold_back_others() {
             ("other core", &mut fast_other),
         ] {
             let p = sub.recv_publish().await;
-            let end = p
-                .payload
-                .iter()
-                .position(|b| *b == b'|')
-                .expect("separator");
+            let end = label_of(&p.payload).len();
             assert_eq!(
                 String::from_utf8_lossy(&p.payload[..end]),
                 want,

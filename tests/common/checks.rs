@@ -23,6 +23,15 @@ pub fn numbered_publish(topic: &str, prefix: &str, i: usize, id: Pid) -> Packet 
     publish_packet(topic, qos_pid, false, numbered(prefix, i).as_bytes())
 }
 
+/// The label of a padded payload `label|padding`.
+pub fn label_of(payload: &Bytes) -> Bytes {
+    let end = payload
+        .iter()
+        .position(|b| *b == b'|')
+        .expect("a label|padding payload");
+    payload.slice(..end)
+}
+
 /// Asserts that `payloads` are exactly `prefix-0 .. prefix-(n-1)` in order.
 pub fn assert_sequence(who: &str, prefix: &str, payloads: &[Bytes], n: usize) {
     let got: Vec<String> = payloads

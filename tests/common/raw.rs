@@ -172,6 +172,19 @@ impl Raw {
         }
     }
 
+    /// A 3.1.1 clean-session client `id` with a 4 KiB receive buffer,
+    /// subscribed to `filter` at QoS 0: for tests of a client that stops
+    /// reading (the kernel buffers little for it).
+    pub async fn small_rcvbuf_subscriber(addr: SocketAddr, id: &str, filter: &str) -> Raw {
+        let mut raw = Raw::open_small_rcvbuf(addr, 4096).await;
+        let ack = raw
+            .handshake(connect_packet(Protocol::V3_1_1, id, true, 0, None))
+            .await;
+        assert_eq!(ack.code, 0);
+        assert_eq!(raw.subscribe(1, &[(filter, RawQoS::AtMostOnce)]).await, [0]);
+        raw
+    }
+
     /// Connects with 3.1.1 and waits for an accepting CONNACK.
     pub async fn connect(
         addr: SocketAddr,
