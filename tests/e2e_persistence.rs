@@ -38,11 +38,13 @@ fn persistent(dir: &Path, cores: usize) -> TestBroker {
     start(cores, move |c| {
         c.persistence = true;
         c.persistence_location = dir;
+        // Room for everything `fill` queues for the offline subscriber.
+        c.limits.max_queued_messages = 2 * (QOS1 + QOS2);
     })
 }
 
-const QOS1: usize = 600;
-const QOS2: usize = 50;
+const QOS1: usize = 10_000;
+const QOS2: usize = 10_000;
 
 /// A persistent subscriber of `s/#` (QoS 1) and `x/#` (QoS 2), offline;
 /// `QOS1` + `QOS2` numbered messages and a retained one published to it.
