@@ -287,3 +287,38 @@ async fn a_flooding_connection_does_not_starve_another_on_its_core() {
         .expect("flooder");
     assert!(sent > 0);
 }
+
+/// A client's own messages coming back through its own subscription never
+/// hold it back (it would stop reading the acks that drain its queue):
+/// past its caps they are dropped and counted, and its PUBACKs keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_not_held_back_by_its_own_subscription() {
+    let broker = start(1, small_queues);
+    let mut me = Raw::connect(broker.addr, "loop-back", true, 0, None).await;
+    me.subscribe_ok("me/#", RawQoS::AtLeastOnce, 1).await;
+    const N: usize = 50;
+    for i in 0..N {
+        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
+        me.send(&publish_packet(
+            "me/x",
+            qos,
+            false,
+            numbered("me", i).as_bytes(),
+        ))
+        .await;
+    }
+    let mut acks = 0;
+    while acks < N {
+        match me.recv().await {
+            Packet::PubAck(_) => acks += 1,
+            Packet::Publish(_) => {} // its own copies, not acknowledged here
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let c = broker
+        .wait_counters(STEP, "own copies past the cap dropped", |c| {
+            c.dropped_queue_full > 0
+        })
+        .await;
+    assert_eq!(c.publishers_throttled, 0, "{c:?}");
+}

@@ -167,7 +167,11 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        let outcome = e.session.deliver_qos0(msg, retain, ids, &self.limits, now);
+        let limits = match msg.publisher.as_deref() == Some(&**e.session.client_id()) {
+            true => &self.own_limits,
+            false => &self.limits,
+        };
+        let outcome = e.session.deliver_qos0(msg, retain, ids, limits, now);
         self.counters.count(outcome);
         match outcome {
             crate::session::Outcome::Sent => self.mark_dirty(key),
@@ -184,7 +188,11 @@ impl Core {
             return;
         };
         let publisher = item.msg.publisher.clone();
-        let outcome = e.session.deliver(item, &self.limits, now);
+        let limits = match publisher.as_deref() == Some(&**e.session.client_id()) {
+            true => &self.own_limits,
+            false => &self.limits,
+        };
+        let outcome = e.session.deliver(item, limits, now);
         self.counters.count(outcome);
         if outcome == crate::session::Outcome::Sent {
             self.mark_dirty(key);

@@ -124,6 +124,10 @@ pub struct Core {
     pub id: usize,
     cores: usize,
     pub limits: Arc<Limits>,
+    /// `limits` with the drop policy, for a client's own messages coming
+    /// back through its own subscription: holding it back for them would
+    /// stop it reading the acks that drain its queue (a deadlock).
+    own_limits: Arc<Limits>,
     sessions: Slab<Entry>,
     by_client_id: HashMap<Arc<str>, SessionKey>,
     subs: Trie<Vec<Subscriber>>,
@@ -153,10 +157,15 @@ pub struct Core {
 impl Core {
     pub fn new(id: usize, cores: usize, limits: Arc<Limits>, strategy: SharedStrategy) -> Core {
         let retained = RetainedStore::new(limits.max_retained_messages, limits.max_retained_bytes);
+        let own_limits = Arc::new(Limits {
+            slow_consumer_policy: crate::limits::SlowConsumerPolicy::Drop,
+            ..(*limits).clone()
+        });
         Core {
             id,
             cores,
             limits,
+            own_limits,
             sessions: Slab::new(),
             by_client_id: HashMap::new(),
             subs: Trie::new(),
