@@ -40,12 +40,7 @@ async fn a_full_subscriber_holds_its_publisher_and_loses_nothing() {
     sub.subscribe_ok("bp/#", RawQoS::AtLeastOnce, 1).await;
     let mut publ = Raw::connect(broker.addr, "bp-pub", true, 0, None).await;
     const N: usize = 50;
-    for i in 0..N {
-        let body = numbered("bp", i);
-        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
-        publ.send(&publish_packet("bp/1", qos, false, body.as_bytes()))
-            .await;
-    }
+    send_qos1(&mut publ, "bp/1", "bp", N).await;
     assert_eq!(
         acks_until_silent(&mut publ).await,
         2 + 5 + 1,
@@ -66,6 +61,20 @@ async fn a_full_subscriber_holds_its_publisher_and_loses_nothing() {
         .wait_counters(STEP, "counters", |c| c.messages_sent >= N as u64)
         .await;
     assert_eq!(c.dropped_queue_full, 0, "{c:?}");
+}
+
+/// Sends `n` numbered QoS 1 messages (ids 1..=n) without waiting for acks.
+async fn send_qos1(publ: &mut Raw, topic: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
+        publ.send(&publish_packet(
+            topic,
+            qos,
+            false,
+            numbered(prefix, i).as_bytes(),
+        ))
+        .await;
+    }
 }
 
 /// Takes `n` QoS 1 messages, acknowledging each.
@@ -171,16 +180,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_max_stall() {
     sub.subscribe_ok("st/#", RawQoS::AtLeastOnce, 1).await;
     let mut publ = Raw::connect(broker.addr, "stall-pub", true, 0, None).await;
     const N: usize = 30;
-    for i in 0..N {
-        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
-        publ.send(&publish_packet(
-            "st/1",
-            qos,
-            false,
-            numbered("st", i).as_bytes(),
-        ))
-        .await;
-    }
+    send_qos1(&mut publ, "st/1", "st", N).await;
     // Held, then freed when the stalled subscriber is cut off.
     let mut acks = 0;
     while acks < N {
@@ -297,16 +297,7 @@ async fn a_client_is_not_held_back_by_its_own_subscription() {
     let mut me = Raw::connect(broker.addr, "loop-back", true, 0, None).await;
     me.subscribe_ok("me/#", RawQoS::AtLeastOnce, 1).await;
     const N: usize = 50;
-    for i in 0..N {
-        let qos = QosPid::AtLeastOnce(pid(i as u16 + 1));
-        me.send(&publish_packet(
-            "me/x",
-            qos,
-            false,
-            numbered("me", i).as_bytes(),
-        ))
-        .await;
-    }
+    send_qos1(&mut me, "me/x", "me", N).await;
     let mut acks = 0;
     while acks < N {
         match me.recv().await {
