@@ -580,18 +580,7 @@ async fn sighup_rereads_the_password_file() {
         );
         raw.handshake(p).await.code
     };
-    let deadline = std::time::Instant::now() + STEP;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            child.try_wait().expect("poll").is_none(),
-            "ringmq exited at start"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ringmq did not open its port"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a port
-    }
+    wait_for_port(addr, &mut child).await;
     assert_eq!(code("alice").await, 0);
     assert_eq!(code("carol").await, 4, "not yet in the file");
     let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))

@@ -561,21 +561,6 @@ async fn kill_9_keeps_what_the_log_writer_wrote() {
     let _ = child.wait();
 }
 
-async fn wait_for_port(addr: std::net::SocketAddr, child: &mut std::process::Child) {
-    let deadline = std::time::Instant::now() + STEP;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            child.try_wait().expect("poll").is_none(),
-            "ringmq exited at start"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ringmq did not open its port"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a port
-    }
-}
-
 async fn wait_port_released(addr: std::net::SocketAddr) {
     let deadline = std::time::Instant::now() + STEP;
     while std::net::TcpListener::bind(addr).is_err() {

@@ -139,3 +139,20 @@ pub fn id_on(core: usize, cores: usize, prefix: &str) -> String {
         .find(|id| owner_core(id, cores) == core)
         .expect("some id hashes to every core")
 }
+
+/// Waits (bounded) until a ringmq process started as `child` accepts on
+/// `addr`; fails if it exits first.
+pub async fn wait_for_port(addr: std::net::SocketAddr, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + super::STEP;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "ringmq exited at start"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringmq did not open its port"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a port
+    }
+}
