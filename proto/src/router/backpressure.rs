@@ -67,6 +67,9 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
+        if e.stalled_since.is_none() {
+            return; // holds nobody (every hold sets it)
+        }
         e.stalled_since = None;
         for publisher in std::mem::take(&mut e.holding) {
             self.send_hold(publisher, false);

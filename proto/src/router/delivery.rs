@@ -187,20 +187,23 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        let publisher = item.msg.publisher.clone();
-        let limits = match publisher.as_deref() == Some(&**e.session.client_id()) {
+        // No clone of the publisher per delivery: the shared `Arc` would
+        // bounce between cores; the over-cap case takes it from the queue.
+        let limits = match item.msg.publisher.as_deref() == Some(&**e.session.client_id()) {
             true => &self.own_limits,
             false => &self.limits,
         };
         let outcome = e.session.deliver(item, limits, now);
         self.counters.count(outcome);
+        if outcome == crate::session::Outcome::QueuedOverCap {
+            let publisher = e.session.last_queued_publisher();
+            self.collect_journal(key);
+            return self.hold_back(key, publisher, now);
+        }
         if outcome == crate::session::Outcome::Sent {
             self.mark_dirty(key);
         } else {
             self.collect_journal(key);
-        }
-        if outcome == crate::session::Outcome::QueuedOverCap {
-            self.hold_back(key, publisher, now);
         }
     }
 

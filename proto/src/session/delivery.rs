@@ -41,6 +41,12 @@ impl Session {
         }
     }
 
+    /// The publisher of the message queued last (the one that went past the
+    /// caps, after [`Outcome::QueuedOverCap`]).
+    pub fn last_queued_publisher(&self) -> Option<Arc<str>> {
+        self.out.queue.back()?.msg.publisher.clone()
+    }
+
     /// The queue and the output buffer are back to half their caps:
     /// publishers held back for them may go on (half, so that they are not
     /// stopped again at once).
