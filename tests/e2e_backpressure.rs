@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 /// Small caps: 2 in flight, 5 queued.
 fn small_queues(c: &mut ringmq::config::Config) {
@@ -17,16 +18,16 @@ fn small_queues(c: &mut ringmq::config::Config) {
     c.limits.max_queued_messages = 5;
 }
 
-/// Counts the PUBACKs `publ` gets until it has been silent for [`QUIET`].
-async fn acks_until_silent(publ: &mut Raw) -> usize {
-    let mut acks = 0;
-    loop {
-        match publ.next_within(QUIET).await {
-            RawEv::Packet(Packet::PubAck(_)) => acks += 1,
-            RawEv::Silent => return acks,
-            other => panic!("unexpected {other:?}"),
+/// Takes exactly `n` PUBACKs (each within [`STEP`]), then checks that no
+/// more come (a quiet window, which can only pass wrongly).
+async fn exactly_acks(publ: &mut Raw, n: usize, what: &str) {
+    for i in 0..n {
+        match publ.recv().await {
+            Packet::PubAck(_) => {}
+            other => panic!("{what}: after {i} PUBACKs, {other:?}"),
         }
     }
+    publ.assert_silent(QUIET, what).await;
 }
 
 /// Publisher and subscriber on one core, so the hold is exact: 2 in flight
@@ -41,22 +42,14 @@ async fn a_full_subscriber_holds_its_publisher_and_loses_nothing() {
     let mut publ = Raw::connect(broker.addr, "bp-pub", true, 0, None).await;
     const N: usize = 50;
     send_qos1(&mut publ, "bp/1", "bp", N).await;
-    assert_eq!(
-        acks_until_silent(&mut publ).await,
-        2 + 5 + 1,
-        "held after the cap"
-    );
     let c = broker
         .wait_counters(STEP, "the hold counted", |c| c.publishers_throttled == 1)
         .await;
     assert_eq!(c.queued_over_cap, 1, "{c:?}");
+    exactly_acks(&mut publ, 2 + 5 + 1, "held after the cap").await;
     let got = read_all(&mut sub, N).await;
     assert_sequence("the held messages", "bp", &got, N);
-    assert_eq!(
-        acks_until_silent(&mut publ).await,
-        N - 8,
-        "the rest acknowledged"
-    );
+    exactly_acks(&mut publ, N - 8, "the rest acknowledged").await;
     let c = broker
         .wait_counters(STEP, "counters", |c| c.messages_sent >= N as u64)
         .await;
@@ -219,9 +212,13 @@ async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_n
         for i in 0..MSGS {
             let payload = format!("{}|{body}", numbered("q0", i));
             let p = publish_packet("q0/t", QosPid::AtMostOnce, false, payload.as_bytes());
-            // Blocks while the publisher is held back: TCP pushes back.
-            publ.send_bytes(&encode(&p, ringmq::codec::Protocol::V3_1_1))
+            // Blocks while the publisher is held back (TCP pushes back), for
+            // as long as the test takes to see the hold and read: a hang
+            // guard, not a speed limit.
+            let frame = encode(&p, ringmq::codec::Protocol::V3_1_1);
+            tokio::time::timeout(12 * STEP, publ.stream.write_all(&frame))
                 .await
+                .expect("held for ever")
                 .expect("publish");
         }
         publ
