@@ -167,7 +167,10 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        let limits = match msg.publisher.as_deref() == Some(&**e.session.client_id()) {
+        // Whose message it is matters only past the cap (the fan-out path
+        // compares no client ids otherwise).
+        let full = e.session.tx.len() >= self.limits.max_write_buffer;
+        let limits = match full && msg.publisher.as_deref() == Some(&**e.session.client_id()) {
             true => &self.own_limits,
             false => &self.limits,
         };
