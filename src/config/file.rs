@@ -63,6 +63,9 @@ pub struct FileConfig {
         value_name = "N"
     )]
     pub mesh_queue_capacity: Option<usize>,
+    /// Bytes of messages one core may have sent another that it has not handled yet (default 4MiB); past it the sender's publishers wait, which bounds what a hold lets through
+    #[arg(long = "mesh-budget", env = "RINGMQ_MESH_BUDGET", value_name = "BYTES")]
+    pub mesh_budget: Option<ByteSize>,
     /// Accept clients that send no username (default false with a password_file, else true on loopback only; setting it explicitly allows listening on other addresses without a password file)
     #[arg(long, env = "RINGMQ_ALLOW_ANONYMOUS", value_name = "BOOL", action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new(), help_heading = SECURITY)]
@@ -234,7 +237,7 @@ impl FileConfig {
     pub fn over(self, lower: FileConfig) -> FileConfig {
         overlay!(self, lower;
             bind_address, port, cores, pin_cores, io_driver, ring_entries, read_buffer_size,
-            mesh_queue_capacity, allow_anonymous, log_level, sys_interval, max_packet_size,
+            mesh_queue_capacity, mesh_budget, allow_anonymous, log_level, sys_interval, max_packet_size,
             max_connections, max_connections_per_ip, max_connection_rate, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
             max_awaiting_rel, awaiting_rel_timeout, slow_consumer_policy, max_stall,
@@ -275,6 +278,7 @@ impl FileConfig {
                 d.read_buffer_size,
             )?,
             mesh_queue_capacity: self.mesh_queue_capacity.unwrap_or(d.mesh_queue_capacity),
+            mesh_budget: size("mesh_budget", self.mesh_budget, d.mesh_budget)?,
             allow_anonymous: self.allow_anonymous.unwrap_or(self.password_file.is_none()),
             local_only,
             password_file: self.password_file,

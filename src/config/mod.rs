@@ -87,6 +87,8 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Batches buffered in each core-to-core queue.
     pub mesh_queue_capacity: usize,
+    /// Bytes of routing batches one core may have in flight to another.
+    pub mesh_budget: usize,
     /// Whether clients without a username are accepted.
     pub allow_anonymous: bool,
     /// Neither a password file nor an explicit `allow_anonymous` was given:
@@ -131,6 +133,7 @@ impl Default for Config {
             ring_entries: 1024,
             read_buffer_size: 16 * 1024,
             mesh_queue_capacity: 1024,
+            mesh_budget: 4 << 20,
             allow_anonymous: true,
             local_only: true,
             password_file: None,
@@ -283,6 +286,7 @@ impl Config {
             self.mesh_queue_capacity as u64,
             bounds::MESH_QUEUE,
         );
+        check.range("mesh_budget", self.mesh_budget as u64, bounds::MESH_BUDGET);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             check.fail(format!(
                 "log_level = {:?} is not a valid filter: {e}",

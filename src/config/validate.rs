@@ -101,6 +101,7 @@ pub(super) mod bounds {
     /// force a regrow on nearly every packet.
     pub const READ_BUFFER: RangeInclusive<u64> = 64..=268_435_455;
     pub const MESH_QUEUE: RangeInclusive<u64> = 1..=1 << 20;
+    pub const MESH_BUDGET: RangeInclusive<u64> = 4096..=1 << 40;
     /// 268_435_455 is the largest length MQTT's variable-byte integer can encode.
     pub const MAX_PACKET_SIZE: RangeInclusive<u64> = 64..=268_435_455;
     /// A 65535-byte topic has at most 32768 levels.

@@ -185,12 +185,13 @@ impl Ctx {
         drop(links);
         let mut queued = false;
         let mut outgoing = self.outgoing.borrow_mut();
-        for (dest, batch) in out.take_batches() {
+        for (dest, batch, weight) in out.take_weighed_batches() {
             let seq = self.durability.as_ref().map_or(0, |d| d.next_batch(dest));
             outgoing[dest].push_back(Parcel::Routing {
                 from: self.id,
                 seq,
                 batch,
+                weight,
             });
             queued = true;
         }

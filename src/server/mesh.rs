@@ -1,9 +1,16 @@
 //! The cross-core mesh: one bounded lock-free queue per destination core carrying
 //! parcels (a batch of router messages, a connection moving cores, or a stop),
 //! and a doorbell that wakes the destination's event loop once per burst.
+//!
+//! Besides the queue's capacity in batches, each pair of cores has a budget
+//! in bytes (`mesh_budget`): what one core has sent another and the other has
+//! not handled yet. A batch that would exceed it waits on the sender, whose
+//! publishers then wait too; so a core that falls behind holds at most the
+//! budget per sender, whatever the size of the batches, and a subscriber's
+//! queue overshoots its caps after a hold by at most about that much.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -23,11 +30,13 @@ pub type Handoff = Accepted<Portable>;
 #[derive(Debug)]
 pub enum Parcel {
     /// Router messages, in the order core `from` produced them; `seq`
-    /// counts the batches `from` sent to this core (see [`Parcel::Durable`]).
+    /// counts the batches `from` sent to this core (see [`Parcel::Durable`]);
+    /// `weight` is what they count against the pair's budget.
     Routing {
         from: usize,
         seq: u64,
         batch: Vec<MeshMsg>,
+        weight: usize,
     },
     /// With `persistence_fsync = "always"`: what core `from` journaled for
     /// the batches up to `seq` this core sent it is on disk.
@@ -80,6 +89,9 @@ impl Doorbell {
 pub struct Mesh {
     senders: Vec<Sender<Parcel>>,
     doorbells: Vec<Arc<Doorbell>>,
+    /// Bytes sent and not yet handled, per (sender, receiver): `from * cores + to`.
+    in_flight: Vec<AtomicUsize>,
+    budget: usize,
 }
 
 /// One core's receiving side.
@@ -89,8 +101,9 @@ pub struct Inbox {
     pub doorbell: Arc<Doorbell>,
 }
 
-/// Builds the mesh for `cores` cores, each queue holding `capacity` parcels.
-pub fn mesh(cores: usize, capacity: usize) -> (Arc<Mesh>, Vec<Inbox>) {
+/// Builds the mesh for `cores` cores, each queue holding `capacity` parcels
+/// and each pair of cores at most `budget` bytes of routing batches.
+pub fn mesh(cores: usize, capacity: usize, budget: usize) -> (Arc<Mesh>, Vec<Inbox>) {
     let mut senders = Vec::with_capacity(cores);
     let mut doorbells = Vec::with_capacity(cores);
     let mut inboxes = Vec::with_capacity(cores);
@@ -101,7 +114,14 @@ pub fn mesh(cores: usize, capacity: usize) -> (Arc<Mesh>, Vec<Inbox>) {
         doorbells.push(doorbell.clone());
         inboxes.push(Inbox { rx, doorbell });
     }
-    (Arc::new(Mesh { senders, doorbells }), inboxes)
+    let in_flight = (0..cores * cores).map(|_| AtomicUsize::new(0)).collect();
+    let mesh = Mesh {
+        senders,
+        doorbells,
+        in_flight,
+        budget,
+    };
+    (Arc::new(mesh), inboxes)
 }
 
 impl Mesh {
@@ -114,15 +134,97 @@ impl Mesh {
         self.doorbells[core].clone()
     }
 
-    /// Sends without blocking; a full queue hands the parcel back so the caller
-    /// can apply back-pressure instead of growing memory.
+    /// Sends without blocking; a full queue, or a routing batch past the
+    /// pair's budget, hands the parcel back so the caller can apply
+    /// back-pressure instead of growing memory.
     pub fn try_send(&self, core: usize, parcel: Parcel) -> Result<(), Parcel> {
+        let charged = match &parcel {
+            Parcel::Routing { from, weight, .. } => {
+                let pair = &self.in_flight[from * self.cores() + core];
+                if !self.charge(pair, *weight) {
+                    return Err(parcel);
+                }
+                Some((pair, *weight))
+            }
+            _ => None,
+        };
         match self.senders[core].try_send(parcel) {
             Ok(()) => {
                 self.doorbells[core].ring();
                 Ok(())
             }
-            Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => Err(p),
+            Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => {
+                if let Some((pair, weight)) = charged {
+                    pair.fetch_sub(weight, Ordering::AcqRel);
+                }
+                Err(p)
+            }
         }
+    }
+
+    /// Adds `weight` to a pair's bytes in flight unless that would pass the
+    /// budget; a pair with nothing in flight takes any batch, so one larger
+    /// than the budget still goes. Only the sender adds to its pair, so the
+    /// load and the add do not race with another add.
+    fn charge(&self, pair: &AtomicUsize, weight: usize) -> bool {
+        let now = pair.load(Ordering::Acquire);
+        if now > 0 && now + weight > self.budget {
+            return false;
+        }
+        pair.fetch_add(weight, Ordering::AcqRel);
+        true
+    }
+
+    /// Core `to` handled a routing batch of `weight` from core `from`.
+    pub fn handled(&self, from: usize, to: usize, weight: usize) {
+        self.in_flight[from * self.cores() + to].fetch_sub(weight, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(from: usize, weight: usize) -> Parcel {
+        Parcel::Routing {
+            from,
+            seq: 0,
+            batch: Vec::new(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn a_pair_past_its_budget_waits_until_the_receiver_handles_a_batch() {
+        let (mesh, inboxes) = mesh(2, 16, 1000);
+        assert!(mesh.try_send(1, batch(0, 600)).is_ok());
+        assert!(mesh.try_send(1, batch(0, 600)).is_err(), "1200 > 1000");
+        assert!(
+            mesh.try_send(0, batch(1, 600)).is_ok(),
+            "other pairs have their own budget"
+        );
+        assert!(inboxes[1].rx.try_recv().is_ok());
+        mesh.handled(0, 1, 600);
+        assert!(mesh.try_send(1, batch(0, 600)).is_ok());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_budget_goes_when_nothing_is_in_flight() {
+        let (mesh, _inboxes) = mesh(2, 16, 1000);
+        assert!(mesh.try_send(1, batch(0, 5000)).is_ok());
+        assert!(mesh.try_send(1, batch(0, 1)).is_err());
+        mesh.handled(0, 1, 5000);
+        assert!(mesh.try_send(1, batch(0, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_full_queue_gives_back_the_charge() {
+        let (mesh, _inboxes) = mesh(2, 1, 1000);
+        assert!(mesh.try_send(1, batch(0, 10)).is_ok());
+        assert!(
+            mesh.try_send(1, batch(0, 10)).is_err(),
+            "queue of one is full"
+        );
+        assert_eq!(mesh.in_flight[1].load(Ordering::Acquire), 10);
     }
 }

@@ -111,7 +111,7 @@ impl Broker {
         let mut routers: Vec<Core> = (0..cores)
             .map(|id| Core::new(id, cores, limits.clone(), config.shared_strategy))
             .collect();
-        let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity);
+        let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity, config.mesh_budget);
         let store = match config.persistence {
             true => {
                 let doorbells: Vec<_> = (0..cores).map(|core| mesh.doorbell(core)).collect();

@@ -178,6 +178,10 @@ const QUIET_WAIT: Duration = Duration::from_secs(5);
 /// publisher on another core had acknowledged still reaches its session here.
 async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
     let mut stopping: Option<std::time::Instant> = None;
+    // What each sender's batches weighed, given back to its budget after the
+    // drain, not per batch: else a fast sender could refill the queue as
+    // fast as this loop empties it, and one turn take far more than the budget.
+    let mut handled_weight = vec![0; ctx.shared.mesh.cores()];
     loop {
         match stopping {
             None => inbox.doorbell.wait().await,
@@ -195,10 +199,16 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
         ctx.with_core(|core| {
             while let Ok(parcel) = inbox.rx.try_recv() {
                 match parcel {
-                    Parcel::Routing { from, seq, batch } => {
+                    Parcel::Routing {
+                        from,
+                        seq,
+                        batch,
+                        weight,
+                    } => {
                         for msg in batch {
                             core.handle_mesh(msg, now);
                         }
+                        handled_weight[from] += weight;
                         if ctx.tracks_durability() {
                             handled.push((from, seq));
                         }
@@ -220,6 +230,13 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                 }
             }
         });
+        for (from, weight) in handled_weight.iter_mut().enumerate() {
+            if *weight > 0 {
+                ctx.shared
+                    .mesh
+                    .handled(from, ctx.id, std::mem::take(weight));
+            }
+        }
         // Also where a sync of this core's log lands: its writer rings.
         ctx.handled_batches(&handled);
         ctx.durability_advanced();

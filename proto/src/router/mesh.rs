@@ -51,3 +51,20 @@ pub enum MeshMsg {
         hops: u8,
     },
 }
+
+/// What any message costs between cores besides its message: the enum, the
+/// batch slot, the queue's share.
+const MESH_MSG_BASE: usize = 64;
+
+impl MeshMsg {
+    /// Approximate bytes held while this message travels between cores, for
+    /// the per-pair budget that bounds what a slow core can be sent.
+    pub fn weight(&self) -> usize {
+        match self {
+            MeshMsg::Publish { msg }
+            | MeshMsg::Retain { msg, .. }
+            | MeshMsg::SharedPublish { msg, .. } => msg.weight(),
+            _ => MESH_MSG_BASE,
+        }
+    }
+}

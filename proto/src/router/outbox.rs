@@ -24,6 +24,8 @@ pub enum Notice {
 pub struct Outbox {
     /// Per destination core, what to send it, in order.
     mesh: Vec<Vec<MeshMsg>>,
+    /// Per destination core, the summed [`MeshMsg::weight`] of its batch.
+    weights: Vec<usize>,
     /// Whether any of `mesh` is non-empty (checked after every call).
     mesh_pending: bool,
     /// Connections whose session has new bytes to write.
@@ -43,6 +45,7 @@ impl Outbox {
     pub fn new(cores: usize) -> Outbox {
         Outbox {
             mesh: (0..cores).map(|_| Vec::new()).collect(),
+            weights: vec![0; cores],
             mesh_pending: false,
             writable: Vec::new(),
             close: Vec::new(),
@@ -53,18 +56,29 @@ impl Outbox {
     }
 
     pub(super) fn send(&mut self, core: usize, msg: MeshMsg) {
+        self.weights[core] += msg.weight();
         self.mesh[core].push(msg);
         self.mesh_pending = true;
     }
 
     /// Takes every non-empty batch for other cores, with its destination.
     pub fn take_batches(&mut self) -> impl Iterator<Item = (usize, Vec<MeshMsg>)> + '_ {
+        self.take_weighed_batches()
+            .map(|(core, batch, _)| (core, batch))
+    }
+
+    /// Takes every non-empty batch for other cores, with its destination and
+    /// its summed [`MeshMsg::weight`].
+    pub fn take_weighed_batches(
+        &mut self,
+    ) -> impl Iterator<Item = (usize, Vec<MeshMsg>, usize)> + '_ {
         let pending = std::mem::take(&mut self.mesh_pending);
         self.mesh
             .iter_mut()
+            .zip(self.weights.iter_mut())
             .enumerate()
-            .filter(move |(_, batch)| pending && !batch.is_empty())
-            .map(|(core, batch)| (core, std::mem::take(batch)))
+            .filter(move |(_, (batch, _))| pending && !batch.is_empty())
+            .map(|(core, (batch, weight))| (core, std::mem::take(batch), std::mem::take(weight)))
     }
 
     /// True when nothing waits to be drained.
@@ -94,5 +108,21 @@ mod tests {
         assert_eq!(taken, [(0, 1), (2, 2)]);
         assert!(out.is_empty());
         assert_eq!(out.take_batches().count(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_weighed_by_its_messages() {
+        let mut out = Outbox::new(2);
+        out.send(1, MeshMsg::Ack { token: 1 });
+        out.send(1, MeshMsg::Ack { token: 2 });
+        let taken: Vec<usize> = out.take_weighed_batches().map(|(_, _, w)| w).collect();
+        assert_eq!(taken, [2 * MeshMsg::Ack { token: 0 }.weight()]);
+        out.send(1, MeshMsg::Ack { token: 3 });
+        let again: Vec<usize> = out.take_weighed_batches().map(|(_, _, w)| w).collect();
+        assert_eq!(
+            again,
+            [MeshMsg::Ack { token: 0 }.weight()],
+            "weights restart per batch"
+        );
     }
 }
