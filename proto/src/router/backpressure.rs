@@ -90,7 +90,7 @@ impl Core {
     /// publisher `publisher`, whose session lives here.
     pub(super) fn apply_hold(&mut self, publisher: &str, on: bool) {
         let Some(&key) = self.by_client_id.get(publisher) else {
-            return;
+            return self.apply_orphan_hold(publisher, on);
         };
         let e = &mut self.sessions[key];
         if on {
@@ -103,6 +103,33 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A hold for client id `publisher`, which has no session here.
+    fn apply_orphan_hold(&mut self, publisher: &str, on: bool) {
+        if on {
+            *self.orphan_holds.entry(publisher.into()).or_default() += 1;
+        } else if let Some(n) = self.orphan_holds.get_mut(publisher) {
+            *n -= 1;
+            if *n == 0 {
+                self.orphan_holds.remove(publisher);
+            }
+        }
+    }
+
+    /// Session `key` ends while held: its holds wait for the client id's
+    /// next session.
+    pub(super) fn orphan_holds_of(&mut self, key: SessionKey) {
+        let e = &self.sessions[key];
+        if e.held_by > 0 {
+            let id = e.session.client_id().clone();
+            *self.orphan_holds.entry(id).or_default() += e.held_by;
+        }
+    }
+
+    /// Holds that waited for a new session under `client_id`.
+    pub(super) fn inherited_holds(&mut self, client_id: &str) -> u32 {
+        self.orphan_holds.remove(client_id).unwrap_or(0)
     }
 
     /// True while connection `conn` of session `key` must not be read: a

@@ -47,6 +47,7 @@ impl Core {
         let mut session = Session::new(client_id.clone(), connect, &limits, now);
         session.set_permissions(permissions);
         session.send_connack(false, assigned_id.then_some(&*client_id), &limits);
+        let held_by = self.inherited_holds(&client_id);
         let key = self.sessions.insert(Entry {
             session: Box::new(session),
             conn: Some(conn),
@@ -56,7 +57,7 @@ impl Core {
             delayed_will: None,
             holding: Vec::new(),
             stalled_since: None,
-            held_by: 0,
+            held_by,
         });
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
@@ -313,6 +314,7 @@ impl Core {
     /// Ends a session: a pending will goes out [MQTT-3.1.2-8], subscriptions go.
     pub(super) fn end_session(&mut self, key: SessionKey, now: Time) {
         self.release_holds(key);
+        self.orphan_holds_of(key);
         self.collect_journal(key);
         let mut e = self.sessions.remove(key);
         if e.session.is_journaled() {

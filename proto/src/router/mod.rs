@@ -140,6 +140,11 @@ pub struct Core {
     barriers: HashMap<u64, Barrier>,
     /// Sessions holding publishers back.
     holders: Vec<SessionKey>,
+    /// Holds on client ids whose session here ended while held: a new
+    /// session under the id starts held, so reconnecting with a clean
+    /// session does not escape back-pressure. An entry lasts only as long
+    /// as the holds (a release takes it away), which `max_stall` bounds.
+    orphan_holds: HashMap<Arc<str>, u32>,
     next_token: u64,
     scratch: MatchScratch,
     matches: Vec<Match>,
@@ -176,6 +181,7 @@ impl Core {
             retained,
             barriers: HashMap::new(),
             holders: Vec::new(),
+            orphan_holds: HashMap::new(),
             next_token: 0,
             scratch: MatchScratch::new(),
             matches: Vec::new(),

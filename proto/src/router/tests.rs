@@ -706,3 +706,48 @@ fn a_delayed_will_outlives_a_restart_and_goes_out_when_due() {
         vec![("status/dev".to_string(), false)]
     );
 }
+
+#[test]
+fn a_held_publisher_that_reconnects_with_a_clean_session_is_still_held() {
+    let limits = Limits {
+        max_write_buffer: 64,
+        ..Limits::default()
+    };
+    let mut c = Cluster {
+        cores: vec![Core::new(
+            0,
+            1,
+            Arc::new(limits),
+            SharedStrategy::RoundRobin,
+        )],
+    };
+    let sub = c.connect(0, "sub", true);
+    c.subscribe(0, sub, "t/#", QoS::AtMostOnce);
+    let publ = c.connect(0, "pub", true);
+    while !c.cores[0].is_held_back(publ, 1) {
+        c.publish(0, publ, "t/1", false, b"0123456789abcdef");
+    }
+    c.cores[0].disconnected(publ, 1, T0);
+    let again = c.cores[0]
+        .connect(
+            &v3_connect("pub", true),
+            "pub".into(),
+            2,
+            T0,
+            false,
+            Permissions::all(),
+        )
+        .key;
+    assert!(
+        c.cores[0].is_held_back(again, 2),
+        "a new session under a held client id starts held"
+    );
+    let out = c.take_packets(0, sub);
+    assert!(!out.is_empty());
+    c.cores[0].written(sub, 1, 1000, T0);
+    assert!(
+        !c.cores[0].is_held_back(again, 2),
+        "released once the subscriber drained"
+    );
+    assert!(c.cores[0].orphan_holds.is_empty());
+}
