@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::durability::{Durability, Mark};
-use super::edge::{self, LogGate, RateLimit};
+use super::edge::{self, RateLimit};
+use super::log_gate::{ClientLogGate, LogGate};
 use super::mesh::Parcel;
 use super::Shared;
 use crate::metrics::Counters;
@@ -46,8 +47,9 @@ pub struct Ctx {
     connection_rates: RefCell<Vec<Option<RateLimit>>>,
     /// Log lines for the edge's refusals (rate, per address), rate limited.
     refusal_logs: RefCell<[LogGate; 2]>,
-    /// Log lines for the core's policy notices, rate limited per kind.
-    notice_logs: RefCell<[LogGate; 2]>,
+    /// Log lines for the core's policy notices, per kind: per client and
+    /// rate limited.
+    notice_logs: RefCell<[ClientLogGate; 2]>,
 }
 
 impl Ctx {
@@ -263,15 +265,16 @@ impl Ctx {
         durability.wake_all();
     }
 
-    /// Logs a policy event, at most once per period per kind (with how many
-    /// were not logged), so that an overload cannot fill a disk.
+    /// Logs a policy event: the first for each client (the publisher held,
+    /// the consumer disconnected), then rarely, with how many were not
+    /// logged, so that an overload cannot fill a disk.
     fn log_notice(&self, notice: Notice) {
-        let kind = match notice {
-            Notice::HoldStarted { .. } => 0,
-            Notice::SlowConsumer { .. } => 1,
+        let (kind, client) = match &notice {
+            Notice::HoldStarted { publisher, .. } => (0, publisher),
+            Notice::SlowConsumer { client } => (1, client),
         };
-        let Some(not_logged) = self.notice_logs.borrow_mut()[kind].pass(std::time::Instant::now())
-        else {
+        let now = std::time::Instant::now();
+        let Some(not_logged) = self.notice_logs.borrow_mut()[kind].pass(client, now) else {
             return;
         };
         match notice {

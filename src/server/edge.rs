@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Why a connection was refused at the edge (the CONNACK's reason string).
 pub const RATE_RULE: &str = "max_connection_rate reached";
@@ -109,35 +109,10 @@ impl RateLimit {
     }
 }
 
-/// At most one log line per [`LOG_EVERY`] for a kind of event, with how many
-/// were not logged since: a flood cannot fill a disk.
-#[derive(Debug, Default)]
-pub struct LogGate {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl LogGate {
-    /// `Some(suppressed)` when this event may be logged.
-    pub fn pass(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < LOG_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn per_ip_counts_up_to_the_limit_and_releases() {
@@ -168,15 +143,5 @@ mod tests {
         assert!(slow.allow(t0), "a rate under one still lets one through");
         assert!(!slow.allow(t0 + Duration::from_secs(1)));
         assert!(slow.allow(t0 + Duration::from_secs(3)));
-    }
-
-    #[test]
-    fn the_log_gate_passes_one_event_per_period_and_counts_the_rest() {
-        let t0 = Instant::now();
-        let mut gate = LogGate::default();
-        assert_eq!(gate.pass(t0), Some(0));
-        assert_eq!(gate.pass(t0 + Duration::from_secs(1)), None);
-        assert_eq!(gate.pass(t0 + Duration::from_secs(2)), None);
-        assert_eq!(gate.pass(t0 + LOG_EVERY + Duration::from_secs(1)), Some(2));
     }
 }

@@ -8,6 +8,7 @@ mod context;
 mod durability;
 mod edge;
 mod listener;
+mod log_gate;
 mod mesh;
 mod notify;
 mod store;
