@@ -247,7 +247,18 @@ async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_n
 /// connection's turn is one read (at most `read_buffer_size`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_connection_does_not_starve_another_on_its_core() {
-    let broker = start(1, |_| {});
+    flood_beside_a_pinger(ringmq::config::IoDriver::IoUring).await;
+}
+
+/// The same on epoll, where a read of a ready socket completes without
+/// going back to the scheduler: a full read is followed by a yield.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_connection_does_not_starve_another_on_its_core_on_epoll() {
+    flood_beside_a_pinger(ringmq::config::IoDriver::Epoll).await;
+}
+
+async fn flood_beside_a_pinger(driver: ringmq::config::IoDriver) {
+    let broker = start(1, |c| c.io_driver = driver);
     let addr = broker.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooding = stop.clone();

@@ -112,6 +112,13 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
             Ok(n) => {
                 sizer.observe(n, room);
                 ctx.count(|c| c.bytes_received += n as u64);
+                if n == room {
+                    // More is likely waiting. On epoll a read of a ready
+                    // socket completes without going back to the scheduler,
+                    // so a flooding client would keep the core: one full
+                    // read per turn, then the others on this core run.
+                    yield_turn().await;
+                }
             }
             Err(e) => {
                 return match conn.close_reason() {
@@ -184,6 +191,20 @@ fn handle_frames<W>(
 fn is_qos12_publish(buf: &[u8]) -> bool {
     buf.first()
         .is_some_and(|b| b >> 4 == 3 && (b >> 1) & 3 != 0)
+}
+
+/// Lets every other ready task on this core run once before going on.
+async fn yield_turn() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Waits until every core's log writes again (or the connection ends).
