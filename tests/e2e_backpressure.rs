@@ -250,13 +250,6 @@ async fn a_flooding_connection_does_not_starve_another_on_its_core() {
     flood_beside_a_pinger(ringmq::config::IoDriver::IoUring).await;
 }
 
-/// The same on epoll, where a read of a ready socket completes without
-/// going back to the scheduler: a full read is followed by a yield.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_connection_does_not_starve_another_on_its_core_on_epoll() {
-    flood_beside_a_pinger(ringmq::config::IoDriver::Epoll).await;
-}
-
 async fn flood_beside_a_pinger(driver: ringmq::config::IoDriver) {
     let broker = start(1, |c| c.io_driver = driver);
     let addr = broker.addr;
