@@ -44,6 +44,9 @@ counters! {
     close_aborts,
     /// Connections open now.
     connections_current,
+    /// Connections open now whose reader is parked: quiet clients holding
+    /// no task and no read buffer.
+    connections_parked,
     /// Connections accepted since start.
     connections_total,
     /// CONNECTs refused (bad id, limits, malformed, timeout).

@@ -12,6 +12,7 @@ use super::durability::{Durability, Mark};
 use super::edge::{self, RateLimit};
 use super::log_gate::{ClientLogGate, LogGate};
 use super::mesh::Parcel;
+use super::parking::{Parking, Wake, QUIET_AFTER};
 use super::Shared;
 use crate::metrics::Counters;
 use crate::router::{CloseReason, ConnId, Core, Notice, SessionKey};
@@ -28,6 +29,8 @@ pub trait Link {
     fn close(&self, reason: CloseReason);
     /// A reader paused for a SUBACK may go on.
     fn resume(&self);
+    /// Park the reader if the client sent nothing since `cutoff`.
+    fn park_if_quiet(&self, cutoff: Time);
 }
 
 pub struct Ctx {
@@ -35,6 +38,9 @@ pub struct Ctx {
     core: RefCell<Core>,
     pub shared: Arc<Shared>,
     links: RefCell<HashMap<ConnId, Rc<dyn Link>>>,
+    /// Readers of quiet connections, parked without a task (`None` if this
+    /// core could not make an epoll set: then no reader parks).
+    parking: Option<Parking>,
     /// Per destination core, parcels its full queue did not take yet, in order.
     outgoing: RefCell<Vec<VecDeque<Parcel>>>,
     next_conn: Cell<u64>,
@@ -59,6 +65,11 @@ impl Ctx {
             id,
             core: RefCell::new(core),
             links: RefCell::new(HashMap::new()),
+            parking: Parking::new()
+                .inspect_err(
+                    |e| tracing::warn!(core = id, error = %e, "idle readers will not park"),
+                )
+                .ok(),
             outgoing: RefCell::new((0..cores).map(|_| VecDeque::new()).collect()),
             next_conn: Cell::new(0),
             flush_retry: Cell::new(false),
@@ -146,9 +157,51 @@ impl Ctx {
 
     /// Asks every connection to close.
     pub fn close_all(&self, reason: CloseReason) {
-        for link in self.links.borrow().values() {
+        let links = self.links.borrow();
+        for link in links.values() {
             link.close(reason);
         }
+        let ids: Vec<ConnId> = links.keys().copied().collect();
+        drop(links);
+        for conn in ids {
+            self.unpark(conn);
+        }
+    }
+
+    /// Parks a quiet connection's reader until its socket is readable or
+    /// [`Ctx::unpark`]; gives `wake` back if it cannot.
+    pub fn park(&self, conn: ConnId, socket: std::os::fd::RawFd, wake: Wake) -> Result<(), Wake> {
+        match &self.parking {
+            Some(parking) => parking.park(conn, socket, wake),
+            None => Err(wake),
+        }
+    }
+
+    /// Spawns the reader of `conn` again if it is parked.
+    pub fn unpark(&self, conn: ConnId) {
+        if let Some(wake) = self.parking.as_ref().and_then(|p| p.unpark(conn)) {
+            wake();
+        }
+    }
+
+    /// Asks the reader of every connection quiet for [`QUIET_AFTER`] to park.
+    pub fn park_quiet(&self, now: Time) {
+        if self.parking.is_none() {
+            return;
+        }
+        let Some(cutoff) = now.as_millis().checked_sub(QUIET_AFTER.as_millis() as u64) else {
+            return;
+        };
+        let cutoff = Time::from_millis(cutoff);
+        for link in self.links.borrow().values() {
+            link.park_if_quiet(cutoff);
+        }
+    }
+
+    /// The parking's epoll set (for `worker::parking_loop`) and how many
+    /// readers are parked.
+    pub fn parking(&self) -> Option<&Parking> {
+        self.parking.as_ref()
     }
 
     /// Wakes writers, closes and resumes connections, and queues the batches
@@ -174,9 +227,11 @@ impl Ctx {
                 link.clone().wake_writer(self);
             }
         }
+        let mut closed = Vec::new();
         for (conn, reason) in out.close.drain(..) {
             if let Some(link) = links.get(&conn) {
                 link.close(reason);
+                closed.push(conn);
             }
         }
         for conn in out.resume.drain(..) {
@@ -185,6 +240,9 @@ impl Ctx {
             }
         }
         drop(links);
+        for conn in closed {
+            self.unpark(conn);
+        }
         let mut queued = false;
         let mut outgoing = self.outgoing.borrow_mut();
         for (dest, batch, weight) in out.take_weighed_batches() {

@@ -11,6 +11,7 @@ mod listener;
 mod log_gate;
 mod mesh;
 mod notify;
+mod parking;
 mod store;
 mod sys;
 pub mod transport;

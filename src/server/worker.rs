@@ -118,6 +118,8 @@ async fn serve(
     let ticks_stop = Rc::new(Notify::default());
     let ticks = monoio::spawn(tick_loop(ctx.clone(), ticks_stop.clone()));
     let mesh_task = monoio::spawn(mesh_loop(ctx.clone(), inbox));
+    let parking_stop = Rc::new(Notify::default());
+    let parking_task = monoio::spawn(parking_loop(ctx.clone(), parking_stop.clone()));
     let accepting: Vec<_> = sockets
         .into_iter()
         .enumerate()
@@ -136,6 +138,45 @@ async fn serve(
     // the broker's shared state (the store and its lock) goes with it.
     ticks_stop.notify();
     ticks.await;
+    parking_stop.notify();
+    parking_task.await;
+    if let Some(parking) = ctx.parking() {
+        parking.clear();
+    }
+}
+
+/// Spawns the readers of parked connections whose sockets became readable.
+async fn parking_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
+    let Some(parking) = ctx.parking() else {
+        return;
+    };
+    let watched = parking
+        .watchable()
+        .map(std::os::unix::net::UnixStream::from)
+        .and_then(monoio::net::UnixStream::from_std);
+    let epoll = match watched {
+        Ok(epoll) => epoll,
+        Err(e) => {
+            tracing::warn!(core = ctx.id, error = %e, "cannot watch parked readers");
+            return;
+        }
+    };
+    loop {
+        let ready = std::pin::pin!(epoll.readable(false));
+        let stopped = std::pin::pin!(stop.notified());
+        if let futures::future::Either::Right(_) = futures::future::select(ready, stopped).await {
+            return;
+        }
+        loop {
+            let ready = parking.ready();
+            for &conn in &ready {
+                ctx.unpark(conn);
+            }
+            if ready.len() < super::parking::READY_BATCH {
+                break;
+            }
+        }
+    }
 }
 
 /// Accepts on one listener until shutdown.
@@ -286,6 +327,9 @@ async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
         }
         let now = ctx.now();
         ctx.with_core(|core| core.tick(now));
+        ctx.park_quiet(now);
+        let parked = ctx.parking().map_or(0, |p| p.parked() as u64);
+        ctx.count(|c| c.connections_parked = parked);
         ctx.compact_if_due();
         if let Some(store) = &ctx.shared.store {
             store.check_health(ctx.id);

@@ -23,8 +23,10 @@ use bytes::BytesMut;
 
 use super::accept::{Accepted, ConnectionSlot};
 use super::context::{Ctx, Link};
+use super::parking::Wake;
 use super::transport::{ReadHalf, Transport, WriteHalf};
 use crate::router::CloseReason;
+use crate::time::Time;
 pub use state::Connection;
 
 /// How long a connection's last packets may take to reach a client before the
@@ -70,15 +72,10 @@ pub fn serve<S: Transport>(
             .map_or(u32::MAX, |s| s.client_maximum_packet_size());
         (attached, max_out)
     });
-    let conn = Rc::new(Connection::new(
-        id,
-        attached.key,
-        connect.protocol,
-        max_out,
-        fd,
-        wr,
-        slot,
-    ));
+    let conn = Rc::new(
+        Connection::new(id, attached.key, connect.protocol, max_out, fd, wr, slot)
+            .parkable(S::Reader::PARKABLE),
+    );
     // The CONNECT's bytes share the read buffer's allocation: release them so the
     // buffer can be reused in place.
     drop(connect);
@@ -98,6 +95,9 @@ async fn run<R: ReadHalf, W: WriteHalf>(
     client_id: Arc<str>,
 ) {
     let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id).await;
+    if let reader::End::Quiet = end {
+        return park(ctx, conn, rd, client_id);
+    }
     reader::log_end(&ctx, &conn, &client_id, &end);
     // Boxed, as every rare wait with a timer: their state would otherwise
     // enlarge the task that every idle connection holds.
@@ -108,6 +108,26 @@ async fn run<R: ReadHalf, W: WriteHalf>(
         Box::pin(reader::drain(&ctx, &conn, &mut rd)).await;
     }
     ctx.remove_link(conn.id);
+}
+
+/// Gives up the reader task of a quiet connection until its client sends
+/// again or it must close: the task and its read buffer are what an idle
+/// connection would otherwise hold.
+fn park<R: ReadHalf, W: WriteHalf>(
+    ctx: Rc<Ctx>,
+    conn: Rc<Connection<W>>,
+    rd: R,
+    client_id: Arc<str>,
+) {
+    let (id, socket) = (conn.id, conn.socket());
+    conn.drop_canceller();
+    let again = ctx.clone();
+    let wake: Wake = Box::new(move || {
+        monoio::spawn(run(again, conn, rd, BytesMut::new(), client_id));
+    });
+    if let Err(wake) = ctx.park(id, socket, wake) {
+        wake();
+    }
 }
 
 /// Lets the last packets and the final DISCONNECT go out and shuts the write
@@ -149,5 +169,9 @@ impl<W: WriteHalf> Link for Connection<W> {
 
     fn resume(&self) {
         self.wake_reader();
+    }
+
+    fn park_if_quiet(&self, cutoff: Time) {
+        self.ask_park_if_quiet(cutoff);
     }
 }

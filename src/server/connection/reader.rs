@@ -28,6 +28,9 @@ pub(super) enum End {
     Violation,
     /// The broker ends the connection.
     Closed(CloseReason),
+    /// The client was quiet and the core asked the reader to park: nothing
+    /// is buffered, the read was cancelled (see `server::parking`).
+    Quiet,
 }
 
 impl End {
@@ -37,7 +40,7 @@ impl End {
     pub(super) fn client_may_send(&self) -> bool {
         match self {
             End::Eof | End::Failed(_) | End::Closed(CloseReason::WriteFailed) => false,
-            End::Disconnected | End::Violation | End::Closed(_) => true,
+            End::Disconnected | End::Violation | End::Closed(_) | End::Quiet => true,
         }
     }
 }
@@ -105,11 +108,14 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
             return End::Closed(reason);
         }
         let room = sizer.prepare(&mut buf);
+        // An ask made while the reader waited elsewhere cancelled nothing.
+        conn.take_park_ask();
         let (res, b) = rd.read(buf, conn.cancel_handle()).await;
         buf = b;
         match res {
             Ok(0) => return End::Eof,
             Ok(n) => {
+                conn.take_park_ask();
                 sizer.observe(n, room);
                 ctx.count(|c| c.bytes_received += n as u64);
                 if n == room {
@@ -121,10 +127,17 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
                 }
             }
             Err(e) => {
-                return match conn.close_reason() {
-                    Some(reason) => End::Closed(reason),
-                    None => End::Failed(e),
+                if let Some(reason) = conn.close_reason() {
+                    return End::Closed(reason);
                 }
+                if conn.take_park_ask() {
+                    if buf.is_empty() {
+                        return End::Quiet;
+                    }
+                    // Part of a frame came: keep reading for the rest.
+                    continue;
+                }
+                return End::Failed(e);
             }
         }
     }
@@ -144,6 +157,7 @@ fn handle_frames<W>(
     let max = ctx.shared.config.limits.max_packet_size;
     // One clock read per read, not per packet.
     let now = ctx.now();
+    conn.note_input(now);
     let holding = ctx.shared.store.as_ref().is_some_and(|s| s.failing());
     let step = ctx.with_core(|core| loop {
         if core.is_held_back(conn.key, conn.id) {
@@ -221,7 +235,7 @@ pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: 
     let reason = match end {
         End::Closed(reason) => reason,
         End::Failed(e) => return tracing::debug!(client_id, error = %e, "read failed"),
-        End::Eof | End::Disconnected | End::Violation => return,
+        End::Eof | End::Disconnected | End::Violation | End::Quiet => return,
     };
     match reason {
         CloseReason::KeepAliveTimeout => {

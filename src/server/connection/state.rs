@@ -8,6 +8,7 @@ use monoio::io::{CancelHandle, Canceller};
 use crate::router::{CloseReason, ConnId, SessionKey};
 use crate::server::accept::ConnectionSlot;
 use crate::server::notify::Notify;
+use crate::time::Time;
 
 /// Where a connection's output stands. The reader and the writer move it on;
 /// nothing else does.
@@ -45,12 +46,21 @@ pub struct Connection<W> {
     reader: Notify,
     /// Rung when the write side was shut down.
     closed: Notify,
-    /// Cancels the reader's pending read when the connection must end.
-    canceller: RefCell<Canceller>,
+    /// Cancels the reader's pending read when the connection must end or
+    /// park; made at the first read after the reader (re)started, dropped
+    /// when it parks.
+    canceller: RefCell<Option<Canceller>>,
     farewell: RefCell<Option<Farewell>>,
     /// The client sent a QoS 1/2 PUBLISH: with `persistence_fsync =
     /// "always"` its output (the acknowledgements) waits for the disk.
     acks_publishes: Cell<bool>,
+    /// Whether the reader may park while the client is quiet (its stream
+    /// buffers nothing of its own; see `server::parking`).
+    parkable: bool,
+    /// When the reader last handled input.
+    last_input: Cell<Time>,
+    /// The core asked the reader to park: its read was cancelled for that.
+    park_asked: Cell<bool>,
     /// Held until the reader and any writer are done with the socket.
     _slot: ConnectionSlot,
 }
@@ -75,11 +85,21 @@ impl<W> Connection<W> {
             close: Cell::new(None),
             reader: Notify::default(),
             closed: Notify::default(),
-            canceller: RefCell::new(Canceller::new()),
+            canceller: RefCell::new(None),
             farewell: RefCell::new(None),
             acks_publishes: Cell::new(false),
+            parkable: false,
+            // Set by the reader's first look at its buffer.
+            last_input: Cell::new(Time::ZERO),
+            park_asked: Cell::new(false),
             _slot: slot,
         }
+    }
+
+    /// Lets the reader park while the client is quiet (see `parkable`).
+    pub fn parkable(mut self, parkable: bool) -> Connection<W> {
+        self.parkable = parkable;
+        self
     }
 
     /// The client sent a QoS 1/2 PUBLISH (see `acks_publishes`).
@@ -102,13 +122,54 @@ impl<W> Connection<W> {
         if self.close.get().is_none() {
             self.close.set(Some(reason));
         }
-        let canceller = std::mem::take(&mut *self.canceller.borrow_mut());
-        *self.canceller.borrow_mut() = canceller.cancel();
+        self.cancel_read();
         self.reader.notify();
     }
 
+    fn cancel_read(&self) {
+        let mut canceller = self.canceller.borrow_mut();
+        if let Some(c) = canceller.take() {
+            *canceller = Some(c.cancel());
+        }
+    }
+
+    /// The reader parked: it holds no read to cancel.
+    pub fn drop_canceller(&self) {
+        self.canceller.borrow_mut().take();
+    }
+
+    pub fn socket(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The reader handled input at `now`.
+    pub fn note_input(&self, now: Time) {
+        self.last_input.set(now);
+    }
+
+    /// Asks the reader to park if the client sent nothing since `cutoff`:
+    /// cancels its pending read, which then ends in [`Connection::take_park_ask`].
+    pub fn ask_park_if_quiet(&self, cutoff: Time) {
+        if self.parkable
+            && self.close.get().is_none()
+            && !self.park_asked.get()
+            && self.last_input.get() < cutoff
+        {
+            self.park_asked.set(true);
+            self.cancel_read();
+        }
+    }
+
+    /// Whether the core asked the reader to park since the last call.
+    pub fn take_park_ask(&self) -> bool {
+        self.park_asked.replace(false)
+    }
+
     pub fn cancel_handle(&self) -> CancelHandle {
-        self.canceller.borrow().handle()
+        self.canceller
+            .borrow_mut()
+            .get_or_insert_with(Canceller::new)
+            .handle()
     }
 
     /// Wakes a reader waiting in [`Connection::woken`].

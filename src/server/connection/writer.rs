@@ -42,6 +42,7 @@ pub(super) async fn write_loop<W: WriteHalf>(ctx: Rc<Ctx>, conn: Rc<Connection<W
         if res.is_err() {
             conn.output_closed();
             conn.request_close(CloseReason::WriteFailed);
+            ctx.unpark(conn.id);
             return;
         }
         buf.clear();

@@ -27,6 +27,11 @@ pub use ws::WsSettings;
 
 /// What reads MQTT bytes from a client.
 pub trait ReadHalf: 'static {
+    /// Whether an idle reader of this stream may give up its task and wait
+    /// for the socket to become readable (`server::parking`): only when the
+    /// stream keeps no input of its own, which a TLS or WebSocket layer may.
+    const PARKABLE: bool = false;
+
     /// Appends at least one byte to `buf` (whose spare capacity the caller
     /// reserved), or returns `Ok(0)` at the end of the stream.
     fn read(
@@ -130,6 +135,8 @@ impl Transport for TcpStream {
 }
 
 impl ReadHalf for OwnedReadHalf<TcpStream> {
+    const PARKABLE: bool = true;
+
     fn read(
         &mut self,
         buf: BytesMut,

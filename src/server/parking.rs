@@ -1,0 +1,188 @@
+//! Idle connections without a task or a read buffer.
+//!
+//! A connection that has sent nothing for [`QUIET_AFTER`] gives up its
+//! reader task (the largest part of what an idle connection holds, with its
+//! read buffer): its pending read is cancelled, the socket is registered in
+//! this core's epoll set, and what the reader needs to go on is kept as one
+//! small closure. When the client sends again (or the socket fails), one task
+//! for the whole core sees it and the reader task is spawned again; a close
+//! (take-over, keep-alive, shutdown) wakes it the same way.
+//!
+//! A busy connection never parks, so this costs nothing on the message path;
+//! a device that pings once a minute pays two `epoll_ctl` calls and a task
+//! spawn per ping.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::router::ConnId;
+
+/// How long a connection must have been silent before its reader parks.
+pub const QUIET_AFTER: Duration = Duration::from_secs(2);
+
+/// What wakes a parked reader: spawns its task again.
+pub type Wake = Box<dyn FnOnce()>;
+
+/// At most this many ready connections are taken per `epoll_wait`.
+pub const READY_BATCH: usize = 256;
+
+/// One core's parked readers.
+pub struct Parking {
+    epoll: OwnedFd,
+    /// Per parked connection: its socket and what wakes it.
+    parked: RefCell<HashMap<ConnId, (RawFd, Wake)>>,
+}
+
+impl Parking {
+    pub fn new() -> io::Result<Parking> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a
+        // new descriptor that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh, open descriptor owned by no one else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Parking {
+            epoll,
+            parked: RefCell::default(),
+        })
+    }
+
+    /// Parks connection `conn` on socket `fd` until it is readable (or
+    /// [`Parking::unpark`]). Gives `wake` back when the socket cannot be
+    /// watched: the caller then goes on reading.
+    pub fn park(&self, conn: ConnId, fd: RawFd, wake: Wake) -> Result<(), Wake> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: conn,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call;
+        // both descriptors are open (the caller holds the socket's stream).
+        let rc =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if rc < 0 {
+            return Err(wake);
+        }
+        self.parked.borrow_mut().insert(conn, (fd, wake));
+        Ok(())
+    }
+
+    /// Takes connection `conn` out of the set; its wake-up, to call, if it
+    /// was parked.
+    pub fn unpark(&self, conn: ConnId) -> Option<Wake> {
+        let (fd, wake) = self.parked.borrow_mut().remove(&conn)?;
+        // SAFETY: no pointers (a null event is allowed for DEL); the socket
+        // is still open, held by the stream inside `wake`.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            );
+        }
+        Some(wake)
+    }
+
+    /// How many readers are parked.
+    pub fn parked(&self) -> usize {
+        self.parked.borrow().len()
+    }
+
+    /// The connections whose sockets became readable since the last call
+    /// (without waiting), at most [`READY_BATCH`].
+    pub fn ready(&self) -> Vec<ConnId> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; READY_BATCH];
+        // SAFETY: `events` has room for READY_BATCH entries, the count passed.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                READY_BATCH as i32,
+                0,
+            )
+        };
+        let n = usize::try_from(n).unwrap_or(0);
+        events[..n].iter().map(|e| e.u64).collect()
+    }
+
+    /// A second descriptor of the epoll set, for the runtime to watch.
+    pub fn watchable(&self) -> io::Result<OwnedFd> {
+        self.epoll.try_clone()
+    }
+
+    /// Drops every parked reader without waking it (the core is gone).
+    pub fn clear(&self) {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        drop(parked);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
+
+    fn woken_flag() -> (Rc<Cell<bool>>, Wake) {
+        let flag = Rc::new(Cell::new(false));
+        let set = flag.clone();
+        (flag, Box::new(move || set.set(true)))
+    }
+
+    #[test]
+    fn a_parked_socket_is_ready_when_its_peer_writes() {
+        let parking = Parking::new().unwrap();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let (woken, wake) = woken_flag();
+        assert!(parking.park(7, server.as_raw_fd(), wake).is_ok());
+        assert!(parking.ready().is_empty());
+        client.write_all(b"x").unwrap();
+        assert_eq!(parking.ready(), vec![7]);
+        // One-shot: reported once until parked again.
+        assert!(parking.ready().is_empty());
+        parking.unpark(7).unwrap()();
+        assert!(woken.get());
+        assert_eq!(parking.parked(), 0);
+    }
+
+    #[test]
+    fn a_closed_peer_makes_the_socket_ready() {
+        let parking = Parking::new().unwrap();
+        let (client, server) = UnixStream::pair().unwrap();
+        let (_, wake) = woken_flag();
+        parking.park(1, server.as_raw_fd(), wake).ok().unwrap();
+        drop(client);
+        assert_eq!(parking.ready(), vec![1]);
+    }
+
+    #[test]
+    fn an_unparked_socket_is_no_longer_watched() {
+        let parking = Parking::new().unwrap();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let (woken, wake) = woken_flag();
+        parking.park(3, server.as_raw_fd(), wake).ok().unwrap();
+        let wake = parking.unpark(3).unwrap();
+        client.write_all(b"x").unwrap();
+        assert!(parking.ready().is_empty());
+        assert!(parking.unpark(3).is_none());
+        assert!(!woken.get());
+        drop(wake);
+    }
+
+    #[test]
+    fn a_bad_descriptor_gives_the_wake_up_back() {
+        let parking = Parking::new().unwrap();
+        let (woken, wake) = woken_flag();
+        let back = parking.park(1, -1, wake).err().unwrap();
+        back();
+        assert!(woken.get());
+        assert_eq!(parking.parked(), 0);
+    }
+}

@@ -1,0 +1,133 @@
+//! Quiet connections park their reader (no task, no read buffer) and wake on
+//! the next packet or when the broker must close them: what a parked client
+//! sees must be exactly what an active one sees.
+//!
+//! Each test waits for the `connections_parked` counter (refreshed every tick)
+//! instead of sleeping past the quiet time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmq::codec::{reason, Protocol};
+use ringmq::config::IoDriver;
+
+/// Quiet time before a reader parks (2 s), a tick to notice and one to count,
+/// then the usual step.
+const PARKED: Duration = Duration::from_secs(4 + 5);
+
+async fn wait_parked(broker: &TestBroker, n: u64) {
+    broker
+        .wait_counters(PARKED, "readers parked", |c| c.connections_parked >= n)
+        .await;
+}
+
+/// A parked subscriber gets what is published to it, answers a ping, parks
+/// again, and can publish itself.
+async fn parked_client_is_served(driver: IoDriver) {
+    let broker = start(1, |c| c.io_driver = driver);
+    let mut sub = Raw::connect(broker.addr, "quiet-sub", true, 60, None).await;
+    sub.subscribe_ok("dev/#", RawQoS::AtLeastOnce, 1).await;
+    wait_parked(&broker, 1).await;
+
+    let mut publisher = Raw::connect(broker.addr, "pub", true, 60, None).await;
+    publisher
+        .send(&publish_packet(
+            "dev/1",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+            b"to a parked reader",
+        ))
+        .await;
+    assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+    let got = sub.recv_publish().await;
+    assert_eq!(&got.payload[..], b"to a parked reader");
+    sub.puback(&got).await;
+
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Packet::PingResp));
+
+    // Both quiet now: both park, and the subscriber's own publish wakes it.
+    wait_parked(&broker, 2).await;
+    sub.send(&publish_packet(
+        "dev/2",
+        QosPid::AtLeastOnce(pid(7)),
+        false,
+        b"from it",
+    ))
+    .await;
+    let mut acked = false;
+    let mut echoed = false;
+    while !(acked && echoed) {
+        match sub.recv().await {
+            Packet::PubAck(a) => acked = a.pid == pid(7),
+            Packet::Publish(p) => {
+                echoed = &p.payload[..] == b"from it";
+                sub.puback(&p).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_client_is_served_as_an_active_one() {
+    parked_client_is_served(IoDriver::IoUring).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_client_is_served_as_an_active_one_on_epoll() {
+    parked_client_is_served(IoDriver::Epoll).await;
+}
+
+/// A new connection with the same client id closes a parked one, which gets
+/// its 5.0 DISCONNECT (Session taken over) before the socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_taken_over() {
+    let broker = start(2, |_| {});
+    let (mut old, _) = Raw::connect_v5(broker.addr, "roaming", vec![]).await;
+    wait_parked(&broker, 1).await;
+    let (_new, ack) = Raw::connect_v5(broker.addr, "roaming", vec![]).await;
+    assert_eq!(ack.code, 0);
+    let before = old.expect_closed(STEP).await;
+    match before.last() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::SESSION_TAKEN_OVER),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+}
+
+/// Keep-alive is enforced for a parked client: silent past 1.5 x its 3 s,
+/// it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_expires_while_parked() {
+    let broker = start(1, |_| {});
+    let mut raw = Raw::open(broker.addr).await;
+    let ack = raw
+        .handshake(connect_packet(Protocol::V3_1_1, "sleepy", true, 3, None))
+        .await;
+    assert_eq!(ack.code, 0);
+    wait_parked(&broker, 1).await;
+    raw.expect_closed(STEP).await;
+    broker
+        .wait_counters(STEP, "keep-alive timeout counted", |c| {
+            c.keepalive_timeouts == 1
+        })
+        .await;
+}
+
+/// Shutting down wakes parked readers: a 5.0 client gets "server shutting
+/// down" and the broker stops promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_parked_connections() {
+    let broker = start(1, |_| {});
+    let (mut raw, _) = Raw::connect_v5(broker.addr, "parked-at-shutdown", vec![]).await;
+    wait_parked(&broker, 1).await;
+    let stopping = tokio::task::spawn_blocking(move || drop(broker));
+    let before = raw.expect_closed(STEP).await;
+    match before.last() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::SERVER_SHUTTING_DOWN),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    within(STEP, "broker shutdown", stopping).await.unwrap();
+}
