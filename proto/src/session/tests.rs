@@ -494,3 +494,12 @@ fn subscription_cap_and_replacement() {
     let (_, entry) = s.subscriptions().next().unwrap();
     assert_eq!(entry.opts.qos, QoS::ExactlyOnce);
 }
+
+/// What every session costs, idle or not: printed, and bounded so that growth
+/// is a decision (an idle fleet holds one per device).
+#[test]
+fn a_session_stays_small() {
+    let size = std::mem::size_of::<Session>();
+    eprintln!("Session: {size} bytes");
+    assert!(size <= 416, "Session grew to {size} bytes");
+}
