@@ -34,7 +34,8 @@ pub enum Command {
     FanOut(SingleArgs),
     /// N publishers (default 8) -> 1 subscriber on a wildcard filter.
     FanIn(SingleArgs),
-    /// Open N idle clients (default 1000) at --connect-rate and hold them for --duration.
+    /// Open N idle clients (default 1000) at --connect-rate and hold them for --duration;
+    /// with --topic each subscribes to it first (%i: the client's index).
     Connections(SingleArgs),
     /// Connect/disconnect churn at --connect-rate, at most -c attempts in flight.
     Storm(SingleArgs),

@@ -124,14 +124,18 @@ pub fn run_once(settings: &Settings, plan: &Plan) -> Result<RunResult> {
     let target_clients = plan.storm_concurrency.unwrap_or(plan.clients.len());
     let mut mon = Monitor::new(&shared, rx, target_clients, settings.progress, probe);
     let connected = connect_phase(&mut mon, &settings, &plan, &shared)?;
-    if settings.scenario == ScenarioKind::Connections {
-        if let Some(p) = probe {
-            mon.sleep_until(Instant::now() + SETTLE);
-            broker.rss_loaded_kb = Some(p.memory()?.rss_kb);
-        }
+    if settings.scenario == ScenarioKind::Connections && probe.is_some() {
+        mon.sleep_until(Instant::now() + SETTLE);
     }
     let window = start(&shared, &settings, clock);
     let (cpu_seconds, generator_cpu_seconds) = measure(&mut mon, probe, window, clock);
+    if settings.scenario == ScenarioKind::Connections {
+        // After the hold: what an idle connection costs once it has been idle
+        // (a broker may release per-connection state of quiet clients).
+        if let Some(p) = probe {
+            broker.rss_loaded_kb = Some(p.memory()?.rss_kb);
+        }
+    }
     if settings.scenario.has_messages() {
         drain(&mut mon, &settings);
     }

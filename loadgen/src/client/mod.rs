@@ -131,7 +131,8 @@ pub async fn run_client(t: Rc<Thread>, conns: Rc<Conns>, spec: ClientSpec, inten
     let id = client_id(t.settings.run_id, "", spec.index);
     let filter = match &spec.role {
         Role::Subscriber { filter, .. } => Some(filter.as_str()),
-        _ => None,
+        Role::Idle { filter } => filter.as_deref(),
+        Role::Publisher { .. } => None,
     };
     let session = connect_timed(&t, &id, filter, intended_ns).await;
     t.handshake_finished();
@@ -300,7 +301,7 @@ fn read_capacity(role: &Role) -> usize {
     match role {
         Role::Subscriber { .. } => SUBSCRIBER_READ,
         Role::Publisher { .. } => PUBLISHER_READ,
-        Role::Idle => IDLE_READ,
+        Role::Idle { .. } => IDLE_READ,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Idle connections: open N clients at the connect rate and hold them, to
-//! measure connect time and the broker's memory per connection.
+//! measure connect time and the broker's memory per connection. With
+//! `--topic`, each subscribes to it first (`%i`: its index), to measure an
+//! idle subscribed device.
 
 use super::{ClientSpec, Plan, Role};
 use crate::cli::LoadArgs;
@@ -13,7 +15,12 @@ pub fn plan(args: &LoadArgs) -> Plan {
         clients: (0..n)
             .map(|index| ClientSpec {
                 index,
-                role: Role::Idle,
+                role: Role::Idle {
+                    filter: args
+                        .topic
+                        .as_deref()
+                        .map(|t| t.replace("%i", &index.to_string())),
+                },
             })
             .collect(),
         routing: Routing::None,

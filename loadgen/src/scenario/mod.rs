@@ -181,9 +181,18 @@ fn new_run_id() -> u32 {
 /// What one client does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
-    Publisher { id: u32, topic: String },
-    Subscriber { id: u32, filter: String },
-    Idle,
+    Publisher {
+        id: u32,
+        topic: String,
+    },
+    Subscriber {
+        id: u32,
+        filter: String,
+    },
+    /// Subscribed to `filter` when there is one, then quiet.
+    Idle {
+        filter: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
