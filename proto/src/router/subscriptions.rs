@@ -74,6 +74,7 @@ impl Core {
             return;
         };
         let list = self.subs.get_or_insert_with(plain.as_str(), Vec::new);
+        reserve_first(list);
         list.push(Subscriber {
             key,
             opts: entry.opts,
@@ -123,6 +124,7 @@ impl Core {
                 0
             }
             None => {
+                reserve_first(list);
                 list.push(sub);
                 self.counters.subscriptions_current += 1;
                 if list.len() == 1 {
@@ -301,5 +303,13 @@ impl Core {
         if groups.is_empty() {
             self.shared_index.remove(inner);
         }
+    }
+}
+
+/// Most filters of a device fleet have one subscriber (`dev/<id>/cmd`): the
+/// first gets a list of exactly one, not the four a `Vec` starts with.
+fn reserve_first(list: &mut Vec<Subscriber>) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
     }
 }
