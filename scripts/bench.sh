@@ -3,16 +3,23 @@
 #
 #   scripts/bench.sh            # ~3-4 minutes on 2 cores
 #   DURATION=30 scripts/bench.sh
+#   MODE=shared scripts/bench.sh
 #
 # Builds the workspace (release), installs Mosquitto from the distribution's
-# packages if it is missing, starts both brokers on loopback (pinned to core 0,
-# the load generator to core 1, when there are at least 2 cores), runs the
+# packages if it is missing, starts both brokers on loopback, runs the
 # standard scenarios with `loadgen compare`, writes JSON, SVG and HdrHistogram
 # files under results/<date>/, prints the comparison tables, and stops what it
 # started.
 #
-# Environment: DURATION (s, per run, default 10), WARMUP (s, default 2),
-# ROUNDS (default 1), RINGMQ_PORT (1883), MOSQUITTO_PORT (1884).
+# MODE=pinned (the default): per core. Each broker on core 0 with one worker
+# (`ringmq --cores 1`), the load generator on core 1, when there are at least
+# 2 cores. MODE=shared: as a small server runs it. ringmq gets every core
+# (`--cores $(nproc)`), nothing is pinned, and broker and generator share the
+# machine. Report both: shared flatters whichever broker wins the fight for
+# the cores.
+#
+# Environment: MODE (pinned|shared), DURATION (s, per run, default 10), WARMUP
+# (s, default 2), ROUNDS (default 1), RINGMQ_PORT (1883), MOSQUITTO_PORT (1884).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,7 +28,7 @@ WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-1}
 RINGMQ_PORT=${RINGMQ_PORT:-1883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-1884}
-OUT=results/$(date +%Y-%m-%d_%H%M%S)
+OUT=results/$(date +%Y-%m-%d_%H%M%S)_${MODE:-pinned}
 mkdir -p "$OUT"
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -85,14 +92,27 @@ cargo build --release --workspace
 install_mosquitto
 raise_fd_limit
 
+MODE=${MODE:-pinned}
 BROKER_CPU=()
 GEN_CPU=()
 THREADS=$(nproc)
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-    BROKER_CPU=(taskset -c 0)
-    GEN_CPU=(taskset -c 1)
-    THREADS=1
-fi
+RINGMQ_CORES=$(nproc)
+case "$MODE" in
+pinned)
+    RINGMQ_CORES=1
+    if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+        BROKER_CPU=(taskset -c 0)
+        GEN_CPU=(taskset -c 1)
+        THREADS=1
+    fi
+    ;;
+shared) ;;
+*)
+    echo "bench.sh: MODE must be pinned or shared, not $MODE" >&2
+    exit 2
+    ;;
+esac
+log "mode $MODE: ringmq --cores $RINGMQ_CORES, loadgen --threads $THREADS"
 
 cat >"$OUT/mosquitto.conf" <<EOF
 listener $MOSQUITTO_PORT 127.0.0.1
@@ -106,7 +126,7 @@ log_type warning
 EOF
 
 log "starting ringmq on :$RINGMQ_PORT and mosquitto on :$MOSQUITTO_PORT"
-"${BROKER_CPU[@]}" target/release/ringmq --bind 127.0.0.1 --port "$RINGMQ_PORT" --cores 1 --persistence false \
+"${BROKER_CPU[@]}" target/release/ringmq --bind 127.0.0.1 --port "$RINGMQ_PORT" --cores "$RINGMQ_CORES" --persistence false \
     2>"$OUT/ringmq.log" &
 RINGMQ_PID=$!
 PIDS+=("$RINGMQ_PID")
@@ -131,8 +151,8 @@ compare() {
         tee "$OUT/$name.txt"
 }
 
-# Each broker on one pinned core; fixed rates the peers can sustain, so that
-# latency and CPU per message compare like for like.
+# Fixed rates the peers can sustain, so that latency and CPU per message
+# compare like for like.
 compare p2p-qos1 p2p -c 50 --rate 1000 --qos 1 --duration "$DURATION" --warmup "$WARMUP"
 compare fan-out-qos0 fan-out --publishers 1 --subscribers 100 --rate 1000 --qos 0 \
     --duration "$DURATION" --warmup "$WARMUP"
