@@ -97,18 +97,27 @@ async fn a_parked_connection_is_taken_over() {
     }
 }
 
-/// Keep-alive is enforced for a parked client: silent past 1.5 x its 3 s,
-/// it is closed.
+/// Keep-alive is enforced for a parked client: silent past 1.5 x its 10 s,
+/// it is closed. (10 s leaves the park, at 2-3 s, far from the expiry on a
+/// busy machine.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_expires_while_parked() {
+    const KEEP_ALIVE: u16 = 10;
     let broker = start(1, |_| {});
     let mut raw = Raw::open(broker.addr).await;
     let ack = raw
-        .handshake(connect_packet(Protocol::V3_1_1, "sleepy", true, 3, None))
+        .handshake(connect_packet(
+            Protocol::V3_1_1,
+            "sleepy",
+            true,
+            KEEP_ALIVE,
+            None,
+        ))
         .await;
     assert_eq!(ack.code, 0);
     wait_parked(&broker, 1).await;
-    raw.expect_closed(STEP).await;
+    raw.expect_closed(Duration::from_secs(u64::from(KEEP_ALIVE) * 3 / 2) + STEP)
+        .await;
     broker
         .wait_counters(STEP, "keep-alive timeout counted", |c| {
             c.keepalive_timeouts == 1
