@@ -36,6 +36,12 @@ if ! python3 -c 'import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.star
     python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
 fi
 
+# Prometheus's Python client parses /metrics in tests/e2e_metrics.rs, as a
+# Prometheus server would.
+if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'prometheus-client>=0.17,<1'
+fi
+
 # MQTT.js (npm `mqtt`, pinned by tests/mqttjs/package-lock.json) drives
 # tests/e2e_interop.rs. `npm ci` when node_modules is missing or was
 # installed from another lock file: a copy of the lock it was installed

@@ -16,6 +16,9 @@ pub use ringmq_proto::{
     access, codec, counters, durable, limits, message, router, session, store, time, topic,
 };
 
+/// The git commit this binary was built from ("unknown" outside a checkout).
+pub const GIT_COMMIT: &str = env!("RINGMQ_GIT_COMMIT");
+
 pub mod auth;
 pub mod config;
 pub mod metrics;

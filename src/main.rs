@@ -41,7 +41,7 @@ fn main() {
             );
         }
         Command::Run(config) => {
-            init_logging(&config.log_level);
+            init_logging(&config.log_level, config.log_format);
             if let Err(e) = ringmq::server::run(config) {
                 tracing::error!("{e:#}");
                 std::process::exit(1);
@@ -50,11 +50,23 @@ fn main() {
     }
 }
 
-fn init_logging(level: &str) {
+/// Logs go to stderr: text (coloured only on a terminal, so a file or a
+/// journal gets no escape codes) or one JSON object per line.
+fn init_logging(level: &str, format: ringmq::config::LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        ringmq::config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        ringmq::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }

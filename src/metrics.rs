@@ -40,14 +40,24 @@ impl SharedCounters {
 /// on every core, so its size is the largest replica, not the sum.
 pub fn total(cores: &[SharedCounters]) -> Counters {
     let mut sum = Counters::default();
-    let mut retained = 0;
+    let (mut retained, mut retained_bytes) = (0, 0);
     for c in cores {
         let snapshot = c.snapshot();
         retained = retained.max(snapshot.retained_current);
+        retained_bytes = retained_bytes.max(snapshot.retained_bytes);
         sum.add(&snapshot);
     }
     sum.retained_current = retained;
+    sum.retained_bytes = retained_bytes;
     sum
+}
+
+/// The counters that are not zero, as `name=value` pairs separated by
+/// spaces (for the shutdown log line).
+pub fn key_values(c: &Counters) -> String {
+    let fields = c.fields().into_iter().filter(|(_, v)| *v != 0);
+    let pairs: Vec<String> = fields.map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(" ")
 }
 
 #[cfg(test)]
@@ -67,5 +77,15 @@ mod tests {
         let t = total(&cores);
         assert_eq!(t.messages_sent, 10);
         assert_eq!(t.retained_current, 7);
+    }
+
+    #[test]
+    fn key_values_list_what_is_not_zero() {
+        let c = Counters {
+            messages_sent: 5,
+            takeovers: 1,
+            ..Counters::default()
+        };
+        assert_eq!(key_values(&c), "messages_sent=5 takeovers=1");
     }
 }

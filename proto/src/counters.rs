@@ -1,19 +1,24 @@
 //! One core's counters: plain integers the core alone owns (no atomics on the
 //! message path). The server publishes a snapshot of them once per tick.
 
+use crate::codec::QoS;
 use crate::session::Outcome;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// One core's counters.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct Counters {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl Counters {
             /// The field names, in the order of [`Counters::values`].
             pub const NAMES: &'static [&'static str] = &[$(stringify!($name),)*];
+
+            /// Each field's documentation (its lines joined), in the order of
+            /// [`Counters::NAMES`]: the help text of metrics.
+            pub const HELP: &'static [&'static str] = &[$(concat!($($doc),*),)*];
 
             /// Every value, in the order of [`Counters::NAMES`].
             pub fn values(&self) -> Vec<u64> {
@@ -73,8 +78,16 @@ counters! {
     refused_connection_rate,
     /// PUBLISH packets received from clients.
     messages_received,
+    /// Of `messages_received`, at QoS 0, 1 and 2.
+    received_qos0,
+    received_qos1,
+    received_qos2,
     /// PUBLISH packets sent to clients (deliveries, not counting resends).
     messages_sent,
+    /// Of `messages_sent`, at QoS 0, 1 and 2 (the delivery's QoS).
+    sent_qos0,
+    sent_qos1,
+    sent_qos2,
     bytes_received,
     bytes_sent,
     /// QoS 0 deliveries dropped: subscriber's output buffer over `max_write_buffer`.
@@ -145,19 +158,45 @@ counters! {
     sessions_current,
     /// Retained messages held now (one replica; every core holds the same).
     retained_current,
+    /// Bytes (topic and payload) of the retained messages held now (one replica).
+    retained_bytes,
+    /// QoS 1/2 messages waiting in sessions' queues (behind the in-flight
+    /// window, or for an offline session), counted every tick.
+    messages_queued,
+    /// QoS 1/2 messages sent and not yet acknowledged, counted every tick.
+    messages_inflight,
     /// Subscriptions held now.
     subscriptions_current,
 }
 
 impl Counters {
-    /// Counts what became of one delivery.
-    pub fn count(&mut self, outcome: Outcome) {
+    /// Counts a PUBLISH received from a client.
+    pub fn received(&mut self, qos: QoS) {
+        self.messages_received += 1;
+        match qos {
+            QoS::AtMostOnce => self.received_qos0 += 1,
+            QoS::AtLeastOnce => self.received_qos1 += 1,
+            QoS::ExactlyOnce => self.received_qos2 += 1,
+        }
+    }
+
+    fn sent(&mut self, qos: QoS) {
+        self.messages_sent += 1;
+        match qos {
+            QoS::AtMostOnce => self.sent_qos0 += 1,
+            QoS::AtLeastOnce => self.sent_qos1 += 1,
+            QoS::ExactlyOnce => self.sent_qos2 += 1,
+        }
+    }
+
+    /// Counts what became of one delivery at `qos`.
+    pub fn count(&mut self, outcome: Outcome, qos: QoS) {
         match outcome {
-            Outcome::Sent => self.messages_sent += 1,
+            Outcome::Sent => self.sent(qos),
             Outcome::Queued => {}
             Outcome::QueuedOverCap => self.queued_over_cap += 1,
             Outcome::SentOverCap => {
-                self.messages_sent += 1;
+                self.sent(qos);
                 self.queued_over_cap += 1;
             }
             Outcome::DroppedSlowConsumer => self.dropped_slow_consumer += 1,

@@ -92,9 +92,18 @@ pub struct FileConfig {
     /// Log filter in tracing EnvFilter syntax, e.g. warn or info,ringmq=debug (default info)
     #[arg(long, env = "RINGMQ_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log lines as text (colours only on a terminal) or json, one object per line (default text)
+    #[arg(long, env = "RINGMQ_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Seconds between $SYS statistics publishes (default 10; 0 disables $SYS)
     #[arg(long, env = "RINGMQ_SYS_INTERVAL", value_name = "SECS")]
     pub sys_interval: Option<u64>,
+    /// TCP port serving Prometheus metrics at GET /metrics (default: none, off)
+    #[arg(long, env = "RINGMQ_METRICS_PORT", value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// Address the metrics port binds to (default 127.0.0.1: only this machine may scrape)
+    #[arg(long, env = "RINGMQ_METRICS_BIND_ADDRESS", value_name = "IP")]
+    pub metrics_bind_address: Option<IpAddr>,
 
     /// Largest packet accepted (default 1MiB; a client sending a bigger one is disconnected; 64..=268435455)
     #[arg(long, env = "RINGMQ_MAX_PACKET_SIZE", value_name = "BYTES", help_heading = LIMITS)]
@@ -237,7 +246,8 @@ impl FileConfig {
     pub fn over(self, lower: FileConfig) -> FileConfig {
         overlay!(self, lower;
             bind_address, port, cores, pin_cores, io_driver, ring_entries, read_buffer_size,
-            mesh_queue_capacity, mesh_budget, allow_anonymous, log_level, sys_interval, max_packet_size,
+            mesh_queue_capacity, mesh_budget, allow_anonymous, log_level, log_format, sys_interval, metrics_port,
+            metrics_bind_address, max_packet_size,
             max_connections, max_connections_per_ip, max_connection_rate, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
             max_awaiting_rel, awaiting_rel_timeout, slow_consumer_policy, max_stall,
@@ -263,6 +273,7 @@ impl FileConfig {
             None if local_only => d.bind,
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
+        let metrics = self.metrics_address()?;
         let config = Config {
             default_listener: self.default_listener(),
             listeners: self.resolve_listeners(bind)?,
@@ -292,11 +303,28 @@ impl FileConfig {
             ),
             persistence_faults: None,
             log_level: self.log_level.unwrap_or(d.log_level),
+            log_format: self.log_format.unwrap_or(d.log_format),
             sys_interval: secs(self.sys_interval, d.sys_interval),
+            metrics,
             shared_strategy: self.shared_strategy.unwrap_or(d.shared_strategy),
             limits,
         };
         Ok(config)
+    }
+
+    /// `metrics_port` on `metrics_bind_address` (loopback unless given).
+    fn metrics_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let bind = self.metrics_bind_address;
+        match self.metrics_port {
+            Some(port) => Ok(Some(SocketAddr::new(
+                bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                port,
+            ))),
+            None if bind.is_some() => Err(ConfigError::Invalid(
+                "metrics_bind_address is set but metrics_port is not".to_owned(),
+            )),
+            None => Ok(None),
+        }
     }
 
     fn resolve_limits(&self, d: Limits) -> Result<Limits, ConfigError> {

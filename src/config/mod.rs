@@ -17,7 +17,7 @@ mod size;
 mod validate;
 
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,6 +46,17 @@ pub enum IoDriver {
     IoUring,
     /// Readiness-based epoll, for kernels or sandboxes without io_uring.
     Epoll,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event; colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// When the store's records are made durable, and so what a PUBACK means.
@@ -112,8 +123,13 @@ pub struct Config {
     pub persistence_faults: Option<FaultHook>,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log_level: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// Interval between `$SYS` statistics publishes; zero disables them.
     pub sys_interval: Duration,
+    /// Where `GET /metrics` (Prometheus text format) is served; `None`: off.
+    /// Port 0 lets the kernel pick one (tests).
+    pub metrics: Option<SocketAddr>,
     /// How shared subscription groups pick a member.
     pub shared_strategy: SharedStrategy,
     /// Resource caps.
@@ -144,7 +160,9 @@ impl Default for Config {
             persistence_fsync_interval: Duration::from_secs(1),
             persistence_faults: None,
             log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
             sys_interval: Duration::from_secs(10),
+            metrics: None,
             shared_strategy: SharedStrategy::RoundRobin,
             limits: Limits::default(),
         }

@@ -7,9 +7,11 @@ mod connection;
 mod context;
 mod durability;
 mod edge;
+mod exposition;
 mod listener;
 mod log_gate;
 mod mesh;
+mod metrics_http;
 mod notify;
 mod parking;
 mod store;
@@ -19,7 +21,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -55,6 +57,8 @@ pub struct Shared {
     /// Cores whose connections are all closed at shutdown: until every core
     /// is, each keeps taking what the others route to it.
     pub quiet: AtomicUsize,
+    /// The I/O driver each core runs (`io_uring` or `epoll`), once started.
+    pub drivers: Vec<OnceLock<&'static str>>,
 }
 
 /// Loads every listener's certificates (reporting an unreadable file or a
@@ -92,6 +96,7 @@ fn claim_ports(
 pub struct Broker {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    exporter: Option<metrics_http::Exporter>,
     pub addr: SocketAddr,
 }
 
@@ -138,6 +143,7 @@ impl Broker {
             started,
             ready: AtomicUsize::new(0),
             quiet: AtomicUsize::new(0),
+            drivers: (0..cores).map(|_| OnceLock::new()).collect(),
         });
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(cores);
@@ -157,11 +163,27 @@ impl Broker {
                 .context("a core exited before binding its listeners")??;
         }
         let addr = shared.listeners[0].config.addr();
-        Ok(Broker {
+        let mut broker = Broker {
             shared,
             threads,
+            exporter: None,
             addr,
-        })
+        };
+        if let Some(at) = broker.shared.config.metrics {
+            match metrics_http::Exporter::start(at, broker.shared.clone()) {
+                Ok(exporter) => broker.exporter = Some(exporter),
+                Err(e) => {
+                    broker.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(broker)
+    }
+
+    /// Where `GET /metrics` is served, with `metrics_port`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(|e| e.addr())
     }
 
     /// Every listener's scheme (`mqtt`, `mqtts`, `ws`, `wss`) and address.
@@ -229,11 +251,21 @@ impl Broker {
         for t in self.threads {
             let _ = t.join();
         }
+        if let Some(exporter) = self.exporter {
+            exporter.stop();
+        }
         if let Some(store) = &self.shared.store {
             store.flush();
         }
         let totals = metrics::total(&self.shared.counters);
-        tracing::info!(?totals, "ringmq stopped");
+        tracing::info!(
+            uptime_s = self.shared.started.elapsed().as_secs(),
+            connections_total = totals.connections_total,
+            messages_received = totals.messages_received,
+            messages_sent = totals.messages_sent,
+            totals = %metrics::key_values(&totals),
+            "ringmq stopped"
+        );
     }
 
     /// Client connections open now, on all cores (against `max_connections`):

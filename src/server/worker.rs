@@ -47,6 +47,7 @@ pub fn run(
         match rt {
             Ok(mut rt) => {
                 tracing::info!(core = id, driver = "io_uring", entries, "core started");
+                let _ = shared.drivers[id].set("io_uring");
                 return rt.block_on(serve(id, core, shared, inbox, bound));
             }
             Err(e) if required => {
@@ -73,6 +74,7 @@ pub fn run(
     match rt {
         Ok(mut rt) => {
             tracing::info!(core = id, driver = "epoll", "core started");
+            let _ = shared.drivers[id].set("epoll");
             rt.block_on(serve(id, core, shared, inbox, bound));
         }
         Err(e) => {

@@ -41,6 +41,15 @@ impl Protocol {
         }
     }
 
+    /// The version as people write it: "3.1", "3.1.1" or "5.0".
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V3_1 => "3.1",
+            Protocol::V3_1_1 => "3.1.1",
+            Protocol::V5 => "5.0",
+        }
+    }
+
     /// True when packets carry properties and reason codes.
     pub fn is_v5(self) -> bool {
         self == Protocol::V5

@@ -175,7 +175,7 @@ impl Core {
             false => &self.limits,
         };
         let outcome = e.session.deliver_qos0(msg, retain, ids, limits, now);
-        self.counters.count(outcome);
+        self.counters.count(outcome, QoS::AtMostOnce);
         match outcome {
             crate::session::Outcome::Sent => self.mark_dirty(key),
             crate::session::Outcome::SentOverCap => {
@@ -196,8 +196,9 @@ impl Core {
             true => &self.own_limits,
             false => &self.limits,
         };
+        let qos = item.qos;
         let outcome = e.session.deliver(item, limits, now);
-        self.counters.count(outcome);
+        self.counters.count(outcome, qos);
         if outcome == crate::session::Outcome::QueuedOverCap {
             let publisher = e.session.last_queued_publisher();
             self.collect_journal(key);
@@ -366,6 +367,7 @@ impl Core {
     fn store_retained(&mut self, msg: &Arc<Message>) -> bool {
         let stored = self.retained.set(msg);
         self.counters.retained_current = self.retained.len() as u64;
+        self.counters.retained_bytes = self.retained.bytes() as u64;
         stored
     }
 

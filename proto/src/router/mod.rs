@@ -300,8 +300,8 @@ impl Core {
     ) -> Result<Next, Violation> {
         // A scratch vector reused across packets: no allocation per publish.
         let mut events = std::mem::take(&mut self.events);
-        if matches!(packet, Packet::Publish(_)) {
-            self.counters.messages_received += 1;
+        if let Packet::Publish(p) = &packet {
+            self.counters.received(p.qos_pid.qos());
         }
         let result =
             self.sessions[key]
@@ -349,7 +349,10 @@ impl Core {
         let limits = self.limits.clone();
         let mut wills = Vec::new();
         let mut expired = Vec::new();
+        let (mut queued, mut inflight) = (0, 0);
         for (key, e) in self.sessions.iter_mut() {
+            queued += e.session.queued_len() as u64;
+            inflight += e.session.inflight_len() as u64;
             if let Some(conn) = e.conn {
                 // A held-back publisher is not read: its PINGREQs wait too.
                 if e.held_by == 0 && e.session.keep_alive_expired(now) {
@@ -374,6 +377,8 @@ impl Core {
                 expired.push(key);
             }
         }
+        self.counters.messages_queued = queued;
+        self.counters.messages_inflight = inflight;
         self.end_stalls(now);
         for will in wills {
             self.publish_will(will, now);

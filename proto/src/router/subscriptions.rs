@@ -177,8 +177,9 @@ impl Core {
         }
         let e = &mut self.sessions[key];
         for item in found {
+            let qos = item.qos;
             let outcome = e.session.deliver(item, &limits, now);
-            self.counters.count(outcome);
+            self.counters.count(outcome, qos);
         }
         self.mark_dirty(key);
         true

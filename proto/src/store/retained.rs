@@ -59,6 +59,11 @@ impl RetainedStore {
         self.tree.for_each(f);
     }
 
+    /// Bytes held: the sum of the messages' weights (topic and payload).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn len(&self) -> usize {
         self.tree.len()
     }

@@ -15,6 +15,7 @@ mod state;
 mod writer;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use super::accept::{Accepted, ConnectionSlot};
 use super::context::{Ctx, Link};
 use super::parking::Wake;
 use super::transport::{ReadHalf, Transport, WriteHalf};
+use crate::codec::Connect;
 use crate::router::CloseReason;
 use crate::time::Time;
 pub use state::Connection;
@@ -48,13 +50,14 @@ pub fn serve<S: Transport>(
     let Accepted {
         stream,
         peer,
+        listener,
         connect,
         client_id,
         assigned_id,
         permissions,
         leftover,
-        ..
     } = accepted;
+    log_connected(&ctx, peer, listener, &connect, &client_id);
     let fd = stream.raw_fd();
     let (rd, wr) = stream.into_halves();
     let now = ctx.now();
@@ -82,8 +85,28 @@ pub fn serve<S: Transport>(
     ctx.add_link(id, conn.clone());
     // The CONNACK (and anything resumed) was marked before the link existed.
     conn.clone().wake_writer(&ctx);
-    tracing::debug!(%peer, client_id = &*client_id, session_present = attached.session_present, "connected");
+    tracing::debug!(
+        client_id = &*client_id,
+        session_present = attached.session_present,
+        "session attached"
+    );
     run(ctx, conn, rd, leftover, client_id)
+}
+
+/// One line per accepted CONNECT, with what Mosquitto logs (address, id,
+/// protocol, clean start, keep-alive, username), never the password.
+fn log_connected(ctx: &Ctx, peer: SocketAddr, listener: usize, connect: &Connect, client_id: &str) {
+    let username = connect.username.as_deref().map(String::from_utf8_lossy);
+    tracing::info!(
+        client_id,
+        %peer,
+        listener = %ctx.shared.listeners[listener].config,
+        protocol = connect.protocol.name(),
+        clean_start = connect.clean_start,
+        keep_alive = connect.keep_alive,
+        username = username.as_deref(),
+        "client connected"
+    );
 }
 
 /// The life of a connection after CONNACK: reading, then the clean close.

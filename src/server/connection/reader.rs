@@ -229,32 +229,43 @@ async fn wait_for_store<W>(ctx: &Ctx, conn: &Connection<W>) {
     }
 }
 
-/// Logs why reading ended and, when the broker ends the connection, sets the
-/// 5.0 DISCONNECT it sends last.
+/// Logs why the connection ends (one info line per disconnect, as Mosquitto
+/// logs them) and, when the broker ends it, sets the 5.0 DISCONNECT it sends
+/// last.
 pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: &End) {
     let reason = match end {
-        End::Closed(reason) => reason,
-        End::Failed(e) => return tracing::debug!(client_id, error = %e, "read failed"),
-        End::Eof | End::Disconnected | End::Violation | End::Quiet => return,
+        End::Quiet => return,
+        End::Eof => "connection closed by the client",
+        End::Disconnected => "client sent DISCONNECT",
+        End::Violation => "protocol violation",
+        End::Failed(e) => {
+            return tracing::info!(client_id, reason = "read failed", error = %e, "client disconnected")
+        }
+        End::Closed(reason) => closed_by_broker(ctx, conn, *reason),
     };
+    tracing::info!(client_id, reason, "client disconnected");
+}
+
+/// Counts a close the broker decided and sets its 5.0 DISCONNECT.
+fn closed_by_broker<W>(ctx: &Ctx, conn: &Connection<W>, reason: CloseReason) -> &'static str {
     match reason {
         CloseReason::KeepAliveTimeout => {
             ctx.count(|c| c.keepalive_timeouts += 1);
-            tracing::info!(client_id, "closed: keep-alive expired [MQTT-3.1.2-24]");
             conn.set_farewell(reason::KEEP_ALIVE_TIMEOUT, "keep-alive expired");
+            "keep-alive expired [MQTT-3.1.2-24]"
         }
         CloseReason::SessionTakenOver => {
-            tracing::info!(client_id, "closed: session taken over by a new connection");
             conn.set_farewell(reason::SESSION_TAKEN_OVER, "session taken over");
+            "session taken over by a new connection"
         }
         CloseReason::ServerShutdown => {
             conn.set_farewell(reason::SERVER_SHUTTING_DOWN, "server shutting down");
+            "server shutting down"
         }
-        CloseReason::WriteFailed => tracing::debug!(client_id, "closed: write failed"),
+        CloseReason::WriteFailed => "write failed",
         CloseReason::SlowConsumer => {
-            // Logged (rate limited) where the core decided it.
-            tracing::debug!(client_id, "closed: slow consumer");
             conn.set_farewell(reason::QUOTA_EXCEEDED, "slow consumer");
+            "slow consumer"
         }
     }
 }

@@ -1,0 +1,267 @@
+//! The Prometheus endpoint (`metrics_port`): scraped over HTTP and parsed by
+//! Prometheus's own Python client (`tests/prometheus/scrape.py`, installed by
+//! scripts/test.sh), with traffic that must move the counters, a drop that
+//! must appear under its reason, and bad requests that get a clear status
+//! without harming the next scrape.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmq_proto::codec::{Packet, QosPid};
+
+type Labels = HashMap<String, String>;
+
+/// One parsed scrape: `(name, labels, value)` and each family's type.
+struct Parsed {
+    samples: Vec<(String, Labels, f64)>,
+    types: HashMap<String, String>,
+}
+
+impl Parsed {
+    /// The value of `name` whose labels include every `(key, value)` of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matches = |l: &Labels| {
+            labels
+                .iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        };
+        let found = self
+            .samples
+            .iter()
+            .find(|(n, l, _)| n == name && matches(l));
+        found.map(|s| s.2)
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.samples.iter().filter(|(n, _, _)| n == name).count()
+    }
+}
+
+fn require_prometheus_client() {
+    let ok = Command::new("python3")
+        .args(["-c", "import prometheus_client.parser"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 cannot import prometheus_client: python3 -m pip install 'prometheus-client>=0.17,<1' \
+         (scripts/test.sh does this)"
+    );
+}
+
+/// Scrapes `addr` with the Python client's parser (bounded by its alarm).
+fn scrape(addr: SocketAddr) -> Parsed {
+    require_prometheus_client();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prometheus/scrape.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "scrape failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("scrape.py prints JSON");
+    let samples = json["samples"].as_array().expect("samples").iter();
+    let samples = samples.map(|s| {
+        let labels = s[1].as_object().expect("labels").iter();
+        let labels = labels.map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()));
+        (
+            s[0].as_str().expect("name").to_owned(),
+            labels.collect(),
+            s[2].as_f64().expect("value"),
+        )
+    });
+    let types = json["types"].as_object().expect("types").iter();
+    Parsed {
+        samples: samples.collect(),
+        types: types
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+            .collect(),
+    }
+}
+
+/// Scrapes until `pred` holds (the cores publish their counters every 500 ms
+/// tick), for at most 10 s.
+fn scrape_until(addr: SocketAddr, what: &str, pred: impl Fn(&Parsed) -> bool) -> Parsed {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let parsed = scrape(addr);
+        if pred(&parsed) {
+            return parsed;
+        }
+        assert!(Instant::now() < deadline, "metrics never showed {what}");
+        std::thread::sleep(Duration::from_millis(100)); // polling interval, not sync
+    }
+}
+
+fn with_metrics(c: &mut ringmq::config::Config) {
+    c.metrics = Some("127.0.0.1:0".parse().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_with_traffic_and_drops_show_their_reason() {
+    let broker = start(2, with_metrics);
+    let at = broker.metrics_addr().expect("metrics endpoint");
+    let before = tokio::task::spawn_blocking(move || scrape(at))
+        .await
+        .unwrap();
+    assert_eq!(
+        before
+            .types
+            .get("ringmq_messages_received")
+            .map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(
+        before.types.get("ringmq_connections").map(String::as_str),
+        Some("gauge")
+    );
+    assert_eq!(
+        before.value("ringmq_messages_received_total", &[("qos", "1")]),
+        Some(0.0)
+    );
+    assert_eq!(before.count("ringmq_core_info"), 2, "one info per core");
+    assert!(before
+        .value(
+            "ringmq_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        )
+        .is_some());
+    assert!(
+        before
+            .value("process_resident_memory_bytes", &[])
+            .unwrap_or(0.0)
+            > 0.0
+    );
+
+    // A persistent subscriber receives a QoS 1 message, goes offline, and
+    // misses a QoS 0 one: dropped by policy, counted under its reason.
+    let mut sub = Raw::connect(broker.addr, "metrics-sub", false, 60, None).await;
+    sub.subscribe_ok("m/t", RawQoS::AtLeastOnce, 1).await;
+    let mut publisher = Raw::connect(broker.addr, "metrics-pub", true, 60, None).await;
+    publisher
+        .send(&publish_packet(
+            "m/t",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+            b"one",
+        ))
+        .await;
+    assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+    let got = sub.recv_publish().await;
+    sub.puback(&got).await;
+    sub.disconnect().await;
+    broker
+        .wait_counters(Duration::from_secs(10), "subscriber offline", |c| {
+            c.connections_current == 1
+        })
+        .await;
+    publisher
+        .send(&publish_packet("m/t", QosPid::AtMostOnce, false, b"missed"))
+        .await;
+
+    let after = tokio::task::spawn_blocking(move || {
+        scrape_until(at, "the offline QoS 0 drop", |p| {
+            p.value(
+                "ringmq_messages_dropped_total",
+                &[("reason", "offline_qos0")],
+            ) == Some(1.0)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        after.value("ringmq_messages_received_total", &[("qos", "1")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        after.value("ringmq_messages_received_total", &[("qos", "0")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        after.value("ringmq_messages_sent_total", &[("qos", "1")]),
+        Some(1.0)
+    );
+    assert_eq!(after.value("ringmq_sessions", &[]), Some(2.0));
+    assert_eq!(after.value("ringmq_subscriptions", &[]), Some(1.0));
+    assert_eq!(
+        after.value("ringmq_connections_accepted_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        after.value("ringmq_listener_connections_accepted_total", &[]),
+        Some(2.0)
+    );
+    assert!(
+        after
+            .value("ringmq_bytes_received_total", &[])
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    for reason in ["queue_full", "slow_consumer", "expired"] {
+        let dropped = after.value("ringmq_messages_dropped_total", &[("reason", reason)]);
+        assert_eq!(dropped, Some(0.0), "{reason}");
+    }
+}
+
+/// Sends `request` raw and returns the status line of the answer.
+fn status_of(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn bad_requests_get_a_status_and_the_next_scrape_works() {
+    let broker = start(1, with_metrics);
+    let at = broker.metrics_addr().expect("metrics endpoint");
+    assert_eq!(
+        status_of(at, b"POST /metrics HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(
+        status_of(at, b"GET / HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 404 Not Found"
+    );
+    let huge = vec![b'a'; 20 * 1024];
+    assert_eq!(
+        status_of(at, &huge),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(
+        status_of(at, b"\xff\xfe\r\n\r\n"),
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        status_of(at, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+        "HTTP/1.1 200 OK"
+    );
+    let parsed = scrape(at);
+    assert_eq!(parsed.value("ringmq_connections", &[]), Some(0.0));
+}
+
+#[test]
+fn a_taken_metrics_port_fails_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = start_result(1, |c| c.metrics = Some(addr))
+        .err()
+        .expect("start must fail");
+    assert!(format!("{err:#}").contains("metrics_port"), "{err:#}");
+}
