@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use ringmq_proto::counters::Counters;
+pub use ringmq_proto::latency::Latency;
+use ringmq_proto::latency::BUCKETS;
 
 /// The published copy of one core's [`Counters`].
 #[derive(Debug)]
@@ -34,6 +36,43 @@ impl SharedCounters {
             .collect();
         Counters::from_values(&values)
     }
+}
+
+/// The published copy of one core's delivery [`Latency`] histogram.
+#[derive(Debug, Default)]
+pub struct SharedLatency {
+    counts: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl SharedLatency {
+    pub fn publish(&self, l: &Latency) {
+        for (slot, n) in self.counts.iter().zip(&l.counts) {
+            slot.store(*n, Ordering::Relaxed);
+        }
+        self.sum_us.store(l.sum_us, Ordering::Relaxed);
+        self.max_us.store(l.max_us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Latency {
+        let mut l = Latency::default();
+        for (n, slot) in l.counts.iter_mut().zip(&self.counts) {
+            *n = slot.load(Ordering::Relaxed);
+        }
+        l.sum_us = self.sum_us.load(Ordering::Relaxed);
+        l.max_us = self.max_us.load(Ordering::Relaxed);
+        l
+    }
+}
+
+/// The cores' latency histograms added up.
+pub fn total_latency(cores: &[SharedLatency]) -> Latency {
+    let mut sum = Latency::default();
+    for c in cores {
+        sum.add(&c.snapshot());
+    }
+    sum
 }
 
 /// Sums the published snapshots of all cores. The retained store is replicated

@@ -265,3 +265,109 @@ fn a_taken_metrics_port_fails_the_start() {
         .expect("start must fail");
     assert!(format!("{err:#}").contains("metrics_port"), "{err:#}");
 }
+
+/// Mosquitto 2.0's `$SYS/broker/...` topics (load averages besides).
+const MOSQUITTO_SYS: &[&str] = &[
+    "version",
+    "uptime",
+    "clients/total",
+    "clients/connected",
+    "clients/active",
+    "clients/disconnected",
+    "clients/inactive",
+    "clients/maximum",
+    "clients/expired",
+    "messages/stored",
+    "messages/received",
+    "messages/sent",
+    "store/messages/count",
+    "store/messages/bytes",
+    "subscriptions/count",
+    "shared_subscriptions/count",
+    "retained messages/count",
+    "heap/current",
+    "heap/maximum",
+    "publish/messages/dropped",
+    "publish/messages/received",
+    "publish/messages/sent",
+    "publish/bytes/received",
+    "publish/bytes/sent",
+    "bytes/received",
+    "bytes/sent",
+];
+
+const MOSQUITTO_LOADS: &[&str] = &[
+    "messages/received",
+    "messages/sent",
+    "publish/dropped",
+    "publish/received",
+    "publish/sent",
+    "bytes/received",
+    "bytes/sent",
+    "sockets",
+    "connections",
+];
+
+/// Every topic Mosquitto publishes under `$SYS/broker` appears, and the
+/// broker's own delivery latency once deliveries were sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_has_mosquittos_topics_and_the_delivery_latency() {
+    let broker = start(2, |c| c.sys_interval = Duration::from_secs(1));
+    let mut sub = Raw::connect(broker.addr, "sys-sub", true, 60, None).await;
+    sub.subscribe_ok("lat/t", RawQoS::AtMostOnce, 0).await;
+    let mut publisher = Raw::connect(broker.addr, "sys-pub", true, 60, None).await;
+    let n = 2 * ringmq_proto::latency::SAMPLE_EVERY as usize;
+    for _ in 0..n {
+        publisher
+            .send(&publish_packet("lat/t", QosPid::AtMostOnce, false, b"x"))
+            .await;
+    }
+    for _ in 0..n {
+        sub.recv_publish().await;
+    }
+
+    let mut wanted: Vec<String> = MOSQUITTO_SYS
+        .iter()
+        .map(|t| format!("$SYS/broker/{t}"))
+        .collect();
+    for name in MOSQUITTO_LOADS {
+        for period in ["1min", "5min", "15min"] {
+            wanted.push(format!("$SYS/broker/load/{name}/{period}"));
+        }
+    }
+    for q in ["p50", "p99", "max"] {
+        wanted.push(format!("$SYS/broker/ringmq/latency/{q}"));
+    }
+    let mut watcher = Raw::connect(broker.addr, "sys-watch", true, 60, None).await;
+    watcher.subscribe_ok("$SYS/#", RawQoS::AtMostOnce, 0).await;
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while wanted.iter().any(|t| !seen.contains_key(t)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match watcher.next_within(left).await {
+            RawEv::Packet(Packet::Publish(p)) => {
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                seen.insert(topic, String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            RawEv::Packet(_) => {}
+            other => {
+                let missing: Vec<_> = wanted.iter().filter(|t| !seen.contains_key(*t)).collect();
+                panic!("$SYS topics missing after 15 s ({other:?}): {missing:?}");
+            }
+        }
+    }
+    let p50: f64 = seen["$SYS/broker/ringmq/latency/p50"]
+        .parse()
+        .expect("a number of ms");
+    let max: f64 = seen["$SYS/broker/ringmq/latency/max"]
+        .parse()
+        .expect("a number of ms");
+    assert!(p50 <= max, "p50 {p50} max {max}");
+    assert_eq!(
+        seen["$SYS/broker/clients/maximum"]
+            .parse::<u64>()
+            .ok()
+            .map(|m| m >= 2),
+        Some(true)
+    );
+}

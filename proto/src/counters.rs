@@ -167,6 +167,10 @@ counters! {
     messages_inflight,
     /// Subscriptions held now.
     subscriptions_current,
+    /// Of `subscriptions_current`, shared ones (`$share/GROUP/FILTER`).
+    shared_subscriptions_current,
+    /// Sessions discarded because their expiry interval passed while offline.
+    sessions_expired,
 }
 
 impl Counters {

@@ -25,6 +25,7 @@ pub mod access;
 pub mod codec;
 pub mod counters;
 pub mod durable;
+pub mod latency;
 pub mod limits;
 pub mod message;
 pub mod router;

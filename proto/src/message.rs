@@ -23,6 +23,10 @@ pub struct Message {
     pub publisher: Option<Arc<str>>,
     /// Broker-clock milliseconds after which the message is not delivered (5.0).
     pub expires_at: Option<Time>,
+    /// When the broker read it from its publisher, where the latency of its
+    /// deliveries is measured from; `Time::ZERO` when it did not come from a
+    /// live PUBLISH (a will, a `$SYS` value, a message restored from disk).
+    pub received_at: Time,
     /// The 3.1.1 QoS 0 frame, encoded on first use and then copied as is into
     /// every subscriber's buffer that receives exactly those bytes (fan-out).
     frame_v3_qos0: OnceLock<Bytes>,
@@ -75,8 +79,15 @@ impl Message {
             properties: Properties::default(),
             publisher: None,
             expires_at: None,
+            received_at: Time::ZERO,
             frame_v3_qos0: OnceLock::new(),
         }
+    }
+
+    /// Stamps the time it was read from its publisher.
+    pub fn received(mut self, now: Time) -> Message {
+        self.received_at = now;
+        self
     }
 
     /// Keeps the forwardable properties; a message expiry interval becomes

@@ -4,9 +4,10 @@
 use std::ops::Add;
 use std::time::Duration;
 
-/// A point on the broker's monotonic clock, in milliseconds since the broker
-/// started. Every core uses the same base, so a deadline carried by a message
-/// (a 5.0 expiry) means the same on every core.
+/// A point on the broker's monotonic clock, in microseconds since the broker
+/// started (fine enough to measure a delivery's latency). Every core uses the
+/// same base, so a deadline carried by a message (a 5.0 expiry) means the
+/// same on every core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Time(u64);
 
@@ -15,16 +16,21 @@ impl Time {
     pub const ZERO: Time = Time(0);
 
     pub const fn from_millis(millis: u64) -> Time {
-        Time(millis)
+        Time(millis.saturating_mul(1000))
     }
 
+    pub const fn from_micros(micros: u64) -> Time {
+        Time(micros)
+    }
+
+    /// Whole milliseconds since the start.
     pub const fn as_millis(self) -> u64 {
-        self.0
+        self.0 / 1000
     }
 
     /// How long after `earlier` this is; zero if it is not later.
     pub fn since(self, earlier: Time) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
     }
 
     /// How long until `later`; zero if it has passed.
@@ -43,8 +49,8 @@ impl Add<Duration> for Time {
 
     /// Saturates instead of overflowing: "never" stays far in the future.
     fn add(self, d: Duration) -> Time {
-        let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Time(self.0.saturating_add(millis))
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_add(micros))
     }
 }
 
@@ -69,6 +75,9 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(t + Duration::MAX, Time::from_millis(u64::MAX));
+        let fine = Time::from_micros(1_000_250);
+        assert_eq!(fine.since(t), Duration::from_micros(250));
+        assert_eq!(fine.as_millis(), 1_000);
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl ConnectionSlot {
     /// Takes a slot whatever the count: a handed-over connection was already
     /// admitted by the core that accepted it.
     fn admitted(shared: &Arc<Shared>, listener: usize) -> ConnectionSlot {
-        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.connections_peak.fetch_max(open, Ordering::Relaxed);
         ListenerStats::bump(&shared.listeners[listener].stats.open);
         ConnectionSlot {
             shared: shared.clone(),

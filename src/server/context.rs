@@ -90,7 +90,7 @@ impl Ctx {
     /// carried by messages mean the same everywhere): the `now` the pure core
     /// gets.
     pub fn now(&self) -> Time {
-        Time::from_millis(self.shared.started.elapsed().as_millis() as u64)
+        Time::from_micros(self.shared.started.elapsed().as_micros() as u64)
     }
 
     pub fn next_conn_id(&self) -> ConnId {

@@ -59,7 +59,8 @@ pub struct ProcessScrape {
     pub max_fds: u64,
 }
 
-/// A cumulative histogram: `(upper bound in seconds, count at or below)`.
+/// A histogram: `(upper bound in seconds, count in this bucket)`, the last
+/// bound infinite.
 #[derive(Debug, Default, Clone)]
 pub struct LatencyScrape {
     pub buckets: Vec<(f64, u64)>,
@@ -179,6 +180,10 @@ const RENAMED: &[(&str, &str)] = &[
     ("connections_total", "ringmq_connections_accepted"),
     ("sessions_current", "ringmq_sessions"),
     ("subscriptions_current", "ringmq_subscriptions"),
+    (
+        "shared_subscriptions_current",
+        "ringmq_shared_subscriptions",
+    ),
     ("retained_current", "ringmq_retained_messages"),
     ("retained_bytes", "ringmq_retained_bytes"),
 ];
@@ -189,6 +194,7 @@ const GAUGES: &[&str] = &[
     "connections_parked",
     "sessions_current",
     "subscriptions_current",
+    "shared_subscriptions_current",
     "retained_current",
     "retained_bytes",
     "messages_queued",

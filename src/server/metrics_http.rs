@@ -15,9 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::exposition::{CoreScrape, ListenerScrape, ProcessScrape, Scrape, CONTENT_TYPE};
+use super::exposition::{
+    CoreScrape, LatencyScrape, ListenerScrape, ProcessScrape, Scrape, CONTENT_TYPE,
+};
 use super::Shared;
 use crate::metrics;
+use ringmq_proto::latency::BOUNDS_US;
 
 const MAX_HEAD: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,7 +172,19 @@ fn scrape(shared: &Shared) -> Scrape {
         connections_open: shared.connections.load(Ordering::Relaxed) as u64,
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
         process: process(),
-        latency: None,
+        latency: Some(latency(&metrics::total_latency(&shared.latency))),
+    }
+}
+
+/// The histogram with bounds in seconds (the encoder makes the counts
+/// cumulative).
+fn latency(l: &metrics::Latency) -> LatencyScrape {
+    let bounds = BOUNDS_US.iter().map(|us| *us as f64 / 1e6);
+    let bounds = bounds.chain([f64::INFINITY]);
+    LatencyScrape {
+        buckets: bounds.zip(l.counts).collect(),
+        count: l.count(),
+        sum_seconds: l.sum_us as f64 / 1e6,
     }
 }
 

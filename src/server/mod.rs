@@ -28,7 +28,7 @@ use anyhow::Context as _;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::metrics::{self, SharedCounters};
+use crate::metrics::{self, SharedCounters, SharedLatency};
 use crate::router::Core;
 use listener::ListenerRuntime;
 use mesh::{mesh, Mesh, Parcel};
@@ -44,8 +44,12 @@ pub struct Shared {
     pub auth: Auth,
     pub mesh: Arc<Mesh>,
     pub counters: Vec<SharedCounters>,
+    /// Each core's delivery latency histogram, published every tick.
+    pub latency: Vec<SharedLatency>,
     /// Open connections on all cores, against `max_connections`.
     pub connections: AtomicUsize,
+    /// The most `connections` has been since start.
+    pub connections_peak: AtomicUsize,
     /// Open connections per address, against `max_connections_per_ip`.
     pub per_ip: edge::PerIp,
     pub shutdown: AtomicBool,
@@ -134,10 +138,12 @@ impl Broker {
             store,
             listeners,
             counters: (0..cores).map(|_| SharedCounters::default()).collect(),
+            latency: (0..cores).map(|_| SharedLatency::default()).collect(),
             auth: Auth::from_config(&config)?,
             config,
             mesh,
             connections: AtomicUsize::new(0),
+            connections_peak: AtomicUsize::new(0),
             per_ip,
             shutdown: AtomicBool::new(false),
             started,

@@ -346,6 +346,7 @@ async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
             }
         }
         ctx.shared.counters[ctx.id].publish(&ctx.counters());
+        ctx.with_core(|core| ctx.shared.latency[ctx.id].publish(&core.latency));
         sys.maybe_publish(&ctx, now);
         if ctx
             .shared

@@ -10,7 +10,7 @@ use super::shared::Member;
 use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
 use crate::codec::QoS;
 use crate::message::Message;
-use crate::session::{PublishAck, Routed, Routing};
+use crate::session::{Outcome, PublishAck, Routed, Routing};
 use crate::time::Time;
 use crate::topic::SharedFilter;
 
@@ -177,8 +177,12 @@ impl Core {
         let outcome = e.session.deliver_qos0(msg, retain, ids, limits, now);
         self.counters.count(outcome, QoS::AtMostOnce);
         match outcome {
-            crate::session::Outcome::Sent => self.mark_dirty(key),
+            crate::session::Outcome::Sent => {
+                self.sampler.delivered(key, msg.received_at);
+                self.mark_dirty(key)
+            }
             crate::session::Outcome::SentOverCap => {
+                self.sampler.delivered(key, msg.received_at);
                 self.mark_dirty(key);
                 self.hold_back(key, msg.publisher.clone(), now);
             }
@@ -196,9 +200,12 @@ impl Core {
             true => &self.own_limits,
             false => &self.limits,
         };
-        let qos = item.qos;
+        let (qos, received_at) = (item.qos, item.msg.received_at);
         let outcome = e.session.deliver(item, limits, now);
         self.counters.count(outcome, qos);
+        if matches!(outcome, Outcome::Sent | Outcome::SentOverCap) {
+            self.sampler.delivered(key, received_at);
+        }
         if outcome == crate::session::Outcome::QueuedOverCap {
             let publisher = e.session.last_queued_publisher();
             self.collect_journal(key);

@@ -32,6 +32,7 @@ use crate::codec::{Packet, SubOptions};
 use crate::counters::Counters;
 use crate::durable::journal::Recorder;
 use crate::durable::Epoch;
+use crate::latency::{Latency, Sampler};
 use crate::limits::{Limits, SharedStrategy};
 use crate::session::{Event, Session, Violation, WillRelease};
 use crate::store::RetainedStore;
@@ -152,6 +153,9 @@ pub struct Core {
     ids: Vec<u32>,
     events: Vec<Event>,
     pub counters: Counters,
+    /// Publish-in to write-out times of sampled deliveries on this core.
+    pub latency: Latency,
+    sampler: Sampler<SessionKey>,
     /// What the server must do after this call.
     pub outbox: Outbox,
     /// Set when the broker keeps a store: persistent sessions and the
@@ -188,6 +192,8 @@ impl Core {
             ids: Vec::new(),
             events: Vec::new(),
             counters: Counters::default(),
+            latency: Latency::default(),
+            sampler: Sampler::default(),
             outbox: Outbox::new(cores),
             journal: None,
         }
@@ -275,6 +281,17 @@ impl Core {
             }
             _ => Err(spare),
         }
+    }
+
+    /// When the delivery sampled in the buffer just taken for `key` was
+    /// received; the server records how long it took once written.
+    pub fn take_latency_sample(&mut self, key: SessionKey) -> Option<Time> {
+        self.sampler.taken(key)
+    }
+
+    /// A sampled delivery was written `took` after its PUBLISH was read.
+    pub fn record_latency(&mut self, took: std::time::Duration) {
+        self.latency.record(took);
     }
 
     /// After a write: refill the window from the queue.
@@ -379,10 +396,12 @@ impl Core {
         }
         self.counters.messages_queued = queued;
         self.counters.messages_inflight = inflight;
+        self.sampler.forget_stale(now);
         self.end_stalls(now);
         for will in wills {
             self.publish_will(will, now);
         }
+        self.counters.sessions_expired += expired.len() as u64;
         for key in expired {
             self.end_session(key, now);
         }

@@ -107,6 +107,7 @@ impl Core {
                     return 0;
                 }
                 self.counters.subscriptions_current += 1;
+                self.counters.shared_subscriptions_current += 1;
                 return self.announce_shared(share, 1, Some(token));
             }
             SubFilter::Plain(filter) => filter,
@@ -190,6 +191,7 @@ impl Core {
             SubFilter::Shared(share) => {
                 if self.shared.leave(share, key) {
                     self.counters.subscriptions_current -= 1;
+                    self.counters.shared_subscriptions_current -= 1;
                     self.announce_shared(share, -1, None);
                 }
                 return;

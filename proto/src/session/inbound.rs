@@ -91,6 +91,7 @@ impl Session {
         let topic = self.resolve_topic(&p, limits)?;
         let qos = p.qos_pid.qos();
         let msg = Message::new(topic, p.payload, qos, p.retain)
+            .received(now)
             .with_properties(p.properties, now)
             .from_client(self.client_id.clone())
             .shared();

@@ -20,7 +20,11 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 pub(super) async fn write_loop<W: WriteHalf>(ctx: Rc<Ctx>, conn: Rc<Connection<W>>, mut wr: W) {
     let mut spare = BytesMut::new();
     loop {
-        let taken = ctx.with_core(|core| core.take_tx(conn.key, conn.id, spare));
+        let (taken, sample) = ctx.with_core(|core| {
+            let taken = core.take_tx(conn.key, conn.id, spare);
+            let sample = taken.is_ok().then(|| core.take_latency_sample(conn.key));
+            (taken, sample.flatten())
+        });
         let buf = match taken {
             Ok(buf) => buf,
             // Protocol output of the stream itself (a pong, a TLS alert).
@@ -52,7 +56,12 @@ pub(super) async fn write_loop<W: WriteHalf>(ctx: Rc<Ctx>, conn: Rc<Connection<W
             buf
         };
         let now = ctx.now();
-        ctx.with_core(|core| core.written(conn.key, conn.id, len, now));
+        ctx.with_core(|core| {
+            if let Some(received_at) = sample {
+                core.record_latency(now.since(received_at));
+            }
+            core.written(conn.key, conn.id, len, now)
+        });
     }
     if let Some(farewell) = conn.take_farewell() {
         let disconnect = |properties| {
