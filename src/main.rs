@@ -41,8 +41,10 @@ fn main() {
             );
         }
         Command::Run(config) => {
-            init_logging(&config.log_level, config.log_format);
-            if let Err(e) = ringmq::server::run(config) {
+            let set_level = init_logging(&config.log_level, config.log_format);
+            let mut running = config.clone();
+            let reconfigure = move || reconfigure(&mut running, &set_level);
+            if let Err(e) = ringmq::server::run(config, reconfigure) {
                 tracing::error!("{e:#}");
                 std::process::exit(1);
             }
@@ -50,23 +52,77 @@ fn main() {
     }
 }
 
+/// Changes the log filter of the running process.
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String>>;
+
 /// Logs go to stderr: text (coloured only on a terminal, so a file or a
-/// journal gets no escape codes) or one JSON object per line.
-fn init_logging(level: &str, format: ringmq::config::LogFormat) {
+/// journal gets no escape codes) or one JSON object per line. Returns how to
+/// change the filter later (SIGHUP).
+fn init_logging(level: &str, format: ringmq::config::LogFormat) -> SetLevel {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level: &str| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }};
+    }
     match format {
         ringmq::config::LogFormat::Text => {
-            builder.with_ansi(std::io::stderr().is_terminal()).init()
+            install!(builder.with_ansi(std::io::stderr().is_terminal()))
         }
-        ringmq::config::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        ringmq::config::LogFormat::Json => {
+            install!(builder.json().flatten_event(true).with_current_span(false))
+        }
+    }
+}
+
+/// SIGHUP: reads the configuration again from the same file, environment
+/// and flags. A configuration that does not load changes nothing. The log
+/// level takes effect at once (the certificate, password and ACL files were
+/// re-read already); every other changed key is named as waiting for a
+/// restart, since listeners, cores and limits are fixed while running.
+fn reconfigure(running: &mut Config, set_level: &SetLevel) {
+    let new = match Config::from_env_args() {
+        Ok(Command::Run(new)) => new,
+        Ok(_) => return,
+        Err(e) => {
+            return tracing::error!(error = %e, "reload: the configuration does not load; nothing changed")
+        }
+    };
+    let mut waiting = Vec::new();
+    for key in ringmq::config::changed_keys(running, &new) {
+        if key != "log_level" {
+            waiting.push(key);
+            continue;
+        }
+        match set_level(&new.log_level) {
+            Ok(()) => {
+                tracing::info!(
+                    from = running.log_level,
+                    to = new.log_level,
+                    "reload: log_level changed"
+                );
+                running.log_level = new.log_level.clone();
+            }
+            Err(e) => tracing::error!(error = e, "reload: log_level not changed"),
+        }
+    }
+    if waiting.is_empty() {
+        tracing::info!("reload: done");
+    } else {
+        tracing::warn!(
+            keys = waiting.join(", "),
+            "reload: these settings changed and take effect only after a restart"
+        );
     }
 }

@@ -396,9 +396,9 @@ fn secs(value: Option<u64>, default: Duration) -> Duration {
 #[derive(Parser, Debug)]
 #[command(
     name = "ringmq",
-    version,
-    about = "ringmq: a thread-per-core MQTT 3.1.1/5.0 broker on io_uring",
-    long_about = "ringmq: a thread-per-core MQTT 3.1.1/5.0 broker on io_uring.\n\n\
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RINGMQ_GIT_COMMIT"), ")"),
+    about = "ringmq: a thread-per-core MQTT 3.1, 3.1.1 and 5.0 broker on io_uring",
+    long_about = "ringmq: a thread-per-core MQTT 3.1, 3.1.1 and 5.0 broker on io_uring.\n\n\
         Each worker thread owns one CPU core, its own io_uring and its own connections; \
         cores exchange messages over bounded core-to-core queues instead of sharing locks.\n\n\
         Settings come from, lowest precedence first: built-in defaults, the TOML file given \

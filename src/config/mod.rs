@@ -11,6 +11,7 @@
 //! body of the command-line parser: one struct, one set of names, one help
 //! text.
 
+mod diff;
 mod file;
 mod listener;
 mod size;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+pub use diff::changed_keys;
 pub use file::{Cli, FileConfig};
 pub use listener::{
     Listener, ListenerFile, ListenerProtocol, TlsConfig, TlsVersion, DEFAULT_WEBSOCKETS_PATH,

@@ -287,8 +287,13 @@ impl Broker {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully.
-/// SIGHUP re-reads the TLS certificates and the password and ACL files.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// SIGHUP never stops it: it re-reads the TLS certificates and the password
+/// and ACL files (each keeping its old contents when the new ones are bad),
+/// then calls `reconfigure` with the configuration in force, which re-reads
+/// the rest (see `main`). Tells systemd (`Type=notify`) when it is ready,
+/// reloading and stopping.
+pub fn run(config: Config, mut reconfigure: impl FnMut()) -> anyhow::Result<()> {
+    use sd_notify::NotifyState;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
@@ -300,16 +305,35 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if local_only {
         tracing::warn!("no password_file and no allow_anonymous set: listening on loopback only, accepting anonymous clients from this machine; set password_file (or allow_anonymous = true) to listen on other addresses");
     }
+    notify_systemd(&[NotifyState::Ready]);
     for sig in signals.forever() {
         if sig == SIGHUP {
             tracing::info!("SIGHUP: reloading");
+            let reloading = NotifyState::monotonic_usec_now().ok();
+            notify_systemd(
+                &[NotifyState::Reloading]
+                    .into_iter()
+                    .chain(reloading)
+                    .collect::<Vec<_>>(),
+            );
             broker.reload_tls();
             let _ = broker.reload_auth();
+            reconfigure();
+            notify_systemd(&[NotifyState::Ready]);
             continue;
         }
         tracing::info!(signal = sig, "shutting down");
         break;
     }
+    notify_systemd(&[NotifyState::Stopping]);
     broker.shutdown();
     Ok(())
+}
+
+/// Tells systemd, when it started the broker with `Type=notify` (nothing is
+/// sent otherwise).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }

@@ -1,0 +1,160 @@
+//! The broker binary under signals, as an operator runs it: SIGHUP re-reads
+//! the configuration (the log level at once; other changed keys named as
+//! waiting for a restart; a file that does not load changes nothing) and
+//! never drops a client; JSON logs parse line by line and carry the connect,
+//! the disconnect with its reason and the shutdown totals; SIGTERM stops it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmq_proto::codec::Packet;
+
+/// How long any one expected log line may take.
+const STEP: Duration = Duration::from_secs(10);
+
+struct Running {
+    child: Child,
+    lines: Receiver<serde_json::Value>,
+    /// Every line so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .arg("-c")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ringmq");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                if tx.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line whose message is `message` (bounded by [`STEP`]).
+    fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.to_string());
+                    if line["message"] == message {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line {message:?} within {STEP:?}; got:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(path: &std::path::Path, port: u16, level: &str, extra: &str) {
+    let text = format!(
+        "port = {port}\ncores = 1\npin_cores = false\npersistence = false\n\
+         log_format = \"json\"\nlog_level = \"{level}\"\n{extra}\n"
+    );
+    std::fs::write(path, text).expect("write config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("ringmq.toml");
+    let port = free_port();
+    write_config(&config, port, "info", "");
+    let mut broker = Running::start(&config);
+    broker.wait_for("ringmq listening");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let (mut client, _) = Raw::connect_v5(addr, "reload-client", vec![]).await;
+    let connected = broker.wait_for("client connected");
+    assert_eq!(connected["client_id"], "reload-client");
+    assert_eq!(connected["protocol"], "5.0");
+
+    write_config(&config, port, "debug", "max_queued_messages = 50");
+    broker.signal("HUP");
+    let changed = broker.wait_for("reload: log_level changed");
+    assert_eq!(
+        (changed["from"].as_str(), changed["to"].as_str()),
+        (Some("info"), Some("debug"))
+    );
+    let waiting =
+        broker.wait_for("reload: these settings changed and take effect only after a restart");
+    assert_eq!(waiting["keys"], "max_queued_messages");
+    client.send(&Packet::PingReq).await;
+    assert!(
+        matches!(client.recv().await, Packet::PingResp),
+        "the client survives a reload"
+    );
+
+    std::fs::write(&config, "persistence = nope\n").expect("break config");
+    broker.signal("HUP");
+    broker.wait_for("reload: the configuration does not load; nothing changed");
+    client.send(&Packet::PingReq).await;
+    assert!(
+        matches!(client.recv().await, Packet::PingResp),
+        "a bad file changes nothing"
+    );
+    assert!(
+        broker.child.try_wait().expect("poll").is_none(),
+        "SIGHUP never stops the broker"
+    );
+
+    client.disconnect().await;
+    let gone = broker.wait_for("client disconnected");
+    assert_eq!(gone["reason"], "client sent DISCONNECT");
+
+    broker.signal("TERM");
+    let stopped = broker.wait_for("ringmq stopped");
+    assert_eq!(stopped["connections_total"], 1);
+    let totals = stopped["totals"].as_str().expect("totals");
+    assert!(
+        totals.split(' ').all(|kv| kv.split_once('=').is_some()),
+        "{totals}"
+    );
+    let deadline = Instant::now() + STEP;
+    while broker.child.try_wait().expect("poll").is_none() {
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the broker");
+        std::thread::sleep(Duration::from_millis(20)); // polling the process
+    }
+}
