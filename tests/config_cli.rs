@@ -309,3 +309,29 @@ fn environment_sits_between_file_and_flags() {
         "child did not run env_child:\n{stdout}"
     );
 }
+
+/// The server configuration shipped for the systemd unit and the container
+/// loads, authenticates clients and keeps the metrics on loopback.
+#[test]
+fn contrib_config_loads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contrib/ringmq.toml");
+    let config = run(&["-c", path.to_str().unwrap()]);
+    assert!(!config.local_only && !config.allow_anonymous);
+    assert_eq!(
+        config.password_file,
+        Some(PathBuf::from("/etc/ringmq/passwd"))
+    );
+    assert_eq!(config.metrics, Some("127.0.0.1:9883".parse().unwrap()));
+    assert_eq!(
+        config.persistence_location,
+        PathBuf::from("/var/lib/ringmq")
+    );
+}
+
+#[test]
+fn metrics_bind_address_needs_a_port() {
+    let e = error(&["--metrics-bind-address", "0.0.0.0"]);
+    assert!(e.contains("metrics_port"), "{e}");
+    let config = run(&["--metrics-port", "9100"]);
+    assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+}

@@ -371,3 +371,60 @@ async fn sys_has_mosquittos_topics_and_the_delivery_latency() {
         Some(true)
     );
 }
+
+/// The metric names a PromQL expression uses (`ringmq_*` and `process_*`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+    let names = words.filter(|w| w.starts_with("ringmq_") || w.starts_with("process_"));
+    names.map(str::to_owned).collect()
+}
+
+/// Every string under a `key` anywhere in `value`.
+fn strings_under(value: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v.as_str() {
+                    Some(s) if k == key => out.push(s.to_owned()),
+                    _ => strings_under(v, key, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings_under(v, key, out)),
+        _ => {}
+    }
+}
+
+/// contrib/grafana-dashboard.json queries only what the endpoint exports.
+#[test]
+fn the_grafana_dashboard_uses_only_exported_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read dashboard"))
+            .expect("dashboard is JSON");
+    let mut queries = Vec::new();
+    strings_under(&dashboard, "expr", &mut queries);
+    let panels = queries.len();
+    strings_under(&dashboard, "query", &mut queries);
+    assert!(panels >= 20, "only {panels} panel queries");
+
+    let broker = start(2, with_metrics);
+    let parsed = scrape(broker.metrics_addr().expect("metrics endpoint"));
+    let exported: std::collections::HashSet<&str> =
+        parsed.samples.iter().map(|s| s.0.as_str()).collect();
+    let mut used: Vec<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 20, "{used:?}");
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the broker does not export: {missing:?}"
+    );
+}

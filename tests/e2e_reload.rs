@@ -2,12 +2,15 @@
 //! the configuration (the log level at once; other changed keys named as
 //! waiting for a restart; a file that does not load changes nothing) and
 //! never drops a client; JSON logs parse line by line and carry the connect,
-//! the disconnect with its reason and the shutdown totals; SIGTERM stops it.
+//! the disconnect with its reason and the shutdown totals; SIGTERM stops it;
+//! systemd (`Type=notify`, a socket of the test's own) hears READY,
+//! RELOADING and STOPPING at the right moments.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -26,10 +29,11 @@ struct Running {
 }
 
 impl Running {
-    fn start(config: &std::path::Path) -> Running {
+    fn start(config: &std::path::Path, notify_socket: &std::path::Path) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .arg("-c")
             .arg(config)
+            .env("NOTIFY_SOCKET", notify_socket)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -88,6 +92,15 @@ impl Drop for Running {
     }
 }
 
+/// What systemd would read on its notify socket: the next datagram.
+fn next_notice(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the socket's timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 fn write_config(path: &std::path::Path, port: u16, level: &str, extra: &str) {
     let text = format!(
         "port = {port}\ncores = 1\npin_cores = false\npersistence = false\n\
@@ -102,8 +115,16 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
     let config = dir.path().join("ringmq.toml");
     let port = free_port();
     write_config(&config, port, "info", "");
-    let mut broker = Running::start(&config);
+    let notify_path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&notify_path).expect("notify socket");
+    systemd.set_read_timeout(Some(STEP)).unwrap();
+    let mut broker = Running::start(&config, &notify_path);
     broker.wait_for("ringmq listening");
+    assert_eq!(
+        next_notice(&systemd),
+        "READY=1\n",
+        "Type=notify: ready once listening"
+    );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
 
     let (mut client, _) = Raw::connect_v5(addr, "reload-client", vec![]).await;
@@ -121,6 +142,16 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
     let waiting =
         broker.wait_for("reload: these settings changed and take effect only after a restart");
     assert_eq!(waiting["keys"], "max_queued_messages");
+    let reloading = next_notice(&systemd);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(
+        next_notice(&systemd),
+        "READY=1\n",
+        "ready again after the reload"
+    );
     client.send(&Packet::PingReq).await;
     assert!(
         matches!(client.recv().await, Packet::PingResp),
@@ -145,6 +176,9 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
     assert_eq!(gone["reason"], "client sent DISCONNECT");
 
     broker.signal("TERM");
+    // The notices of the second reload, then the stop.
+    let notices: Vec<String> = (0..3).map(|_| next_notice(&systemd)).collect();
+    assert_eq!(notices[2], "STOPPING=1\n", "{notices:?}");
     let stopped = broker.wait_for("ringmq stopped");
     assert_eq!(stopped["connections_total"], 1);
     let totals = stopped["totals"].as_str().expect("totals");
