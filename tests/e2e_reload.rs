@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringmq_proto::codec::Packet;
+use ringmq_proto::codec::{Packet, QosPid};
 
 /// How long any one expected log line may take.
 const STEP: Duration = Duration::from_secs(10);
@@ -171,6 +171,21 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
         "SIGHUP never stops the broker"
     );
 
+    // A drop by policy is logged, with the client and the reason.
+    let mut offline = Raw::connect(addr, "offline-sub", false, 60, None).await;
+    offline.subscribe_ok("d/t", RawQoS::AtMostOnce, 0).await;
+    offline.disconnect().await;
+    broker.wait_for("client disconnected");
+    client
+        .send(&publish_packet("d/t", QosPid::AtMostOnce, false, b"missed"))
+        .await;
+    let dropped = broker
+        .wait_for("dropping deliveries to this client (counted in ringmq_messages_dropped_total)");
+    assert_eq!(
+        (dropped["client_id"].as_str(), dropped["reason"].as_str()),
+        (Some("offline-sub"), Some("offline_qos0"))
+    );
+
     client.disconnect().await;
     let gone = broker.wait_for("client disconnected");
     assert_eq!(gone["reason"], "client sent DISCONNECT");
@@ -180,7 +195,7 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
     let notices: Vec<String> = (0..3).map(|_| next_notice(&systemd)).collect();
     assert_eq!(notices[2], "STOPPING=1\n", "{notices:?}");
     let stopped = broker.wait_for("ringmq stopped");
-    assert_eq!(stopped["connections_total"], 1);
+    assert_eq!(stopped["connections_total"], 2);
     let totals = stopped["totals"].as_str().expect("totals");
     assert!(
         totals.split(' ').all(|kv| kv.split_once('=').is_some()),

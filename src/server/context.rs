@@ -56,6 +56,8 @@ pub struct Ctx {
     /// Log lines for the core's policy notices, per kind: per client and
     /// rate limited.
     notice_logs: RefCell<[ClientLogGate; 2]>,
+    /// One gate per drop reason.
+    drop_logs: RefCell<HashMap<&'static str, ClientLogGate>>,
 }
 
 impl Ctx {
@@ -77,6 +79,7 @@ impl Ctx {
             connection_rates: RefCell::new(connection_rates(&shared, cores)),
             refusal_logs: RefCell::default(),
             notice_logs: RefCell::default(),
+            drop_logs: RefCell::default(),
             durability: shared
                 .store
                 .as_ref()
@@ -327,11 +330,12 @@ impl Ctx {
     /// the consumer disconnected), then rarely, with how many were not
     /// logged, so that an overload cannot fill a disk.
     fn log_notice(&self, notice: Notice) {
+        let now = std::time::Instant::now();
         let (kind, client) = match &notice {
             Notice::HoldStarted { publisher, .. } => (0, publisher),
             Notice::SlowConsumer { client } => (1, client),
+            Notice::Dropped { client, reason } => return self.log_drop(client, reason, now),
         };
-        let now = std::time::Instant::now();
         let Some(not_logged) = self.notice_logs.borrow_mut()[kind].pass(client, now) else {
             return;
         };
@@ -350,6 +354,26 @@ impl Ctx {
                 not_logged,
                 "slow consumer: held its publishers back for max_stall without reading; disconnecting"
             ),
+            Notice::Dropped { .. } => {}
+        }
+    }
+
+    /// A client's deliveries were dropped for `reason`: logged once per
+    /// client and reason, then rarely (the count is in the metrics). QoS 0
+    /// for an offline session is Mosquitto's default policy, so info; the
+    /// others mean a limit was reached.
+    fn log_drop(&self, client: &Arc<str>, reason: &'static str, now: std::time::Instant) {
+        let mut gates = self.drop_logs.borrow_mut();
+        let Some(not_logged) = gates.entry(reason).or_default().pass(client, now) else {
+            return;
+        };
+        let message =
+            "dropping deliveries to this client (counted in ringmq_messages_dropped_total)";
+        match reason {
+            "offline_qos0" | "expired" => {
+                tracing::info!(client_id = &**client, reason, not_logged, "{message}")
+            }
+            _ => tracing::warn!(client_id = &**client, reason, not_logged, "{message}"),
         }
     }
 

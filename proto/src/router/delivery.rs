@@ -175,7 +175,7 @@ impl Core {
             false => &self.limits,
         };
         let outcome = e.session.deliver_qos0(msg, retain, ids, limits, now);
-        self.counters.count(outcome, QoS::AtMostOnce);
+        self.count_delivery(key, outcome, QoS::AtMostOnce, now);
         match outcome {
             crate::session::Outcome::Sent => {
                 self.sampler.delivered(key, msg.received_at);
@@ -202,12 +202,13 @@ impl Core {
         };
         let (qos, received_at) = (item.qos, item.msg.received_at);
         let outcome = e.session.deliver(item, limits, now);
-        self.counters.count(outcome, qos);
+        let publisher =
+            (outcome == Outcome::QueuedOverCap).then(|| e.session.last_queued_publisher());
+        self.count_delivery(key, outcome, qos, now);
         if matches!(outcome, Outcome::Sent | Outcome::SentOverCap) {
             self.sampler.delivered(key, received_at);
         }
-        if outcome == crate::session::Outcome::QueuedOverCap {
-            let publisher = e.session.last_queued_publisher();
+        if let Some(publisher) = publisher {
             self.collect_journal(key);
             return self.hold_back(key, publisher, now);
         }

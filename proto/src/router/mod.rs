@@ -28,13 +28,13 @@ pub use interest::{owner_core, CoreSet};
 pub use mesh::MeshMsg;
 pub use outbox::{Notice, Outbox};
 
-use crate::codec::{Packet, SubOptions};
+use crate::codec::{Packet, QoS, SubOptions};
 use crate::counters::Counters;
 use crate::durable::journal::Recorder;
 use crate::durable::Epoch;
 use crate::latency::{Latency, Sampler};
 use crate::limits::{Limits, SharedStrategy};
-use crate::session::{Event, Session, Violation, WillRelease};
+use crate::session::{Event, Outcome, Session, Violation, WillRelease};
 use crate::store::RetainedStore;
 use crate::time::Time;
 use crate::topic::{trie::MatchScratch, Trie};
@@ -156,6 +156,8 @@ pub struct Core {
     /// Publish-in to write-out times of sampled deliveries on this core.
     pub latency: Latency,
     sampler: Sampler<SessionKey>,
+    /// When each session's drops for each reason were last told.
+    drop_notices: HashMap<(SessionKey, &'static str), Time>,
     /// What the server must do after this call.
     pub outbox: Outbox,
     /// Set when the broker keeps a store: persistent sessions and the
@@ -194,6 +196,7 @@ impl Core {
             counters: Counters::default(),
             latency: Latency::default(),
             sampler: Sampler::default(),
+            drop_notices: HashMap::new(),
             outbox: Outbox::new(cores),
             journal: None,
         }
@@ -280,6 +283,24 @@ impl Core {
                 }
             }
             _ => Err(spare),
+        }
+    }
+
+    /// Counts what became of a delivery to `key` at `qos`; a drop is also
+    /// told (rarely: see [`Notice::Dropped`]) so it can be logged.
+    fn count_delivery(&mut self, key: SessionKey, outcome: Outcome, qos: QoS, now: Time) {
+        self.counters.count(outcome, qos);
+        let Some(reason) = outcome.drop_reason() else {
+            return;
+        };
+        let told = self.drop_notices.get(&(key, reason));
+        if told.is_some_and(|at| now.since(*at) < outbox::DROP_NOTICE_EVERY) {
+            return;
+        }
+        self.drop_notices.insert((key, reason), now);
+        if let Some(e) = self.sessions.get(key) {
+            let client = e.session.client_id().clone();
+            self.outbox.notices.push(Notice::Dropped { client, reason });
         }
     }
 
@@ -397,6 +418,8 @@ impl Core {
         self.counters.messages_queued = queued;
         self.counters.messages_inflight = inflight;
         self.sampler.forget_stale(now);
+        self.drop_notices
+            .retain(|_, at| now.since(*at) < outbox::DROP_NOTICE_EVERY);
         self.end_stalls(now);
         for will in wills {
             self.publish_will(will, now);

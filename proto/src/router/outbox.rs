@@ -17,7 +17,17 @@ pub enum Notice {
     /// `client` held its publishers back for `max_stall` without reading
     /// and is disconnected.
     SlowConsumer { client: Arc<str> },
+    /// A delivery to `client` was dropped for `reason` (a policy or a
+    /// limit); told at most once per [`DROP_NOTICE_EVERY`] per client and
+    /// reason, however many follow.
+    Dropped {
+        client: Arc<str>,
+        reason: &'static str,
+    },
 }
+
+/// How often the drops of one client for one reason are told again.
+pub const DROP_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One core's pending effects. Filled by the router, emptied by the server.
 #[derive(Debug)]

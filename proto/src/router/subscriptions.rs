@@ -176,11 +176,10 @@ impl Core {
                 });
             }
         }
-        let e = &mut self.sessions[key];
         for item in found {
             let qos = item.qos;
-            let outcome = e.session.deliver(item, &limits, now);
-            self.counters.count(outcome, qos);
+            let outcome = self.sessions[key].session.deliver(item, &limits, now);
+            self.count_delivery(key, outcome, qos, now);
         }
         self.mark_dirty(key);
         true

@@ -751,3 +751,26 @@ fn a_held_publisher_that_reconnects_with_a_clean_session_is_still_held() {
     );
     assert!(c.cores[0].orphan_holds.is_empty());
 }
+
+#[test]
+fn drops_are_told_once_per_client_and_reason_and_all_counted() {
+    let mut c = Cluster::new(1);
+    let sub = c.connect(0, "dev", false);
+    c.subscribe(0, sub, "t", QoS::AtMostOnce);
+    c.cores[0].disconnected(sub, 1, T0);
+    let publ = c.connect(0, "pub", true);
+    for _ in 0..3 {
+        c.publish(0, publ, "t", false, b"x");
+    }
+    assert_eq!(c.cores[0].counters.dropped_offline_qos0, 3);
+    let told: Vec<_> = c.cores[0]
+        .outbox
+        .notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Dropped { client, reason } => Some((client.to_string(), *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, [("dev".to_string(), "offline_qos0")]);
+}

@@ -149,6 +149,20 @@ pub enum Outcome {
     DroppedTooLarge,
 }
 
+impl Outcome {
+    /// For a drop, its reason as metrics and logs name it.
+    pub fn drop_reason(self) -> Option<&'static str> {
+        match self {
+            Outcome::DroppedSlowConsumer => Some("slow_consumer"),
+            Outcome::DroppedOffline => Some("offline_qos0"),
+            Outcome::DroppedQueueFull => Some("queue_full"),
+            Outcome::DroppedExpired => Some("expired"),
+            Outcome::DroppedTooLarge => Some("too_large"),
+            Outcome::Sent | Outcome::Queued | Outcome::QueuedOverCap | Outcome::SentOverCap => None,
+        }
+    }
+}
+
 /// A will to publish now or after its delay. The message is built when it is
 /// published, so its 5.0 expiry interval counts from then (5.0 section 3.1.3.2.4).
 #[derive(Debug)]
