@@ -18,7 +18,8 @@ use crate::scenario::{Plan, Settings, Target};
 pub fn single(kind: ScenarioKind, args: &SingleArgs) -> Result<()> {
     let host_port = format!("{}:{}", args.host, args.port);
     let target = Target::resolve(&args.name, &host_port, args.broker_pid)?;
-    let settings = Settings::new(kind, target, &args.load)?;
+    let mut settings = Settings::new(kind, target, &args.load)?;
+    settings.target.version = probe_version(&settings);
     let plan = Plan::build(kind, &args.load)?;
     let config = Config::new(&settings, &plan);
     eprintln!(
@@ -32,7 +33,7 @@ pub fn single(kind: ScenarioKind, args: &SingleArgs) -> Result<()> {
     if let Some(path) = &args.load.json {
         report::write_json(path, &summary)?;
     }
-    write_histograms(&args.load, kind, &[result])
+    write_histograms(&args.load, kind, &config, &[result])
 }
 
 /// All runs and the per-broker aggregates of a comparison.
@@ -70,7 +71,9 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
                 target.name,
                 target.address
             );
-            let result = run_once(&base.for_target(target.clone()), &plan)?;
+            let mut settings = base.for_target(target.clone());
+            settings.target.version = probe_version(&settings);
+            let result = run_once(&settings, &plan)?;
             runs.push(Summary::new(&result, &config, &machine));
             match &mut merged[i] {
                 Some(m) => m.absorb(result),
@@ -97,7 +100,15 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
             },
         )?;
     }
-    write_histograms(&args.load, kind, &results)
+    write_histograms(&args.load, kind, &config, &results)
+}
+
+/// The broker's `$SYS/broker/version`, over plain TCP (a TLS or WebSocket
+/// target is not probed).
+fn probe_version(settings: &Settings) -> Option<String> {
+    (settings.transport.info().kind == "tcp")
+        .then(|| crate::probe::broker_version(settings.target.address))
+        .flatten()
 }
 
 fn targets(args: &CompareArgs) -> Result<Vec<Target>> {
@@ -136,6 +147,7 @@ fn chart_histogram(kind: ScenarioKind, r: &RunResult) -> &hdrhistogram::Histogra
 fn write_histograms(
     load: &crate::cli::LoadArgs,
     kind: ScenarioKind,
+    config: &Config,
     results: &[RunResult],
 ) -> Result<()> {
     if let Some(path) = &load.hdr {
@@ -157,7 +169,7 @@ fn write_histograms(
                 hist: chart_histogram(kind, r),
             })
             .collect();
-        chart::write_svg(path, &format!("{} {what}", kind.name()), &series)?;
+        chart::write_svg(path, &config.chart_title(what), &series)?;
     }
     Ok(())
 }

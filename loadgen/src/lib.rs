@@ -14,6 +14,7 @@ pub mod context;
 pub mod machine;
 pub mod pacer;
 pub mod payload;
+pub mod probe;
 pub mod procfs;
 pub mod progress;
 pub mod report;

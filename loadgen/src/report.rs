@@ -65,6 +65,24 @@ impl Config {
         }
     }
 
+    /// A chart's title: the scenario, its clients, QoS and pace, and `what`.
+    pub fn chart_title(&self, what: &str) -> String {
+        if self.publishers + self.subscribers == 0 {
+            return format!(
+                "{}: {} clients at {}/s, {what}",
+                self.scenario, self.clients, self.connect_rate
+            );
+        }
+        let pace = match self.pace {
+            Pace::OpenLoop { rate } => format!("{rate} msg/s each"),
+            Pace::MaxRate => "max rate".to_string(),
+        };
+        format!(
+            "{} {}->{}, QoS {}, {pace}: {what}",
+            self.scenario, self.publishers, self.subscribers, self.qos
+        )
+    }
+
     /// One line saying what was measured.
     pub fn describe(&self) -> String {
         if self.publishers + self.subscribers == 0 {
@@ -144,6 +162,9 @@ pub struct Broker {
 /// One broker's results: what the table shows and the JSON holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// When the report was made (RFC 3339, UTC).
+    pub generated_at: String,
+    pub loadgen_version: &'static str,
     pub target: Target,
     pub config: Config,
     pub machine: Machine,
@@ -171,6 +192,8 @@ impl Summary {
         };
         let delivered = r.stats.received_in_window;
         Summary {
+            generated_at: now_rfc3339(),
+            loadgen_version: env!("CARGO_PKG_VERSION"),
             target: r.target.clone(),
             config: config.clone(),
             machine: machine.clone(),
@@ -191,6 +214,12 @@ impl Summary {
                 .map(|c| c / r.window_s / config.threads as f64 * 100.0),
         }
     }
+}
+
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn totals(r: &RunResult) -> Totals {
@@ -359,6 +388,7 @@ pub fn table(summaries: &[Summary]) -> String {
                 .map(|s| format!("{}/{}", s.target.name, first.target.name)),
         );
     }
+    header.push("better".to_string());
     let mut rows = vec![header];
     for m in metrics() {
         let values: Vec<Option<f64>> = summaries.iter().map(|s| (m.get)(s)).collect();
@@ -378,7 +408,26 @@ fn row(m: &Metric, values: &[Option<f64>]) -> Vec<String> {
     }));
     let first = values.first().copied().flatten();
     row.extend(values.iter().skip(1).map(|v| ratio(first, *v)));
+    row.push(better(m.label).to_string());
     row
+}
+
+/// Which way is better for a row: "higher", "lower", or "" where neither
+/// (the generator's own load, which only says whether it set the pace).
+fn better(label: &str) -> &'static str {
+    const HIGHER: [&str; 6] = [
+        "sent/s",
+        "received/s",
+        "connects/s",
+        "sent",
+        "acked",
+        "received",
+    ];
+    match label {
+        l if HIGHER.contains(&l) || l == "connects ok" => "higher",
+        l if l.starts_with("loadgen ") => "",
+        _ => "lower",
+    }
 }
 
 fn ratio(base: Option<f64>, v: Option<f64>) -> String {
@@ -473,6 +522,19 @@ pub fn write_hdr(path: &Path, h: &Histogram<u64>) -> Result<()> {
 mod tests {
     use super::*;
     use crate::stats::new_histogram;
+
+    #[test]
+    fn every_row_says_which_way_is_better() {
+        for m in metrics() {
+            let verdict = better(m.label);
+            let neutral = m.label.starts_with("loadgen ");
+            assert_eq!(verdict.is_empty(), neutral, "{}", m.label);
+        }
+        assert_eq!(better("received/s"), "higher");
+        assert_eq!(better("latency p99 (ms)"), "lower");
+        assert_eq!(better("lost"), "lower");
+        assert_eq!(better("broker CPU s / M msgs"), "lower");
+    }
 
     #[test]
     fn hdr_text_has_standard_shape() {

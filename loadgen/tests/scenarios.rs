@@ -399,6 +399,20 @@ fn p2p_qos1_loses_nothing() {
     assert_eq!(int(&v, "/totals/acked"), int(&v, "/totals/sent"));
     assert_eq!(int(&v, "/totals/received"), int(&v, "/totals/sent"));
     assert_eq!(int(&v, "/config/publishers"), 4);
+    // Provenance: when, which loadgen, which broker (its $SYS/broker/version).
+    let at = v["generated_at"].as_str().expect("generated_at");
+    assert!(
+        at.len() >= 20 && at.contains('T') && at.ends_with('Z'),
+        "{at}"
+    );
+    assert_eq!(v["loadgen_version"], env!("CARGO_PKG_VERSION"));
+    let version = v["target"]["version"]
+        .as_str()
+        .expect("the broker's version");
+    assert!(
+        version.starts_with("ringmq ") || version.starts_with("mosquitto"),
+        "{version}"
+    );
 }
 
 #[test]
@@ -689,6 +703,11 @@ fn compare_puts_brokers_side_by_side() {
     let chart = std::fs::read_to_string(&svg).expect("the SVG chart");
     std::fs::remove_file(&svg).ok();
     assert!(chart.contains("first") && chart.contains("second"));
+    assert!(
+        chart.contains("p2p 2-&gt;2, QoS 1, 100 msg/s each")
+            || chart.contains("p2p 2->2, QoS 1, 100 msg/s each"),
+        "the title names scenario, rate and QoS"
+    );
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub struct Target {
     pub host: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// What the broker publishes as `$SYS/broker/version` (plain TCP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl Target {
@@ -47,6 +50,7 @@ impl Target {
             address,
             host: host.to_string(),
             pid,
+            version: None,
         })
     }
 }
