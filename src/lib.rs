@@ -13,7 +13,7 @@
 //!   - [`config`], [`metrics`], [`auth`]: leaves used by the server.
 
 pub use ringmq_proto::{
-    access, codec, counters, durable, limits, message, router, session, store, time, topic,
+    access, codec, counters, durable, latency, limits, message, router, session, store, time, topic,
 };
 
 /// The git commit this binary was built from ("unknown" outside a checkout).
