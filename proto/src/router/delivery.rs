@@ -80,31 +80,34 @@ impl Core {
     /// Delivers to every matching subscriber and shared group, on every core.
     fn deliver(&mut self, msg: &Arc<Message>, now: Time) -> bool {
         let mut targets = CoreSet::default();
-        self.interest
-            .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
-                targets.union(set)
-            });
+        if self.cores > 1 {
+            self.interest
+                .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
+                    targets.union(set)
+                });
+        }
         for core in other_cores(self.id, self.cores).filter(|c| targets.contains(*c)) {
             self.outbox
                 .send(core, MeshMsg::Publish { msg: msg.clone() });
         }
-        if targets.contains(self.id) {
-            self.deliver_local(msg, now);
-        }
+        let local = self.deliver_local(msg, now);
         let shared = !self.shared_index.is_empty() && self.route_shared_groups(msg, now);
-        !targets.is_empty() || shared
+        !targets.is_empty() || local || shared
     }
 
     /// Fans a message out to this core's subscribers: once per session, at the
     /// highest QoS among its matching subscriptions (capped by the publish QoS),
-    /// with every matching 5.0 subscription identifier.
-    fn deliver_local(&mut self, msg: &Arc<Message>, now: Time) {
+    /// with every matching 5.0 subscription identifier. Returns whether any
+    /// subscription here matched (even one the ACL or no-local then skipped).
+    fn deliver_local(&mut self, msg: &Arc<Message>, now: Time) -> bool {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let sessions = &mut self.sessions;
         let mut denied = 0;
+        let mut matched = false;
         self.subs
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |list| {
+                matched = true;
                 for s in list {
                     if s.checked && !may_read(sessions, s.key, msg) {
                         denied += 1;
@@ -153,6 +156,7 @@ impl Core {
         }
         self.ids = ids;
         self.matches = matches;
+        matched
     }
 
     /// QoS 0: encoded straight from the shared message, no per-subscriber clone.
@@ -382,7 +386,9 @@ impl Core {
     /// Applies one message from another core.
     pub fn handle_mesh(&mut self, msg: MeshMsg, now: Time) {
         match msg {
-            MeshMsg::Publish { msg } => self.deliver_local(&msg, now),
+            MeshMsg::Publish { msg } => {
+                self.deliver_local(&msg, now);
+            }
             MeshMsg::Hold { publisher, on } => self.apply_hold(&publisher, on),
             MeshMsg::Retain {
                 msg,

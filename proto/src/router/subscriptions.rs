@@ -240,8 +240,9 @@ impl Core {
 
     /// Records this core's interest change and tells every other core. Returns how
     /// many acknowledgements to wait for.
+    /// This core's own subscriptions are not in its interest index: its
+    /// subscription trie answers for them (one copy of each filter fewer).
     fn announce_interest(&mut self, filter: &TopicFilter, add: bool, ack: Option<u64>) -> usize {
-        self.apply_interest(filter, self.id, add);
         let mut told = 0;
         for core in other_cores(self.id, self.cores) {
             let msg = MeshMsg::Interest {
