@@ -63,16 +63,21 @@ impl Session {
             return TopicName::new(p.topic.clone(), limits.max_topic_levels)
                 .map_err(Violation::InvalidTopic);
         };
-        let slot = usize::from(alias).checked_sub(1);
-        let Some(entry) = slot.and_then(|i| self.aliases_in.get_mut(i)) else {
+        // The table grows with the aliases used: an idle 5.0 client holds none.
+        let max = usize::from(limits.max_topic_alias);
+        let Some(slot) = usize::from(alias).checked_sub(1).filter(|s| *s < max) else {
             return Err(Violation::TopicAliasInvalid);
         };
         if p.topic.is_empty() {
-            return entry.clone().ok_or(Violation::TopicAliasUnknown);
+            let known = self.aliases_in.get(slot).cloned().flatten();
+            return known.ok_or(Violation::TopicAliasUnknown);
         }
         let topic = TopicName::new(p.topic.clone(), limits.max_topic_levels)
             .map_err(Violation::InvalidTopic)?;
-        *entry = Some(topic.clone());
+        if self.aliases_in.len() <= slot {
+            self.aliases_in.resize(slot + 1, None);
+        }
+        self.aliases_in[slot] = Some(topic.clone());
         Ok(topic)
     }
 

@@ -525,12 +525,10 @@ impl Session {
         self.last_rx = now;
         self.connected = true;
         self.tx.clear();
-        self.aliases_in.clear();
+        // Aliases last as long as a connection [MQTT-3.3.2-7]; the table of
+        // the client's grows only as it uses them.
+        self.aliases_in = Vec::new();
         self.aliases_out.clear();
-        if self.protocol.is_v5() {
-            self.aliases_in
-                .resize(usize::from(limits.max_topic_alias), None);
-        }
         self.will = connect.will.clone().map(Box::new);
         self.journal_meta();
     }
