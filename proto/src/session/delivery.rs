@@ -117,7 +117,7 @@ impl Session {
             return Outcome::DroppedTooLarge;
         }
         if let Alias::Set(a) = alias {
-            self.aliases_out.insert(msg.topic.clone(), a);
+            self.rare().aliases_out.insert(msg.topic.clone(), a);
         }
         Outcome::Sent
     }
@@ -127,11 +127,11 @@ impl Session {
         if max == 0 {
             return Alias::None;
         }
-        match self.aliases_out.get(topic) {
+        let assigned = self.rare.as_ref().map(|r| &r.aliases_out);
+        let used = assigned.map_or(0, HashMap::len);
+        match assigned.and_then(|a| a.get(topic)) {
             Some(a) => Alias::Use(*a),
-            None if self.aliases_out.len() < usize::from(max) => {
-                Alias::Set(self.aliases_out.len() as u16 + 1)
-            }
+            None if used < usize::from(max) => Alias::Set(used as u16 + 1),
             None => Alias::None,
         }
     }

@@ -69,15 +69,17 @@ impl Session {
             return Err(Violation::TopicAliasInvalid);
         };
         if p.topic.is_empty() {
-            let known = self.aliases_in.get(slot).cloned().flatten();
+            let table = self.rare.as_ref().map(|r| &r.aliases_in);
+            let known = table.and_then(|t| t.get(slot)).cloned().flatten();
             return known.ok_or(Violation::TopicAliasUnknown);
         }
         let topic = TopicName::new(p.topic.clone(), limits.max_topic_levels)
             .map_err(Violation::InvalidTopic)?;
-        if self.aliases_in.len() <= slot {
-            self.aliases_in.resize(slot + 1, None);
+        let table = &mut self.rare().aliases_in;
+        if table.len() <= slot {
+            table.resize(slot + 1, None);
         }
-        self.aliases_in[slot] = Some(topic.clone());
+        table[slot] = Some(topic.clone());
         Ok(topic)
     }
 
@@ -103,17 +105,17 @@ impl Session {
         let ack = match p.qos_pid {
             QosPid::AtMostOnce => None,
             QosPid::AtLeastOnce(pid) => Some(PublishAck::PubAck(pid)),
-            QosPid::ExactlyOnce(pid) if self.awaiting_rel.contains_key(&pid) => {
+            QosPid::ExactlyOnce(pid) if self.awaiting(pid) => {
                 // A retransmission of an unreleased id is acknowledged but not routed
                 // again: exactly once [MQTT-4.3.3-2].
                 self.send(&Packet::PubRec(Ack::new(pid)));
                 return Ok(());
             }
             QosPid::ExactlyOnce(pid) => {
-                if self.awaiting_rel.len() >= limits.max_awaiting_rel {
+                if self.awaiting_rel_count() >= limits.max_awaiting_rel {
                     return Err(Violation::AwaitingRelFull);
                 }
-                self.awaiting_rel.insert(pid, now);
+                self.rare().awaiting_rel.insert(pid, now);
                 self.journal(|r, c| r.await_rel(c, pid));
                 Some(PublishAck::PubRec(pid))
             }
@@ -139,7 +141,7 @@ impl Session {
             PublishAck::PubRec(pid) => {
                 if reason >= 0x80 {
                     // A refusing PUBREC ends the flow: no PUBREL follows [MQTT-4.3.3].
-                    self.awaiting_rel.remove(&pid);
+                    self.release(pid);
                     self.journal(|r, c| r.rel_done(c, pid));
                 }
                 let mut a = Ack::new(pid);
@@ -151,7 +153,7 @@ impl Session {
 
     fn on_pubrel(&mut self, pid: Pid) {
         let mut ack = Ack::new(pid);
-        let known = self.awaiting_rel.remove(&pid).is_some();
+        let known = self.release(pid);
         if known {
             self.journal(|r, c| r.rel_done(c, pid));
         } else if self.protocol.is_v5() {

@@ -163,6 +163,23 @@ impl Outcome {
     }
 }
 
+/// Session state most clients never need.
+#[derive(Debug, Default)]
+struct Rare {
+    /// QoS 2 ids received and not yet released, with when they came.
+    awaiting_rel: HashMap<Pid, Time>,
+    /// The client's topic aliases (index = alias - 1), grown as it uses them.
+    aliases_in: Vec<Option<TopicName>>,
+    /// The aliases this session assigned towards the client.
+    aliases_out: HashMap<TopicName, u16>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.awaiting_rel.is_empty() && self.aliases_in.is_empty() && self.aliases_out.is_empty()
+    }
+}
+
 /// A will to publish now or after its delay. The message is built when it is
 /// published, so its 5.0 expiry interval counts from then (5.0 section 3.1.3.2.4).
 #[derive(Debug)]
@@ -243,12 +260,9 @@ pub struct Session {
     will: Option<Box<Will>>,
     subscriptions: HashMap<SubFilter, SubEntry>,
     out: Outbound,
-    /// Incoming QoS 2 packet ids not yet released, with their arrival time.
-    awaiting_rel: HashMap<Pid, Time>,
-    /// 5.0 topic aliases the client set (index = alias - 1).
-    aliases_in: Vec<Option<TopicName>>,
-    /// 5.0 topic aliases the broker set towards the client.
-    aliases_out: HashMap<TopicName, u16>,
+    /// QoS 2 ids awaiting PUBREL and 5.0 topic aliases: boxed when first
+    /// needed, so a client that uses neither holds 8 bytes of them.
+    rare: Option<Box<Rare>>,
     /// Deliveries made by window refills since the router last looked.
     tally: Tally,
     /// Encoded bytes waiting for the connection to write them.
@@ -274,9 +288,7 @@ impl Session {
             will: None,
             subscriptions: HashMap::new(),
             out: Outbound::default(),
-            awaiting_rel: HashMap::new(),
-            aliases_in: Vec::new(),
-            aliases_out: HashMap::new(),
+            rare: None,
             tally: Tally::default(),
             tx: BytesMut::new(),
         };
@@ -335,7 +347,7 @@ impl Session {
     /// What must outlive the broker process, for storing.
     pub fn image(&self) -> crate::durable::SessionImage {
         crate::durable::SessionImage {
-            awaiting_rel: self.awaiting_rel.keys().copied().collect(),
+            awaiting_rel: self.awaiting_rel_ids(),
             inflight: self
                 .out
                 .inflight
@@ -444,9 +456,12 @@ impl Session {
             will: None,
             subscriptions: image.subscriptions.into_iter().collect(),
             out,
-            awaiting_rel: image.awaiting_rel.into_iter().map(|p| (p, now)).collect(),
-            aliases_in: Vec::new(),
-            aliases_out: HashMap::new(),
+            rare: (!image.awaiting_rel.is_empty()).then(|| {
+                Box::new(Rare {
+                    awaiting_rel: image.awaiting_rel.into_iter().map(|p| (p, now)).collect(),
+                    ..Rare::default()
+                })
+            }),
             tally: Tally::default(),
             tx: BytesMut::new(),
         }
@@ -525,10 +540,12 @@ impl Session {
         self.last_rx = now;
         self.connected = true;
         self.tx.clear();
-        // Aliases last as long as a connection [MQTT-3.3.2-7]; the table of
-        // the client's grows only as it uses them.
-        self.aliases_in = Vec::new();
-        self.aliases_out.clear();
+        // Aliases last as long as a connection [MQTT-3.3.2-7].
+        if let Some(rare) = &mut self.rare {
+            rare.aliases_in = Vec::new();
+            rare.aliases_out = HashMap::new();
+        }
+        self.trim_rare();
         self.will = connect.will.clone().map(Box::new);
         self.journal_meta();
     }
@@ -631,17 +648,61 @@ impl Session {
     /// Forgets QoS 2 ids whose PUBREL never came within `awaiting_rel_timeout`, so a
     /// client can't pin state forever. Returns how many were dropped.
     pub fn expire_awaiting_rel(&mut self, now: Time, limits: &Limits) -> usize {
-        let expired: Vec<Pid> = self
+        let Some(rare) = &mut self.rare else {
+            return 0;
+        };
+        let expired: Vec<Pid> = rare
             .awaiting_rel
             .iter()
             .filter(|(_, &at)| now.since(at) >= limits.awaiting_rel_timeout)
             .map(|(&pid, _)| pid)
             .collect();
         for pid in &expired {
-            self.awaiting_rel.remove(pid);
+            rare.awaiting_rel.remove(pid);
+        }
+        for pid in &expired {
             self.journal(|r, c| r.rel_done(c, *pid));
         }
+        self.trim_rare();
         expired.len()
+    }
+
+    /// The rarely needed state, boxed now if it was not.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the rarely needed state once nothing is left in it.
+    fn trim_rare(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
+        }
+    }
+
+    fn awaiting_rel_ids(&self) -> Vec<Pid> {
+        let ids = self.rare.iter().flat_map(|r| r.awaiting_rel.keys());
+        ids.copied().collect()
+    }
+
+    /// Whether QoS 2 id `pid` is awaiting its PUBREL.
+    fn awaiting(&self, pid: Pid) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| r.awaiting_rel.contains_key(&pid))
+    }
+
+    fn awaiting_rel_count(&self) -> usize {
+        self.rare.as_ref().map_or(0, |r| r.awaiting_rel.len())
+    }
+
+    /// Forgets a QoS 2 id; whether it was awaiting its PUBREL.
+    fn release(&mut self, pid: Pid) -> bool {
+        let Some(rare) = &mut self.rare else {
+            return false;
+        };
+        let known = rare.awaiting_rel.remove(&pid).is_some();
+        self.trim_rare();
+        known
     }
 }
 

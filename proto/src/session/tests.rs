@@ -501,5 +501,5 @@ fn subscription_cap_and_replacement() {
 fn a_session_stays_small() {
     let size = std::mem::size_of::<Session>();
     eprintln!("Session: {size} bytes");
-    assert!(size <= 416, "Session grew to {size} bytes");
+    assert!(size <= 304, "Session grew to {size} bytes");
 }
