@@ -90,7 +90,8 @@ impl Core {
             self.outbox
                 .send(core, MeshMsg::Publish { msg: msg.clone() });
         }
-        let local = self.deliver_local(msg, now);
+        // A core with no subscriber of its own skips the walk.
+        let local = !self.subs.is_empty() && self.deliver_local(msg, now);
         let shared = !self.shared_index.is_empty() && self.route_shared_groups(msg, now);
         !targets.is_empty() || local || shared
     }
