@@ -43,7 +43,9 @@ fn main() {
         Command::Run(config) => {
             let set_level = init_logging(&config.log_level, config.log_format);
             let mut running = config.clone();
-            let reconfigure = move || reconfigure(&mut running, &set_level);
+            let reconfigure = move |broker: &ringmq::server::Broker| {
+                reconfigure(broker, &mut running, &set_level)
+            };
             if let Err(e) = ringmq::server::run(config, reconfigure) {
                 tracing::error!("{e:#}");
                 std::process::exit(1);
@@ -88,10 +90,11 @@ fn init_logging(level: &str, format: ringmq::config::LogFormat) -> SetLevel {
 
 /// SIGHUP: reads the configuration again from the same file, environment
 /// and flags. A configuration that does not load changes nothing. The log
-/// level takes effect at once (the certificate, password and ACL files were
-/// re-read already); every other changed key is named as waiting for a
-/// restart, since listeners, cores and limits are fixed while running.
-fn reconfigure(running: &mut Config, set_level: &SetLevel) {
+/// level and the limits of [`ringmq::config::LIVE_LIMITS`] take effect at once
+/// (the certificate, password and ACL files were re-read already); every
+/// other changed key is named as waiting for a restart, since listeners,
+/// cores and what clients were told at CONNECT are fixed while running.
+fn reconfigure(broker: &ringmq::server::Broker, running: &mut Config, set_level: &SetLevel) {
     let new = match Config::from_env_args() {
         Ok(Command::Run(new)) => new,
         Ok(_) => return,
@@ -99,12 +102,8 @@ fn reconfigure(running: &mut Config, set_level: &SetLevel) {
             return tracing::error!(error = %e, "reload: the configuration does not load; nothing changed")
         }
     };
-    let mut waiting = Vec::new();
-    for key in ringmq::config::changed_keys(running, &new) {
-        if key != "log_level" {
-            waiting.push(key);
-            continue;
-        }
+    let changed = ringmq::config::changed_keys(running, &new);
+    if changed.contains(&"log_level") {
         match set_level(&new.log_level) {
             Ok(()) => {
                 tracing::info!(
@@ -117,6 +116,20 @@ fn reconfigure(running: &mut Config, set_level: &SetLevel) {
             Err(e) => tracing::error!(error = e, "reload: log_level not changed"),
         }
     }
+    let live: Vec<&str> = changed
+        .iter()
+        .copied()
+        .filter(|k| ringmq::config::LIVE_LIMITS.contains(k))
+        .collect();
+    if !live.is_empty() {
+        running.limits = ringmq::config::live_limits(&running.limits, &new.limits);
+        broker.set_limits(running.limits.clone());
+        tracing::info!(keys = live.join(", "), "reload: limits changed");
+    }
+    let waiting: Vec<&str> = changed
+        .into_iter()
+        .filter(|k| *k != "log_level" && !live.contains(k))
+        .collect();
     if waiting.is_empty() {
         tracing::info!("reload: done");
     } else {

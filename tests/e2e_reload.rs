@@ -132,16 +132,21 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
     assert_eq!(connected["client_id"], "reload-client");
     assert_eq!(connected["protocol"], "5.0");
 
-    write_config(&config, port, "debug", "max_queued_messages = 50");
+    // The log level and a live limit apply at once; `cores` waits for a restart.
+    write_config(&config, port, "debug", "max_subscriptions_per_client = 1");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("cores = 1", "cores = 2")).expect("config");
     broker.signal("HUP");
     let changed = broker.wait_for("reload: log_level changed");
     assert_eq!(
         (changed["from"].as_str(), changed["to"].as_str()),
         (Some("info"), Some("debug"))
     );
+    let limits = broker.wait_for("reload: limits changed");
+    assert_eq!(limits["keys"], "max_subscriptions_per_client");
     let waiting =
         broker.wait_for("reload: these settings changed and take effect only after a restart");
-    assert_eq!(waiting["keys"], "max_queued_messages");
+    assert_eq!(waiting["keys"], "cores");
     let reloading = next_notice(&systemd);
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
@@ -157,6 +162,10 @@ async fn sighup_reloads_without_dropping_clients_and_json_logs_tell_the_story() 
         matches!(client.recv().await, Packet::PingResp),
         "the client survives a reload"
     );
+    let filters = [("a/1", RawQoS::AtMostOnce), ("a/2", RawQoS::AtMostOnce)];
+    let codes = client.subscribe(1, &filters).await;
+    assert_eq!(codes[0], 0, "the first filter is within the reloaded limit");
+    assert!(codes[1] >= 0x80, "the second is refused by it: {codes:?}");
 
     std::fs::write(&config, "persistence = nope\n").expect("break config");
     broker.signal("HUP");

@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-pub use diff::changed_keys;
+pub use diff::{changed_keys, live_limits, LIVE_LIMITS};
 pub use file::{Cli, FileConfig};
 pub use listener::{
     Listener, ListenerFile, ListenerProtocol, TlsConfig, TlsVersion, DEFAULT_WEBSOCKETS_PATH,

@@ -112,7 +112,7 @@ impl ConnectionSlot {
     /// Takes a slot, or `None` when the broker is full.
     fn claim(shared: &Arc<Shared>, listener: usize) -> Option<ConnectionSlot> {
         let open = shared.connections.load(Ordering::Relaxed);
-        (open < shared.config.limits.max_connections).then(|| Self::admitted(shared, listener))
+        (open < shared.limits().max_connections).then(|| Self::admitted(shared, listener))
     }
 
     /// Takes a slot whatever the count: a handed-over connection was already
@@ -172,7 +172,7 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, index: us
         return;
     };
     let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + ctx.shared.config.limits.connect_timeout;
+    let deadline = Instant::now() + ctx.shared.limits().connect_timeout;
     let edge = edge_refusal(&ctx, index, peer, &mut slot);
     if listener.is_plain() {
         let admitted = admit(&ctx, stream, peer, index, None, edge, deadline).await;
@@ -309,7 +309,7 @@ async fn admit<T: Transport>(
         // The certificate's name is the username, whatever the CONNECT said.
         connect.username = Some(Bytes::from(name.into_bytes()));
     }
-    if let Err(refusal) = check_connect(&connect, &ctx.shared.config.limits) {
+    if let Err(refusal) = check_connect(&connect, &ctx.shared.limits()) {
         return refuse(ctx, stream, peer, listener, &connect, refusal).await;
     }
     if let Some(refusal) = edge {
@@ -483,7 +483,7 @@ async fn refuse<T: Transport>(
         None => {}
     }
     if let Some(code) = r.code {
-        let max = ClientParams::from_connect(c, &ctx.shared.config.limits).maximum_packet_size;
+        let max = ClientParams::from_connect(c, &ctx.shared.limits()).maximum_packet_size;
         let connack = |properties| {
             Packet::ConnAck(ConnAck {
                 session_present: false,

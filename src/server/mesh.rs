@@ -48,6 +48,8 @@ pub enum Parcel {
     /// The password or ACL rules were reloaded: re-decide every session's
     /// permissions (subscriptions they no longer allow are removed).
     Reauthorize,
+    /// A reload changed the limits: these are in force from now on.
+    Limits(Arc<crate::config::Limits>),
     /// Stop: close connections and leave the event loop.
     Shutdown,
 }

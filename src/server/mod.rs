@@ -21,7 +21,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -36,7 +36,11 @@ use mesh::{mesh, Mesh, Parcel};
 /// State every core can see. Immutable after start except the counters below,
 /// none of which is touched per message.
 pub struct Shared {
+    /// The configuration at start; its `limits` are those at start (see
+    /// [`Shared::limits`] for the ones in force).
     pub config: Config,
+    /// The limits in force: those at start, or as a reload changed them.
+    limits: RwLock<Arc<crate::config::Limits>>,
     /// Every listener, the top-level one first, with the ports actually bound.
     pub listeners: Vec<ListenerRuntime>,
     /// Password and ACL rules in force (swapped on reload), the verifier
@@ -63,6 +67,16 @@ pub struct Shared {
     pub quiet: AtomicUsize,
     /// The I/O driver each core runs (`io_uring` or `epoll`), once started.
     pub drivers: Vec<OnceLock<&'static str>>,
+}
+
+impl Shared {
+    /// The limits in force now.
+    pub fn limits(&self) -> Arc<crate::config::Limits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Loads every listener's certificates (reporting an unreadable file or a
@@ -135,6 +149,7 @@ impl Broker {
         };
         let per_ip = edge::PerIp::new(config.limits.max_connections_per_ip);
         let shared = Arc::new(Shared {
+            limits: RwLock::new(limits.clone()),
             store,
             listeners,
             counters: (0..cores).map(|_| SharedCounters::default()).collect(),
@@ -239,6 +254,23 @@ impl Broker {
         Ok(())
     }
 
+    /// Puts `limits` in force on every core and for new connections (a
+    /// reload; see `config::live_limits` for which may change).
+    pub fn set_limits(&self, limits: crate::config::Limits) {
+        let limits = Arc::new(limits);
+        *self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits.clone();
+        self.tell_every_core(|| Parcel::Limits(limits.clone()));
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Arc<crate::config::Limits> {
+        self.shared.limits()
+    }
+
     /// Sends a parcel to every core, waiting while a core's queue is full.
     fn tell_every_core(&self, parcel: impl Fn() -> Parcel) {
         for core in 0..self.shared.mesh.cores() {
@@ -292,7 +324,7 @@ impl Broker {
 /// then calls `reconfigure` with the configuration in force, which re-reads
 /// the rest (see `main`). Tells systemd (`Type=notify`) when it is ready,
 /// reloading and stopping.
-pub fn run(config: Config, mut reconfigure: impl FnMut()) -> anyhow::Result<()> {
+pub fn run(config: Config, mut reconfigure: impl FnMut(&Broker)) -> anyhow::Result<()> {
     use sd_notify::NotifyState;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -318,7 +350,7 @@ pub fn run(config: Config, mut reconfigure: impl FnMut()) -> anyhow::Result<()> 
             );
             broker.reload_tls();
             let _ = broker.reload_auth();
-            reconfigure();
+            reconfigure(&broker);
             notify_systemd(&[NotifyState::Ready]);
             continue;
         }

@@ -266,6 +266,7 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                         let backend = ctx.shared.auth.backend();
                         core.reauthorize(|id, user| backend.permissions(id, user));
                     }
+                    Parcel::Limits(limits) => core.set_limits(limits),
                     Parcel::Shutdown => {
                         stop = true;
                         break;

@@ -165,13 +165,28 @@ pub struct Core {
     journal: Option<Recorder>,
 }
 
+/// The limits applied to a client's own messages coming back to it: never
+/// held back (a client cannot slow itself), dropped past the caps instead.
+fn own_limits(limits: &Limits) -> Arc<Limits> {
+    Arc::new(Limits {
+        slow_consumer_policy: crate::limits::SlowConsumerPolicy::Drop,
+        ..limits.clone()
+    })
+}
+
 impl Core {
+    /// Limits changed by a reload: they apply from the next decision on
+    /// (what is queued or stored past a lowered cap stays).
+    pub fn set_limits(&mut self, limits: Arc<Limits>) {
+        self.retained
+            .set_caps(limits.max_retained_messages, limits.max_retained_bytes);
+        self.own_limits = own_limits(&limits);
+        self.limits = limits;
+    }
+
     pub fn new(id: usize, cores: usize, limits: Arc<Limits>, strategy: SharedStrategy) -> Core {
         let retained = RetainedStore::new(limits.max_retained_messages, limits.max_retained_bytes);
-        let own_limits = Arc::new(Limits {
-            slow_consumer_policy: crate::limits::SlowConsumerPolicy::Drop,
-            ..(*limits).clone()
-        });
+        let own_limits = own_limits(&limits);
         Core {
             id,
             cores,

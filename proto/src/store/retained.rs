@@ -24,6 +24,12 @@ impl RetainedStore {
         }
     }
 
+    /// New caps (a reload): what is stored stays; a store past them is refused.
+    pub fn set_caps(&mut self, max_messages: usize, max_bytes: usize) {
+        self.max_messages = max_messages;
+        self.max_bytes = max_bytes;
+    }
+
     /// Stores `msg` for its topic, or clears the topic when the payload is empty
     /// [MQTT-3.3.1-6]. False when a cap refused a store (the old message stays).
     pub fn set(&mut self, msg: &Arc<Message>) -> bool {
