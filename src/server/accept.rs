@@ -178,6 +178,25 @@ pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, index: us
         let admitted = admit(&ctx, stream, peer, index, None, edge, deadline).await;
         return proceed(ctx, admitted, slot);
     }
+    // Boxed: the TLS and WebSocket states would otherwise size the task of
+    // every plain connection's handshake too.
+    Box::pin(accept_layered(
+        ctx, stream, peer, index, edge, deadline, slot,
+    ))
+    .await
+}
+
+/// [`accept`] on a TLS or WebSocket listener: its handshake, then the CONNECT.
+async fn accept_layered(
+    ctx: Rc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    index: usize,
+    edge: Option<Refusal>,
+    deadline: Instant,
+    slot: ConnectionSlot,
+) {
+    let listener = &ctx.shared.listeners[index];
     let Some((layered, identity)) = handshake(&ctx, stream, peer, listener, deadline).await else {
         ListenerStats::bump(&listener.stats.refused);
         return;
@@ -297,7 +316,7 @@ async fn admit<T: Transport>(
     let read = read_connect(ctx, &mut stream, &mut buf, max);
     let mut connect = match monoio::time::timeout(left, read).await {
         Ok(Ok(connect)) => connect,
-        Ok(Err(err)) => return refuse_malformed(ctx, stream, peer, listener, err).await,
+        Ok(Err(err)) => return Box::pin(refuse_malformed(ctx, stream, peer, listener, err)).await,
         Err(_) => {
             ctx.count(|c| c.connects_refused += 1);
             let listener = &ctx.shared.listeners[listener].config;
@@ -309,11 +328,13 @@ async fn admit<T: Transport>(
         // The certificate's name is the username, whatever the CONNECT said.
         connect.username = Some(Bytes::from(name.into_bytes()));
     }
+    // The refusals are boxed: rare, and their writes would size every
+    // handshake's task.
     if let Err(refusal) = check_connect(&connect, &ctx.shared.limits()) {
-        return refuse(ctx, stream, peer, listener, &connect, refusal).await;
+        return Box::pin(refuse(ctx, stream, peer, listener, &connect, refusal)).await;
     }
     if let Some(refusal) = edge {
-        return refuse(ctx, stream, peer, listener, &connect, refusal).await;
+        return Box::pin(refuse(ctx, stream, peer, listener, &connect, refusal)).await;
     }
     let (client_id, assigned_id) = client_id_for(ctx, &connect);
     let permissions = match authenticate(ctx, peer, listener, &connect, &client_id).await {
@@ -323,7 +344,7 @@ async fn admit<T: Transport>(
                 code: Some(denial.code()),
                 rule: denial.public_reason(),
             };
-            return refuse(ctx, stream, peer, listener, &connect, refusal).await;
+            return Box::pin(refuse(ctx, stream, peer, listener, &connect, refusal)).await;
         }
     };
     Some(Accepted {
