@@ -269,3 +269,19 @@ impl<W> Connection<W> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::io::OwnedWriteHalf;
+    use monoio::net::TcpStream;
+
+    /// What every plain-TCP connection costs beside its session, idle or not:
+    /// printed, and bounded so that growth is a decision.
+    #[test]
+    fn a_connection_stays_small() {
+        let size = std::mem::size_of::<Connection<OwnedWriteHalf<TcpStream>>>();
+        eprintln!("Connection (plain TCP): {size} bytes");
+        assert!(size <= 216, "Connection grew to {size} bytes");
+    }
+}
