@@ -35,6 +35,14 @@ macro_rules! counters {
                 $(self.$name += other.$name;)*
             }
 
+            /// The value of the field named `name`.
+            pub fn get(&self, name: &str) -> Option<u64> {
+                match name {
+                    $(stringify!($name) => Some(self.$name),)*
+                    _ => None,
+                }
+            }
+
             /// `(name, value)` pairs, for logs and `$SYS`.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
@@ -228,5 +236,7 @@ mod tests {
         assert_eq!(Counters::from_values(&values), c);
         let named: Vec<_> = Counters::NAMES.iter().copied().zip(values).collect();
         assert_eq!(named, c.fields());
+        assert_eq!(c.get("subscriptions_current"), Some(9));
+        assert_eq!(c.get("no_such_counter"), None);
     }
 }

@@ -223,7 +223,7 @@ impl Scrape {
     }
 
     fn value(&self, field: &str) -> u64 {
-        field_value(&self.totals, field)
+        self.totals.get(field).unwrap_or(0)
     }
 
     fn encode_core_counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -406,11 +406,6 @@ fn encode_column<T>(
         }
     }
     Ok(())
-}
-
-fn field_value(c: &Counters, field: &str) -> u64 {
-    let named = c.fields().into_iter().find(|(name, _)| *name == field);
-    named.map_or(0, |(_, v)| v)
 }
 
 /// Doc comments come with their leading spaces.

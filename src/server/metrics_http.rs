@@ -30,7 +30,6 @@ const MAX_CONCURRENT: usize = 4;
 pub struct Exporter {
     addr: SocketAddr,
     thread: std::thread::JoinHandle<()>,
-    shared: Arc<Shared>,
 }
 
 impl Exporter {
@@ -39,17 +38,12 @@ impl Exporter {
         let listener = TcpListener::bind(addr)
             .with_context(|| format!("metrics_port: cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
-        let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ringmq-metrics".into())
-            .spawn(move || accept_loop(listener, serving))
+            .spawn(move || accept_loop(listener, shared))
             .context("spawning the metrics thread")?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-        Ok(Exporter {
-            addr,
-            thread,
-            shared,
-        })
+        Ok(Exporter { addr, thread })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -59,7 +53,6 @@ impl Exporter {
     /// Ends the accept loop (the broker's shutdown flag is already set) by
     /// waking it with a connection of its own, and waits for it.
     pub fn stop(self) {
-        debug_assert!(self.shared.shutdown.load(Ordering::SeqCst));
         let _ = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT);
         let _ = self.thread.join();
     }
@@ -100,6 +93,23 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     };
     let _ = stream.write_all(&response);
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    drain(&mut stream);
+}
+
+/// Reads what the client still sends (a refused, oversized head) until it
+/// closes, bounded: closing with unread input would reset the connection and
+/// could discard the answer before the client reads it.
+fn drain(stream: &mut TcpStream) {
+    const DRAIN_BYTES: usize = 64 * 1024;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut chunk = [0u8; 4096];
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 /// The request line and headers, up to the blank line; an HTTP status when

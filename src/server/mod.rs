@@ -266,11 +266,6 @@ impl Broker {
         self.tell_every_core(|| Parcel::Limits(limits.clone()));
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> Arc<crate::config::Limits> {
-        self.shared.limits()
-    }
-
     /// Sends a parcel to every core, waiting while a core's queue is full.
     fn tell_every_core(&self, parcel: impl Fn() -> Parcel) {
         for core in 0..self.shared.mesh.cores() {
