@@ -20,6 +20,7 @@ pub use ringmq_proto::{
 pub const GIT_COMMIT: &str = env!("RINGMQ_GIT_COMMIT");
 
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod metrics;
 pub mod persist;

@@ -203,6 +203,9 @@ pub struct FileConfig {
     /// Further listeners, as `[[listener]]` tables in the config file (default: none)
     #[arg(skip)]
     pub listener: Option<Vec<ListenerFile>>,
+    /// Links to other brokers, as `[[bridge]]` tables in the config file (default: none)
+    #[arg(skip)]
+    pub bridge: Option<Vec<BridgeFile>>,
     /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
     #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY", value_parser = shared_strategy_parser())]
     pub shared_strategy: Option<SharedStrategy>,
@@ -255,7 +258,7 @@ impl FileConfig {
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
             persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
             keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
-            password_file, acl_file, persistence, persistence_location, persistence_fsync,
+            bridge, password_file, acl_file, persistence, persistence_location, persistence_fsync,
             persistence_fsync_interval,
         )
     }
@@ -277,6 +280,7 @@ impl FileConfig {
         let config = Config {
             default_listener: self.default_listener(),
             listeners: self.resolve_listeners(bind)?,
+            bridges: self.resolve_bridges()?,
             bind,
             port: self.port.unwrap_or(d.port),
             cores: self.cores.unwrap_or(d.cores),

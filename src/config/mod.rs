@@ -11,6 +11,7 @@
 //! body of the command-line parser: one struct, one set of names, one help
 //! text.
 
+mod bridge;
 mod diff;
 mod file;
 mod listener;
@@ -26,6 +27,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+pub use bridge::{
+    Addresses, Bridge, BridgeFile, BridgeProtocol, BridgeTls, Direction, RestartTimeout, Route,
+    Secret,
+};
 pub use diff::{changed_keys, live_limits, LIVE_LIMITS};
 pub use file::{Cli, FileConfig};
 pub use listener::{
@@ -87,6 +92,8 @@ pub struct Config {
     pub default_listener: bool,
     /// Listeners besides the top-level one (TLS, WebSocket, more ports).
     pub listeners: Vec<Listener>,
+    /// Links to other brokers.
+    pub bridges: Vec<Bridge>,
     /// Worker threads, one per core; each owns its connections outright.
     pub cores: usize,
     /// Pin each worker to its own CPU so caches and the ring stay warm.
@@ -145,6 +152,7 @@ impl Default for Config {
             port: 1883,
             default_listener: true,
             listeners: Vec::new(),
+            bridges: Vec::new(),
             cores: default_cores(),
             pin_cores: true,
             io_driver: IoDriver::Auto,

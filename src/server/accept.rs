@@ -165,6 +165,13 @@ impl Drop for ConnectionSlot {
 pub async fn accept(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, index: usize) {
     let listener = &ctx.shared.listeners[index];
     ListenerStats::bump(&listener.stats.accepted);
+    if listener.bridge_gate {
+        // A bridge of this broker: never refused for a full broker or a rate.
+        let slot = ConnectionSlot::admitted(&ctx.shared, index);
+        let deadline = Instant::now() + ctx.shared.limits().connect_timeout;
+        let admitted = admit(&ctx, stream, peer, index, None, None, deadline).await;
+        return proceed(ctx, admitted, slot);
+    }
     let Some(mut slot) = ConnectionSlot::claim(&ctx.shared, index) else {
         ctx.count(|c| c.refused_max_connections += 1);
         ListenerStats::bump(&listener.stats.refused);
@@ -369,6 +376,11 @@ async fn authenticate(
     connect: &Connect,
     client_id: &str,
 ) -> Result<Permissions, Denial> {
+    if let Some((gate, secret)) = &ctx.shared.bridge_gate {
+        if *gate == listener {
+            return bridge_gate_check(connect, secret);
+        }
+    }
     let auth = &ctx.shared.auth;
     let delay = auth.throttle.delay(peer.ip(), Instant::now());
     if !delay.is_zero() {
@@ -404,6 +416,18 @@ async fn authenticate(
     }
     auth.throttle.succeeded(peer.ip());
     Ok(backend.permissions(client_id, who.username))
+}
+
+/// The bridges' listener lets in only what carries this start's secret
+/// (compared in constant time), with every permission: what a bridge
+/// carries is the operator's configuration, not a client's request.
+fn bridge_gate_check(connect: &Connect, secret: &str) -> Result<Permissions, Denial> {
+    use subtle::ConstantTimeEq as _;
+    let given = connect.password.as_deref().unwrap_or_default();
+    match bool::from(given.ct_eq(secret.as_bytes())) {
+        true => Ok(Permissions::all()),
+        false => Err(Denial::WrongPassword),
+    }
 }
 
 /// A connection handed over by another core.

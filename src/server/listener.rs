@@ -18,6 +18,8 @@ pub struct ListenerRuntime {
     pub tls: Option<TlsAcceptor>,
     pub ws: Option<WsSettings>,
     pub stats: ListenerStats,
+    /// The internal listener only this broker's bridges may use.
+    pub bridge_gate: bool,
 }
 
 /// Counted at accept and close, never per message.
@@ -59,7 +61,32 @@ impl ListenerRuntime {
             tls,
             ws,
             stats: ListenerStats::default(),
+            bridge_gate: false,
         })
+    }
+
+    /// The bridges' internal listener: plain MQTT on a loopback port the
+    /// kernel picks.
+    pub fn bridge_gate(max_packet_size: u32) -> anyhow::Result<(ListenerRuntime, socket2::Socket)> {
+        let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let placeholder = reserve_port(SocketAddr::new(loopback, 0))?;
+        let port = placeholder
+            .local_addr()?
+            .as_socket()
+            .map_or(0, |a| a.port());
+        let mut gate = ListenerRuntime::new(Listener::mqtt(loopback, port), max_packet_size)?;
+        gate.bridge_gate = true;
+        Ok((gate, placeholder))
+    }
+
+    /// Its name in metrics: `mqtt:1883`, `bridge:PORT` for the gate.
+    pub fn label(&self) -> String {
+        let scheme = if self.bridge_gate {
+            "bridge"
+        } else {
+            self.config.scheme()
+        };
+        format!("{scheme}:{}", self.config.port)
     }
 
     /// Plain MQTT over TCP: no layer between the socket and the codec.

@@ -170,7 +170,7 @@ fn scrape(shared: &Shared) -> Scrape {
         counters: counters.snapshot(),
     });
     let listeners = shared.listeners.iter().map(|l| ListenerScrape {
-        name: format!("{}:{}", l.config.scheme(), l.config.port),
+        name: l.label(),
         accepted: l.stats.accepted.load(Ordering::Relaxed),
         refused: l.stats.refused.load(Ordering::Relaxed),
         open: l.stats.open.load(Ordering::Relaxed),

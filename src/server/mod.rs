@@ -67,6 +67,10 @@ pub struct Shared {
     pub quiet: AtomicUsize,
     /// The I/O driver each core runs (`io_uring` or `epoll`), once started.
     pub drivers: Vec<OnceLock<&'static str>>,
+    /// The bridges' listener (its index) and the secret that lets them in.
+    pub bridge_gate: Option<(usize, Arc<str>)>,
+    /// Each bridge's state and totals.
+    pub bridges: Vec<Arc<crate::bridge::Stats>>,
 }
 
 impl Shared {
@@ -115,21 +119,36 @@ pub struct Broker {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
     exporter: Option<metrics_http::Exporter>,
+    bridges: Option<crate::bridge::Bridges>,
     pub addr: SocketAddr,
 }
 
 impl Broker {
     /// Starts every core and returns once all listeners are bound.
     pub fn start(mut config: Config) -> anyhow::Result<Broker> {
-        let (bound, _placeholders) = claim_ports(&config)?;
+        let (bound, mut placeholders) = claim_ports(&config)?;
         if config.default_listener {
             config.port = bound[0].port;
         }
         let max_packet = config.limits.max_packet_size;
-        let listeners = bound
+        let mut listeners = bound
             .into_iter()
             .map(|l| ListenerRuntime::new(l, max_packet))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let bridge_gate = match config.bridges.is_empty() {
+            true => None,
+            false => {
+                let (gate, placeholder) = ListenerRuntime::bridge_gate(max_packet)?;
+                placeholders.push(placeholder);
+                listeners.push(gate);
+                Some((listeners.len() - 1, crate::bridge::Gate::secret()?))
+            }
+        };
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| Arc::new(crate::bridge::Stats::new(&b.name)))
+            .collect();
         let cores = config.cores;
         let started = Instant::now();
         let limits = Arc::new(config.limits.clone());
@@ -165,6 +184,8 @@ impl Broker {
             ready: AtomicUsize::new(0),
             quiet: AtomicUsize::new(0),
             drivers: (0..cores).map(|_| OnceLock::new()).collect(),
+            bridge_gate,
+            bridges,
         });
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(cores);
@@ -188,8 +209,13 @@ impl Broker {
             shared,
             threads,
             exporter: None,
+            bridges: None,
             addr,
         };
+        if let Err(e) = broker.start_bridges() {
+            broker.shutdown();
+            return Err(e);
+        }
         if let Some(at) = broker.shared.config.metrics {
             match metrics_http::Exporter::start(at, broker.shared.clone()) {
                 Ok(exporter) => broker.exporter = Some(exporter),
@@ -202,6 +228,32 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Starts the `[[bridge]]` links, once the cores listen.
+    fn start_bridges(&mut self) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        let Some((index, secret)) = &shared.bridge_gate else {
+            return Ok(());
+        };
+        let gate = crate::bridge::Gate {
+            addr: shared.listeners[*index].config.addr(),
+            secret: secret.clone(),
+        };
+        let max_packet = shared.config.limits.max_packet_size;
+        let bridges = crate::bridge::Bridges::start(
+            &shared.config.bridges,
+            gate,
+            max_packet,
+            &shared.bridges,
+        )?;
+        self.bridges = Some(bridges);
+        Ok(())
+    }
+
+    /// Each `[[bridge]]`'s state and totals, in the configuration's order.
+    pub fn bridges(&self) -> &[Arc<crate::bridge::Stats>] {
+        &self.shared.bridges
+    }
+
     /// Where `GET /metrics` is served, with `metrics_port`.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.exporter.as_ref().map(|e| e.addr())
@@ -211,6 +263,7 @@ impl Broker {
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         let all = &self.shared.listeners;
         all.iter()
+            .filter(|l| !l.bridge_gate)
             .map(|l| (l.config.scheme(), l.config.addr()))
             .collect()
     }
@@ -278,7 +331,12 @@ impl Broker {
     }
 
     /// Asks every core to close its connections and stop, then waits for them.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        // The bridges first: each ends its remote session in order while
+        // the cores still serve their local ones.
+        if let Some(bridges) = self.bridges.take() {
+            bridges.stop();
+        }
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.tell_every_core(|| Parcel::Shutdown);
         for t in self.threads {

@@ -179,3 +179,111 @@ pub fn mosquitto_pub_result(
         )),
     }
 }
+
+/// A Mosquitto broker (package mosquitto) on a port of 127.0.0.1, with
+/// persistence in a folder of its own, for the bridge tests. Restartable;
+/// stopped when dropped.
+pub struct MosquittoBroker {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MosquittoBroker {
+    /// Starts it with `extra` lines appended to its configuration (which
+    /// has a 127.0.0.1 listener, anonymous clients and persistence).
+    pub async fn start(tag: &str, extra: &str) -> MosquittoBroker {
+        require_program("mosquitto");
+        let port = super::free_port();
+        let dir = std::env::temp_dir().join(format!("ringmq-mosq-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mosquitto's folder");
+        // Started as root, mosquitto runs as user `mosquitto`: it must be able
+        // to write its store and log here.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .expect("open mosquitto's folder");
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nlog_dest file {}/mosquitto.log\n\
+             log_type all\n{extra}\n",
+            dir.display(),
+            dir.display()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).expect("mosquitto.conf");
+        let mut m = MosquittoBroker {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn().await;
+        m
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + STEP;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                child.try_wait().expect("poll mosquitto").is_none(),
+                "mosquitto exited at start"
+            );
+            assert!(Instant::now() < deadline, "mosquitto did not open its port");
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a port
+        }
+    }
+
+    /// SIGTERM (Mosquitto saves its sessions and queues), waits for the
+    /// exit, bounded.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM mosquitto");
+        let deadline = Instant::now() + STEP;
+        while child.try_wait().expect("poll mosquitto").is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mosquitto did not stop on SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling an exit
+        }
+    }
+
+    /// Stops it and starts it again on the same port with its saved state.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for MosquittoBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -156,6 +156,16 @@ impl Raw {
         }
     }
 
+    /// Wraps a connected socket (no MQTT yet).
+    pub fn open_stream(stream: tokio::net::TcpStream) -> Raw {
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            protocol: Protocol::V3_1_1,
+        }
+    }
+
     /// Opens a connection with a small receive buffer (a client that reads
     /// little and late).
     pub async fn open_small_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> Raw {
