@@ -53,7 +53,7 @@ async fn wait_link(broker: &TestBroker, side: Side, up: bool) {
 }
 
 /// A persistent QoS 1 subscriber that keeps reconnecting (to a broker that
-/// restarts) until it has seen `n` distinct numbered messages or `STREAM`
+/// restarts), subscribing first if it has `subscribed` to tell, until it has seen `n` distinct numbered messages or `STREAM`
 /// ends; returns the numbers seen.
 async fn collect(
     addr: SocketAddr,
@@ -61,12 +61,10 @@ async fn collect(
     filter: &str,
     prefix: &str,
     n: usize,
-    subscribed: tokio::sync::oneshot::Sender<()>,
+    mut subscribed: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> BTreeSet<usize> {
-    let mut subscribed = Some(subscribed);
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + STREAM;
-    let mut first = true;
     while seen.len() < n && Instant::now() < deadline {
         let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await; // a restarting broker
@@ -77,15 +75,10 @@ async fn collect(
             .handshake(connect_packet(Protocol::V3_1_1, id, false, 30, None))
             .await;
         assert_eq!(ack.code, 0, "{id}: refused");
-        if first {
-            assert_eq!(
-                raw.subscribe(1, &[(filter, RawQoS::AtLeastOnce)]).await,
-                [1]
-            );
-            first = false;
-            if let Some(tx) = subscribed.take() {
-                let _ = tx.send(());
-            }
+        if let Some(tx) = subscribed.take() {
+            let codes = raw.subscribe(1, &[(filter, RawQoS::AtLeastOnce)]).await;
+            assert_eq!(codes, [1]);
+            let _ = tx.send(());
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -152,7 +145,7 @@ async fn qos1_out_loses_nothing_across_a_remote_restart() {
     wait_link(&broker, Side::Remote, true).await;
     const N: usize = 400;
     let (subscribed, ready) = tokio::sync::oneshot::channel();
-    let sink = tokio::spawn(collect(m.addr(), "sink", "seq/#", "m", N, subscribed));
+    let sink = tokio::spawn(collect(m.addr(), "sink", "seq/#", "m", N, Some(subscribed)));
     within(STEP, "the sink's SUBACK", ready)
         .await
         .expect("sink subscribed");
@@ -187,7 +180,14 @@ async fn qos1_in_loses_nothing_across_a_remote_restart() {
     wait_link(&broker, Side::Local, true).await;
     const N: usize = 400;
     let (subscribed, ready) = tokio::sync::oneshot::channel();
-    let sink = tokio::spawn(collect(broker.addr, "sink", "cmd/#", "m", N, subscribed));
+    let sink = tokio::spawn(collect(
+        broker.addr,
+        "sink",
+        "cmd/#",
+        "m",
+        N,
+        Some(subscribed),
+    ));
     within(STEP, "the sink's SUBACK", ready)
         .await
         .expect("sink subscribed");
@@ -295,9 +295,23 @@ async fn both_ways_once_over_mqtt311_with_try_private() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_state_topic_says_1_then_0() {
     let m = MosquittoBroker::start("state", "").await;
-    let broker = start(1, |c| with_bridge(c, bridge_to(&m, &["x out 0"], |_| {})));
+    let broker = start(1, |c| {
+        c.sys_interval = Duration::from_secs(1);
+        with_bridge(c, bridge_to(&m, &["x out 0"], |_| {}));
+    });
     wait_link(&broker, Side::Remote, true).await;
     let topic = "$SYS/broker/connection/ringmq-edge/state";
+    // Here too, in $SYS, as Mosquitto does (refreshed each sys_interval).
+    let mut local = Raw::connect(broker.addr, "watch-here", true, 30, None).await;
+    local.subscribe_ok(topic, RawQoS::AtMostOnce, 0).await;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let state = local.recv_publish().await;
+        if &state.payload[..] == b"1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no local state 1");
+    }
     let mut watcher = Raw::connect(m.addr(), "watch", true, 30, None).await;
     watcher.subscribe_ok(topic, RawQoS::AtLeastOnce, 1).await;
     let state = watcher.recv_publish().await;
@@ -365,4 +379,46 @@ async fn a_certificate_from_another_ca_keeps_the_link_down() {
     }
     assert!(!stats.up[Side::Remote as usize].load(std::sync::atomic::Ordering::Relaxed));
     assert_eq!(stats.connects.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// What the bridge's local session queued while the remote was away is
+/// in the store: it survives a restart of this broker and crosses once the
+/// remote is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_for_an_absent_remote_survives_our_restart() {
+    let mut m = MosquittoBroker::start("absent", "").await;
+    // The sink's persistent session at the remote, then the remote goes.
+    let mut sink = Raw::connect(m.addr(), "sink", false, 30, None).await;
+    sink.subscribe_ok("seq/#", RawQoS::AtLeastOnce, 1).await;
+    sink.disconnect().await;
+    m.stop().await;
+    let store = tempfile::tempdir().expect("a store folder");
+    let config = |c: &mut Config| {
+        c.persistence = true;
+        c.persistence_location = store.path().to_owned();
+        with_bridge(c, bridge_to(&m, &["seq/# out 1"], |_| {}));
+    };
+    const N: usize = 100;
+    {
+        let broker = start(2, config);
+        wait_link(&broker, Side::Local, true).await;
+        broker
+            .wait_counters(STEP, "the bridge subscribed", |c| {
+                c.subscriptions_current >= 1
+            })
+            .await;
+        publish_range(broker.addr, "pub", "seq/a", "m", 0..N).await;
+    } // stopped, gracefully, with every message still here
+    let broker = start(2, config);
+    m.restart().await;
+    wait_link(&broker, Side::Remote, true).await;
+    // Its session holds the subscription: no SUBSCRIBE this time.
+    let seen = within(
+        STREAM + STEP,
+        "the sink",
+        collect(m.addr(), "sink", "seq/#", "m", N, None),
+    )
+    .await;
+    let stats = &broker.bridges()[0];
+    assert_eq!(seen.len(), N, "lost: {:?}\n{stats:?}", missing(&seen, N));
 }

@@ -411,7 +411,17 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
     strings_under(&dashboard, "query", &mut queries);
     assert!(panels >= 20, "only {panels} panel queries");
 
-    let broker = start(2, with_metrics);
+    // A bridge (to a port nothing listens on) so its families are exported.
+    let broker = start(2, |c| {
+        with_metrics(c);
+        let bridge = ringmq::config::BridgeFile {
+            name: "nowhere".into(),
+            address: Some(ringmq::config::Addresses::One("127.0.0.1:1".into())),
+            topic: vec!["a out 0".into()],
+            ..Default::default()
+        };
+        c.bridges = vec![bridge.resolve("test").expect("a valid bridge")];
+    });
     let parsed = scrape(broker.metrics_addr().expect("metrics endpoint"));
     let exported: std::collections::HashSet<&str> =
         parsed.samples.iter().map(|s| s.0.as_str()).collect();
@@ -426,5 +436,76 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
     assert!(
         missing.is_empty(),
         "the dashboard queries metrics the broker does not export: {missing:?}"
+    );
+}
+
+/// A bridge's families move with what crosses it, checked with Prometheus's
+/// parser: the link states, messages by direction, nothing held after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_metrics_follow_the_link_and_its_messages() {
+    let m = MosquittoBroker::start("metrics", "").await;
+    let broker = start(2, |c| {
+        with_metrics(c);
+        let bridge = ringmq::config::BridgeFile {
+            name: "mosq".into(),
+            address: Some(ringmq::config::Addresses::One(format!(
+                "127.0.0.1:{}",
+                m.port
+            ))),
+            topic: vec!["up/# out 1".into(), "down/# in 1".into()],
+            ..Default::default()
+        };
+        c.bridges = vec![bridge.resolve("test").expect("a valid bridge")];
+    });
+    let addr = broker.metrics_addr().expect("metrics endpoint");
+    let up = |p: &Parsed, side| p.value("ringmq_bridge_up", &[("bridge", "mosq"), ("side", side)]);
+    scrape_until(addr, "both links up", |p| {
+        up(p, "local") == Some(1.0) && up(p, "remote") == Some(1.0)
+    });
+    let mut sink = Raw::connect(m.addr(), "sink", true, 30, None).await;
+    sink.subscribe_ok("up/#", RawQoS::AtLeastOnce, 1).await;
+    let mut p = Raw::connect(broker.addr, "p", true, 30, None).await;
+    for i in 1..=3u16 {
+        p.send(&publish_packet(
+            "up/x",
+            QosPid::AtLeastOnce(pid(i)),
+            false,
+            b"m",
+        ))
+        .await;
+        let got = sink.recv_publish().await;
+        sink.puback(&got).await;
+    }
+    let moved = |p: &Parsed| {
+        p.value(
+            "ringmq_bridge_messages_total",
+            &[("bridge", "mosq"), ("direction", "out")],
+        ) == Some(3.0)
+    };
+    let parsed = scrape_until(addr, "3 messages out", moved);
+    assert_eq!(
+        parsed
+            .types
+            .get("ringmq_bridge_messages")
+            .map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(
+        parsed.value(
+            "ringmq_bridge_pending_messages",
+            &[("bridge", "mosq"), ("direction", "out")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        parsed.value("ringmq_bridge_connects_total", &[("bridge", "mosq")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        parsed.value(
+            "ringmq_bridge_dropped_total",
+            &[("bridge", "mosq"), ("reason", "link_down")]
+        ),
+        Some(0.0)
     );
 }

@@ -50,6 +50,9 @@ impl Gate {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub name: String,
+    /// Where `$SYS` says whether the remote link is up (the bridge's
+    /// `notification_topic`, as Mosquitto publishes it locally too).
+    pub state_topic: String,
     /// Index: [`Side`].
     pub up: [AtomicBool; 2],
     /// Messages across, by the side they came from.
@@ -68,10 +71,30 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn new(name: &str) -> Stats {
+    pub fn new(bridge: &Bridge) -> Stats {
         Stats {
-            name: name.to_owned(),
+            name: bridge.name.clone(),
+            state_topic: bridge.notification_topic.clone(),
             ..Stats::default()
+        }
+    }
+
+    /// What the metrics endpoint reports.
+    pub fn scrape(&self) -> crate::server::BridgeScrape {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sides = |a: &[AtomicU64; 2]| [get(&a[0]), get(&a[1])];
+        crate::server::BridgeScrape {
+            name: self.name.clone(),
+            up: [0, 1].map(|i| self.up[i].load(Ordering::Relaxed)),
+            forwarded: sides(&self.forwarded),
+            pending: sides(&self.pending),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|d| (d.name(), get(&self.dropped[*d as usize])))
+                .collect(),
+            connects: get(&self.connects),
+            connect_failures: get(&self.connect_failures),
+            duplicates: get(&self.duplicates),
         }
     }
 

@@ -32,6 +32,24 @@ pub struct Scrape {
     pub process: Option<ProcessScrape>,
     /// Publish-in to write-out time of sampled deliveries.
     pub latency: Option<LatencyScrape>,
+    pub bridges: Vec<BridgeScrape>,
+}
+
+/// One `[[bridge]]`, as its links last published it.
+#[derive(Debug, Default, Clone)]
+pub struct BridgeScrape {
+    pub name: String,
+    /// Index: local, remote.
+    pub up: [bool; 2],
+    /// Messages across, index: out (from local), in (from remote).
+    pub forwarded: [u64; 2],
+    /// Messages the bridge holds, by direction as `forwarded`.
+    pub pending: [u64; 2],
+    /// `(reason, count)`.
+    pub dropped: Vec<(&'static str, u64)>,
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -298,6 +316,76 @@ impl Scrape {
         Ok(())
     }
 
+    fn encode_bridges(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        if self.bridges.is_empty() {
+            return Ok(());
+        }
+        let mut up = encoder.encode_descriptor(
+            "ringmq_bridge_up",
+            "1 while the bridge's link to a side (local: this broker, remote: the other) is connected.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in &self.bridges {
+            for (side, is_up) in ["local", "remote"].into_iter().zip(b.up) {
+                let labels = [("bridge", b.name.as_str()), ("side", side)];
+                ConstGauge::new(i64::from(is_up)).encode(up.encode_family(&labels)?)?;
+            }
+        }
+        let directions = |f: fn(&BridgeScrape) -> [u64; 2]| {
+            move |b: &BridgeScrape| ["out", "in"].into_iter().zip(f(b)).collect::<Vec<_>>()
+        };
+        bridge_family(
+            encoder,
+            &self.bridges,
+            ("ringmq_bridge_messages", "Messages across a bridge (acknowledged by the receiving broker at QoS 1/2), by direction.", MetricType::Counter),
+            "direction",
+            directions(|b| b.forwarded),
+        )?;
+        bridge_family(
+            encoder,
+            &self.bridges,
+            ("ringmq_bridge_pending_messages", "QoS 1/2 messages a bridge holds, taken from one broker and not yet acknowledged by the other, by direction.", MetricType::Gauge),
+            "direction",
+            directions(|b| b.pending),
+        )?;
+        bridge_family(
+            encoder,
+            &self.bridges,
+            (
+                "ringmq_bridge_dropped",
+                "Messages that did not cross a bridge, by reason.",
+                MetricType::Counter,
+            ),
+            "reason",
+            |b| b.dropped.clone(),
+        )?;
+        for (name, text, get) in [
+            (
+                "ringmq_bridge_connects",
+                "Times the link to the remote broker came up.",
+                (|b| b.connects) as fn(&BridgeScrape) -> u64,
+            ),
+            (
+                "ringmq_bridge_connect_failures",
+                "Attempts to connect to the remote broker that failed.",
+                |b| b.connect_failures,
+            ),
+            (
+                "ringmq_bridge_duplicates",
+                "Redeliveries of messages the bridge already held (not sent twice).",
+                |b| b.duplicates,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, text, None, MetricType::Counter)?;
+            for b in &self.bridges {
+                let labels = [("bridge", b.name.as_str())];
+                ConstCounter::new(get(b)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     fn encode_latency(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let Some(latency) = &self.latency else {
             return Ok(());
@@ -383,6 +471,7 @@ impl Collector for Scrape {
         self.encode_labelled(&mut encoder)?;
         self.encode_listeners(&mut encoder)?;
         self.encode_cores(&mut encoder)?;
+        self.encode_bridges(&mut encoder)?;
         self.encode_latency(&mut encoder)
     }
 }
@@ -403,6 +492,29 @@ fn encode_column<T>(
         match column.kind {
             MetricType::Counter => ConstCounter::new(value).encode(sample)?,
             _ => ConstGauge::new(value as i64).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+/// One family over the bridges with a second label (`key`), its values
+/// from `values`.
+fn bridge_family(
+    encoder: &mut DescriptorEncoder,
+    bridges: &[BridgeScrape],
+    (name, text, kind): (&str, &str, MetricType),
+    key: &str,
+    values: impl Fn(&BridgeScrape) -> Vec<(&'static str, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, text, None, kind)?;
+    for b in bridges {
+        for (label, value) in values(b) {
+            let labels = [("bridge", b.name.as_str()), (key, label)];
+            let sample = family.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+                _ => ConstGauge::new(value as i64).encode(sample)?,
+            }
         }
     }
     Ok(())

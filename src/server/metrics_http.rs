@@ -183,6 +183,7 @@ fn scrape(shared: &Shared) -> Scrape {
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
         process: process(),
         latency: Some(latency(&metrics::total_latency(&shared.latency))),
+        bridges: shared.bridges.iter().map(|b| b.scrape()).collect(),
     }
 }
 

@@ -17,6 +17,8 @@ mod parking;
 mod store;
 mod sys;
 pub mod transport;
+
+pub use exposition::BridgeScrape;
 mod worker;
 
 use std::net::SocketAddr;
@@ -147,7 +149,7 @@ impl Broker {
         let bridges = config
             .bridges
             .iter()
-            .map(|b| Arc::new(crate::bridge::Stats::new(&b.name)))
+            .map(|b| Arc::new(crate::bridge::Stats::new(b)))
             .collect();
         let cores = config.cores;
         let started = Instant::now();

@@ -216,8 +216,13 @@ fn sys_values(c: &Counters, uptime: u64, shared: &super::Shared) -> Vec<(String,
     for (name, value) in c.fields() {
         v.push((format!("$SYS/broker/ringmq/{name}"), value.to_string()));
     }
+    for bridge in &shared.bridges {
+        // Mosquitto's local connection state: 1 while the remote link is up.
+        let up = bridge.up[crate::bridge::Side::Remote as usize].load(Ordering::Relaxed);
+        v.push((bridge.state_topic.clone(), u8::from(up).to_string()));
+    }
     for l in &shared.listeners {
-        let name = format!("{}:{}", l.config.scheme(), l.config.port);
+        let name = l.label();
         let stats = &l.stats;
         for (what, n) in [
             ("accepted", &stats.accepted),
