@@ -5,7 +5,8 @@
 #
 # The end-to-end tests in tests/e2e_mosquitto_clients.rs and tests/passwd.rs
 # drive Eclipse Mosquitto's command-line tools (mosquitto_pub, mosquitto_sub,
-# mosquitto_passwd) and fail loudly when they are missing, so
+# mosquitto_passwd), tests/e2e_bridge.rs its broker (mosquitto, in /usr/sbin),
+# and they fail loudly when these are missing, so
 # this script installs them first when it can (root with apt-get); likewise
 # Paho's Python client (pip) and MQTT.js (npm ci in tests/mqttjs). Idempotent:
 # nothing is installed when the tools are already there. Quiet on success
@@ -18,6 +19,7 @@ missing=()
 for tool in mosquitto_pub mosquitto_sub mosquitto_passwd stdbuf; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+[[ -x /usr/sbin/mosquitto ]] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 
 if ((${#missing[@]} > 0)); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then

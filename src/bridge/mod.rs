@@ -115,6 +115,16 @@ impl Stats {
     }
 }
 
+/// Loads every bridge's TLS files, as the start would (`--test-config`).
+pub fn check_files(bridges: &[Bridge]) -> anyhow::Result<()> {
+    for bridge in bridges {
+        if let Some(tls) = &bridge.tls {
+            tls::client_config(tls).with_context(|| format!("[[bridge]] {:?}", bridge.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// The running bridges: their thread and the switch that stops them.
 pub struct Bridges {
     thread: Option<std::thread::JoinHandle<()>>,

@@ -261,3 +261,48 @@ fn explicit_allow_anonymous_opens_every_address() {
     assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert!(!config.allow_anonymous);
 }
+
+#[test]
+fn the_example_bridge_parses_with_mosquittos_names_too() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ringmq.example.toml"))
+            .expect("read the example");
+    let at = example
+        .find("# [[bridge]]")
+        .expect("the example has a bridge");
+    let bridge: String = example[at..]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").or(l.strip_prefix("#")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = resolved(&bridge).expect("the example bridge is valid");
+    let b = &config.bridges[0];
+    assert_eq!((b.name.as_str(), b.client_id.as_str()), ("cloud", "edge-7"));
+    assert_eq!(b.routes.len(), 2);
+    assert_eq!(
+        b.routes[0].to_remote("sensors/t").as_deref(),
+        Some("site-7/sensors/t")
+    );
+    assert!(b.tls.is_some());
+    let mosquitto_names = "[[bridge]]\nname = \"m\"\naddress = \"h\"\ntopic = [\"a\"]\n\
+        remote_clientid = \"r\"\nremote_username = \"u\"\nremote_password = \"p\"\n\
+        local_clientid = \"l\"\nkeepalive_interval = 30\nbridge_cafile = \"ca\"\n\
+        bridge_insecure = true\nprotocol_version = \"mqttv311\"\n";
+    let b = &resolved(mosquitto_names).expect("valid").bridges[0];
+    assert_eq!(
+        (b.client_id.as_str(), b.local_client_id.as_str()),
+        ("r", "l")
+    );
+    assert_eq!((b.keepalive, b.addresses[0].1), (30, 1883));
+    assert!(b.tls.as_ref().is_some_and(|t| t.insecure));
+    let twice = "[[bridge]]\nname = \"m\"\naddress = \"h\"\ntopic = [\"a\"]\n".repeat(2);
+    assert!(resolved(&twice)
+        .unwrap_err()
+        .to_string()
+        .contains("two [[bridge]]"));
+    let typo = "[[bridge]]\nname = \"m\"\naddress = \"h\"\ntopic = [\"a\"]\ntypo = 1\n";
+    assert!(
+        toml::from_str::<FileConfig>(typo).is_err(),
+        "unknown keys are refused"
+    );
+}

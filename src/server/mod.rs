@@ -92,7 +92,7 @@ pub fn check_listeners(config: &Config) -> anyhow::Result<()> {
     for listener in config.all_listeners() {
         ListenerRuntime::new(listener, config.limits.max_packet_size)?;
     }
-    Ok(())
+    crate::bridge::check_files(&config.bridges)
 }
 
 /// Settles each listener's port: 0 gets one the kernel picks (held by the

@@ -53,7 +53,9 @@ pub fn assert_sequence(who: &str, prefix: &str, payloads: &[Bytes], n: usize) {
 /// Finds a program on PATH; fails loudly when it is missing (CI installs it).
 pub fn require_program(name: &str) -> std::path::PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
+    // The mosquitto broker lives in /usr/sbin, outside a user's PATH.
+    let sbin = [std::path::PathBuf::from("/usr/sbin")];
+    for dir in std::env::split_paths(&path).chain(sbin) {
         let candidate = dir.join(name);
         if candidate.is_file() {
             return candidate;
@@ -61,7 +63,7 @@ pub fn require_program(name: &str) -> std::path::PathBuf {
     }
     panic!(
         "`{name}` is not installed but these tests need it: \
-         apt-get install -y mosquitto-clients (scripts/test.sh does this)"
+         apt-get install -y mosquitto mosquitto-clients (scripts/test.sh does this)"
     );
 }
 

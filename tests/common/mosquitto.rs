@@ -185,6 +185,7 @@ pub fn mosquitto_pub_result(
 /// stopped when dropped.
 pub struct MosquittoBroker {
     pub port: u16,
+    program: std::path::PathBuf,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
@@ -193,7 +194,7 @@ impl MosquittoBroker {
     /// Starts it with `extra` lines appended to its configuration (which
     /// has a 127.0.0.1 listener, anonymous clients and persistence).
     pub async fn start(tag: &str, extra: &str) -> MosquittoBroker {
-        require_program("mosquitto");
+        let program = require_program("mosquitto");
         let port = super::free_port();
         let dir = std::env::temp_dir().join(format!("ringmq-mosq-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -213,6 +214,7 @@ impl MosquittoBroker {
         std::fs::write(dir.join("mosquitto.conf"), conf).expect("mosquitto.conf");
         let mut m = MosquittoBroker {
             port,
+            program,
             dir,
             child: None,
         };
@@ -230,7 +232,7 @@ impl MosquittoBroker {
     }
 
     async fn spawn(&mut self) {
-        let child = std::process::Command::new("mosquitto")
+        let child = std::process::Command::new(&self.program)
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdout(std::process::Stdio::null())
