@@ -171,11 +171,18 @@ async fn counters_move_with_traffic_and_drops_show_their_reason() {
         .await;
 
     let after = tokio::task::spawn_blocking(move || {
-        scrape_until(at, "the offline QoS 0 drop", |p| {
+        // Each core publishes its counters on its own tick: wait for every
+        // core's share, not only the one that counted the drop.
+        scrape_until(at, "the offline QoS 0 drop and every core's counts", |p| {
             p.value(
                 "ringmq_messages_dropped_total",
                 &[("reason", "offline_qos0")],
             ) == Some(1.0)
+                && p.value("ringmq_messages_received_total", &[("qos", "0")]) == Some(1.0)
+                && p.value("ringmq_messages_received_total", &[("qos", "1")]) == Some(1.0)
+                && p.value("ringmq_messages_sent_total", &[("qos", "1")]) == Some(1.0)
+                && p.value("ringmq_connections_accepted_total", &[]) == Some(2.0)
+                && p.value("ringmq_sessions", &[]) == Some(2.0)
         })
     })
     .await
