@@ -422,3 +422,52 @@ async fn queued_for_an_absent_remote_survives_our_restart() {
     let stats = &broker.bridges()[0];
     assert_eq!(seen.len(), N, "lost: {:?}\n{stats:?}", missing(&seen, N));
 }
+
+/// The other way round: Mosquitto's own 3.1.1 bridge (with its default
+/// `try_private`, protocol level 0x84) connects to ringmq, which honours the
+/// flag as Mosquitto does: the bridge does not get its own messages back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mosquitto_bridge_into_us_gets_no_echo() {
+    let broker = start(2, |_| {});
+    let m = MosquittoBroker::start(
+        "into-us",
+        &format!(
+            "connection into-ringmq\naddress 127.0.0.1:{}\n\
+             bridge_protocol_version mqttv311\nrestart_timeout 1\ntopic t/# both 1\n",
+            broker.addr.port()
+        ),
+    )
+    .await;
+    broker
+        .wait_counters(STREAM, "Mosquitto's bridge subscribed", |c| {
+            c.connections_current == 1 && c.subscriptions_current == 1
+        })
+        .await;
+    let mut here = Raw::connect(broker.addr, "here", true, 30, None).await;
+    here.subscribe_ok("t/#", RawQoS::AtLeastOnce, 1).await;
+    let mut there = Raw::connect(m.addr(), "there", true, 30, None).await;
+    there.subscribe_ok("t/#", RawQoS::AtLeastOnce, 1).await;
+    let mut q = Raw::connect(m.addr(), "p-there", true, 30, None).await;
+    q.send(&publish_packet(
+        "t/from-there",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+        b"from-there",
+    ))
+    .await;
+    let got = here.recv_publish().await;
+    assert_eq!(&got.payload[..], b"from-there");
+    here.puback(&got).await;
+    let got = there.recv_publish().await;
+    assert_eq!(&got.payload[..], b"from-there", "its own broker's message");
+    there.puback(&got).await;
+    // Our marker goes to the bridge on the same connection, after any echo
+    // of `from-there` would have gone.
+    let mut p = Raw::connect(broker.addr, "p-here", true, 30, None).await;
+    p.send(&publish_packet("t/end", QosPid::AtMostOnce, false, b"end"))
+        .await;
+    there
+        .expect_marker("end", "an echo back to Mosquitto")
+        .await;
+    here.expect_marker("end", "an echo back here").await;
+}

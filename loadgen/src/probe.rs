@@ -63,6 +63,7 @@ fn connect() -> Packet {
         username: None,
         password: None,
         properties: Properties::default(),
+        bridge: false,
     }))
 }
 

@@ -145,25 +145,19 @@ impl Dialer {
             username: username.map(Bytes::from),
             password: password.map(Bytes::from),
             properties,
+            // Mosquitto's `try_private`: a 3.1.1 bridge flags itself in the
+            // protocol level so the remote does not echo its messages back.
+            bridge: protocol == Protocol::V3_1_1 && b.try_private && self.side == Side::Remote,
         }
     }
 
-    /// CONNECT as bytes; a 3.1.1 bridge with `try_private` sets the top bit
-    /// of the protocol level, as Mosquitto's bridges do.
     fn connect_bytes(&self) -> BytesMut {
         let mut out = BytesMut::new();
-        let protocol = self.protocol();
         encode(
             &Packet::Connect(Box::new(self.connect_packet())),
-            protocol,
+            self.protocol(),
             &mut out,
         );
-        if protocol == Protocol::V3_1_1 && self.bridge.try_private {
-            let at = out.windows(6).position(|w| w == b"\x00\x04MQTT");
-            if let Some(level) = at.map(|i| i + 6).filter(|i| *i < out.len()) {
-                out[level] |= 0x80;
-            }
-        }
         out
     }
 

@@ -51,6 +51,7 @@ pub fn connect_packet(
         username: None,
         password: None,
         properties: Properties::default(),
+        bridge: false,
     }))
 }
 

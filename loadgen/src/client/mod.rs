@@ -242,6 +242,7 @@ fn connect_packet(t: &Thread, id: &str) -> Packet {
             .as_deref()
             .map(|p| Bytes::copy_from_slice(p.as_bytes())),
         properties: Properties::default(),
+        bridge: false,
     }))
 }
 

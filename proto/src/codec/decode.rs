@@ -182,20 +182,24 @@ fn properties_if(r: &mut Reader, v5: bool) -> Result<Properties> {
     }
 }
 
-fn decode_protocol(r: &mut Reader) -> Result<Protocol> {
+/// The protocol, and whether a 3.1/3.1.1 bridge flagged itself.
+fn decode_protocol(r: &mut Reader) -> Result<(Protocol, bool)> {
     let name = r.binary()?;
     let level = r.u8()?;
-    match (&name[..], level) {
+    let bridge = level & BRIDGE_FLAG != 0 && level != BRIDGE_FLAG | 5;
+    let level = if bridge { level & !BRIDGE_FLAG } else { level };
+    let protocol = match (&name[..], level) {
         (b"MQTT", 4) => Ok(Protocol::V3_1_1),
         (b"MQTT", 5) => Ok(Protocol::V5),
         (b"MQIsdp", 3) => Ok(Protocol::V3_1),
         (b"MQTT", l) | (b"MQIsdp", l) => Err(DecodeError::UnsupportedProtocolLevel(l)),
         _ => Err(DecodeError::InvalidProtocolName),
-    }
+    }?;
+    Ok((protocol, bridge))
 }
 
 fn decode_connect(r: &mut Reader) -> Result<Connect> {
-    let protocol = decode_protocol(r)?;
+    let (protocol, bridge) = decode_protocol(r)?;
     let v5 = protocol.is_v5();
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
@@ -237,6 +241,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect> {
         username,
         password,
         properties,
+        bridge,
     })
 }
 

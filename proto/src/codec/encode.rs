@@ -239,7 +239,7 @@ fn encode_connect(out: &mut BytesMut, c: &Connect, remaining: usize) {
         b"MQTT"
     };
     put_binary(out, name);
-    out.put_u8(c.protocol.level());
+    out.put_u8(c.protocol.level() | if c.bridge { BRIDGE_FLAG } else { 0 });
     let mut flags = (c.clean_start as u8) << 1;
     if let Some(w) = &c.will {
         flags |= 0x04 | (w.qos as u8) << 3 | (w.retain as u8) << 5;

@@ -59,7 +59,13 @@ pub struct Connect {
     pub username: Option<Bytes>,
     pub password: Option<Bytes>,
     pub properties: Properties,
+    /// The protocol level carried [`BRIDGE_FLAG`]: a 3.1/3.1.1 bridge
+    /// (Mosquitto's `try_private`), which must not get its own messages back.
+    pub bridge: bool,
 }
+
+/// The top bit of the protocol level, set by Mosquitto's bridges.
+pub const BRIDGE_FLAG: u8 = 0x80;
 
 impl Connect {
     /// The client id as text (the decoder validated it as UTF-8).

@@ -47,6 +47,29 @@ fn golden_connect_311() {
     );
 }
 
+/// Mosquitto's bridges (`try_private`) set the top bit of the level: 0x84.
+#[test]
+fn golden_connect_from_a_311_bridge() {
+    let mut bytes = CONNECT_311.to_vec();
+    bytes[8] = 0x84;
+    let Some(Packet::Connect(c)) = decode_all(&bytes, Protocol::V3_1_1).unwrap() else {
+        panic!("not a CONNECT")
+    };
+    assert_eq!(c.protocol, Protocol::V3_1_1);
+    assert!(c.bridge);
+    assert_eq!(encode_to_vec(&Packet::Connect(c), Protocol::V3_1_1), bytes);
+    let Some(Packet::Connect(plain)) = decode_all(CONNECT_311, Protocol::V3_1_1).unwrap() else {
+        panic!("not a CONNECT")
+    };
+    assert!(!plain.bridge);
+    // 5.0 has No Local instead: a flagged 5.0 level is not a level at all.
+    bytes[8] = 0x85;
+    assert_eq!(
+        decode_all(&bytes, Protocol::V3_1_1),
+        Err(DecodeError::UnsupportedProtocolLevel(0x85))
+    );
+}
+
 #[test]
 fn golden_publish_qos1() {
     let bytes = [0x32, 9, 0, 3, b'a', b'/', b'b', 0, 7, b'h', b'i'];
@@ -357,6 +380,7 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
                     password: user.clone(),
                     username: user,
                     properties,
+                    bridge: false,
                 }))
             },
         );

@@ -155,6 +155,7 @@ fn a_session_survives_image_and_restore() {
         username: Some(Bytes::from_static(b"alice")),
         password: None,
         properties: Properties::default(),
+        bridge: false,
     };
     let session = Session::new("dev-1".into(), &connect, &limits, Time::ZERO);
     let img = session.image();
@@ -233,6 +234,7 @@ mod journal {
             username: None,
             password: None,
             properties: Properties(vec![Property::SessionExpiryInterval(600)]),
+            bridge: false,
         }
     }
 

@@ -22,6 +22,7 @@ fn v3_connect(id: &str, clean: bool) -> Connect {
         username: None,
         password: None,
         properties: Properties::default(),
+        bridge: false,
     }
 }
 

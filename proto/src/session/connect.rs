@@ -84,6 +84,10 @@ pub struct ClientParams {
     pub maximum_packet_size: u32,
     /// Topic aliases the client accepts from the broker.
     pub topic_alias_maximum: u16,
+    /// A 3.1/3.1.1 bridge (protocol level with the bridge flag): its
+    /// subscriptions get No Local and Retain As Published, as 5.0 bridges
+    /// ask for and as Mosquitto treats such bridges.
+    pub bridge: bool,
 }
 
 impl ClientParams {
@@ -99,6 +103,7 @@ impl ClientParams {
                 receive_maximum: u16::MAX,
                 maximum_packet_size: u32::MAX,
                 topic_alias_maximum: 0,
+                bridge: c.bridge,
             };
         }
         let mut params = ClientParams {
@@ -106,6 +111,7 @@ impl ClientParams {
             receive_maximum: u16::MAX,
             maximum_packet_size: u32::MAX,
             topic_alias_maximum: 0,
+            bridge: false,
         };
         for p in c.properties.iter() {
             match *p {

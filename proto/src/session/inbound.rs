@@ -232,6 +232,11 @@ impl Session {
             if filter.is_shared() && opts.no_local && v5 {
                 return Err(Violation::NoLocalOnShared);
             }
+            let mut opts = opts;
+            if self.params.bridge && !filter.is_shared() {
+                opts.no_local = true;
+                opts.retain_as_published = true;
+            }
             let exists = self.subscriptions.contains_key(&filter);
             if !exists && self.subscriptions.len() >= limits.max_subscriptions_per_client {
                 codes.push(refused(reason::QUOTA_EXCEEDED));

@@ -439,6 +439,7 @@ impl Session {
             receive_maximum: u16::MAX,
             maximum_packet_size: u32::MAX,
             topic_alias_maximum: 0,
+            bridge: false,
         };
         Session {
             client_id: image.client_id,

@@ -33,6 +33,7 @@ fn connect(clean: bool, keep_alive: u16) -> Connect {
         username: None,
         password: None,
         properties: Properties::default(),
+        bridge: false,
     }
 }
 
