@@ -88,6 +88,10 @@ pub struct SingleArgs {
     /// Name of the broker in reports.
     #[arg(long, default_value = "broker")]
     pub name: String,
+    /// Subscribers connect to this broker (HOST:PORT) instead: measures the
+    /// path across a bridge or a cluster, publishers staying on --host.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub subscribe_to: Option<String>,
     #[command(flatten)]
     pub load: LoadArgs,
 }

@@ -19,14 +19,28 @@ pub fn single(kind: ScenarioKind, args: &SingleArgs) -> Result<()> {
     let host_port = format!("{}:{}", args.host, args.port);
     let target = Target::resolve(&args.name, &host_port, args.broker_pid)?;
     let mut settings = Settings::new(kind, target, &args.load)?;
+    if let Some(host_port) = &args.subscribe_to {
+        let at = Target::resolve("subscribers", host_port, None)?;
+        settings.transport.check_host(&at.host)?;
+        settings.target.subscribers_at = Some(at.address);
+        settings.subscribe_at = Some(at);
+    }
     settings.target.version = probe_version(&settings);
     let plan = Plan::build(kind, &args.load)?;
     let config = Config::new(&settings, &plan);
-    eprintln!(
-        "loadgen {} -> {}",
-        config.describe(),
-        settings.target.address
-    );
+    match &settings.subscribe_at {
+        Some(at) => eprintln!(
+            "loadgen {} -> {}, subscribers at {}",
+            config.describe(),
+            settings.target.address,
+            at.address
+        ),
+        None => eprintln!(
+            "loadgen {} -> {}",
+            config.describe(),
+            settings.target.address
+        ),
+    }
     let result = run_once(&settings, &plan)?;
     let summary = Summary::new(&result, &config, &Machine::detect());
     print!("{}", report::table(std::slice::from_ref(&summary)));

@@ -108,14 +108,7 @@ impl Broker {
         let mut config = None;
         let mut cmd = match std::env::var("LOADGEN_TEST_BROKER").as_deref() {
             Ok("mosquitto") => {
-                // Unbounded queues: by default Mosquitto drops QoS 1 past 1000 queued.
-                let conf = std::env::temp_dir().join(format!("loadgen-e2e-{port}.conf"));
-                let text = format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-                );
-                std::fs::write(&conf, text).expect("writing mosquitto.conf");
-                let mut c = Command::new("mosquitto");
-                c.arg("-c").arg(&conf);
+                let (c, conf) = mosquitto_command(port);
                 config = Some(conf);
                 c
             }
@@ -214,6 +207,17 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Mosquitto on `port` with unbounded queues (by default it drops QoS 1
+/// past 1000 queued), and the config file written for it.
+fn mosquitto_command(port: u16) -> (Command, PathBuf) {
+    let conf = std::env::temp_dir().join(format!("loadgen-e2e-{port}.conf"));
+    let text = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n");
+    std::fs::write(&conf, text).expect("writing mosquitto.conf");
+    let mut c = Command::new("mosquitto");
+    c.arg("-c").arg(&conf);
+    (c, conf)
 }
 
 /// The ringmq command line of these tests, plain listener on `port`.
@@ -431,6 +435,67 @@ fn p2p_over_mqtt31() {
     let mut args = vec!["p2p", "-c", "2", "--rate", "100", "--qos", "1", "-V", "3"];
     args.extend(SHORT);
     assert_nothing_lost(&run("p2p-v31", &b, &args));
+}
+
+/// `--subscribe-to`: publishers at ringmq, subscribers at a Mosquitto that
+/// ringmq bridges `bench/#` out to, so every message crosses the bridge.
+#[test]
+fn p2p_across_a_bridge_subscribes_at_the_remote() {
+    let remote_port = free_port();
+    let (mut c, conf) = mosquitto_command(remote_port);
+    let mut remote = Broker {
+        child: c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto"),
+        port: remote_port,
+        config: Some(conf),
+    };
+    remote.wait_until_accepting();
+    let toml = std::env::temp_dir().join(format!("loadgen-e2e-bridge-{remote_port}.toml"));
+    let text = format!(
+        "[[bridge]]\nname = \"remote\"\naddress = \"127.0.0.1:{remote_port}\"\n\
+         client_id = \"lg-bridge\"\nrestart_timeout = 1\ntopic = [\"bench/# out 1\"]\n"
+    );
+    std::fs::write(&toml, text).expect("writing the bridge config");
+    let mut source = Broker::ringmq(&["-c", toml.to_str().unwrap()]);
+    source.config = Some(toml);
+    // A retained probe set here reaches the remote once the bridge has
+    // subscribed here and connected there: then nothing published is missed.
+    let probe = Command::new("mosquitto_pub")
+        .args(["-p", &source.port.to_string(), "-h", "127.0.0.1"])
+        .args(["-t", "bench/probe", "-m", "up", "-q", "1", "-r"])
+        .status()
+        .expect("mosquitto_pub (apt-get install mosquitto-clients)");
+    assert!(probe.success());
+    let seen = Command::new("mosquitto_sub")
+        .args(["-p", &remote_port.to_string(), "-h", "127.0.0.1"])
+        .args(["-t", "bench/probe", "-C", "1", "-W", "60"])
+        .output()
+        .expect("mosquitto_sub");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout).trim(),
+        "up",
+        "the bridge never carried the probe"
+    );
+    let to = format!("127.0.0.1:{remote_port}");
+    let mut args = vec![
+        "p2p",
+        "-c",
+        "4",
+        "--rate",
+        "200",
+        "--qos",
+        "1",
+        "--subscribe-to",
+        &to,
+    ];
+    args.extend(SHORT);
+    let v = run("p2p-bridge", &source, &args);
+    assert_nothing_lost(&v);
+    assert_eq!(int(&v, "/totals/received"), int(&v, "/totals/sent"));
+    assert_eq!(v["target"]["subscribers_at"], to.as_str());
 }
 
 #[test]

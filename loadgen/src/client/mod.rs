@@ -22,7 +22,7 @@ use ringmq_proto::codec::{
 
 use crate::context::Thread;
 use crate::pacer::timeout;
-use crate::scenario::{ClientSpec, Role};
+use crate::scenario::{ClientSpec, Role, Target};
 use crate::shared::Phase;
 use crate::signal::Notify;
 use crate::transport::Link;
@@ -142,7 +142,8 @@ pub async fn run_client(t: Rc<Thread>, conns: Rc<Conns>, spec: ClientSpec, inten
         }
         if !t.settings.clean {
             let limit = t.settings.connect_timeout;
-            match timeout(&t.pacer, limit, discard_session(&t, &id)).await {
+            let at = t.settings.endpoint(filter.is_some());
+            match timeout(&t.pacer, limit, discard_session(&t, at, &id)).await {
                 Some(Ok(())) => {}
                 Some(Err(e)) => t.log_error("ending the session", &e),
                 None => t.log_error(
@@ -157,9 +158,9 @@ pub async fn run_client(t: Rc<Thread>, conns: Rc<Conns>, spec: ClientSpec, inten
 /// With --clean false the broker keeps every client's session after the
 /// run, still subscribed: the next run's messages would queue in them. A
 /// clean reconnect ends each one, so a run leaves no session behind.
-async fn discard_session(t: &Thread, id: &str) -> Result<()> {
+async fn discard_session(t: &Thread, at: &Target, id: &str) -> Result<()> {
     let s = &t.settings;
-    let (mut link, mut buf) = Link::open(&s.transport, s.target.address, &s.target.host).await?;
+    let (mut link, mut buf) = Link::open(&s.transport, at.address, &at.host).await?;
     let mut connect = connect_packet(t, id);
     if let Packet::Connect(c) = &mut connect {
         c.clean_start = true;
@@ -207,7 +208,8 @@ pub async fn connect_timed(
 /// sends CONNECT (and SUBSCRIBE) and waits for their acks.
 async fn handshake(t: &Thread, id: &str, filter: Option<&str>) -> Result<Session> {
     let s = &t.settings;
-    let (mut link, mut buf) = Link::open(&s.transport, s.target.address, &s.target.host).await?;
+    let at = s.endpoint(filter.is_some());
+    let (mut link, mut buf) = Link::open(&s.transport, at.address, &at.host).await?;
     let mut out = BytesMut::with_capacity(256);
     encode(&connect_packet(t, id), s.protocol, &mut out);
     if let Some(filter) = filter {

@@ -34,6 +34,9 @@ pub struct Target {
     /// What the broker publishes as `$SYS/broker/version` (plain TCP only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Where the subscribers were instead (`--subscribe-to`), for the report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribers_at: Option<SocketAddr>,
 }
 
 impl Target {
@@ -51,6 +54,7 @@ impl Target {
             host: host.to_string(),
             pid,
             version: None,
+            subscribers_at: None,
         })
     }
 }
@@ -70,6 +74,8 @@ pub enum Pace {
 pub struct Settings {
     pub scenario: ScenarioKind,
     pub target: Target,
+    /// Where subscribing clients connect, when not to `target` (`--subscribe-to`).
+    pub subscribe_at: Option<Target>,
     /// TCP, TLS, WebSocket or both; the same for every target.
     pub transport: Transport,
     pub protocol: Protocol,
@@ -100,6 +106,7 @@ impl Settings {
         Ok(Settings {
             scenario: kind,
             target,
+            subscribe_at: None,
             transport,
             protocol: protocol(args.protocol_version)?,
             qos: QoS::from_bits(args.qos).context("--qos must be 0, 1 or 2")?,
@@ -123,6 +130,15 @@ impl Settings {
             run_id: new_run_id(),
             progress: !args.quiet,
         })
+    }
+
+    /// The broker a client connects to: subscribers go to `subscribe_at`
+    /// where one is set.
+    pub fn endpoint(&self, subscribes: bool) -> &Target {
+        match &self.subscribe_at {
+            Some(at) if subscribes => at,
+            _ => &self.target,
+        }
     }
 
     /// A fresh run id, for the next run of a comparison.
