@@ -3,7 +3,7 @@
 # Mosquitto bridging to the same remote, in one run.
 #
 #   scripts/bench_bridge.sh             # ~1-2 minutes
-#   RATE=5000 ROUNDS=5 scripts/bench_bridge.sh
+#   RATE=10000 ROUNDS=5 scripts/bench_bridge.sh   # 10 pairs x 10,000/s
 #
 # Three brokers on loopback: the remote (Mosquitto, :1887) and two sources,
 # ringmq (:1883) and Mosquitto (:1886), each with one bridge that sends
@@ -17,7 +17,7 @@
 # MODE=pinned (default, with 2+ cores): both sources on core 0 with one
 # worker (ringmq --cores 1), the remote and loadgen on core 1.
 #
-# Environment: RATE (msg/s in all, default 2000), PAIRS (default 10), QOS
+# Environment: RATE (msg/s per pair, default 2000), PAIRS (default 10), QOS
 # (default 1), DURATION (s, default 10), WARMUP (s, default 2), ROUNDS
 # (default 3), MODE (pinned|shared).
 set -euo pipefail
@@ -79,7 +79,7 @@ if [ "$MODE" = pinned ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null
     RINGMQ_CORES=1
     THREADS=1
 fi
-log "mode $MODE: ringmq --cores $RINGMQ_CORES, $PAIRS pairs, $RATE msg/s, QoS $QOS"
+log "mode $MODE: ringmq --cores $RINGMQ_CORES, $PAIRS pairs x $RATE msg/s, QoS $QOS"
 
 broker_conf() {
     cat <<EOF
@@ -141,7 +141,7 @@ run() {
     log "round $round: $name -> remote"
     "${SIDE_CPU[@]}" target/release/loadgen p2p --name "$name" --host 127.0.0.1 --port "$port" \
         --subscribe-to "127.0.0.1:$REMOTE_PORT" --broker-pid "$pid" \
-        -c "$PAIRS" --rate "$RATE" --qos "$QOS" --duration "$DURATION" --warmup "$WARMUP" \
+        -c "$PAIRS" --rate "$RATE" --qos "$QOS" --duration "$DURATION" --warmup "$WARMUP" --drain 60 \
         --threads "$THREADS" --quiet --json "$OUT/$name-$round.json" |
         tee "$OUT/$name-$round.txt"
 }
