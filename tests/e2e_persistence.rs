@@ -119,6 +119,26 @@ async fn drain(broker: &TestBroker, sub_id: &str) -> (Vec<Bytes>, Vec<Bytes>) {
     (q1, q2)
 }
 
+/// The store holds the clients' messages: its folders are `0700` and its
+/// files `0600`, whatever the umask.
+fn assert_private(location: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut seen = 0;
+    let mut stack = vec![location.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::metadata(&path).expect("a store entry");
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "the lock and at least one segment");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_queued_messages_and_retained_survive_a_restart_onto_more_cores() {
     let dir = Dir::new("restart");
@@ -127,6 +147,7 @@ async fn sessions_queued_messages_and_retained_survive_a_restart_onto_more_cores
         let broker = persistent(&dir.0, 2);
         fill(&broker, &sub_id).await;
     } // stopped: SIGTERM's path, every log flushed
+    assert_private(&dir.0);
     let broker = persistent(&dir.0, 3);
     let (q1, q2) = drain(&broker, &sub_id).await;
     assert_sequence("QoS 1 after the restart", "q1", &q1, QOS1);

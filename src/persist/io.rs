@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,10 +33,12 @@ pub struct RealIo;
 
 impl SegmentIo for RealIo {
     fn create(&mut self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        // Stored messages are the clients' data: readable by this user only.
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)?;
         Ok(Box::new(RealFile(file)))
     }
@@ -239,4 +241,14 @@ impl SegmentFile for FaultyFile {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Creates `dir` and its missing parents as `0700`: the store's folders
+/// hold the clients' messages (folders that exist keep their mode).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

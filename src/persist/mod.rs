@@ -85,8 +85,11 @@ mod io;
 mod recover;
 mod writer;
 
-pub use format::{FLAG_SNAPSHOT, HEADER_LEN, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION};
-pub use io::{Faults, FaultyIo, RealIo, SegmentFile, SegmentIo};
+pub use format::{
+    encode_header, encode_record, FLAG_SNAPSHOT, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+    RECORD_HEADER_LEN, VERSION,
+};
+pub use io::{create_private_dir, Faults, FaultyIo, RealIo, SegmentFile, SegmentIo};
 pub use recover::{recover, Corruption, LogTail, Recovered, RecoveryError};
 pub use writer::{FsyncPolicy, LogWriter, Lsn, NotDurable, Notify, RecordTooLarge, WriterConfig};
 

@@ -85,7 +85,7 @@ pub struct Recovered {
 /// and recovers empty. A torn record at the very end of the last segment is
 /// truncated away (and reported); any other damage is an error.
 pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    super::io::create_private_dir(dir).map_err(io_err(dir))?;
     let segments = list_segments(dir)?;
     let live = live_from(dir, &segments)?;
     let mut out = Recovered {

@@ -89,7 +89,7 @@ impl Store {
     ) -> anyhow::Result<Opened> {
         let always = config.persistence_fsync == FsyncMode::Always;
         let location = config.persistence_location.clone();
-        std::fs::create_dir_all(&location)
+        persist::create_private_dir(&location)
             .with_context(|| format!("persistence: cannot create {}", location.display()))?;
         let lock = lock_location(&location)?;
         let mut replay = Replay::new(epoch);
@@ -344,10 +344,12 @@ fn open_writer(
 /// logs; the lock goes with the process, however it ends.
 fn lock_location(location: &Path) -> anyhow::Result<std::fs::File> {
     let path = location.join("lock");
+    use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("persistence: cannot open {}", path.display()))?;
     match file.try_lock() {
