@@ -530,3 +530,60 @@ async fn burst_of_garbage_connections() {
         })
         .await;
 }
+
+/// CVE-2019-11779 (a broker's stack overflowed on a topic of about 65,000
+/// levels): at the default cap of 128 levels, a 32,768-level topic closes the
+/// connection and a 32,768-level filter is refused, without recursion on
+/// depth and without harm to anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_of_32k_levels_are_refused_at_the_default_cap() {
+    let broker = start(2, |_| {});
+    let mut canary = Canary::new(&broker).await;
+    let mut deep_pub = Raw::connect(broker.addr, &id_on(0, 2, "deep-pub"), true, 0, None).await;
+    // 65,535 bytes: the longest topic a packet can carry.
+    let topic = ["l"; 32_768].join("/");
+    deep_pub
+        .send(&publish_packet(&topic, QosPid::AtMostOnce, false, b"x"))
+        .await;
+    let before = deep_pub.expect_closed(STEP).await;
+    assert!(before.is_empty(), "replied {before:?} before closing");
+    canary.check("a 32,768-level PUBLISH").await;
+    let mut deep_sub = Raw::connect(broker.addr, &id_on(1, 2, "deep-sub"), true, 0, None).await;
+    let filter = ["+"; 32_768].join("/");
+    let codes = deep_sub
+        .subscribe(1, &[(filter.as_str(), RawQoS::AtLeastOnce)])
+        .await;
+    assert_eq!(codes, vec![0x80]);
+    canary.check("a 32,768-level SUBSCRIBE").await;
+}
+
+/// Retained floods (brokers have run out of memory at 500,000 retained
+/// topics): past `max_retained_messages` a retained PUBLISH is acknowledged
+/// and delivered live but not stored, and each one is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_stop_at_their_cap_and_are_counted() {
+    let broker = start(1, |c| c.limits.max_retained_messages = 3);
+    let mut publisher = V4::connect(broker.addr, "flood-pub").await;
+    for i in 0..5 {
+        publisher
+            .publish(&format!("flood/{i}"), v4::QoS::AtLeastOnce, true, "r")
+            .await;
+    }
+    publisher.wait_acks(5, v4::QoS::AtLeastOnce).await;
+    broker
+        .wait_counters(STEP, "two retained messages over the cap", |c| {
+            c.dropped_retained_cap == 2 && c.retained_current == 3
+        })
+        .await;
+    let mut late = V4::connect(broker.addr, "flood-late").await;
+    late.subscribe_ok("flood/#", v4::QoS::AtLeastOnce).await;
+    publisher
+        .publish("flood/marker", v4::QoS::AtLeastOnce, false, "flood-end")
+        .await;
+    let mut stored: Vec<String> = (late.recv_until_marker("flood-end").await)
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["flood/0", "flood/1", "flood/2"]);
+}
