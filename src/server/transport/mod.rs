@@ -6,7 +6,7 @@
 
 mod layered;
 mod tls;
-mod ws;
+pub mod ws;
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,2 @@
+//! The fuzz targets, shared by the AFL binaries and the regression replay.
+pub mod targets;
