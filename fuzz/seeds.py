@@ -87,3 +87,18 @@ write("websocket", "request", b"GET /mqtt HTTP/1.1\r\nHost: h\r\nUpgrade: websoc
       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
       b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
 write("websocket", "split", ws_frame(2, V5[0])[:5] + ws_frame(0, b"") + ws_frame(2, V5[12]))
+# session: a setup byte (bit 0: 5.0, bit 1: clean start, bit 2: a bridge),
+# then steps by op % 5: 0 a client packet of op / 5 bytes, 1 a message routed
+# to the client at QoS op / 5 % 3, 2 a clock step of op / 5 seconds,
+# 3 a reconnect (op 128: clean), 4 a window pump.
+def client(p): assert len(p) * 5 < 256; return bytes([len(p) * 5]) + p
+def steps(v5):
+    props = b"\x00" if v5 else b""
+    return (bytes([6, 6, 11, 11, 1, 6]) + client(pkt(0x40, b"\x00\x01")) + client(pkt(0x50, b"\x00\x03"))
+            + client(pkt(0x62, b"\x00\x03")) + client(pkt(0x70, b"\x00\x03"))
+            + client(pkt(0x34, s("a") + b"\x00\x05" + props + b"x")) + client(pkt(0x62, b"\x00\x05"))
+            + client(pkt(0x82, b"\x00\x07" + props + s("a/+") + b"\x02")) + bytes([17, 3, 4, 6])
+            + client(pkt(0xc0, b"")) + bytes([128, 6, 4]))
+write("session", "v311", b"\x00" + steps(False))
+write("session", "v5", b"\x01" + steps(True))
+write("session", "bridge", b"\x04" + steps(False))

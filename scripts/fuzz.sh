@@ -16,7 +16,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 TOTAL=${1:-60}
-ALL="packet_v311 packet_v5 framer topics config password_file acl_file journal log_file websocket"
+ALL="packet_v311 packet_v5 framer session topics config password_file acl_file journal log_file websocket"
 TARGETS=${TARGETS:-$ALL}
 read -r -a LIST <<<"$TARGETS"
 EACH=$((TOTAL / ${#LIST[@]}))

@@ -63,10 +63,13 @@ fn edge_inputs_survive_every_target() {
 /// The WebSocket seeds get past the upgrade: the harness reaches the frames.
 #[test]
 fn the_websocket_seeds_carry_mqtt() {
-    let seed = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/websocket/frames"),
-    )
-    .unwrap();
+    let seed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/websocket/frames"))
+            .unwrap();
     let payload = targets::websocket_payload(&seed);
-    assert_eq!(payload.first(), Some(&0x10), "a CONNECT first: {payload:02x?}");
+    assert_eq!(
+        payload.first(),
+        Some(&0x10),
+        "a CONNECT first: {payload:02x?}"
+    );
 }

@@ -19,6 +19,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("packet_v311", packet_v311),
     ("packet_v5", packet_v5),
     ("framer", framer),
+    ("session", session),
     ("topics", topics),
     ("config", config),
     ("password_file", password_file),
@@ -102,6 +103,162 @@ fn decode_stream(pieces: &[&[u8]], protocol: Protocol) -> (Vec<Packet>, Option<S
         }
     }
     (got, None)
+}
+
+/// The session state machine, driven by the input as a script of steps: a
+/// client packet (a length byte and that many bytes, decoded in the
+/// session's protocol), a message routed to the client, a clock step, a
+/// reconnect, or a window pump. After every step: the in-flight window stays
+/// within its cap, the queue grows past its cap only with the answer that
+/// holds the publisher back, everything the session wrote decodes, and no
+/// new QoS 1/2 PUBLISH reuses a packet id still in flight.
+pub fn session(data: &[u8]) {
+    use ringmq::session::{Event, Routing, Session};
+    let Some((&setup, mut script)) = data.split_first() else {
+        return;
+    };
+    let limits = ringmq::limits::Limits {
+        max_inflight_messages: 3,
+        max_queued_messages: 4,
+        max_awaiting_rel: 3,
+        ..ringmq::limits::Limits::default()
+    };
+    let protocol = if setup & 1 == 0 {
+        Protocol::V3_1_1
+    } else {
+        Protocol::V5
+    };
+    let connect = |clean: bool| ringmq::codec::Connect {
+        protocol,
+        clean_start: clean,
+        keep_alive: 10,
+        client_id: Bytes::from_static(b"fuzz"),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+        bridge: setup & 4 != 0,
+    };
+    let mut now = ringmq::time::Time::from_millis(0);
+    let mut s = Session::new("fuzz".into(), &connect(setup & 2 != 0), &limits, now);
+    let mut in_flight = std::collections::HashSet::new();
+    check_output(&mut s, &mut in_flight, &limits);
+    while let Some((&op, rest)) = script.split_first() {
+        script = rest;
+        match op % 5 {
+            0 => {
+                let len = (op / 5) as usize;
+                let (bytes, rest) = script.split_at(len.min(script.len()));
+                script = rest;
+                let mut buf = BytesMut::from(bytes);
+                let Ok(Some(packet)) = decode(&mut buf, s.protocol(), MAX_PACKET) else {
+                    continue;
+                };
+                // What ends an outgoing flow frees its packet id: PUBACK,
+                // PUBCOMP, or a 5.0 PUBREC with an error reason.
+                match &packet {
+                    Packet::PubAck(a) | Packet::PubComp(a) => {
+                        in_flight.remove(&a.pid);
+                    }
+                    Packet::PubRec(a) if a.reason >= 0x80 => {
+                        in_flight.remove(&a.pid);
+                    }
+                    _ => {}
+                }
+                let mut events = Vec::new();
+                if s.handle_packet(now, packet, &limits, &mut events).is_err() {
+                    return; // a violation closes the connection
+                }
+                for event in events {
+                    match event {
+                        Event::Publish { ack: Some(ack), .. } => {
+                            s.acknowledge(ack, Routing::Delivered)
+                        }
+                        Event::Subscribe { pid, codes, .. } => s.send_suback(pid, codes),
+                        Event::Disconnect => return,
+                        _ => {}
+                    }
+                }
+            }
+            1 => {
+                let qos = ringmq::codec::QoS::from_bits(op / 5 % 3)
+                    .unwrap_or(ringmq::codec::QoS::AtMostOnce);
+                let msg = ringmq::message::Message::new(
+                    TopicName::new(Bytes::from_static(b"t/x"), 128).expect("a topic"),
+                    Bytes::from_static(b"m"),
+                    qos,
+                    false,
+                );
+                let item = ringmq::session::Routed {
+                    msg: msg.shared(),
+                    qos,
+                    retain: op & 0x80 != 0,
+                    sub_ids: Box::new([]),
+                    shared: None,
+                };
+                let before = s.queued_len();
+                let outcome = s.deliver(item, &limits, now);
+                // Past its cap the queue grows only by a delivery answered
+                // QueuedOverCap, which makes the router hold that publisher.
+                if s.queued_len() > limits.max_queued_messages && s.queued_len() > before {
+                    assert_eq!(outcome, ringmq::session::Outcome::QueuedOverCap);
+                }
+            }
+            2 => {
+                now = ringmq::time::Time::from_millis(now.as_millis() + (op / 5) as u64 * 1000);
+                s.expire_awaiting_rel(now, &limits);
+                if s.keep_alive_expired(now) {
+                    return;
+                }
+            }
+            3 => {
+                let clean = op & 0x80 != 0;
+                let _ = s.detach(&limits);
+                if clean || !s.is_persistent() {
+                    s = Session::new("fuzz".into(), &connect(true), &limits, now);
+                    in_flight.clear();
+                } else {
+                    s.attach(&connect(false), &limits, now);
+                    s.resume(&limits, now);
+                }
+            }
+            _ => s.pump(&limits, now),
+        }
+        check_output(&mut s, &mut in_flight, &limits);
+    }
+}
+
+/// The session's invariants, and its output decoded as the client reads it.
+fn check_output(
+    s: &mut ringmq::session::Session,
+    in_flight: &mut std::collections::HashSet<ringmq::codec::Pid>,
+    limits: &ringmq::limits::Limits,
+) {
+    assert!(
+        s.inflight_len() <= limits.max_inflight_messages as usize,
+        "window overrun"
+    );
+    let mut out = s.tx.split();
+    loop {
+        match decode(&mut out, s.protocol(), u32::MAX) {
+            Ok(Some(Packet::Publish(p))) => {
+                if let (false, Some(pid)) = (p.dup, p.qos_pid.pid()) {
+                    assert!(
+                        in_flight.insert(pid),
+                        "packet id {pid:?} reused while in flight"
+                    );
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("the session wrote an undecodable packet: {e}"),
+        }
+    }
+    assert!(
+        out.is_empty(),
+        "the session wrote {} bytes of a partial packet",
+        out.len()
+    );
 }
 
 /// Levels the topic target builds names and filters from: the spec's corner
