@@ -348,13 +348,23 @@ async fn publish_windowed(
     n: usize,
     mut at: impl FnMut(usize, &HashSet<String>) -> bool,
 ) -> HashSet<String> {
+    publish_windowed_as(publ, "c", n, &mut at).await
+}
+
+/// As [`publish_windowed`], with payloads `TAG-<i>`.
+async fn publish_windowed_as(
+    publ: &mut Raw,
+    tag: &str,
+    n: usize,
+    mut at: impl FnMut(usize, &HashSet<String>) -> bool,
+) -> HashSet<String> {
     const WINDOW: usize = 8;
     let id = |i: usize| pid(i as u16 % 64 + 1);
     let mut acked = HashSet::new();
     let (mut sent, mut done) = (0, 0);
     while done < n {
         while sent < n && sent - done < WINDOW {
-            publ.send(&numbered_publish("c/n", "c", sent, id(sent)))
+            publ.send(&numbered_publish("c/n", tag, sent, id(sent)))
                 .await;
             sent += 1;
         }
@@ -369,7 +379,7 @@ async fn publish_windowed(
         };
         // Acknowledgements come in order: this one is message `done`'s.
         assert_eq!(acked_id, id(done));
-        acked.insert(numbered("c", done));
+        acked.insert(numbered(tag, done));
         done += 1;
         if at(done, &acked) {
             break;
@@ -501,6 +511,73 @@ async fn always_kill_9_mid_stream_keeps_every_acknowledged_message() {
     receive_all(addr, &sub_id, &promised, "kill -9").await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The crash loop (`scripts/crash_loop.sh`, not part of the normal run):
+/// with `persistence_fsync = "always"`, kill -9 the broker at a different
+/// moment of a QoS 1/2 stream, CRASH_ROUNDS times (20 by default) over the
+/// same store, restarting each time; after every restart each message
+/// acknowledged before that kill is delivered. CRASH_SEED repeats a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a long run: scripts/crash_loop.sh"]
+async fn crash_loop_always_keeps_every_acknowledged_message() {
+    let rounds: usize = env_or("CRASH_ROUNDS", 20);
+    let mut seed: u64 = env_or("CRASH_SEED", {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        t.map_or(1, |d| d.as_nanos() as u64 | 1)
+    });
+    eprintln!("crash loop: {rounds} rounds, CRASH_SEED={seed}");
+    let dir = Dir::new("crash-loop");
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let spawn = || spawn_persistent(port, &dir.0, &["--persistence-fsync", "always"]);
+    let mut child = spawn();
+    wait_for_port(addr, &mut child).await;
+    let sub_id = offline_subscriber(addr, "loop-sub").await;
+    const N: usize = 400;
+    let mut kept = 0;
+    for round in 0..rounds {
+        // xorshift64: the kill falls after a pseudo-random acknowledgement.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_at = 1 + (seed % (N as u64 - 1)) as usize;
+        let mut publ = Raw::connect(addr, &id_on(0, 2, "loop-pub"), true, 0, None).await;
+        let tag = format!("r{round}");
+        let promised = publish_windowed_as(&mut publ, &tag, N, |done, _| {
+            if done == kill_at {
+                child.kill().expect("kill -9");
+            }
+            done == kill_at
+        })
+        .await;
+        let _ = child.wait();
+        drop(publ);
+        wait_port_released(addr).await;
+        child = spawn();
+        wait_for_port(addr, &mut child).await;
+        let what = format!(
+            "kill -9 number {} after {kill_at} acknowledgements",
+            round + 1
+        );
+        receive_all(addr, &sub_id, &promised, &what).await;
+        kept += promised.len();
+        eprintln!(
+            "round {}: killed after {kill_at}, all {} kept",
+            round + 1,
+            promised.len()
+        );
+    }
+    eprintln!("crash loop: {rounds} kills, {kept} acknowledged messages, none lost");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// ringmq as a process, 2 cores, persistent in `dir`, with `extra` flags.
