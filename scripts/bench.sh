@@ -31,18 +31,8 @@ MOSQUITTO_PORT=${MOSQUITTO_PORT:-1884}
 OUT=results/$(date +%Y-%m-%d_%H%M%S)_${MODE:-pinned}
 mkdir -p "$OUT"
 
-log() { printf '\n== %s\n' "$*" >&2; }
-
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/processes.sh
+source scripts/processes.sh
 
 install_mosquitto() {
     command -v mosquitto >/dev/null && return
@@ -72,19 +62,6 @@ raise_fd_limit() {
     if [ "$(ulimit -n)" -lt 10240 ]; then
         echo "bench.sh: warning: ulimit -n is $(ulimit -n); the 10k-connection run may fail" >&2
     fi
-}
-
-wait_for_port() {
-    local port=$1 name=$2 log=$3
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return
-        fi
-        sleep 0.05
-    done
-    echo "bench.sh: $name did not open port $port; its log:" >&2
-    cat "$log" >&2
-    exit 1
 }
 
 log "building (release)"

@@ -36,31 +36,8 @@ REMOTE_PORT=1887
 OUT=results/$(date +%Y-%m-%d_%H%M%S)_bridge
 mkdir -p "$OUT"
 
-log() { printf '\n== %s\n' "$*" >&2; }
-
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT INT TERM
-
-wait_for_port() {
-    local port=$1 name=$2 log=$3
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return
-        fi
-        sleep 0.05
-    done
-    echo "bench_bridge.sh: $name did not open port $port; its log:" >&2
-    cat "$log" >&2
-    exit 1
-}
+# shellcheck source=scripts/processes.sh
+source scripts/processes.sh
 
 command -v mosquitto >/dev/null || {
     echo "bench_bridge.sh: needs mosquitto (scripts/bench.sh installs it)" >&2

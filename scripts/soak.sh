@@ -20,12 +20,8 @@ METRICS=${SOAK_METRICS_PORT:-9193}
 OUT=results/$(date +%Y-%m-%d_%H%M%S)_soak
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/processes.sh
+source scripts/processes.sh
 
 cargo build --release --workspace
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -34,10 +30,7 @@ target/release/ringmq --bind 127.0.0.1 --port "$PORT" --cores 2 --no-pin \
     2>"$OUT/ringmq.log" &
 BROKER=$!
 PIDS+=("$BROKER")
-for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.05
-done
+wait_for_port "$PORT" ringmq "$OUT/ringmq.log"
 
 LG=(target/release/loadgen)
 "${LG[@]}" p2p --port "$PORT" -c 20 --rate 50 -q 1 -C false --duration "$SECONDS_TOTAL" \
