@@ -7,7 +7,7 @@
 #   TARGETS="packet_v5 framer" scripts/fuzz.sh 600
 #
 # The targets are in fuzz/src/targets.rs, their seeds in fuzz/corpus/<target>/
-# (made by fuzz/seeds.py). Each run starts from the seeds plus what earlier
+# (made by fuzz/seeds.py), the MQTT tokens in fuzz/mqtt.dict. Each run starts from the seeds plus what earlier
 # runs on this machine found (fuzz/out/<target>/queue). A crashing input is
 # copied to tests/fuzz_crashes/<target>/, which the normal test run replays
 # (tests/fuzz_regressions.rs): fix the bug, keep the file. Per target the
@@ -51,9 +51,13 @@ for target in "${LIST[@]}"; do
         find "$out/default/queue" -maxdepth 1 -type f -name 'id:*' -exec cp {} "$input"/ \;
         rm -rf "$out/default"
     fi
+    dict=()
+    case $target in
+    packet_* | framer | session | websocket) dict=(-x fuzz/mqtt.dict) ;;
+    esac
     echo "== $target: ${EACH}s" >&2
     # -t: a generous per-input limit, so a slow, shared machine reports no hangs.
-    cargo afl fuzz -i "$input" -o "$out" -V "$EACH" -t 2000 -m none \
+    cargo afl fuzz -i "$input" -o "$out" -V "$EACH" -t 2000 -m none "${dict[@]}" \
         "fuzz/target/release/$target" 2>&1 | tail -n 200 >"$out/afl.log" || {
         echo "afl-fuzz failed for $target; its log:" >&2
         tail -30 "$out/afl.log" >&2

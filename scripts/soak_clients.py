@@ -2,8 +2,10 @@
 """The soak's own clients, beside loadgen's (scripts/soak.sh starts them):
 
   retained PORT SECONDS   updates 500 retained topics, 50 publishes a second
-  slow PORT SECONDS       subscribes to the fan-out topic and never reads,
-                          60 s per connection (the broker's max_stall ends it)
+  slow PORT SECONDS       subscribes to `#` and never reads, 60 s per
+                          connection: its socket fills within seconds, the
+                          publishers it holds back wait, and the broker's
+                          max_stall (10 s) cuts it off
   malformed PORT SECONDS  five connections a second of broken input
 
 Raw MQTT 3.1.1 over sockets, so that nothing in a client library hides a
@@ -48,7 +50,7 @@ def slow(port, until):
             sock.settimeout(10)
             sock.connect(("127.0.0.1", port))
             sock.sendall(pkt(0x10, s(b"MQTT") + b"\x04\x02\x00\x00" + s(f"soak-slow-{n}".encode())))
-            sock.sendall(pkt(0x82, b"\x00\x01" + s(b"bench/fanout") + b"\x00"))
+            sock.sendall(pkt(0x82, b"\x00\x01" + s(b"#") + b"\x00"))
             time.sleep(min(60, max(0, until - time.time())))
             sock.close()
         except OSError:
