@@ -222,13 +222,18 @@ struct FaultyFile {
 
 impl SegmentFile for FaultyFile {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        // The switch is read once: a test that flips it while this write
+        // runs must not get half the bytes written and reported as success.
         let failing = self.faults.fail_writes.load(Ordering::SeqCst);
         let n = if failing { buf.len() / 2 } else { buf.len() };
         self.inner.write_at(&buf[..n], offset)?;
         let end = offset + n as u64;
         let ext = &mut self.faults.table().extents[self.id];
         ext.0 = ext.0.max(end);
-        self.faults.check(&self.faults.fail_writes, enospc)?;
+        if failing {
+            self.faults.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(enospc());
+        }
         self.faults.writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
