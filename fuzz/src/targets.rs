@@ -375,17 +375,25 @@ pub fn acl_file(data: &[u8]) {
 /// little-endian length and that many bytes. Corrupt records are errors,
 /// never panics.
 pub fn journal(data: &[u8]) {
-    use ringmq::durable::journal::Replay;
-    use ringmq::durable::Epoch;
-    let mut replay = Replay::new(Epoch(1));
+    let mut records = Vec::new();
     let mut rest = data;
     while let [lo, hi, tail @ ..] = rest {
         let len = u16::from_le_bytes([*lo, *hi]) as usize;
         let (record, tail) = tail.split_at(len.min(tail.len()));
-        if replay.apply(Bytes::copy_from_slice(record)).is_err() {
+        records.push(Bytes::copy_from_slice(record));
+        rest = tail;
+    }
+    replay(records);
+}
+
+/// Replays records as the store does at start, up to the first corrupt one.
+fn replay(records: Vec<Bytes>) {
+    use ringmq::durable::journal::Replay;
+    let mut replay = Replay::new(ringmq::durable::Epoch(1));
+    for record in records {
+        if replay.apply(record).is_err() {
             return;
         }
-        rest = tail;
     }
     let _ = replay.finish();
 }
@@ -410,18 +418,17 @@ pub fn log_file(data: &[u8]) {
     }
     std::fs::write(segment_path(&dir, 1), &file).expect("writing the segment");
     if let Ok(recovered) = recover(&dir) {
-        let mut replay = ringmq::durable::journal::Replay::new(ringmq::durable::Epoch(1));
-        for record in recovered.records {
-            if replay.apply(record).is_err() {
-                break;
-            }
-        }
+        replay(recovered.records);
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An empty directory of this process's own, reused by every `log_file` run.
+/// A new empty directory of this call's own (callers may run in parallel,
+/// as the regression tests do); `log_file` removes it when done.
 fn scratch_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmq-fuzz-log-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringmq-fuzz-log-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("the fuzz scratch directory");
     dir

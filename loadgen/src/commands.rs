@@ -28,19 +28,14 @@ pub fn single(kind: ScenarioKind, args: &SingleArgs) -> Result<()> {
     settings.target.version = probe_version(&settings);
     let plan = Plan::build(kind, &args.load)?;
     let config = Config::new(&settings, &plan);
-    match &settings.subscribe_at {
-        Some(at) => eprintln!(
-            "loadgen {} -> {}, subscribers at {}",
-            config.describe(),
-            settings.target.address,
-            at.address
-        ),
-        None => eprintln!(
-            "loadgen {} -> {}",
-            config.describe(),
-            settings.target.address
-        ),
-    }
+    let subscribers = (settings.subscribe_at.as_ref())
+        .map(|at| format!(", subscribers at {}", at.address))
+        .unwrap_or_default();
+    eprintln!(
+        "loadgen {} -> {}{subscribers}",
+        config.describe(),
+        settings.target.address
+    );
     let result = run_once(&settings, &plan)?;
     let summary = Summary::new(&result, &config, &Machine::detect());
     print!("{}", report::table(std::slice::from_ref(&summary)));
