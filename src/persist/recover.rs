@@ -187,7 +187,10 @@ fn read_segment(
     while pos < buf.len() {
         match frame_at(&buf, pos) {
             Frame::Record { start, end } => {
-                out.records.push(buf.slice(start..end));
+                // Copied: what a record restores (a retained message, a
+                // subscription) may live for long, and a slice would keep the
+                // whole segment in memory.
+                out.records.push(Bytes::copy_from_slice(&buf[start..end]));
                 pos = end;
             }
             f if last && is_torn_tail(f, buf.len()) => return truncate(path, pos, buf.len(), out),

@@ -20,6 +20,14 @@ pub use packet::*;
 pub use properties::{Place, Properties, Property};
 pub(crate) use reader::Reader;
 
+/// `bytes` copied into an allocation of its own. What the decoder returns
+/// shares the connection's read buffer (512 B to 16 KiB); whatever outlives
+/// the read (a subscription, a retained message, a will, a topic alias) is
+/// detached, else a few bytes of it would keep the whole buffer alive.
+pub fn detached(bytes: &bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(bytes)
+}
+
 /// Protocol revision, from CONNECT's protocol level byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {

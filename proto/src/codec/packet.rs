@@ -83,6 +83,20 @@ pub struct Will {
     pub properties: Properties,
 }
 
+impl Will {
+    /// The same will with its bytes detached from the CONNECT's read buffer
+    /// (see [`super::detached`]): a session keeps it for its whole life.
+    pub fn detached(&self) -> Will {
+        Will {
+            topic: super::detached(&self.topic),
+            payload: super::detached(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.detached(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,

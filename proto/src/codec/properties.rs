@@ -43,6 +43,25 @@ pub enum Property {
 }
 
 impl Property {
+    /// A copy whose bytes are detached from the read buffer.
+    pub fn detached(&self) -> Property {
+        use super::detached as own;
+        use Property::*;
+        match self {
+            ContentType(b) => ContentType(own(b)),
+            ResponseTopic(b) => ResponseTopic(own(b)),
+            CorrelationData(b) => CorrelationData(own(b)),
+            AssignedClientIdentifier(b) => AssignedClientIdentifier(own(b)),
+            AuthenticationMethod(b) => AuthenticationMethod(own(b)),
+            AuthenticationData(b) => AuthenticationData(own(b)),
+            ResponseInformation(b) => ResponseInformation(own(b)),
+            ServerReference(b) => ServerReference(own(b)),
+            ReasonString(b) => ReasonString(own(b)),
+            UserProperty(k, v) => UserProperty(own(k), own(v)),
+            other => other.clone(),
+        }
+    }
+
     /// The property identifier byte.
     pub fn id(&self) -> u8 {
         use Property::*;
@@ -246,6 +265,12 @@ fn allowed_places(id: u8) -> u16 {
 pub struct Properties(pub Vec<Property>);
 
 impl Properties {
+    /// The same properties with their strings and binary data detached from
+    /// the read buffer (see [`super::detached`]).
+    pub fn detached(&self) -> Properties {
+        Properties(self.0.iter().map(Property::detached).collect())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

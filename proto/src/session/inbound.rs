@@ -2,6 +2,7 @@
 //! pings and DISCONNECT.
 
 use super::*;
+use crate::codec::detached;
 
 impl Session {
     /// Handles one packet from the client. Events for the router go to `events`.
@@ -79,7 +80,7 @@ impl Session {
         if table.len() <= slot {
             table.resize(slot + 1, None);
         }
-        table[slot] = Some(topic.clone());
+        table[slot] = Some(topic.detached());
         Ok(topic)
     }
 
@@ -97,9 +98,19 @@ impl Session {
         }
         let topic = self.resolve_topic(&p, limits)?;
         let qos = p.qos_pid.qos();
-        let msg = Message::new(topic, p.payload, qos, p.retain)
+        // A retained message may outlive its read by far: it keeps copies.
+        let (topic, payload, properties) = if p.retain {
+            (
+                topic.detached(),
+                detached(&p.payload),
+                p.properties.detached(),
+            )
+        } else {
+            (topic, p.payload, p.properties)
+        };
+        let msg = Message::new(topic, payload, qos, p.retain)
             .received(now)
-            .with_properties(p.properties, now)
+            .with_properties(properties, now)
             .from_client(self.client_id.clone())
             .shared();
         let ack = match p.qos_pid {
@@ -222,7 +233,8 @@ impl Session {
         let mut added = Vec::with_capacity(s.filters.len());
         let mut existed = Vec::with_capacity(s.filters.len());
         for (raw, opts) in s.filters {
-            let parsed = TopicFilter::new(raw, limits.max_topic_levels)
+            // Detached: a subscription lasts as long as the session.
+            let parsed = TopicFilter::new(detached(&raw), limits.max_topic_levels)
                 .ok()
                 .and_then(|f| SubFilter::parse(f).ok());
             let Some(filter) = parsed else {

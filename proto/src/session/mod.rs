@@ -547,7 +547,7 @@ impl Session {
             rare.aliases_out = HashMap::new();
         }
         self.trim_rare();
-        self.will = connect.will.clone().map(Box::new);
+        self.will = connect.will.as_ref().map(|w| Box::new(w.detached()));
         self.journal_meta();
     }
 

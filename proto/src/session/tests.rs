@@ -504,3 +504,54 @@ fn a_session_stays_small() {
     eprintln!("Session: {size} bytes");
     assert!(size <= 304, "Session grew to {size} bytes");
 }
+
+/// Decodes `packet` out of a read buffer the size of a connection's, as the
+/// reader does; returns it with the buffer's address range.
+fn decoded_from_a_read_buffer(packet: Packet) -> (Packet, std::ops::Range<usize>) {
+    let mut buf = BytesMut::with_capacity(4096);
+    crate::codec::encode(&packet, Protocol::V3_1_1, &mut buf);
+    let start = buf.as_ptr() as usize;
+    let range = start..start + buf.capacity();
+    let decoded = decode(&mut buf, Protocol::V3_1_1, u32::MAX)
+        .unwrap()
+        .unwrap();
+    (decoded, range)
+}
+
+/// What a session keeps beyond the read (a subscription, a retained
+/// message) must not be a slice of the read buffer: a few bytes would keep
+/// the whole buffer alive for as long as the session or the retained topic.
+#[test]
+fn what_outlives_the_read_does_not_hold_the_read_buffer() {
+    let mut s = session(true);
+    let subscribe = Packet::Subscribe(crate::codec::Subscribe {
+        pid: pid(1),
+        filters: vec![(Bytes::from_static(b"dev/7/cmd"), SubOptions::default())],
+        properties: Properties::default(),
+    });
+    let (subscribe, read_buffer) = decoded_from_a_read_buffer(subscribe);
+    handle(&mut s, 1, subscribe).unwrap();
+    let (filter, _) = s.subscriptions().next().unwrap();
+    let at = filter.topic_filter().as_ptr() as usize;
+    assert!(
+        !read_buffer.contains(&at),
+        "the subscription is a slice of the read buffer"
+    );
+
+    let mut retained = publish(QoS::AtMostOnce, 1, "state/7");
+    if let Packet::Publish(p) = &mut retained {
+        p.retain = true;
+    }
+    let (retained, read_buffer) = decoded_from_a_read_buffer(retained);
+    let events = handle(&mut s, 2, retained).unwrap();
+    let [Event::Publish { msg, .. }] = &events[..] else {
+        panic!("{events:?}")
+    };
+    for part in [msg.topic.as_bytes(), &msg.payload[..]] {
+        let at = part.as_ptr() as usize;
+        assert!(
+            !read_buffer.contains(&at),
+            "the retained message is a slice of the read buffer"
+        );
+    }
+}

@@ -172,6 +172,11 @@ impl TopicName {
         }
     }
 
+    /// The same name in an allocation of its own (see [`crate::codec::detached`]).
+    pub fn detached(&self) -> Self {
+        Self(crate::codec::detached(&self.0))
+    }
+
     /// The topic as text.
     pub fn as_str(&self) -> &str {
         validated_str(&self.0)
@@ -235,6 +240,11 @@ impl TopicFilter {
             Ok(filter) => filter,
             Err(e) => panic!("invalid static topic filter {s:?}: {e}"),
         }
+    }
+
+    /// The same filter in an allocation of its own (see [`crate::codec::detached`]).
+    pub fn detached(&self) -> Self {
+        Self(crate::codec::detached(&self.0))
     }
 
     /// The filter as text.
