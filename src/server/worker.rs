@@ -319,9 +319,14 @@ async fn close_all(ctx: &Rc<Ctx>) {
     ctx.shared.counters[ctx.id].publish(&ctx.counters());
 }
 
+/// After this many readers parked (or woke) since the last time, a core
+/// hands the memory their tasks and buffers held back to the OS.
+const COLLECT_AFTER_PARKED: u64 = 256;
+
 /// Housekeeping: keep-alive expiry, QoS 2 state expiry, counters, `$SYS`.
 async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
     let mut sys = sys::SysPublisher::new(&ctx);
+    let mut collected_at = 0;
     loop {
         let tick = std::pin::pin!(monoio::time::sleep(TICK));
         let stopped = std::pin::pin!(stop.notified());
@@ -332,6 +337,12 @@ async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
         ctx.with_core(|core| core.tick(now));
         ctx.park_quiet(now);
         let parked = ctx.parking().map_or(0, |p| p.parked() as u64);
+        if parked.abs_diff(collected_at) >= COLLECT_AFTER_PARKED {
+            // SAFETY: mi_collect takes no pointers; it frees this thread's
+            // empty pages (a no-op where mimalloc is not the allocator).
+            unsafe { libmimalloc_sys::mi_collect(false) };
+            collected_at = parked;
+        }
         ctx.count(|c| c.connections_parked = parked);
         ctx.compact_if_due();
         if let Some(store) = &ctx.shared.store {

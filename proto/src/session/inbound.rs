@@ -249,7 +249,7 @@ impl Session {
                 opts.no_local = true;
                 opts.retain_as_published = true;
             }
-            let exists = self.subscriptions.contains_key(&filter);
+            let exists = self.subscriptions.contains(filter.as_str());
             if !exists && self.subscriptions.len() >= limits.max_subscriptions_per_client {
                 codes.push(refused(reason::QUOTA_EXCEEDED));
                 continue;

@@ -10,6 +10,7 @@ mod connect;
 mod delivery;
 mod inbound;
 mod outbound;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -258,7 +259,7 @@ pub struct Session {
     connected: bool,
     /// Boxed: most sessions have none, and it is large.
     will: Option<Box<Will>>,
-    subscriptions: HashMap<SubFilter, SubEntry>,
+    subscriptions: subscriptions::Subscriptions,
     out: Outbound,
     /// QoS 2 ids awaiting PUBREL and 5.0 topic aliases: boxed when first
     /// needed, so a client that uses neither holds 8 bytes of them.
@@ -286,7 +287,7 @@ impl Session {
             last_rx: now,
             connected: false,
             will: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Default::default(),
             out: Outbound::default(),
             rare: None,
             tally: Tally::default(),
@@ -486,7 +487,7 @@ impl Session {
             }
         }
         for filter in &revoked {
-            self.subscriptions.remove(filter);
+            self.subscriptions.remove_entry(filter.as_str());
         }
         if !revoked.is_empty() || !changed.is_empty() {
             self.journal_meta();

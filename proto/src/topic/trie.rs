@@ -57,7 +57,14 @@ impl Children {
     /// Adds a child; the caller has checked that `level` is absent.
     pub(super) fn insert(&mut self, level: &str, id: NodeId) {
         match self {
-            Self::Small(v) if v.len() < SMALL_MAX => v.push((level.into(), id)),
+            Self::Small(v) if v.len() < SMALL_MAX => {
+                // Doubled from one: most nodes have a single child, and
+                // Vec's first allocation would hold four.
+                if v.len() == v.capacity() {
+                    v.reserve_exact(v.len().max(1));
+                }
+                v.push((level.into(), id));
+            }
             Self::Small(v) => {
                 let mut map: LevelMap = v.drain(..).collect();
                 map.insert(level.into(), id);
