@@ -511,7 +511,9 @@ fn compaction_crash_points() {
 }
 
 #[test]
-fn recovery_shares_one_buffer_per_segment() {
+fn each_recovered_record_owns_its_bytes() {
+    // A record that outlives recovery (a retained message, a queued one)
+    // must not keep its whole segment buffer alive.
     let tmp = tempfile::tempdir().expect("tempdir");
     let w = open(
         tmp.path(),
@@ -521,12 +523,12 @@ fn recovery_shares_one_buffer_per_segment() {
     (1..=3).for_each(|i| put(&w, i));
     drop(w);
     let r = recover(tmp.path()).expect("recover");
-    let first: &Bytes = &r.records[0];
-    let gap = r.records[1].as_ptr() as usize - first.as_ptr() as usize;
-    assert_eq!(
-        gap as u64, FRAMED,
-        "slices of the segment buffer, not copies"
-    );
+    for record in r.records {
+        assert!(
+            record.try_into_mut().is_ok(),
+            "a record shares its buffer with the segment"
+        );
+    }
 }
 
 mod model {
