@@ -41,7 +41,7 @@ pub struct Permissions(Option<Arc<dyn Access>>);
 
 impl Permissions {
     /// Every topic, both ways.
-    pub fn all() -> Permissions {
+    pub const fn all() -> Permissions {
         Permissions(None)
     }
 

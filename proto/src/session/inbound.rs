@@ -254,7 +254,7 @@ impl Session {
                 codes.push(refused(reason::QUOTA_EXCEEDED));
                 continue;
             }
-            let grant = self.permissions.subscribe(filter.topic_filter());
+            let grant = self.permissions().subscribe(filter.topic_filter());
             if grant == Grant::Refused {
                 self.tally.subscribes_denied += 1;
                 codes.push(refused(reason::NOT_AUTHORIZED));

@@ -164,6 +164,15 @@ impl Outcome {
     }
 }
 
+/// The rules of a client that may not do everything, with the decisions
+/// remembered under them. Boxed: most brokers let every client do everything.
+#[derive(Debug)]
+struct LimitedAccess {
+    permissions: Permissions,
+    /// Recent publish (0) and read (1) decisions.
+    decisions: [DecisionCache; 2],
+}
+
 /// Session state most clients never need.
 #[derive(Debug, Default)]
 struct Rare {
@@ -228,11 +237,12 @@ impl WillRelease {
 /// a write), for the router's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
-    pub sent: u64,
-    pub expired: u64,
-    pub too_large: u64,
+    // u32: the router takes the tally after every batch, far below 2^32.
+    pub sent: u32,
+    pub expired: u32,
+    pub too_large: u32,
     /// SUBSCRIBE filters refused by the client's permissions.
-    pub subscribes_denied: u64,
+    pub subscribes_denied: u32,
 }
 
 /// One client's session: subscriptions, QoS state, and (while connected) its output.
@@ -241,10 +251,8 @@ pub struct Session {
     client_id: Arc<str>,
     /// From the latest CONNECT (or the TLS certificate), for re-authorizing.
     username: Option<Arc<str>>,
-    /// What the client may publish, subscribe to and read.
-    permissions: Permissions,
-    /// Recent publish and read decisions, made once rules are limited.
-    decisions: Option<Box<[DecisionCache; 2]>>,
+    /// What the client may publish, subscribe to and read; none: everything.
+    limited: Option<Box<LimitedAccess>>,
     /// Journal records of changes to what must outlive the process, while
     /// the session is persistent and the broker keeps a store.
     recorder: Option<Box<Recorder>>,
@@ -276,8 +284,7 @@ impl Session {
         let mut session = Session {
             client_id,
             username: None,
-            permissions: Permissions::all(),
-            decisions: None,
+            limited: None,
             recorder: None,
             protocol: connect.protocol,
             params: ClientParams::from_connect(connect, limits),
@@ -310,14 +317,19 @@ impl Session {
     }
 
     pub fn permissions(&self) -> &Permissions {
-        &self.permissions
+        const ALL: &Permissions = &Permissions::all();
+        self.limited.as_ref().map_or(ALL, |l| &l.permissions)
     }
 
     /// Replaces the client's permissions. The router re-checks the session's
     /// subscriptions against them ([`Session::recheck_subscriptions`]).
     pub fn set_permissions(&mut self, permissions: Permissions) {
-        self.permissions = permissions;
-        self.decisions = None;
+        self.limited = (!permissions.is_all()).then(|| {
+            Box::new(LimitedAccess {
+                permissions,
+                decisions: Default::default(),
+            })
+        });
     }
 
     /// May the client publish to `topic`? Remembered for the next time.
@@ -334,12 +346,14 @@ impl Session {
 
     #[inline]
     fn decide(&mut self, which: usize, topic: &str) -> bool {
-        if self.permissions.is_all() {
+        let Some(limited) = self.limited.as_deref_mut() else {
             return true;
-        }
-        let permissions = &self.permissions;
-        let caches = self.decisions.get_or_insert_with(Default::default);
-        caches[which].get_or(topic, || match which {
+        };
+        let LimitedAccess {
+            permissions,
+            decisions,
+        } = limited;
+        decisions[which].get_or(topic, || match which {
             0 => permissions.may_publish(topic),
             _ => permissions.may_read(topic),
         })
@@ -445,8 +459,7 @@ impl Session {
         Session {
             client_id: image.client_id,
             username: image.username,
-            permissions: Permissions::all(),
-            decisions: None,
+            limited: None,
             recorder: None,
             protocol: image.protocol,
             params,
@@ -474,8 +487,9 @@ impl Session {
     /// and those whose flag changed are returned as well.
     pub fn recheck_subscriptions(&mut self) -> (Vec<SubFilter>, Vec<(SubFilter, SubEntry)>) {
         let (mut revoked, mut changed) = (Vec::new(), Vec::new());
+        let permissions = self.permissions().clone();
         for (filter, entry) in self.subscriptions.iter_mut() {
-            match self.permissions.subscribe(filter.topic_filter()) {
+            match permissions.subscribe(filter.topic_filter()) {
                 Grant::Refused => revoked.push(filter.clone()),
                 grant => {
                     let checked = grant == Grant::Checked;

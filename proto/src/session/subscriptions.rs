@@ -16,7 +16,9 @@ const FEW: usize = 16;
 #[derive(Debug)]
 pub(super) enum Subscriptions {
     Few(Vec<(SubFilter, SubEntry)>),
-    Many(HashMap<SubFilter, SubEntry>),
+    /// Boxed: the map is twice a `Vec`'s size inline, and few sessions need one.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<SubFilter, SubEntry>>),
 }
 
 impl Default for Subscriptions {
@@ -53,7 +55,7 @@ impl Subscriptions {
                 } else {
                     let mut map: HashMap<_, _> = v.drain(..).collect();
                     map.insert(filter, entry);
-                    *self = Self::Many(map);
+                    *self = Self::Many(Box::new(map));
                 }
             }
             Self::Many(m) => {
