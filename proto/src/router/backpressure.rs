@@ -19,6 +19,15 @@ use std::sync::Arc;
 use super::{owner_core, CloseReason, ConnId, Core, MeshMsg, Notice, SessionKey};
 use crate::time::Time;
 
+/// A subscriber holding publishers back. Boxed in its session's entry: few
+/// sessions ever hold one, and every session has an entry.
+#[derive(Debug)]
+pub(super) struct Holding {
+    publishers: Vec<Arc<str>>,
+    /// When the subscriber last wrote to its client.
+    stalled_since: Time,
+}
+
 impl Core {
     /// Session `key`'s queue went over its caps with a message from
     /// `publisher`: hold that publisher back (once per subscriber).
@@ -29,13 +38,16 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        if e.holding.iter().any(|p| **p == *publisher) {
-            return;
-        }
-        e.holding.push(publisher.clone());
-        if e.stalled_since.is_none() {
-            e.stalled_since = Some(now);
-            self.holders.push(key);
+        match e.holding.as_deref_mut() {
+            Some(h) if h.publishers.iter().any(|p| **p == *publisher) => return,
+            Some(h) => h.publishers.push(publisher.clone()),
+            None => {
+                e.holding = Some(Box::new(Holding {
+                    publishers: vec![publisher.clone()],
+                    stalled_since: now,
+                }));
+                self.holders.push(key);
+            }
         }
         let subscriber = e.session.client_id().clone();
         self.outbox.notices.push(Notice::HoldStarted {
@@ -52,10 +64,10 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        if e.holding.is_empty() {
+        let Some(h) = e.holding.as_deref_mut() else {
             return;
-        }
-        e.stalled_since = Some(now);
+        };
+        h.stalled_since = now;
         if e.session.queue_drained(&self.limits) {
             self.release_holds(key);
         }
@@ -67,11 +79,10 @@ impl Core {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        if e.stalled_since.is_none() {
-            return; // holds nobody (every hold sets it)
-        }
-        e.stalled_since = None;
-        for publisher in std::mem::take(&mut e.holding) {
+        let Some(h) = e.holding.take() else {
+            return;
+        };
+        for publisher in h.publishers {
             self.send_hold(publisher, false);
         }
         self.holders.retain(|&k| k != key);
@@ -150,8 +161,9 @@ impl Core {
             .copied()
             .filter(|&key| {
                 self.sessions.get(key).is_some_and(|e| {
-                    e.stalled_since
-                        .is_some_and(|since| now.since(since) >= max_stall)
+                    e.holding
+                        .as_ref()
+                        .is_some_and(|h| now.since(h.stalled_since) >= max_stall)
                 })
             })
             .collect();

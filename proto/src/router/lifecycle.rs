@@ -55,8 +55,7 @@ impl Core {
             paused: false,
             expires_at: None,
             delayed_will: None,
-            holding: Vec::new(),
-            stalled_since: None,
+            holding: None,
             held_by,
         });
         self.by_client_id.insert(client_id, key);
@@ -170,8 +169,7 @@ impl Core {
             paused: false,
             expires_at,
             delayed_will: None,
-            holding: Vec::new(),
-            stalled_since: None,
+            holding: None,
             held_by: 0,
         });
         self.by_client_id.insert(client_id, key);

@@ -96,10 +96,8 @@ struct Entry {
     expires_at: Option<Time>,
     /// A will waiting out its 5.0 will delay interval.
     delayed_will: Option<Box<(Time, WillRelease)>>,
-    /// Publishers this client's full queue holds back (see `backpressure`).
-    holding: Vec<Arc<str>>,
-    /// While holding: when it last wrote to its client.
-    stalled_since: Option<Time>,
+    /// The publishers this client's full queue holds back, if any.
+    holding: Option<Box<backpressure::Holding>>,
     /// Subscribers holding this client back as a publisher.
     held_by: u32,
 }
@@ -268,10 +266,10 @@ impl Core {
                 self.outbox.journal.extend(e.session.take_journal());
             }
             let t = e.session.take_tally();
-            self.counters.messages_sent += t.sent;
-            self.counters.dropped_expired += t.expired;
-            self.counters.dropped_too_large += t.too_large;
-            self.counters.subscribes_denied += t.subscribes_denied;
+            self.counters.messages_sent += u64::from(t.sent);
+            self.counters.dropped_expired += u64::from(t.expired);
+            self.counters.dropped_too_large += u64::from(t.too_large);
+            self.counters.subscribes_denied += u64::from(t.subscribes_denied);
             if let Some(conn) = e.conn.filter(|_| !e.dirty && !e.session.tx.is_empty()) {
                 e.dirty = true;
                 self.outbox.writable.push(conn);

@@ -775,3 +775,11 @@ fn drops_are_told_once_per_client_and_reason_and_all_counted() {
         .collect();
     assert_eq!(told, [("dev".to_string(), "offline_qos0")]);
 }
+
+#[test]
+fn a_session_entry_stays_small() {
+    // The slab holds one per session and doubles its capacity as it grows.
+    let size = std::mem::size_of::<Entry>();
+    eprintln!("Entry: {size} bytes");
+    assert!(size <= 64, "Entry grew to {size} bytes");
+}
