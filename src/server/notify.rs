@@ -1,14 +1,22 @@
 //! A single-threaded "wake the writer" signal: many notifications before the
 //! writer runs collapse into one wake-up, which is what batches writes.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Notify {
     pending: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notify")
+            .field("pending", &self.pending.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Notify {
@@ -16,7 +24,7 @@ impl Notify {
         if self.pending.replace(true) {
             return;
         }
-        if let Some(w) = self.waker.borrow_mut().take() {
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
@@ -26,7 +34,7 @@ impl Notify {
             if self.pending.replace(false) {
                 Poll::Ready(())
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                self.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         })
