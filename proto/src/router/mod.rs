@@ -404,6 +404,7 @@ impl Core {
         for (key, e) in self.sessions.iter_mut() {
             queued += e.session.queued_len() as u64;
             inflight += e.session.inflight_len() as u64;
+            e.session.release_idle_buffers();
             if let Some(conn) = e.conn {
                 // A held-back publisher is not read: its PINGREQs wait too.
                 if e.held_by == 0 && e.session.keep_alive_expired(now) {

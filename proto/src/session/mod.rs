@@ -529,6 +529,24 @@ impl Session {
         self.subscriptions.iter()
     }
 
+    /// Gives back what a quiet session holds for traffic: an output buffer
+    /// the last write emptied (it may have grown to many kilobytes) and an
+    /// empty outbound window. The core calls it from its periodic tick, so a
+    /// busy session keeps its buffers between ticks.
+    pub fn release_idle_buffers(&mut self) {
+        if self.tx.is_empty() && self.tx.capacity() > 0 {
+            self.tx = BytesMut::new();
+        }
+        self.out.trim();
+    }
+
+    /// Bytes held for traffic beyond the session itself (see
+    /// [`Session::release_idle_buffers`]): output capacity, and whether the
+    /// outbound window is allocated.
+    pub fn traffic_buffers(&self) -> (usize, bool) {
+        (self.tx.capacity(), self.out.is_allocated())
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }

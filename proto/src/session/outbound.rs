@@ -2,6 +2,7 @@
 //! and the queue behind it. Pure bookkeeping; the session encodes.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use crate::codec::{Pid, QoS};
@@ -38,27 +39,86 @@ pub struct Inflight {
     pub state: OutState,
 }
 
-/// The outgoing side of a session.
+/// The outgoing side of a session, allocated only while it is used: most
+/// sessions of an idle fleet have nothing in flight or queued, and the state
+/// would cost each of them 80 bytes. Reading an unallocated one sees an empty
+/// state, the first mutable access allocates it, and [`Outbound::trim`] frees
+/// it again once it is empty.
+#[derive(Debug, Default)]
+pub struct Outbound(Option<Box<OutboundState>>);
+
+const EMPTY: &OutboundState = &OutboundState::new();
+
+impl Deref for Outbound {
+    type Target = OutboundState;
+
+    fn deref(&self) -> &OutboundState {
+        self.0.as_deref().unwrap_or(EMPTY)
+    }
+}
+
+impl DerefMut for Outbound {
+    fn deref_mut(&mut self) -> &mut OutboundState {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl Outbound {
+    /// As [`OutboundState::dequeue`], without allocating an empty state.
+    pub fn dequeue(&mut self) -> Option<Routed> {
+        self.0.as_mut()?.dequeue()
+    }
+
+    /// As [`OutboundState::take_shared_unacked`], without allocating.
+    pub fn take_shared_unacked(&mut self) -> Vec<Routed> {
+        self.0
+            .as_mut()
+            .map(|s| s.take_shared_unacked())
+            .unwrap_or_default()
+    }
+
+    /// Frees the state when nothing is in flight or queued. Packet ids then
+    /// start over, which is allowed: only ids in use must be distinct.
+    pub fn trim(&mut self) {
+        if self.0.as_ref().is_some_and(|s| s.is_empty()) {
+            self.0 = None;
+        }
+    }
+
+    pub fn is_allocated(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// The QoS 1/2 inflight window and the queue behind it.
 #[derive(Debug)]
-pub struct Outbound {
+pub struct OutboundState {
     next_pid: Pid,
     pub inflight: VecDeque<Inflight>,
     pub queue: VecDeque<Routed>,
     pub queued_bytes: usize,
 }
 
-impl Default for Outbound {
+impl Default for OutboundState {
     fn default() -> Self {
-        Outbound {
+        Self::new()
+    }
+}
+
+impl OutboundState {
+    const fn new() -> Self {
+        OutboundState {
             next_pid: Pid::MIN,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
         }
     }
-}
 
-impl Outbound {
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty() && self.queue.is_empty()
+    }
+
     /// A packet id not used by any inflight message. The window is far smaller than
     /// 65535, so the scan ends quickly.
     pub fn allocate_pid(&mut self) -> Pid {
