@@ -83,7 +83,7 @@ impl Core {
         if self.cores > 1 {
             self.interest
                 .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |set| {
-                    targets.union(set)
+                    targets.add(set)
                 });
         }
         for core in other_cores(self.id, self.cores).filter(|c| targets.contains(*c)) {

@@ -34,6 +34,62 @@ impl CoreSet {
     }
 }
 
+/// The cores interested in one filter, as the interest index keeps it: one
+/// word for cores 0-63, the whole set only on machines with more. Every core
+/// holds one per filter subscribed on another core, so its size is paid per
+/// subscription and per core (a `CoreSet` in each trie slot cost 48 bytes
+/// more per level node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interest {
+    Low(u64),
+    Wide(Box<CoreSet>),
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Interest::Low(0)
+    }
+}
+
+impl Interest {
+    pub fn insert(&mut self, core: usize) {
+        match self {
+            Interest::Low(bits) if core < 64 => *bits |= 1 << core,
+            Interest::Low(bits) => {
+                let mut set = CoreSet([*bits, 0, 0, 0]);
+                set.insert(core);
+                *self = Interest::Wide(Box::new(set));
+            }
+            Interest::Wide(set) => set.insert(core),
+        }
+    }
+
+    pub fn remove(&mut self, core: usize) {
+        match self {
+            Interest::Low(bits) if core < 64 => *bits &= !(1 << core),
+            Interest::Low(_) => {}
+            Interest::Wide(set) => set.remove(core),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Interest::Low(bits) => *bits == 0,
+            Interest::Wide(set) => set.is_empty(),
+        }
+    }
+}
+
+impl CoreSet {
+    /// Adds the cores of one filter's interest.
+    pub fn add(&mut self, interest: &Interest) {
+        match interest {
+            Interest::Low(bits) => self.0[0] |= bits,
+            Interest::Wide(set) => self.union(set),
+        }
+    }
+}
+
 /// Every core but `me`, in order.
 pub(super) fn other_cores(me: usize, cores: usize) -> impl Iterator<Item = usize> {
     (0..cores).filter(move |c| *c != me)
@@ -68,6 +124,27 @@ mod tests {
         t.insert(3);
         t.union(&s);
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![0, 3, 255]);
+    }
+
+    #[test]
+    fn interest_holds_any_core_in_a_word_or_the_whole_set() {
+        assert!(std::mem::size_of::<Option<Interest>>() <= 16);
+        let mut interest = Interest::default();
+        interest.insert(3);
+        assert_eq!(interest, Interest::Low(1 << 3));
+        interest.insert(200);
+        interest.insert(63);
+        let mut all = CoreSet::default();
+        all.add(&interest);
+        assert_eq!(all.iter().collect::<Vec<_>>(), vec![3, 63, 200]);
+        for core in [3, 200, 63] {
+            assert!(!interest.is_empty());
+            interest.remove(core);
+        }
+        assert!(interest.is_empty());
+        let mut low = Interest::default();
+        low.remove(100); // not there: nothing to do
+        assert!(low.is_empty());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use slab::Slab;
 
 pub use barrier::Reply;
-pub use interest::{owner_core, CoreSet};
+pub use interest::{owner_core, CoreSet, Interest};
 pub use mesh::MeshMsg;
 pub use outbox::{Notice, Outbox};
 
@@ -130,7 +130,7 @@ pub struct Core {
     sessions: Slab<Entry>,
     by_client_id: HashMap<Arc<str>, SessionKey>,
     subs: Trie<Vec<Subscriber>>,
-    interest: Trie<CoreSet>,
+    interest: Trie<Interest>,
     shared_index: Trie<Vec<GroupCounts>>,
     shared: SharedGroups,
     picker: Picker,

@@ -5,7 +5,7 @@
 use super::barrier::Then;
 use super::interest::other_cores;
 use super::shared::{GroupCounts, Member};
-use super::{ConnId, Core, CoreSet, MeshMsg, SessionKey, Subscriber};
+use super::{ConnId, Core, Interest, MeshMsg, SessionKey, Subscriber};
 use crate::codec::Pid;
 use crate::session::{Routed, SubEntry};
 use crate::time::Time;
@@ -260,7 +260,7 @@ impl Core {
     pub(super) fn apply_interest(&mut self, filter: &TopicFilter, core: usize, add: bool) {
         if add {
             self.interest
-                .get_or_insert_with(filter.as_str(), CoreSet::default)
+                .get_or_insert_with(filter.as_str(), Interest::default)
                 .insert(core);
         } else if let Some(set) = self.interest.get_mut(filter.as_str()) {
             set.remove(core);
