@@ -37,7 +37,10 @@ type LevelMap = HashMap<Box<str>, NodeId, foldhash::fast::RandomState>;
 #[derive(Debug)]
 pub(super) enum Children {
     Small(Vec<(Box<str>, NodeId)>),
-    Map(LevelMap),
+    /// Boxed: a map is 40 bytes inline against a `Vec`'s 24, every node has
+    /// a `Children`, and only nodes with many children have a map.
+    #[allow(clippy::box_collection)]
+    Map(Box<LevelMap>),
 }
 
 impl Default for Children {
@@ -68,7 +71,7 @@ impl Children {
             Self::Small(v) => {
                 let mut map: LevelMap = v.drain(..).collect();
                 map.insert(level.into(), id);
-                *self = Self::Map(map);
+                *self = Self::Map(Box::new(map));
             }
             Self::Map(m) => {
                 m.insert(level.into(), id);
@@ -504,6 +507,17 @@ mod tests {
         trie.for_each_match(topic, |v| out.push(*v));
         out.sort_unstable();
         out
+    }
+
+    /// Every level of every filter is a node (on every core, in the interest
+    /// index): printed, and bounded so that growth is a decision.
+    #[test]
+    fn a_node_stays_small() {
+        let children = std::mem::size_of::<Children>();
+        let node = std::mem::size_of::<Node<Vec<u64>>>();
+        eprintln!("Children: {children} bytes, Node<Vec<_>>: {node} bytes");
+        assert!(children <= 24, "Children grew to {children} bytes");
+        assert!(node <= 80, "Node grew to {node} bytes");
     }
 
     fn trie_of(filters: &[&'static str]) -> Trie<&'static str> {
