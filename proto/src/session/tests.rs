@@ -529,6 +529,9 @@ fn a_session_stays_small() {
     let size = std::mem::size_of::<Session>();
     eprintln!("Session: {size} bytes");
     assert!(size <= 176, "Session grew to {size} bytes");
+    // What a client under ACL rules adds before its first decision.
+    let limited = std::mem::size_of::<LimitedAccess>();
+    assert!(limited <= 24, "LimitedAccess grew to {limited} bytes");
 }
 
 /// Decodes `packet` out of a read buffer the size of a connection's, as the
