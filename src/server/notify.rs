@@ -11,14 +11,6 @@ pub struct Notify {
     waker: Cell<Option<Waker>>,
 }
 
-impl std::fmt::Debug for Notify {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Notify")
-            .field("pending", &self.pending.get())
-            .finish_non_exhaustive()
-    }
-}
-
 impl Notify {
     pub fn notify(&self) {
         if self.pending.replace(true) {

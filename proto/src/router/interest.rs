@@ -29,6 +29,14 @@ impl CoreSet {
         }
     }
 
+    /// Adds the cores of one filter's interest.
+    pub fn add(&mut self, interest: &Interest) {
+        match interest {
+            Interest::Low(bits) => self.0[0] |= bits,
+            Interest::Wide(set) => self.union(set),
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         (0..Self::MAX).filter(|c| self.contains(*c))
     }
@@ -76,16 +84,6 @@ impl Interest {
         match self {
             Interest::Low(bits) => *bits == 0,
             Interest::Wide(set) => set.is_empty(),
-        }
-    }
-}
-
-impl CoreSet {
-    /// Adds the cores of one filter's interest.
-    pub fn add(&mut self, interest: &Interest) {
-        match interest {
-            Interest::Low(bits) => self.0[0] |= bits,
-            Interest::Wide(set) => self.union(set),
         }
     }
 }

@@ -496,8 +496,6 @@ fn subscription_cap_and_replacement() {
     assert_eq!(entry.opts.qos, QoS::ExactlyOnce);
 }
 
-/// What every session costs, idle or not: printed, and bounded so that growth
-/// is a decision (an idle fleet holds one per device).
 #[test]
 fn a_quiet_session_gives_back_its_traffic_buffers() {
     let lim = limits();
@@ -524,6 +522,8 @@ fn a_quiet_session_gives_back_its_traffic_buffers() {
     assert_eq!(s.inflight_len(), 1);
 }
 
+/// What every session costs, idle or not: printed, and bounded so that growth
+/// is a decision (an idle fleet holds one per device).
 #[test]
 fn a_session_stays_small() {
     let size = std::mem::size_of::<Session>();
