@@ -12,12 +12,18 @@ use ringmq_proto::latency::BUCKETS;
 #[derive(Debug)]
 pub struct SharedCounters {
     values: Box<[AtomicU64]>,
+    /// How many snapshots were published: a reader that saw it move knows
+    /// the values it reads next are at least that recent.
+    publications: AtomicU64,
 }
 
 impl Default for SharedCounters {
     fn default() -> Self {
         let values = Counters::NAMES.iter().map(|_| AtomicU64::new(0)).collect();
-        SharedCounters { values }
+        SharedCounters {
+            values,
+            publications: AtomicU64::new(0),
+        }
     }
 }
 
@@ -26,6 +32,12 @@ impl SharedCounters {
         for (slot, value) in self.values.iter().zip(c.values()) {
             slot.store(value, Ordering::Relaxed);
         }
+        self.publications.fetch_add(1, Ordering::Release);
+    }
+
+    /// Snapshots published so far (see `publications`).
+    pub fn publications(&self) -> u64 {
+        self.publications.load(Ordering::Acquire)
     }
 
     pub fn snapshot(&self) -> Counters {
@@ -116,6 +128,7 @@ mod tests {
         let t = total(&cores);
         assert_eq!(t.messages_sent, 10);
         assert_eq!(t.retained_current, 7);
+        assert_eq!(cores[0].publications(), 1);
     }
 
     #[test]

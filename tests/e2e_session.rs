@@ -279,3 +279,46 @@ async fn unacked_qos1_is_resent_with_dup_on_resume() {
         other => panic!("expected the re-sent PUBLISH, got {other:?}"),
     }
 }
+
+/// The same promise when the publishes race the broker noticing the dead
+/// connection: the subscriber's socket is dropped and the publisher starts at
+/// once, so its messages may reach the session before, during or after the
+/// broker closes the old connection. Whatever the order, every acknowledged
+/// QoS 1 message reaches the resumed session. Repeated, with a fresh client
+/// id each round, so that different interleavings are tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_racing_an_abrupt_disconnect() {
+    const ROUNDS: usize = 20;
+    let broker = start2();
+    for round in 0..ROUNDS {
+        let id = id_on(0, 2, &format!("race{round}"));
+        let mut s = V4::connect_with(broker.addr, &id, |o| {
+            o.set_clean_session(false);
+        })
+        .await;
+        s.subscribe_ok("race/t", QoS::AtLeastOnce).await;
+        s.kill();
+        let publisher_id = id_on(1, 2, &format!("race-pub{round}"));
+        let mut publisher = V4::connect(broker.addr, &publisher_id).await;
+        let tag = format!("r{round}");
+        for i in 0..10 {
+            publisher
+                .publish("race/t", QoS::AtLeastOnce, false, numbered(&tag, i))
+                .await;
+        }
+        publisher.wait_acks(10, QoS::AtLeastOnce).await;
+        let mut back = V4::connect_with(broker.addr, &id, |o| {
+            o.set_clean_session(false);
+        })
+        .await;
+        assert!(back.connack.session_present, "{id}: session kept");
+        let got = back.recv_publishes(10).await;
+        let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
+        assert_sequence(&id, &tag, &payloads, 10);
+        // Clean start ends the session, so the next round's publishes reach
+        // only the next round's subscriber.
+        back.kill();
+        V4::connect(broker.addr, &id).await.disconnect().await;
+        publisher.disconnect().await;
+    }
+}

@@ -371,6 +371,17 @@ impl Broker {
     pub fn counters(&self) -> metrics::Counters {
         metrics::total(&self.shared.counters)
     }
+
+    /// How many counter snapshots each core has published (one per tick):
+    /// once every core's number moved past what a caller saw, the totals
+    /// [`Broker::counters`] reads reflect everything done before it looked.
+    pub fn counter_publications(&self) -> Vec<u64> {
+        self.shared
+            .counters
+            .iter()
+            .map(|c| c.publications())
+            .collect()
+    }
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully.

@@ -27,6 +27,11 @@ impl Deref for TestBroker {
 impl TestBroker {
     /// Polls the broker's counters (refreshed by each core every 500 ms tick)
     /// until `pred` holds, for at most `limit`. Returns the last snapshot.
+    ///
+    /// Only snapshots every core published after the call began count: an
+    /// older one may predate what the test did just before (a snapshot from
+    /// before a connect shows `connections_current == 0` as well as one from
+    /// after its close does).
     pub async fn wait_counters(
         &self,
         limit: Duration,
@@ -34,10 +39,15 @@ impl TestBroker {
         pred: impl Fn(&Counters) -> bool,
     ) -> Counters {
         let deadline = Instant::now() + limit;
+        let since = self.counter_publications();
+        let mut c = Counters::default();
         loop {
-            let c = self.counters();
-            if pred(&c) {
-                return c;
+            let now = self.counter_publications();
+            if now.iter().zip(&since).all(|(n, s)| n > s) {
+                c = self.counters();
+                if pred(&c) {
+                    return c;
+                }
             }
             if Instant::now() >= deadline {
                 panic!("counters never satisfied `{what}` within {limit:?}: {c:?}");

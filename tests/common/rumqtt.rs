@@ -458,17 +458,28 @@ impl<P: Proto> Client<P> {
                         got.push(p);
                     }
                 }
-                Some(Ev::Closed(e)) => {
-                    panic!("{}: closed after {} of {n}: {e}", self.id, got.len())
-                }
-                None => panic!(
-                    "{}: only {} of {n} PUBLISHes arrived (next missing after {STEP:?})",
+                Some(Ev::Closed(e)) => panic!(
+                    "{}: closed after {} of {n}: {e}; got {:?}",
                     self.id,
-                    got.len()
+                    got.len(),
+                    Self::payloads(&got)
+                ),
+                None => panic!(
+                    "{}: only {} of {n} PUBLISHes arrived (next missing after {STEP:?}): {:?}",
+                    self.id,
+                    got.len(),
+                    Self::payloads(&got)
                 ),
             }
         }
         got
+    }
+
+    /// The payloads of `got`, readable, for a failure message.
+    fn payloads(got: &[P::Publish]) -> Vec<String> {
+        got.iter()
+            .map(|p| String::from_utf8_lossy(P::payload(p)).into_owned())
+            .collect()
     }
 
     /// Asserts that no PUBLISH arrives within `quiet` (a negative check: the
