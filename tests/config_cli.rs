@@ -88,6 +88,7 @@ fn flags_set_every_kind_of_value() {
         "--max-packet-size=64KiB",
         "--connect-timeout=3",
         "--max-subscriptions-per-client=5",
+        "--busy-poll-us=50",
     ]);
     assert_eq!(config.bind, "::1".parse::<IpAddr>().expect("ip"));
     assert_eq!(
@@ -101,6 +102,7 @@ fn flags_set_every_kind_of_value() {
     assert_eq!(config.limits.max_packet_size, 65_536);
     assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
     assert_eq!(config.limits.max_subscriptions_per_client, 5);
+    assert_eq!(config.busy_poll_us, 50);
 }
 
 #[test]
@@ -165,7 +167,7 @@ fn missing_config_file_is_a_read_error() {
 
 #[test]
 fn invalid_values_are_rejected_naming_key_and_range() {
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
         (&["--cores=0"], &["cores", "1..=256"]),
         (
             &["--max-packet-size=10"],
@@ -177,6 +179,7 @@ fn invalid_values_are_rejected_naming_key_and_range() {
             &["max_inflight_messages", "1..=65535"],
         ),
         (&["--max-connections=0"], &["max_connections", "at least 1"]),
+        (&["--busy-poll-us=5000"], &["busy_poll_us", "0..=1000"]),
     ];
     for (args, expected) in cases {
         let message = error(args);

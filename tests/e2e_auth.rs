@@ -485,6 +485,45 @@ async fn argon2id_users_are_checked_off_the_event_loop() {
     }
 }
 
+/// With `busy_poll_us`, a core that input keeps busy still takes the result
+/// of a check done on a verifier thread (a wake-up from another thread,
+/// which monoio takes only when the core goes through the kernel's wait,
+/// at least once per millisecond of polling): here a client floods the only
+/// core with publishes while another logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argon2id_checks_finish_while_a_polling_core_is_flooded() {
+    let files = Files::new("argon2-poll");
+    let hash = ringmq::auth::password::PasswordHash::argon2id(b"erin-pw");
+    let passwd = files.write("passwd", &format!("erin:{}\n", hash.encode()));
+    let broker = start(1, |c| {
+        secured(&passwd, None)(c);
+        c.busy_poll_us = 1000;
+    });
+    let mut flooder = Raw::open(broker.addr).await;
+    let p = login(Protocol::V3_1_1, "flood", Some(b"erin"), Some(b"erin-pw"));
+    assert_eq!(flooder.handshake(p).await.code, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let publish = publish_packet("flood/t", QosPid::AtMostOnce, false, b"x");
+            // Bounded: stops when told, or after this many in any case.
+            for _ in 0..2_000_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                flooder.send(&publish).await;
+            }
+        })
+    };
+    let mut raw = Raw::open(broker.addr).await;
+    let p = login(Protocol::V3_1_1, "late", Some(b"erin"), Some(b"erin-pw"));
+    let code = raw.handshake(p).await.code;
+    stop.store(true, Ordering::Relaxed);
+    flooding.await.expect("flood task");
+    assert_eq!(code, 0, "logged in while the core was flooded");
+}
+
 fn ringmq(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args(args)

@@ -160,6 +160,10 @@ counters! {
     wills_published,
     /// Times a cross-core queue was full and a publisher waited (back-pressure).
     mesh_full_waits,
+    /// Loop turns a core spent polling for work instead of sleeping
+    /// (`busy_poll_us`): what the option costs, in turns of about a
+    /// microsecond each.
+    busy_poll_turns,
     /// Connections handed to the core that owns their client id.
     handoffs,
     /// Sessions (connected or persistent offline) held now.

@@ -109,6 +109,9 @@ pub struct Config {
     pub mesh_queue_capacity: usize,
     /// Bytes of routing batches one core may have in flight to another.
     pub mesh_budget: usize,
+    /// Microseconds a core keeps polling for work after its last input
+    /// before it sleeps; 0 (the default) sleeps at once.
+    pub busy_poll_us: u32,
     /// Whether clients without a username are accepted.
     pub allow_anonymous: bool,
     /// Neither a password file nor an explicit `allow_anonymous` was given:
@@ -160,6 +163,7 @@ impl Default for Config {
             read_buffer_size: 16 * 1024,
             mesh_queue_capacity: 1024,
             mesh_budget: 4 << 20,
+            busy_poll_us: 0,
             allow_anonymous: true,
             local_only: true,
             password_file: None,
@@ -315,6 +319,11 @@ impl Config {
             bounds::MESH_QUEUE,
         );
         check.range("mesh_budget", self.mesh_budget as u64, bounds::MESH_BUDGET);
+        check.range(
+            "busy_poll_us",
+            self.busy_poll_us.into(),
+            bounds::BUSY_POLL_US,
+        );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             check.fail(format!(
                 "log_level = {:?} is not a valid filter: {e}",

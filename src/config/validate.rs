@@ -102,6 +102,9 @@ pub(super) mod bounds {
     pub const READ_BUFFER: RangeInclusive<u64> = 64..=268_435_455;
     pub const MESH_QUEUE: RangeInclusive<u64> = 1..=1 << 20;
     pub const MESH_BUDGET: RangeInclusive<u64> = 4096..=1 << 40;
+    /// A sleeping core wakes in tens of microseconds: polling far longer
+    /// only burns CPU (and a core polls at most 1 ms at a stretch).
+    pub const BUSY_POLL_US: RangeInclusive<u64> = 0..=1000;
     /// 268_435_455 is the largest length MQTT's variable-byte integer can encode.
     pub const MAX_PACKET_SIZE: RangeInclusive<u64> = 64..=268_435_455;
     /// A 65535-byte topic has at most 32768 levels.

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::busy_poll::BusyPoll;
 use super::durability::{Durability, Mark};
 use super::edge::{self, RateLimit};
 use super::log_gate::{ClientLogGate, LogGate};
@@ -58,6 +59,8 @@ pub struct Ctx {
     notice_logs: RefCell<[ClientLogGate; 2]>,
     /// One gate per drop reason.
     drop_logs: RefCell<HashMap<&'static str, ClientLogGate>>,
+    /// With `busy_poll_us`: this core polls for a while after input.
+    busy_poll: Option<BusyPoll>,
 }
 
 impl Ctx {
@@ -80,6 +83,7 @@ impl Ctx {
             refusal_logs: RefCell::default(),
             notice_logs: RefCell::default(),
             drop_logs: RefCell::default(),
+            busy_poll: BusyPoll::new(shared.config.busy_poll_us),
             durability: shared
                 .store
                 .as_ref()
@@ -94,6 +98,18 @@ impl Ctx {
     /// gets.
     pub fn now(&self) -> Time {
         Time::from_micros(self.shared.started.elapsed().as_micros() as u64)
+    }
+
+    /// The core's poller, when `busy_poll_us` is set.
+    pub fn busy_poll(&self) -> Option<&BusyPoll> {
+        self.busy_poll.as_ref()
+    }
+
+    /// A connection's read brought input (restarts a busy-poll window).
+    pub fn note_input(&self) {
+        if let Some(poll) = &self.busy_poll {
+            poll.note_input();
+        }
     }
 
     pub fn next_conn_id(&self) -> ConnId {

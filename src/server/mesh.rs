@@ -68,6 +68,11 @@ impl Doorbell {
         }
     }
 
+    /// Whether a ring came since the last wait.
+    pub fn is_rung(&self) -> bool {
+        self.rung.load(Ordering::Acquire)
+    }
+
     /// Resolves once rung since the last wait. The flag is cleared before the
     /// caller drains, so a send racing the drain rings again: no lost wake-up.
     pub async fn wait(&self) {

@@ -3,6 +3,7 @@
 //! SO_REUSEPORT socket for every listener, its connections and its routing state.
 
 mod accept;
+mod busy_poll;
 mod connection;
 mod context;
 mod durability;

@@ -21,6 +21,11 @@ impl Notify {
         }
     }
 
+    /// Forgets a notification nobody waited for.
+    pub fn clear(&self) {
+        self.pending.set(false);
+    }
+
     pub async fn notified(&self) {
         poll_fn(|cx| {
             if self.pending.replace(false) {

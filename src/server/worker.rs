@@ -227,7 +227,10 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
     let mut handled_weight = vec![0; ctx.shared.mesh.cores()];
     loop {
         match stopping {
-            None => inbox.doorbell.wait().await,
+            None => match ctx.busy_poll() {
+                None => inbox.doorbell.wait().await,
+                Some(poll) => poll.wait(&inbox.doorbell).await,
+            },
             Some(since) => {
                 let all_quiet = ctx.shared.quiet.load(Ordering::Acquire) == ctx.shared.config.cores;
                 if (all_quiet && inbox.rx.is_empty()) || since.elapsed() > QUIET_WAIT {
@@ -344,6 +347,10 @@ async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
             collected_at = parked;
         }
         ctx.count(|c| c.connections_parked = parked);
+        if let Some(poll) = ctx.busy_poll() {
+            let turns = poll.turns();
+            ctx.count(|c| c.busy_poll_turns = turns);
+        }
         ctx.compact_if_due();
         if let Some(store) = &ctx.shared.store {
             store.check_health(ctx.id);

@@ -158,6 +158,7 @@ fn handle_frames<W>(
     // One clock read per read, not per packet.
     let now = ctx.now();
     conn.note_input(now);
+    ctx.note_input();
     let holding = ctx.shared.store.as_ref().is_some_and(|s| s.failing());
     let step = ctx.with_core(|core| loop {
         if core.is_held_back(conn.key, conn.id) {
