@@ -532,7 +532,7 @@ async fn rumqttc_last_will_on_abrupt_end() {
         o.set_last_will(v4::LastWill::new("will/rq", "bye", QoS::AtLeastOnce, false));
     })
     .await;
-    c.kill();
+    c.kill().await;
     let p = w.recv_publish().await;
     assert_eq!(
         (p.topic.as_str(), &p.payload[..], p.qos),

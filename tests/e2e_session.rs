@@ -214,7 +214,7 @@ async fn persistent_session_survives_an_abrupt_disconnect() {
     })
     .await;
     s.subscribe_ok("ab/t", QoS::AtLeastOnce).await;
-    s.kill();
+    s.kill().await;
     broker
         .wait_counters(STEP, "the dropped connection is gone", |c| {
             c.connections_current == 0
@@ -297,7 +297,7 @@ async fn acknowledged_messages_survive_racing_an_abrupt_disconnect() {
         })
         .await;
         s.subscribe_ok("race/t", QoS::AtLeastOnce).await;
-        s.kill();
+        s.kill().await;
         let publisher_id = id_on(1, 2, &format!("race-pub{round}"));
         let mut publisher = V4::connect(broker.addr, &publisher_id).await;
         let tag = format!("r{round}");
@@ -317,7 +317,7 @@ async fn acknowledged_messages_survive_racing_an_abrupt_disconnect() {
         assert_sequence(&id, &tag, &payloads, 10);
         // Clean start ends the session, so the next round's publishes reach
         // only the next round's subscriber.
-        back.kill();
+        back.kill().await;
         V4::connect(broker.addr, &id).await.disconnect().await;
         publisher.disconnect().await;
     }

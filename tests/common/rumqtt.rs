@@ -545,8 +545,14 @@ impl<P: Proto> Client<P> {
         self.wait_closed(STEP).await;
     }
 
-    /// Ends the connection abruptly (no DISCONNECT): the socket is dropped.
-    pub fn kill(self) {
-        drop(self);
+    /// Ends the connection abruptly (no DISCONNECT): stops the event loop
+    /// and waits until its task is gone, socket closed. Only then is the
+    /// client dead: an aborted task still running (a busy machine may
+    /// preempt it mid-poll) could otherwise read a PUBLISH that came after
+    /// this call and acknowledge it, which is what a test of "the broker
+    /// keeps it for the session" must rule out.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
