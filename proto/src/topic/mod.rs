@@ -19,6 +19,7 @@ use std::fmt;
 use bytes::Bytes;
 
 pub mod share;
+pub mod subject;
 pub mod tree;
 pub mod trie;
 

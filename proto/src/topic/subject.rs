@@ -1,0 +1,262 @@
+//! NATS subjects for MQTT topics and filters: how messages will travel
+//! between ringmq nodes over NATS (the cluster; see the scale-out design).
+//!
+//! Each MQTT level becomes one subject token after `prefix.`, so NATS's own
+//! wildcards do the matching: `+` becomes `*` (one token) and a final `#`
+//! becomes `>` (one or more tokens), with a second subject for the parent
+//! level, since `a/#` also matches `a` [MQTT-4.7.1-2]. A level is written
+//! as it is except for what a NATS token cannot hold or would read as
+//! syntax: `.` (the separator), `*` and `>` (wildcards), whitespace and
+//! control characters (the protocol's delimiters), and `%` itself, each as
+//! `%XX` per UTF-8 byte. An empty level, which a token cannot be, is a lone
+//! `%`, which no written level can be. So the mapping is one-to-one
+//! ([`topic_of`] inverts it) and every subject is a valid NATS subject.
+//!
+//! NATS wildcards also match `$` topics, which MQTT's leading wildcards
+//! must not [MQTT-4.7.2-1]: a node receiving from NATS matches each message
+//! against its own subscriptions again, so a subject subscription may take
+//! more than its filter, never less.
+
+use std::fmt::Write;
+
+/// The lone token an empty level becomes.
+const EMPTY_LEVEL: &str = "%";
+
+/// The subject of topic name `topic` under `prefix` (a NATS subject of its
+/// own, such as `ringmq.fleet.t`). At most three bytes per topic byte plus
+/// the prefix: the caller checks the result against the server's limits.
+pub fn topic_subject(prefix: &str, topic: &str) -> String {
+    let mut subject = String::with_capacity(prefix.len() + 1 + topic.len());
+    subject.push_str(prefix);
+    for level in topic.split('/') {
+        subject.push('.');
+        push_level(&mut subject, level);
+    }
+    subject
+}
+
+/// What a node subscribes to in NATS for MQTT filter `filter` under
+/// `prefix`: one subject, or two when a `#` follows other levels (the
+/// parent level, which `#` also matches, and everything below it).
+pub fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
+    let mut subject = String::with_capacity(prefix.len() + 1 + filter.len());
+    subject.push_str(prefix);
+    let mut parent = None;
+    for level in filter.split('/') {
+        match level {
+            "#" => {
+                if subject.len() > prefix.len() {
+                    parent = Some(subject.clone());
+                }
+                subject.push_str(".>");
+            }
+            "+" => subject.push_str(".*"),
+            _ => {
+                subject.push('.');
+                push_level(&mut subject, level);
+            }
+        }
+    }
+    parent.into_iter().chain([subject]).collect()
+}
+
+/// The topic name that [`topic_subject`] wrote as `subject`; `None` when
+/// `subject` is not under `prefix` or holds what no topic's subject holds
+/// (a bad escape, a bare reserved character, a level that is not UTF-8).
+pub fn topic_of(prefix: &str, subject: &str) -> Option<String> {
+    let tokens = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let mut topic = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.split('.').enumerate() {
+        if i > 0 {
+            topic.push(b'/');
+        }
+        if token != EMPTY_LEVEL {
+            unescape_into(token, &mut topic)?;
+        }
+    }
+    String::from_utf8(topic).ok()
+}
+
+/// Appends level `level` as one token.
+fn push_level(out: &mut String, level: &str) {
+    if level.is_empty() {
+        out.push_str(EMPTY_LEVEL);
+        return;
+    }
+    for c in level.chars() {
+        if needs_escape(c) {
+            let mut utf8 = [0; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "%{byte:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    matches!(c, '.' | '*' | '>' | '%') || c.is_whitespace() || c.is_control()
+}
+
+/// Reverses [`push_level`] for a non-empty token; `None` when the token
+/// holds what it never writes (a bad escape, a bare reserved character).
+fn unescape_into(token: &str, out: &mut Vec<u8>) -> Option<()> {
+    let bytes = token.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            let c = token[i..].chars().next()?;
+            if needs_escape(c) {
+                return None;
+            }
+            out.extend_from_slice(&bytes[i..i + c.len_utf8()]);
+            i += c.len_utf8();
+        }
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::topic::matches;
+
+    const P: &str = "ringmq.t";
+
+    #[test]
+    fn topics_become_one_token_per_level() {
+        let cases = [
+            ("a/b", "ringmq.t.a.b"),
+            ("sensors/eu-1/temp", "ringmq.t.sensors.eu-1.temp"),
+            ("a.b/c", "ringmq.t.a%2Eb.c"),
+            ("/", "ringmq.t.%.%"),
+            ("a//b", "ringmq.t.a.%.b"),
+            ("a b/\t", "ringmq.t.a%20b.%09"),
+            ("*/>", "ringmq.t.%2A.%3E"),
+            ("100%", "ringmq.t.100%25"),
+            ("$SYS/broker", "ringmq.t.$SYS.broker"),
+            ("grüße/ü", "ringmq.t.grüße.ü"),
+            ("\u{a0}", "ringmq.t.%C2%A0"),
+        ];
+        for (topic, subject) in cases {
+            assert_eq!(topic_subject(P, topic), subject, "{topic:?}");
+            assert_eq!(topic_of(P, subject).as_deref(), Some(topic), "{subject:?}");
+        }
+    }
+
+    #[test]
+    fn filters_map_wildcards_onto_nats_wildcards() {
+        let cases: [(&str, &[&str]); 7] = [
+            ("a/b", &["ringmq.t.a.b"]),
+            ("sport/+/score", &["ringmq.t.sport.*.score"]),
+            ("a/#", &["ringmq.t.a", "ringmq.t.a.>"]),
+            ("#", &["ringmq.t.>"]),
+            ("+/#", &["ringmq.t.*", "ringmq.t.*.>"]),
+            ("+", &["ringmq.t.*"]),
+            ("/+/#", &["ringmq.t.%.*", "ringmq.t.%.*.>"]),
+        ];
+        for (filter, subjects) in cases {
+            assert_eq!(filter_subjects(P, filter), subjects, "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn subjects_that_are_not_ours_have_no_topic() {
+        for subject in [
+            "other.t.a",
+            "ringmq.t",
+            "ringmq.tx.a",
+            "ringmq.t.a%2",
+            "ringmq.t.a%zz",
+            "ringmq.t.a%+1",
+            "ringmq.t.a%2e",
+            "ringmq.t.a*",
+            "ringmq.t.%C3",
+        ] {
+            assert_eq!(topic_of(P, subject), None, "{subject:?}");
+        }
+    }
+
+    /// NATS's matching, as its documentation states it: `*` is one token,
+    /// a final `>` one or more, anything else the same token.
+    fn nats_matches(subscription: &str, subject: &str) -> bool {
+        let mut sub = subscription.split('.');
+        let mut subj = subject.split('.');
+        loop {
+            match (sub.next(), subj.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// A token only NATS's grammar could trip on.
+    fn nats_token_is_valid(token: &str) -> bool {
+        !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c == '.')
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("$SYS".to_owned()),
+            "[a-c.*>% \t$ü]{1,3}",
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|levels| levels.join("/"))
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![level(), Just("+".to_owned())], 0..4),
+            any::<bool>(),
+        )
+            .prop_filter_map("a filter has a level", |(mut levels, hash)| {
+                if hash {
+                    levels.push("#".to_owned());
+                }
+                (!levels.is_empty()).then(|| levels.join("/"))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_topic_maps_to_a_valid_subject_and_back(t in topic()) {
+            let subject = topic_subject(P, &t);
+            let tokens = subject.strip_prefix("ringmq.t.").expect("prefixed");
+            prop_assert!(tokens.split('.').all(nats_token_is_valid), "{subject:?}");
+            prop_assert!(tokens.split('.').all(|tok| tok != "*" && tok != ">"));
+            prop_assert_eq!(topic_of(P, &subject), Some(t));
+        }
+
+        /// Whatever MQTT matches, NATS delivers; NATS delivers more only
+        /// for a `$` topic under a leading wildcard, which the receiving
+        /// node's own match then drops.
+        #[test]
+        fn nats_delivers_what_mqtt_matches(f in filter(), t in topic()) {
+            let subject = topic_subject(P, &t);
+            let nats = filter_subjects(P, &f).iter().any(|s| nats_matches(s, &subject));
+            let mqtt = matches(&f, &t);
+            let dollar_under_wildcard =
+                t.starts_with('$') && matches!(f.split('/').next(), Some("+" | "#"));
+            prop_assert!(!mqtt || nats, "{f:?} matches {t:?} but not over NATS");
+            prop_assert!(!nats || mqtt || dollar_under_wildcard, "{f:?} takes {t:?} over NATS");
+        }
+    }
+}
