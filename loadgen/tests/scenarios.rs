@@ -86,14 +86,47 @@ impl Broker {
     }
 
     fn ringmq_with(command: fn(u16) -> Command, extra: &[&str]) -> Broker {
-        let port = free_port();
-        let mut c = command(port);
+        let mut c = command(0);
         c.args(extra);
-        let child = c
+        Broker::spawn_ringmq(c)
+    }
+
+    /// Starts ringmq, told to listen on port 0, and learns the port the
+    /// kernel gave it from its "ringmq listening" log line. A port picked
+    /// beforehand and handed over could be picked by a parallel test too:
+    /// the second broker then exits "address in use", while the port
+    /// accepts, so the test would run against the other test's broker.
+    fn spawn_ringmq(mut c: Command) -> Broker {
+        use std::io::BufRead;
+        let mut child = c
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting ringmq");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads every line, so the broker never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Some(port) = listening_port(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        let port = match rx.recv_timeout(BROKER_START) {
+            Ok(port) => port,
+            Err(_) => {
+                let status = child.try_wait().expect("polling the broker");
+                let _ = child.kill();
+                panic!(
+                    "ringmq did not report its port within {BROKER_START:?} (exited: {status:?})"
+                );
+            }
+        };
         let mut broker = Broker {
             child,
             port,
@@ -103,17 +136,14 @@ impl Broker {
         broker
     }
 
+    /// The broker the scenarios run against: ringmq, or Mosquitto with
+    /// `LOADGEN_TEST_BROKER=mosquitto`.
     fn start() -> Broker {
+        if std::env::var("LOADGEN_TEST_BROKER").as_deref() != Ok("mosquitto") {
+            return Broker::spawn_ringmq(ringmq_command(0));
+        }
         let port = free_port();
-        let mut config = None;
-        let mut cmd = match std::env::var("LOADGEN_TEST_BROKER").as_deref() {
-            Ok("mosquitto") => {
-                let (c, conf) = mosquitto_command(port);
-                config = Some(conf);
-                c
-            }
-            _ => ringmq_command(port),
-        };
+        let (mut cmd, conf) = mosquitto_command(port);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -122,7 +152,7 @@ impl Broker {
         let mut broker = Broker {
             child,
             port,
-            config,
+            config: Some(conf),
         };
         broker.wait_until_accepting();
         broker
@@ -221,6 +251,16 @@ fn mosquitto_command(port: u16) -> (Command, PathBuf) {
 }
 
 /// The ringmq command line of these tests, plain listener on `port`.
+/// The port of the plain MQTT listener in a ringmq log line
+/// (`... ringmq listening addr=127.0.0.1:PORT scheme="mqtt"`).
+fn listening_port(line: &str) -> Option<u16> {
+    if !line.contains("ringmq listening") || !line.contains("scheme=\"mqtt\"") {
+        return None;
+    }
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 fn ringmq_command(port: u16) -> Command {
     let mut c = ringmq_base_command(port);
     // Queues large enough that a client starved of CPU on a busy machine is
@@ -350,6 +390,8 @@ fn loadgen(name: &str, args: &[&str]) -> Value {
         "loadgen {args:?} failed\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("metric"), "no summary table:\n{stdout}");
+    // Shown only when the test fails: what the generator said of any errors.
+    eprintln!("loadgen {args:?} stderr:\n{stderr}");
     let text = std::fs::read_to_string(&json).expect("reading the JSON report");
     std::fs::remove_file(&json).ok();
     serde_json::from_str(&text).expect("the JSON report parses")
