@@ -86,21 +86,22 @@ impl BusyPoll {
         let started = Instant::now();
         let mut quiet_since = started;
         let mut seen = self.inputs.get();
-        loop {
-            if doorbell.is_rung() {
-                return true;
-            }
-            let now = Instant::now();
-            if now - quiet_since >= self.window || now - started >= MAX_STRETCH {
-                return false;
-            }
+        while !doorbell.is_rung() {
             yield_now().await;
             self.turns.set(self.turns.get() + 1);
+            // One clock read per turn.
+            let now = Instant::now();
             if self.inputs.get() != seen {
                 seen = self.inputs.get();
-                quiet_since = Instant::now();
+                quiet_since = now;
+            } else if now - quiet_since >= self.window {
+                return false;
+            }
+            if now - started >= MAX_STRETCH {
+                return false;
             }
         }
+        true
     }
 }
 

@@ -40,17 +40,21 @@ impl TestBroker {
     ) -> Counters {
         let deadline = Instant::now() + limit;
         let since = self.counter_publications();
-        let mut c = Counters::default();
+        let mut last = None;
         loop {
             let now = self.counter_publications();
             if now.iter().zip(&since).all(|(n, s)| n > s) {
-                c = self.counters();
+                let c = self.counters();
                 if pred(&c) {
                     return c;
                 }
+                last = Some(c);
             }
             if Instant::now() >= deadline {
-                panic!("counters never satisfied `{what}` within {limit:?}: {c:?}");
+                match &last {
+                    Some(c) => panic!("counters never satisfied `{what}` within {limit:?}: {c:?}"),
+                    None => panic!("no core published counters within {limit:?} (`{what}`)"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await; // polling interval, not sync
         }

@@ -60,9 +60,9 @@ pub fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
     parent.into_iter().chain([subject]).collect()
 }
 
-/// The topic name that [`topic_subject`] wrote as `subject`; `None` when
-/// `subject` is not under `prefix` or holds what no topic's subject holds
-/// (a bad escape, a bare reserved character, a level that is not UTF-8).
+/// The topic name that [`topic_subject`] wrote as `subject`; `None` for
+/// any subject it cannot have written under `prefix` (a bad or needless
+/// escape, a bare reserved character, a level that is not UTF-8).
 pub fn topic_of(prefix: &str, subject: &str) -> Option<String> {
     let tokens = subject.strip_prefix(prefix)?.strip_prefix('.')?;
     let mut topic = Vec::with_capacity(tokens.len());
@@ -74,7 +74,9 @@ pub fn topic_of(prefix: &str, subject: &str) -> Option<String> {
             unescape_into(token, &mut topic)?;
         }
     }
-    String::from_utf8(topic).ok()
+    let topic = String::from_utf8(topic).ok()?;
+    // Only the one spelling the mapping writes names the topic.
+    (topic_subject(prefix, &topic) == subject).then_some(topic)
 }
 
 /// Appends level `level` as one token.
@@ -100,27 +102,21 @@ fn needs_escape(c: char) -> bool {
     matches!(c, '.' | '*' | '>' | '%') || c.is_whitespace() || c.is_control()
 }
 
-/// Reverses [`push_level`] for a non-empty token; `None` when the token
-/// holds what it never writes (a bad escape, a bare reserved character).
+/// Reverses [`push_level`]'s escapes in a non-empty token; `None` for a
+/// malformed one. (Whether the token is the canonical spelling is checked by
+/// re-encoding, in [`topic_of`].)
 fn unescape_into(token: &str, out: &mut Vec<u8>) -> Option<()> {
     let bytes = token.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
-                return None;
-            }
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let digit = |b: u8| (b as char).to_digit(16);
+            out.push((digit(hex[0])? * 16 + digit(hex[1])?) as u8);
             i += 3;
         } else {
-            let c = token[i..].chars().next()?;
-            if needs_escape(c) {
-                return None;
-            }
-            out.extend_from_slice(&bytes[i..i + c.len_utf8()]);
-            i += c.len_utf8();
+            out.push(bytes[i]);
+            i += 1;
         }
     }
     Some(())
@@ -182,6 +178,8 @@ mod tests {
             "ringmq.t.a%zz",
             "ringmq.t.a%+1",
             "ringmq.t.a%2e",
+            "ringmq.t.%61",
+            "ringmq.t.a b",
             "ringmq.t.a*",
             "ringmq.t.%C3",
         ] {
