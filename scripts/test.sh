@@ -6,6 +6,7 @@
 # The end-to-end tests in tests/e2e_mosquitto_clients.rs and tests/passwd.rs
 # drive Eclipse Mosquitto's command-line tools (mosquitto_pub, mosquitto_sub,
 # mosquitto_passwd), tests/e2e_bridge.rs its broker (mosquitto, in /usr/sbin),
+# tests/e2e_cluster.rs starts NATS servers (nats-server, Debian's package),
 # and they fail loudly when these are missing, so
 # this script installs them first when it can (root with apt-get); likewise
 # Paho's Python client (pip) and MQTT.js (npm ci in tests/mqttjs). Idempotent:
@@ -20,15 +21,16 @@ for tool in mosquitto_pub mosquitto_sub mosquitto_passwd stdbuf; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [[ -x /usr/sbin/mosquitto ]] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+[[ -x /usr/sbin/nats-server ]] || command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 
 if ((${#missing[@]} > 0)); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients coreutils >/dev/null
+        apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients nats-server coreutils >/dev/null
     else
         echo "scripts/test.sh: missing ${missing[*]}; install them first," \
-            "e.g. sudo apt-get install -y mosquitto mosquitto-clients" >&2
+            "e.g. sudo apt-get install -y mosquitto mosquitto-clients nats-server" >&2
         exit 1
     fi
 fi

@@ -21,6 +21,7 @@ pub const GIT_COMMIT: &str = env!("RINGMQ_GIT_COMMIT");
 
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod persist;

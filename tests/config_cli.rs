@@ -338,3 +338,24 @@ fn metrics_bind_address_needs_a_port() {
     let config = run(&["--metrics-port", "9100"]);
     assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
 }
+
+/// The example's `[cluster]` block, uncommented, is a valid table.
+#[test]
+fn example_cluster_block_parses() {
+    let text = std::fs::read_to_string(example_path()).expect("read example");
+    let block: String = text
+        .split("\n# [cluster]\n")
+        .nth(1)
+        .expect("a [cluster] block")
+        .lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = TempConfig::new("cluster", &format!("[cluster]\n{block}"));
+    let config = run(&["-c", file.path()]);
+    let cluster = config.cluster.expect("a cluster");
+    assert_eq!(cluster.node_name, "node-1");
+    assert_eq!(cluster.nats_servers.len(), 2);
+    assert!(cluster.tls, "a CA file means TLS");
+    assert_eq!(cluster.link_buffer, 64 << 20);
+}

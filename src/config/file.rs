@@ -209,6 +209,9 @@ pub struct FileConfig {
     /// Links to other brokers, as `[[bridge]]` tables in the config file (default: none)
     #[arg(skip)]
     pub bridge: Option<Vec<BridgeFile>>,
+    /// This broker as a node of a cluster over NATS, as a `[cluster]` table in the config file (default: none)
+    #[arg(skip)]
+    pub cluster: Option<ClusterFile>,
     /// How a shared subscription group ($share/group/filter) picks the member for each message (default round-robin)
     #[arg(long, env = "RINGMQ_SHARED_STRATEGY", value_name = "STRATEGY", value_parser = shared_strategy_parser())]
     pub shared_strategy: Option<SharedStrategy>,
@@ -261,7 +264,7 @@ impl FileConfig {
             max_subscriptions_per_client, max_topic_alias, max_session_expiry,
             persistent_client_expiration, shared_strategy, tls_port, ws_port, wss_port, certfile,
             keyfile, cafile, require_certificate, use_identity_as_username, tls_version, listener,
-            bridge, password_file, acl_file, persistence, persistence_location, persistence_fsync,
+            bridge, cluster, password_file, acl_file, persistence, persistence_location, persistence_fsync,
             persistence_fsync_interval,
         )
     }
@@ -284,6 +287,11 @@ impl FileConfig {
             default_listener: self.default_listener(),
             listeners: self.resolve_listeners(bind)?,
             bridges: self.resolve_bridges()?,
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(ClusterFile::resolve)
+                .transpose()?,
             bind,
             port: self.port.unwrap_or(d.port),
             cores: self.cores.unwrap_or(d.cores),

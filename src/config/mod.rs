@@ -12,6 +12,7 @@
 //! text.
 
 mod bridge;
+mod cluster;
 mod diff;
 mod file;
 mod listener;
@@ -31,6 +32,7 @@ pub use bridge::{
     Addresses, Bridge, BridgeFile, BridgeProtocol, BridgeTls, Direction, RestartTimeout, Route,
     Secret,
 };
+pub use cluster::{Cluster, ClusterFile, DEFAULT_LINK_BUFFER};
 pub use diff::{changed_keys, live_limits, LIVE_LIMITS};
 pub use file::{Cli, FileConfig};
 pub use listener::{
@@ -94,6 +96,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Links to other brokers.
     pub bridges: Vec<Bridge>,
+    /// This broker as a node of a ringmq cluster over NATS.
+    pub cluster: Option<Cluster>,
     /// Worker threads, one per core; each owns its connections outright.
     pub cores: usize,
     /// Pin each worker to its own CPU so caches and the ring stay warm.
@@ -156,6 +160,7 @@ impl Default for Config {
             default_listener: true,
             listeners: Vec::new(),
             bridges: Vec::new(),
+            cluster: None,
             cores: default_cores(),
             pin_cores: true,
             io_driver: IoDriver::Auto,

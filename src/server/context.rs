@@ -240,6 +240,12 @@ impl Ctx {
         for notice in out.notices.drain(..) {
             self.log_notice(notice);
         }
+        if !out.cluster.is_empty() {
+            match &self.shared.cluster {
+                Some(link) => link.send(self.id, out.cluster.drain(..)),
+                None => out.cluster.clear(),
+            }
+        }
         let links = self.links.borrow();
         for conn in out.writable.drain(..) {
             if let Some(link) = links.get(&conn) {

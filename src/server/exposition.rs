@@ -33,6 +33,23 @@ pub struct Scrape {
     /// Publish-in to write-out time of sampled deliveries.
     pub latency: Option<LatencyScrape>,
     pub bridges: Vec<BridgeScrape>,
+    /// With `[cluster]`.
+    pub cluster: Option<ClusterScrape>,
+}
+
+/// The cluster link, as it last counted.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterScrape {
+    pub up: bool,
+    pub connects: u64,
+    pub published: u64,
+    pub received: u64,
+    pub invalid: u64,
+    /// `(reason, count)`.
+    pub dropped: Vec<(&'static str, u64)>,
+    pub subscriptions: u64,
+    pub queued_bytes: u64,
+    pub slow_consumer: u64,
 }
 
 /// One `[[bridge]]`, as its links last published it.
@@ -386,6 +403,40 @@ impl Scrape {
         Ok(())
     }
 
+    fn encode_cluster(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        for (name, text, value) in [
+            ("ringmq_cluster_up", "1 while the cluster link is connected to a NATS server.", u64::from(c.up)),
+            ("ringmq_cluster_subscriptions", "NATS subscriptions the cluster link holds (one or two per distinct filter of this node, one for retained updates).", c.subscriptions),
+            ("ringmq_cluster_queued_bytes", "Bytes of messages waiting for the cluster link (at most link_buffer).", c.queued_bytes),
+        ] {
+            let family = encoder.encode_descriptor(name, text, None, MetricType::Gauge)?;
+            ConstGauge::new(value as i64).encode(family)?;
+        }
+        for (name, text, value) in [
+            ("ringmq_cluster_connects", "Times the cluster link (re)connected to NATS.", c.connects),
+            ("ringmq_cluster_published", "Messages published to the other nodes.", c.published),
+            ("ringmq_cluster_received", "Messages from other nodes, one per matching filter of this node.", c.received),
+            ("ringmq_cluster_invalid", "NATS messages under this cluster's subjects that were not ringmq messages.", c.invalid),
+            ("ringmq_cluster_slow_consumer", "Times NATS dropped messages for this node because the link read a subscription too slowly.", c.slow_consumer),
+        ] {
+            let family = encoder.encode_descriptor(name, text, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        let mut dropped = encoder.encode_descriptor(
+            "ringmq_cluster_dropped",
+            "Messages that did not go out to the other nodes, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &c.dropped {
+            ConstCounter::new(*n).encode(dropped.encode_family(&[("reason", *reason)])?)?;
+        }
+        Ok(())
+    }
+
     fn encode_latency(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let Some(latency) = &self.latency else {
             return Ok(());
@@ -472,6 +523,7 @@ impl Collector for Scrape {
         self.encode_listeners(&mut encoder)?;
         self.encode_cores(&mut encoder)?;
         self.encode_bridges(&mut encoder)?;
+        self.encode_cluster(&mut encoder)?;
         self.encode_latency(&mut encoder)
     }
 }

@@ -45,6 +45,14 @@ pub enum Parcel {
         seq: u64,
     },
     Handoff(Box<Handoff>),
+    /// Messages from other nodes that came through this node's NATS
+    /// subscription of `filter`, for this core's subscribers of it.
+    Cluster {
+        filter: ringmq_proto::topic::TopicFilter,
+        msgs: Vec<Arc<ringmq_proto::message::Message>>,
+    },
+    /// A retained-store update from another node, to the topic's owner core.
+    ClusterRetain(Arc<ringmq_proto::message::Message>),
     /// The password or ACL rules were reloaded: re-decide every session's
     /// permissions (subscriptions they no longer allow are removed).
     Reauthorize,

@@ -184,6 +184,7 @@ fn scrape(shared: &Shared) -> Scrape {
         process: process(),
         latency: Some(latency(&metrics::total_latency(&shared.latency))),
         bridges: shared.bridges.iter().map(|b| b.scrape()).collect(),
+        cluster: shared.cluster.as_ref().map(|c| c.stats.scrape()),
     }
 }
 

@@ -11,7 +11,7 @@ mod edge;
 mod exposition;
 mod listener;
 mod log_gate;
-mod mesh;
+pub(crate) mod mesh;
 mod metrics_http;
 mod notify;
 mod parking;
@@ -19,7 +19,7 @@ mod store;
 mod sys;
 pub mod transport;
 
-pub use exposition::BridgeScrape;
+pub use exposition::{BridgeScrape, ClusterScrape};
 mod worker;
 
 use std::net::SocketAddr;
@@ -74,6 +74,8 @@ pub struct Shared {
     pub bridge_gate: Option<(usize, Arc<str>)>,
     /// Each bridge's state and totals.
     pub bridges: Vec<Arc<crate::bridge::Stats>>,
+    /// With `[cluster]`: where the cores send what other nodes must know.
+    pub cluster: Option<Arc<crate::cluster::Handle>>,
 }
 
 impl Shared {
@@ -123,6 +125,7 @@ pub struct Broker {
     threads: Vec<std::thread::JoinHandle<()>>,
     exporter: Option<metrics_http::Exporter>,
     bridges: Option<crate::bridge::Bridges>,
+    cluster: Option<crate::cluster::Link>,
     pub addr: SocketAddr,
 }
 
@@ -159,6 +162,10 @@ impl Broker {
             .map(|id| Core::new(id, cores, limits.clone(), config.shared_strategy))
             .collect();
         let (mesh, inboxes) = mesh(cores, config.mesh_queue_capacity, config.mesh_budget);
+        let cluster = config.cluster.as_ref().map(crate::cluster::channel);
+        if cluster.is_some() {
+            routers.iter_mut().for_each(Core::join_cluster);
+        }
         let store = match config.persistence {
             true => {
                 let doorbells: Vec<_> = (0..cores).map(|core| mesh.doorbell(core)).collect();
@@ -189,6 +196,7 @@ impl Broker {
             drivers: (0..cores).map(|_| OnceLock::new()).collect(),
             bridge_gate,
             bridges,
+            cluster: cluster.as_ref().map(|(handle, _)| handle.clone()),
         });
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(cores);
@@ -213,8 +221,19 @@ impl Broker {
             threads,
             exporter: None,
             bridges: None,
+            cluster: None,
             addr,
         };
+        if let (Some((_, pending)), Some(settings)) = (cluster, &broker.shared.config.cluster) {
+            let mesh = broker.shared.mesh.clone();
+            match crate::cluster::Link::start(settings, pending, mesh, started) {
+                Ok(link) => broker.cluster = Some(link),
+                Err(e) => {
+                    broker.shutdown();
+                    return Err(e);
+                }
+            }
+        }
         if let Err(e) = broker.start_bridges() {
             broker.shutdown();
             return Err(e);
@@ -255,6 +274,11 @@ impl Broker {
     /// Each `[[bridge]]`'s state and totals, in the configuration's order.
     pub fn bridges(&self) -> &[Arc<crate::bridge::Stats>] {
         &self.shared.bridges
+    }
+
+    /// The cluster link's state and totals, with `[cluster]`.
+    pub fn cluster_stats(&self) -> Option<&crate::cluster::Stats> {
+        self.shared.cluster.as_deref().map(|h| &h.stats)
     }
 
     /// Where `GET /metrics` is served, with `metrics_port`.
@@ -339,6 +363,10 @@ impl Broker {
         // the cores still serve their local ones.
         if let Some(bridges) = self.bridges.take() {
             bridges.stop();
+        }
+        // Then the cluster link, while the cores still take what it hands them.
+        if let Some(link) = self.cluster.take() {
+            link.stop();
         }
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.tell_every_core(|| Parcel::Shutdown);

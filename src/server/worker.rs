@@ -265,6 +265,12 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                         monoio::spawn(accept::adopt(ctx.clone(), *h));
                     }
                     Parcel::Handoff(_) => {}
+                    Parcel::Cluster { filter, msgs } => {
+                        for msg in &msgs {
+                            core.deliver_from_cluster(msg, &filter, now);
+                        }
+                    }
+                    Parcel::ClusterRetain(msg) => core.retain_from_cluster(&msg, now),
                     Parcel::Reauthorize => {
                         let backend = ctx.shared.auth.backend();
                         core.reauthorize(|id, user| backend.permissions(id, user));

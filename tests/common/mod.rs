@@ -40,6 +40,7 @@
 pub mod broker;
 pub mod checks;
 pub mod mosquitto;
+pub mod nats;
 pub mod raw;
 pub mod rumqtt;
 pub mod script;
@@ -48,6 +49,7 @@ pub mod tls;
 pub use broker::*;
 pub use checks::*;
 pub use mosquitto::*;
+pub use nats::*;
 pub use raw::*;
 pub use rumqtt::*;
 pub use script::*;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::barrier::{Reply, Then};
+use super::cluster::collect_matches;
 use super::interest::other_cores;
 use super::shared::Member;
 use super::{owner_core, Core, CoreSet, Match, MeshMsg, SessionKey};
@@ -37,6 +38,7 @@ impl Core {
             self.counters.publishes_denied += 1;
             return self.acknowledge_now(key, ack, Routing::NotAuthorized);
         }
+        self.forward_to_cluster(&msg);
         let routing = if self.deliver(&msg, now) {
             Routing::Delivered
         } else {
@@ -70,6 +72,7 @@ impl Core {
     /// Routes a message published on (or by a will of) this core. Returns
     /// whether any subscription or shared group matched it.
     pub fn route(&mut self, msg: Arc<Message>, now: Time) -> bool {
+        self.forward_to_cluster(&msg);
         let matched = self.deliver(&msg, now);
         if msg.retain {
             self.update_retained(&msg, None, now);
@@ -109,25 +112,21 @@ impl Core {
         self.subs
             .for_each_match_with(msg.topic.as_str(), &mut self.scratch, |list| {
                 matched = true;
-                for s in list {
-                    if s.checked && !may_read(sessions, s.key, msg) {
-                        denied += 1;
-                        continue;
-                    }
-                    if s.opts.no_local
-                        && is_publisher(sessions.get(s.key).map(|e| e.session.client_id()), msg)
-                    {
-                        continue;
-                    }
-                    matches.push(Match {
-                        key: s.key,
-                        qos: s.opts.qos.min(msg.qos),
-                        retain: s.opts.retain_as_published && msg.retain,
-                        id: s.id,
-                    });
-                }
+                collect_matches(sessions, list, msg, &mut matches, &mut denied);
             });
         self.counters.deliveries_denied += denied;
+        self.deliver_matches(msg, matches, now);
+        matched
+    }
+
+    /// Delivers to each session among `matches` once, at the highest QoS of
+    /// its matching subscriptions, with all their subscription identifiers.
+    pub(super) fn deliver_matches(
+        &mut self,
+        msg: &Arc<Message>,
+        mut matches: Vec<Match>,
+        now: Time,
+    ) {
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|m| m.key);
         }
@@ -157,7 +156,6 @@ impl Core {
         }
         self.ids = ids;
         self.matches = matches;
-        matched
     }
 
     /// QoS 0: encoded straight from the shared message, no per-subscriber clone.
@@ -175,7 +173,8 @@ impl Core {
         // Whose message it is matters only past the cap (the fan-out path
         // compares no client ids otherwise).
         let full = e.session.tx.len() >= self.limits.max_write_buffer;
-        let limits = match full && msg.publisher.as_deref() == Some(&**e.session.client_id()) {
+        let own = msg.publisher.as_deref() == Some(&**e.session.client_id());
+        let limits = match full && (own || self.delivering_remote) {
             true => &self.own_limits,
             false => &self.limits,
         };
@@ -201,7 +200,8 @@ impl Core {
         };
         // No clone of the publisher per delivery: the shared `Arc` would
         // bounce between cores; the over-cap case takes it from the queue.
-        let limits = match item.msg.publisher.as_deref() == Some(&**e.session.client_id()) {
+        let own = item.msg.publisher.as_deref() == Some(&**e.session.client_id());
+        let limits = match own || self.delivering_remote {
             true => &self.own_limits,
             false => &self.limits,
         };
@@ -321,7 +321,7 @@ impl Core {
     /// Retained updates for a topic are ordered by one owner core (the same hash
     /// as client ids): it stores, then forwards to every other replica. With
     /// `then`, that is done once every replica applied the update.
-    fn update_retained(&mut self, msg: &Arc<Message>, then: Option<Then>, now: Time) {
+    pub(super) fn update_retained(&mut self, msg: &Arc<Message>, then: Option<Then>, now: Time) {
         let owner = owner_core(msg.topic.as_str(), self.cores);
         if owner == self.id {
             return self.order_retained(msg, then, now);
@@ -438,7 +438,7 @@ impl Core {
 }
 
 /// 5.0 "no local": is the subscriber the message's own publisher?
-fn is_publisher(subscriber: Option<&Arc<str>>, msg: &Message) -> bool {
+pub(super) fn is_publisher(subscriber: Option<&Arc<str>>, msg: &Message) -> bool {
     match (subscriber, &msg.publisher) {
         (Some(s), Some(p)) => Arc::ptr_eq(s, p) || s == p,
         _ => false,
@@ -446,7 +446,11 @@ fn is_publisher(subscriber: Option<&Arc<str>>, msg: &Message) -> bool {
 }
 
 /// Whether session `key` may read `msg` (a checked subscription's delivery).
-fn may_read(sessions: &mut slab::Slab<super::Entry>, key: SessionKey, msg: &Message) -> bool {
+pub(super) fn may_read(
+    sessions: &mut slab::Slab<super::Entry>,
+    key: SessionKey,
+    msg: &Message,
+) -> bool {
     sessions
         .get_mut(key)
         .is_some_and(|e| e.session.may_read(msg.topic.as_str()))

@@ -10,6 +10,7 @@
 
 mod backpressure;
 mod barrier;
+mod cluster;
 mod delivery;
 mod interest;
 mod lifecycle;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use slab::Slab;
 
 pub use barrier::Reply;
+pub use cluster::ClusterMsg;
 pub use interest::{owner_core, CoreSet, Interest};
 pub use mesh::MeshMsg;
 pub use outbox::{Notice, Outbox};
@@ -125,7 +127,8 @@ pub struct Core {
     pub limits: Arc<Limits>,
     /// `limits` with the drop policy, for a client's own messages coming
     /// back through its own subscription: holding it back for them would
-    /// stop it reading the acks that drain its queue (a deadlock).
+    /// stop it reading the acks that drain its queue (a deadlock). Also for
+    /// messages from other nodes, whose publishers no core here can hold.
     own_limits: Arc<Limits>,
     sessions: Slab<Entry>,
     by_client_id: HashMap<Arc<str>, SessionKey>,
@@ -161,6 +164,11 @@ pub struct Core {
     /// Set when the broker keeps a store: persistent sessions and the
     /// retained topics this core owns are journaled into the outbox.
     journal: Option<Recorder>,
+    /// Set when the node is one of a cluster: see [`Core::join_cluster`].
+    cluster: bool,
+    /// While delivering a message from another node: its publisher cannot
+    /// be held back from here, so a full queue drops it (`own_limits`).
+    delivering_remote: bool,
 }
 
 /// The limits applied to a client's own messages coming back to it: never
@@ -212,6 +220,8 @@ impl Core {
             drop_notices: HashMap::new(),
             outbox: Outbox::new(cores),
             journal: None,
+            cluster: false,
+            delivering_remote: false,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{CloseReason, ConnId, MeshMsg};
+use super::{CloseReason, ClusterMsg, ConnId, MeshMsg};
 
 /// Policy events the server logs (rate limited): the core only reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub struct Outbox {
     pub journal: Vec<bytes::Bytes>,
     /// Policy events to log.
     pub notices: Vec<Notice>,
+    /// For the cluster link, in order (only once the core joined a cluster).
+    pub cluster: Vec<ClusterMsg>,
 }
 
 impl Outbox {
@@ -62,6 +64,7 @@ impl Outbox {
             resume: Vec::new(),
             journal: Vec::new(),
             notices: Vec::new(),
+            cluster: Vec::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl Outbox {
             && self.resume.is_empty()
             && self.journal.is_empty()
             && self.notices.is_empty()
+            && self.cluster.is_empty()
     }
 }
 

@@ -243,6 +243,7 @@ impl Core {
     /// This core's own subscriptions are not in its interest index: its
     /// subscription trie answers for them (one copy of each filter fewer).
     fn announce_interest(&mut self, filter: &TopicFilter, add: bool, ack: Option<u64>) -> usize {
+        self.announce_to_cluster(filter, add);
         let mut told = 0;
         for core in other_cores(self.id, self.cores) {
             let msg = MeshMsg::Interest {

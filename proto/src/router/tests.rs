@@ -783,3 +783,120 @@ fn a_session_entry_stays_small() {
     eprintln!("Entry: {size} bytes");
     assert!(size <= 64, "Entry grew to {size} bytes");
 }
+
+/// What the cores told the cluster link, drained.
+fn take_cluster(c: &mut Cluster) -> (Vec<String>, Vec<(String, bool)>) {
+    let (mut published, mut interest) = (Vec::new(), Vec::new());
+    for core in &mut c.cores {
+        for msg in core.outbox.cluster.drain(..) {
+            match msg {
+                ClusterMsg::Publish(m) => published.push(m.topic.as_str().to_owned()),
+                ClusterMsg::Interest { filter, add } => {
+                    interest.push((filter.as_str().to_owned(), add))
+                }
+            }
+        }
+    }
+    (published, interest)
+}
+
+fn remote(topic: &'static str, qos: QoS, retain: bool) -> Arc<crate::message::Message> {
+    let topic = crate::topic::TopicName::new(Bytes::from_static(topic.as_bytes()), 16).unwrap();
+    crate::message::Message::new(topic, Bytes::from_static(b"r"), qos, retain)
+        .from_client("elsewhere".into())
+        .shared()
+}
+
+fn filter(text: &'static str) -> crate::topic::TopicFilter {
+    crate::topic::TopicFilter::new(Bytes::from_static(text.as_bytes()), 16).unwrap()
+}
+
+#[test]
+fn a_cluster_core_tells_the_link_its_filters_and_its_clients_publishes_once() {
+    let mut c = Cluster::new(2);
+    let early = c.connect(1, "early", true);
+    c.subscribe(1, early, "held/before", QoS::AtMostOnce);
+    for core in &mut c.cores {
+        core.join_cluster();
+    }
+    let (_, interest) = take_cluster(&mut c);
+    assert_eq!(
+        interest,
+        [("held/before".to_owned(), true)],
+        "filters held before joining"
+    );
+    let sub = c.connect(1, "sub", true);
+    c.subscribe(1, sub, "a/+", QoS::AtLeastOnce);
+    let other = c.connect(1, "other", true);
+    c.subscribe(1, other, "a/+", QoS::AtLeastOnce);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "a/b", false, b"1");
+    c.publish(0, publ, "$SYS/x", false, b"1");
+    let (published, interest) = take_cluster(&mut c);
+    assert_eq!(
+        published,
+        ["a/b"],
+        "once, from the core it was published on; $SYS stays"
+    );
+    assert_eq!(
+        interest,
+        [("a/+".to_owned(), true)],
+        "the first subscriber only"
+    );
+    c.cores[1].disconnected(sub, 1, T0);
+    c.cores[1].disconnected(other, 1, T0);
+    c.settle();
+    let (_, interest) = take_cluster(&mut c);
+    assert_eq!(
+        interest,
+        [("a/+".to_owned(), false)],
+        "the last subscriber gone"
+    );
+}
+
+#[test]
+fn a_message_from_another_node_reaches_the_subscribers_of_its_filter_only() {
+    let mut c = Cluster::new(1);
+    c.cores[0].join_cluster();
+    let wide = c.connect(0, "wide", true);
+    c.subscribe(0, wide, "a/#", QoS::AtLeastOnce);
+    let narrow = c.connect(0, "narrow", true);
+    c.subscribe(0, narrow, "a/b", QoS::AtLeastOnce);
+    c.take_packets(0, wide);
+    c.take_packets(0, narrow);
+    let msg = remote("a/b", QoS::AtLeastOnce, false);
+    assert_eq!(c.cores[0].deliver_from_cluster(&msg, &filter("a/#"), T0), 1);
+    assert_eq!(c.publishes(0, wide), [("a/b".to_owned(), false)]);
+    assert!(
+        c.publishes(0, narrow).is_empty(),
+        "its own filter brings its copy"
+    );
+    let (published, _) = take_cluster(&mut c);
+    assert!(published.is_empty(), "never sent back to the cluster");
+    // NATS's `*` matched a `$` topic that MQTT's leading `+` must not.
+    let plus = c.connect(0, "plus", true);
+    c.subscribe(0, plus, "+/b", QoS::AtMostOnce);
+    c.take_packets(0, plus);
+    let dollar = remote("$x/b", QoS::AtMostOnce, false);
+    assert_eq!(
+        c.cores[0].deliver_from_cluster(&dollar, &filter("+/b"), T0),
+        0
+    );
+    assert!(c.publishes(0, plus).is_empty());
+}
+
+#[test]
+fn a_retained_message_from_another_node_is_stored_on_every_core() {
+    let mut c = Cluster::new(2);
+    c.cores[0].join_cluster();
+    c.cores[1].join_cluster();
+    c.cores[1].retain_from_cluster(&remote("r/1", QoS::AtLeastOnce, true), T0);
+    c.settle();
+    for core in 0..2 {
+        let late = c.connect(core, &format!("late{core}"), true);
+        c.subscribe(core, late, "r/#", QoS::AtLeastOnce);
+        assert_eq!(c.publishes(core, late), [("r/1".to_owned(), true)]);
+    }
+    let (published, _) = take_cluster(&mut c);
+    assert!(published.is_empty(), "a replica update is not sent back");
+}

@@ -1,20 +1,26 @@
-//! NATS subjects for MQTT topics and filters: how messages will travel
-//! between ringmq nodes over NATS (the cluster; see the scale-out design).
+//! NATS subjects for MQTT topics and filters: how messages travel between
+//! ringmq nodes over NATS (the cluster; see the scale-out design).
 //!
-//! Each MQTT level becomes one subject token after `prefix.`, so NATS's own
-//! wildcards do the matching: `+` becomes `*` (one token) and a final `#`
-//! becomes `>` (one or more tokens), with a second subject for the parent
-//! level, since `a/#` also matches `a` [MQTT-4.7.1-2]. A level is written
-//! as it is except for what a NATS token cannot hold or would read as
-//! syntax: `.` (the separator), `*` and `>` (wildcards), whitespace and
-//! control characters (the protocol's delimiters), and `%` itself, each as
-//! `%XX` per UTF-8 byte. An empty level, which a token cannot be, is a lone
-//! `%`, which no written level can be. So the mapping is one-to-one
-//! ([`topic_of`] inverts it) and every subject is a valid NATS subject.
+//! Each MQTT level becomes one subject token after `prefix.`, and a topic's
+//! subject ends with one more token, [`END`], which no level can be. So
+//! NATS's own wildcards do the matching and every filter is one subject:
+//! `+` becomes `*` (one token), and a final `#` becomes `>` (one or more
+//! tokens), which takes the parent level too, as `a/#` must match `a`
+//! [MQTT-4.7.1-2] (`a.>` matches `a.%%`). One subscription per filter also
+//! keeps a filter's messages in one ordered stream.
+//!
+//! A level is written as it is except for what a NATS token cannot hold or
+//! would read as syntax: `.` (the separator), `*` and `>` (wildcards),
+//! whitespace and control characters (the protocol's delimiters), and `%`
+//! itself, each as `%XX` per UTF-8 byte. An empty level, which a token
+//! cannot be, is a lone `%`. A `%` in a written level is always followed
+//! by two hex digits or stands alone, so `%%` is never a level. The mapping
+//! is one-to-one ([`topic_of`] inverts it) and every subject is a valid
+//! NATS subject.
 //!
 //! NATS wildcards also match `$` topics, which MQTT's leading wildcards
-//! must not [MQTT-4.7.2-1]: a node receiving from NATS matches each message
-//! against its own subscriptions again, so a subject subscription may take
+//! must not [MQTT-4.7.2-1]: a node receiving from NATS checks each message
+//! against the filter it came through, so a subject subscription may take
 //! more than its filter, never less.
 
 use std::fmt::Write;
@@ -22,34 +28,33 @@ use std::fmt::Write;
 /// The lone token an empty level becomes.
 const EMPTY_LEVEL: &str = "%";
 
+/// The token that ends every topic's subject.
+pub const END: &str = "%%";
+
 /// The subject of topic name `topic` under `prefix` (a NATS subject of its
-/// own, such as `ringmq.fleet.t`). At most three bytes per topic byte plus
-/// the prefix: the caller checks the result against the server's limits.
+/// own, such as `ringmq.fleet.m`). At most three bytes per topic byte plus
+/// the prefix and the end: the caller checks the result against the
+/// server's limits.
 pub fn topic_subject(prefix: &str, topic: &str) -> String {
-    let mut subject = String::with_capacity(prefix.len() + 1 + topic.len());
+    let mut subject = String::with_capacity(prefix.len() + 4 + topic.len());
     subject.push_str(prefix);
     for level in topic.split('/') {
         subject.push('.');
         push_level(&mut subject, level);
     }
+    subject.push('.');
+    subject.push_str(END);
     subject
 }
 
 /// What a node subscribes to in NATS for MQTT filter `filter` under
-/// `prefix`: one subject, or two when a `#` follows other levels (the
-/// parent level, which `#` also matches, and everything below it).
-pub fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
-    let mut subject = String::with_capacity(prefix.len() + 1 + filter.len());
+/// `prefix`.
+pub fn filter_subject(prefix: &str, filter: &str) -> String {
+    let mut subject = String::with_capacity(prefix.len() + 4 + filter.len());
     subject.push_str(prefix);
-    let mut parent = None;
     for level in filter.split('/') {
         match level {
-            "#" => {
-                if subject.len() > prefix.len() {
-                    parent = Some(subject.clone());
-                }
-                subject.push_str(".>");
-            }
+            "#" => return subject + ".>",
             "+" => subject.push_str(".*"),
             _ => {
                 subject.push('.');
@@ -57,7 +62,9 @@ pub fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
             }
         }
     }
-    parent.into_iter().chain([subject]).collect()
+    subject.push('.');
+    subject.push_str(END);
+    subject
 }
 
 /// The topic name that [`topic_subject`] wrote as `subject`; `None` for
@@ -65,6 +72,7 @@ pub fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
 /// escape, a bare reserved character, a level that is not UTF-8).
 pub fn topic_of(prefix: &str, subject: &str) -> Option<String> {
     let tokens = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let tokens = tokens.strip_suffix(END)?.strip_suffix('.')?;
     let mut topic = Vec::with_capacity(tokens.len());
     for (i, token) in tokens.split('.').enumerate() {
         if i > 0 {
@@ -134,17 +142,19 @@ mod tests {
     #[test]
     fn topics_become_one_token_per_level() {
         let cases = [
-            ("a/b", "ringmq.t.a.b"),
-            ("sensors/eu-1/temp", "ringmq.t.sensors.eu-1.temp"),
-            ("a.b/c", "ringmq.t.a%2Eb.c"),
-            ("/", "ringmq.t.%.%"),
-            ("a//b", "ringmq.t.a.%.b"),
-            ("a b/\t", "ringmq.t.a%20b.%09"),
-            ("*/>", "ringmq.t.%2A.%3E"),
-            ("100%", "ringmq.t.100%25"),
-            ("$SYS/broker", "ringmq.t.$SYS.broker"),
-            ("grüße/ü", "ringmq.t.grüße.ü"),
-            ("\u{a0}", "ringmq.t.%C2%A0"),
+            ("a/b", "ringmq.t.a.b.%%"),
+            ("a", "ringmq.t.a.%%"),
+            ("sensors/eu-1/temp", "ringmq.t.sensors.eu-1.temp.%%"),
+            ("a.b/c", "ringmq.t.a%2Eb.c.%%"),
+            ("/", "ringmq.t.%.%.%%"),
+            ("a//b", "ringmq.t.a.%.b.%%"),
+            ("a b/\t", "ringmq.t.a%20b.%09.%%"),
+            ("*/>", "ringmq.t.%2A.%3E.%%"),
+            ("100%", "ringmq.t.100%25.%%"),
+            ("%%", "ringmq.t.%25%25.%%"),
+            ("$SYS/broker", "ringmq.t.$SYS.broker.%%"),
+            ("grüße/ü", "ringmq.t.grüße.ü.%%"),
+            ("\u{a0}", "ringmq.t.%C2%A0.%%"),
         ];
         for (topic, subject) in cases {
             assert_eq!(topic_subject(P, topic), subject, "{topic:?}");
@@ -154,34 +164,37 @@ mod tests {
 
     #[test]
     fn filters_map_wildcards_onto_nats_wildcards() {
-        let cases: [(&str, &[&str]); 7] = [
-            ("a/b", &["ringmq.t.a.b"]),
-            ("sport/+/score", &["ringmq.t.sport.*.score"]),
-            ("a/#", &["ringmq.t.a", "ringmq.t.a.>"]),
-            ("#", &["ringmq.t.>"]),
-            ("+/#", &["ringmq.t.*", "ringmq.t.*.>"]),
-            ("+", &["ringmq.t.*"]),
-            ("/+/#", &["ringmq.t.%.*", "ringmq.t.%.*.>"]),
+        let cases = [
+            ("a/b", "ringmq.t.a.b.%%"),
+            ("sport/+/score", "ringmq.t.sport.*.score.%%"),
+            ("a/#", "ringmq.t.a.>"),
+            ("#", "ringmq.t.>"),
+            ("+/#", "ringmq.t.*.>"),
+            ("+", "ringmq.t.*.%%"),
+            ("/+/#", "ringmq.t.%.*.>"),
         ];
-        for (filter, subjects) in cases {
-            assert_eq!(filter_subjects(P, filter), subjects, "{filter:?}");
+        for (filter, subject) in cases {
+            assert_eq!(filter_subject(P, filter), subject, "{filter:?}");
         }
     }
 
     #[test]
     fn subjects_that_are_not_ours_have_no_topic() {
         for subject in [
-            "other.t.a",
+            "other.t.a.%%",
             "ringmq.t",
-            "ringmq.tx.a",
-            "ringmq.t.a%2",
-            "ringmq.t.a%zz",
-            "ringmq.t.a%+1",
-            "ringmq.t.a%2e",
-            "ringmq.t.%61",
-            "ringmq.t.a b",
-            "ringmq.t.a*",
-            "ringmq.t.%C3",
+            "ringmq.t.%%",
+            "ringmq.t.a",
+            "ringmq.t.a.%%.%%",
+            "ringmq.tx.a.%%",
+            "ringmq.t.a%2.%%",
+            "ringmq.t.a%zz.%%",
+            "ringmq.t.a%+1.%%",
+            "ringmq.t.a%2e.%%",
+            "ringmq.t.%61.%%",
+            "ringmq.t.a b.%%",
+            "ringmq.t.a*.%%",
+            "ringmq.t.%C3.%%",
         ] {
             assert_eq!(topic_of(P, subject), None, "{subject:?}");
         }
@@ -240,6 +253,8 @@ mod tests {
             let tokens = subject.strip_prefix("ringmq.t.").expect("prefixed");
             prop_assert!(tokens.split('.').all(nats_token_is_valid), "{subject:?}");
             prop_assert!(tokens.split('.').all(|tok| tok != "*" && tok != ">"));
+            let levels = tokens.strip_suffix(".%%").expect("ended");
+            prop_assert!(levels.split('.').all(|tok| tok != END), "{subject:?}");
             prop_assert_eq!(topic_of(P, &subject), Some(t));
         }
 
@@ -249,7 +264,7 @@ mod tests {
         #[test]
         fn nats_delivers_what_mqtt_matches(f in filter(), t in topic()) {
             let subject = topic_subject(P, &t);
-            let nats = filter_subjects(P, &f).iter().any(|s| nats_matches(s, &subject));
+            let nats = nats_matches(&filter_subject(P, &f), &subject);
             let mqtt = matches(&f, &t);
             let dollar_under_wildcard =
                 t.starts_with('$') && matches!(f.split('/').next(), Some("+" | "#"));

@@ -1,0 +1,352 @@
+//! The link's tasks on its thread: publishing what the cores send, one NATS
+//! subscription per filter the node holds (each read by a task that hands
+//! what arrives to the interested cores, in order), and the subscription to
+//! every retained update.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{FutureExt as _, StreamExt as _};
+use ringmq_proto::durable::Epoch;
+use ringmq_proto::message::Message;
+use ringmq_proto::router::{owner_core, CoreSet};
+use ringmq_proto::topic::subject::{filter_subject, topic_subject};
+use ringmq_proto::topic::TopicFilter;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{wire, Drop, Handle, Outgoing};
+use crate::config::Cluster;
+use crate::server::mesh::{Mesh, Parcel};
+
+/// Messages a subscription's task hands the cores in one parcel at most.
+const BATCH: usize = 64;
+
+/// How long a task waits before offering a parcel again to a full core.
+const CORE_FULL_RETRY: Duration = Duration::from_millis(1);
+
+/// Messages the NATS client buffers per subscription before it drops (and
+/// reports a slow consumer): the bound on what a link whose cores are full
+/// holds.
+const SUBSCRIPTION_CAPACITY: usize = 8192;
+
+/// Subject and control line room NATS gives by default (`max_control_line`
+/// is 4096 bytes); a longer subject would make the server close the link.
+const MAX_SUBJECT: usize = 4000;
+
+/// Everything the link's tasks need.
+pub(super) struct Plan {
+    pub servers: Vec<String>,
+    pub node: String,
+    pub prefix: String,
+    pub mesh: Arc<Mesh>,
+    pub handle: Arc<Handle>,
+    pub epoch: Epoch,
+}
+
+/// The Unix time at which the broker clock (`Shared::started`) read zero.
+pub(super) fn epoch(started: Instant) -> Epoch {
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Epoch(unix_now.saturating_sub(started.elapsed().as_millis() as u64))
+}
+
+/// The NATS client's settings: echo off, reconnecting forever, connection
+/// events counted and logged.
+pub(super) fn options(
+    cluster: &Cluster,
+    handle: Arc<Handle>,
+) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut options = async_nats::ConnectOptions::new()
+        .no_echo()
+        .name(format!("ringmq {}", cluster.node_name))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let handle = handle.clone();
+            async move { on_event(&handle, event) }
+        });
+    if let (Some(user), Some(password)) = (&cluster.username, &cluster.password) {
+        options = options.user_and_password(user.clone(), password.0.clone());
+    }
+    if let Some(token) = &cluster.token {
+        options = options.token(token.0.clone());
+    }
+    if let Some(cafile) = &cluster.cafile {
+        if !cafile.is_file() {
+            anyhow::bail!(
+                "[cluster] cafile {} is not a readable file",
+                cafile.display()
+            );
+        }
+        options = options.add_root_certificates(cafile.clone());
+    }
+    Ok(options.require_tls(cluster.tls))
+}
+
+fn on_event(handle: &Handle, event: async_nats::Event) {
+    let stats = &handle.stats;
+    match event {
+        async_nats::Event::Connected => {
+            stats.up.store(true, Ordering::Relaxed);
+            stats.connects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("cluster link connected to NATS");
+        }
+        async_nats::Event::Disconnected => {
+            stats.up.store(false, Ordering::Relaxed);
+            tracing::warn!("cluster link lost NATS; reconnecting (messages for other nodes may be lost meanwhile)");
+        }
+        async_nats::Event::SlowConsumer(sid) => {
+            stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(sid, "cluster link too slow for a NATS subscription; NATS dropped messages for this node");
+        }
+        other => tracing::warn!(event = %other, "cluster link"),
+    }
+}
+
+/// The subject spaces under the configured prefix.
+struct Subjects {
+    live: String,
+    retained: String,
+}
+
+/// The NATS subscription of one filter (read by its task) and the cores
+/// that want what it brings.
+struct FilterSub {
+    cores: Rc<Cell<CoreSet>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub(super) async fn run(
+    plan: Plan,
+    options: async_nats::ConnectOptions,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let servers: Vec<&str> = plan.servers.iter().map(String::as_str).collect();
+    let client = match options.connect(servers.as_slice()).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, node = plan.node, "cluster link cannot start; this node serves its own clients only");
+            return;
+        }
+    };
+    let plan = Rc::new(plan);
+    let subjects = Subjects {
+        live: format!("{}.m", plan.prefix),
+        retained: format!("{}.r", plan.prefix),
+    };
+    let replicas = tokio::task::spawn_local(follow_retained(
+        client.clone(),
+        format!("{}.>", subjects.retained),
+        plan.clone(),
+    ));
+    let mut filters: HashMap<TopicFilter, FilterSub> = HashMap::new();
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            item = rx.recv() => item,
+        };
+        match item {
+            None => break,
+            Some(Outgoing::Publish(msgs)) => publish(&client, &subjects, &plan, msgs).await,
+            Some(Outgoing::Interest { core, filter, add }) => {
+                interest(&client, &subjects, &plan, &mut filters, core, filter, add).await
+            }
+        }
+    }
+    // What the cores handed over before the stop still goes out.
+    let deadline = tokio::time::sleep(super::STOP_GRACE);
+    tokio::pin!(deadline);
+    while let Ok(item) = rx.try_recv() {
+        if let Outgoing::Publish(msgs) = item {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = publish(&client, &subjects, &plan, msgs) => {}
+            }
+        }
+    }
+    let _ = tokio::time::timeout(super::STOP_GRACE, client.flush()).await;
+    replicas.abort();
+    for (_, sub) in filters.drain() {
+        sub.task.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// Publishes each message once under its live subject, and a retained one
+/// also under its retained subject.
+async fn publish(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    plan: &Plan,
+    msgs: Vec<Arc<Message>>,
+) {
+    let stats = &plan.handle.stats;
+    for msg in msgs {
+        let body = wire::encode(&msg, plan.epoch);
+        let topic = msg.topic.as_str();
+        let mut targets = vec![topic_subject(&subjects.live, topic)];
+        if msg.retain {
+            targets.push(topic_subject(&subjects.retained, topic));
+        }
+        // Unknown (0) until the first connection; the client checks it then.
+        let max_payload = client.server_info().max_payload;
+        let too_large = targets.iter().any(|s| s.len() > MAX_SUBJECT)
+            || (max_payload > 0 && body.len() > max_payload);
+        if too_large {
+            stats.drop_one(Drop::TooLarge);
+        } else {
+            let mut sent = true;
+            for subject in targets {
+                sent &= client.publish(subject, body.clone()).await.is_ok();
+            }
+            match sent {
+                true => stats.published.fetch_add(1, Ordering::Relaxed),
+                false => stats.dropped[Drop::Failed as usize].fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        plan.handle.release(msg.weight());
+    }
+}
+
+/// Applies one core's interest change: the first core to want a filter
+/// subscribes to its subject, the last to give it up unsubscribes.
+async fn interest(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    plan: &Rc<Plan>,
+    filters: &mut HashMap<TopicFilter, FilterSub>,
+    core: usize,
+    filter: TopicFilter,
+    add: bool,
+) {
+    let stats = &plan.handle.stats;
+    if let Some(sub) = filters.get_mut(&filter) {
+        let mut cores = sub.cores.get();
+        match add {
+            true => cores.insert(core),
+            false => cores.remove(core),
+        }
+        sub.cores.set(cores);
+        if cores.is_empty() {
+            if let Some(task) = filters.remove(&filter).and_then(|sub| sub.task) {
+                stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                // Its subscription unsubscribes as the task drops it.
+                task.abort();
+            }
+        }
+        return;
+    }
+    if !add {
+        return;
+    }
+    let mut cores = CoreSet::default();
+    cores.insert(core);
+    let cores = Rc::new(Cell::new(cores));
+    let subject = filter_subject(&subjects.live, filter.as_str());
+    let task = if subject.len() > MAX_SUBJECT {
+        tracing::warn!(%filter, "filter too long for a NATS subject: other nodes' messages will not reach it");
+        None
+    } else {
+        match client.subscribe(subject).await {
+            Ok(sub) => {
+                stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                let forward = forward(sub, filter.clone(), cores.clone(), plan.clone());
+                Some(tokio::task::spawn_local(forward))
+            }
+            Err(e) => {
+                tracing::error!(%filter, error = %e, "cluster link could not subscribe");
+                None
+            }
+        }
+    };
+    filters.insert(filter, FilterSub { cores, task });
+}
+
+/// Reads one subscription of `filter` and hands each batch to every core
+/// that wants it, waiting while a core's queue is full.
+async fn forward(
+    mut sub: async_nats::Subscriber,
+    filter: TopicFilter,
+    cores: Rc<Cell<CoreSet>>,
+    plan: Rc<Plan>,
+) {
+    while let Some(first) = sub.next().await {
+        let mut bodies = vec![first.payload];
+        while bodies.len() < BATCH {
+            match sub.next().now_or_never() {
+                Some(Some(m)) => bodies.push(m.payload),
+                _ => break,
+            }
+        }
+        let msgs = decode_all(&plan, bodies);
+        if msgs.is_empty() {
+            continue;
+        }
+        for core in cores.get().iter() {
+            let parcel = Parcel::Cluster {
+                filter: filter.clone(),
+                msgs: msgs.clone(),
+            };
+            hand_to_core(&plan.mesh, core, parcel).await;
+        }
+    }
+}
+
+/// Applies every node's retained updates on this node (on each topic's
+/// owner core, which orders them for all cores).
+async fn follow_retained(client: async_nats::Client, subject: String, plan: Rc<Plan>) {
+    let mut sub = match client.subscribe(subject).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster link could not follow retained messages");
+            return;
+        }
+    };
+    plan.handle
+        .stats
+        .subscriptions
+        .fetch_add(1, Ordering::Relaxed);
+    let cores = plan.mesh.cores();
+    while let Some(first) = sub.next().await {
+        for msg in decode_all(&plan, vec![first.payload]) {
+            let owner = owner_core(msg.topic.as_str(), cores);
+            hand_to_core(&plan.mesh, owner, Parcel::ClusterRetain(msg)).await;
+        }
+    }
+}
+
+fn decode_all(plan: &Plan, bodies: Vec<Bytes>) -> Vec<Arc<Message>> {
+    let stats = &plan.handle.stats;
+    stats
+        .received
+        .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+    bodies
+        .into_iter()
+        .filter_map(|body| match wire::decode(body, plan.epoch) {
+            Ok(msg) => Some(Arc::new(msg)),
+            Err(e) => {
+                if stats.invalid.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "cluster link got a body that is not a ringmq message (told once)");
+                }
+                None
+            }
+        })
+        .collect()
+}
+
+async fn hand_to_core(mesh: &Mesh, core: usize, mut parcel: Parcel) {
+    while let Err(back) = mesh.try_send(core, parcel) {
+        parcel = back;
+        tokio::time::sleep(CORE_FULL_RETRY).await;
+    }
+}

@@ -1,0 +1,275 @@
+//! The cluster: ringmq nodes sharing their messages over NATS.
+//!
+//! Each node keeps one NATS connection, on a thread of its own
+//! (`ringmq-cluster`, a current-thread tokio runtime: the cores never wait
+//! for NATS). The cores hand it what their clients publish and the filters
+//! they hold through [`Handle`]; it publishes each message once, under the
+//! message's subject (see `ringmq_proto::topic::subject`), and subscribes
+//! once per distinct filter of the node, so NATS carries a message only to
+//! nodes that want it. What arrives goes to the interested cores through
+//! the same bounded queues the cores use among themselves. The connection
+//! has echo off: a node never hears its own messages.
+//!
+//! Retained messages also go to a second subject space that every node
+//! subscribes to whole, so each node's retained store follows every
+//! other's while they are connected.
+
+mod link;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ringmq_proto::message::Message;
+use ringmq_proto::router::ClusterMsg;
+use ringmq_proto::topic::TopicFilter;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Cluster;
+use crate::server::mesh::Mesh;
+
+/// Why a message did not go out to the other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// `link_buffer` was full: NATS is slower than the node's publishers,
+    /// or unreachable.
+    LinkFull,
+    /// Its subject or body is larger than NATS takes.
+    TooLarge,
+    /// The NATS client refused it (the connection closed for good).
+    Failed,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 3] = [Drop::LinkFull, Drop::TooLarge, Drop::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::LinkFull => "link_full",
+            Drop::TooLarge => "too_large",
+            Drop::Failed => "failed",
+        }
+    }
+}
+
+/// The link's state and totals, read by the metrics endpoint and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connected to a NATS server now.
+    pub up: AtomicBool,
+    /// Times the link (re)connected to NATS.
+    pub connects: AtomicU64,
+    /// Messages published to the other nodes.
+    pub published: AtomicU64,
+    /// Messages from other nodes, as received (one per matching filter).
+    pub received: AtomicU64,
+    /// Bodies from NATS that were not a message of this format.
+    pub invalid: AtomicU64,
+    /// By [`Drop`].
+    pub dropped: [AtomicU64; 3],
+    /// NATS subscriptions held now (one or two per distinct filter, one for
+    /// retained updates).
+    pub subscriptions: AtomicUsize,
+    /// Bytes of messages waiting for the link now.
+    pub queued_bytes: AtomicUsize,
+    /// Times the NATS client dropped messages for a subscription this link
+    /// read too slowly (its cores were full).
+    pub slow_consumer: AtomicU64,
+}
+
+impl Stats {
+    pub fn dropped(&self, why: Drop) -> u64 {
+        self.dropped[why as usize].load(Ordering::Relaxed)
+    }
+
+    fn drop_one(&self, why: Drop) {
+        self.dropped[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the metrics endpoint reports.
+    pub fn scrape(&self) -> crate::server::ClusterScrape {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::server::ClusterScrape {
+            up: self.up.load(Ordering::Relaxed),
+            connects: get(&self.connects),
+            published: get(&self.published),
+            received: get(&self.received),
+            invalid: get(&self.invalid),
+            dropped: Drop::ALL.map(|d| (d.name(), self.dropped(d))).to_vec(),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed) as u64,
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed) as u64,
+            slow_consumer: get(&self.slow_consumer),
+        }
+    }
+}
+
+/// What the cores send the link.
+#[derive(Debug)]
+enum Outgoing {
+    Publish(Vec<Arc<Message>>),
+    /// Core `core` gained (lost) its first (last) subscriber of `filter`.
+    Interest {
+        core: usize,
+        filter: TopicFilter,
+        add: bool,
+    },
+}
+
+/// The cores' side of the link, shared by all of them.
+#[derive(Debug)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    budget: usize,
+    pub stats: Stats,
+}
+
+impl Handle {
+    /// A core's cluster items after one call into it. Publishes are bounded
+    /// by `link_buffer` (past it they are dropped and counted); interest
+    /// changes are never dropped (the link drains them even while NATS is
+    /// away, so they are bounded by how fast clients subscribe).
+    pub fn send(&self, core: usize, items: impl Iterator<Item = ClusterMsg>) {
+        let mut publishes = Vec::new();
+        for item in items {
+            match item {
+                ClusterMsg::Publish(msg) => {
+                    if self.charge(msg.weight()) {
+                        publishes.push(msg);
+                    } else {
+                        self.stats.drop_one(Drop::LinkFull);
+                    }
+                }
+                ClusterMsg::Interest { filter, add } => {
+                    if !publishes.is_empty() {
+                        self.push(Outgoing::Publish(std::mem::take(&mut publishes)));
+                    }
+                    self.push(Outgoing::Interest { core, filter, add });
+                }
+            }
+        }
+        if !publishes.is_empty() {
+            self.push(Outgoing::Publish(publishes));
+        }
+    }
+
+    fn charge(&self, weight: usize) -> bool {
+        let queued = &self.stats.queued_bytes;
+        let mut now = queued.load(Ordering::Relaxed);
+        loop {
+            if now + weight > self.budget {
+                return false;
+            }
+            match queued.compare_exchange_weak(
+                now,
+                now + weight,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    fn release(&self, weight: usize) {
+        self.stats.queued_bytes.fetch_sub(weight, Ordering::AcqRel);
+    }
+
+    fn push(&self, item: Outgoing) {
+        // An error: the link has stopped (the broker is stopping).
+        if let Err(mpsc::error::SendError(Outgoing::Publish(msgs))) = self.tx.send(item) {
+            for msg in msgs {
+                self.release(msg.weight());
+                self.stats.drop_one(Drop::Failed);
+            }
+        }
+    }
+}
+
+/// The running link: its thread and the switch that stops it.
+pub struct Link {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+/// How long stopping waits for what the link holds to reach NATS.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The link's half of the channel, until [`Link::start`] takes it.
+pub struct Pending {
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    handle: Arc<Handle>,
+}
+
+/// The handle the cores send through, and what the link will read.
+pub fn channel(cluster: &Cluster) -> (Arc<Handle>, Pending) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Arc::new(Handle {
+        tx,
+        budget: cluster.link_buffer,
+        stats: Stats::default(),
+    });
+    let pending = Pending {
+        rx,
+        handle: handle.clone(),
+    };
+    (handle, pending)
+}
+
+impl Link {
+    /// Starts the link's thread. It connects in the background and keeps
+    /// reconnecting: a NATS that is down delays nothing here.
+    pub fn start(
+        cluster: &Cluster,
+        pending: Pending,
+        mesh: Arc<Mesh>,
+        started: Instant,
+    ) -> anyhow::Result<Link> {
+        let options = link::options(cluster, pending.handle.clone())?;
+        let plan = link::Plan {
+            servers: cluster.nats_servers.clone(),
+            node: cluster.node_name.clone(),
+            prefix: cluster.subject_prefix.clone(),
+            mesh,
+            handle: pending.handle,
+            epoch: link::epoch(started),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("the cluster link's runtime")?;
+        let rx = pending.rx;
+        let thread = std::thread::Builder::new()
+            .name("ringmq-cluster".into())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, link::run(plan, options, rx, stopped));
+            })
+            .context("spawning the cluster link's thread")?;
+        Ok(Link {
+            thread: Some(thread),
+            stop,
+        })
+    }
+
+    /// Publishes what the link holds (for at most [`STOP_GRACE`]) and
+    /// closes the NATS connection.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + STOP_GRACE + Duration::from_secs(1);
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            tracing::warn!("the cluster link did not stop in time");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Real `nats-server`s (Debian's package) for the cluster tests: one, or
+//! several joined by routes, each on ports the server picks itself (read
+//! back from its log, so no port is picked and released first).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::STEP;
+
+/// A running `nats-server`, killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    pub route_port: u16,
+    /// Every log line so far, for failure messages.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_server() -> std::path::PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let candidate = std::path::Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`nats-server` is not installed but these tests need it: apt-get install -y nats-server (scripts/test.sh does this)");
+}
+
+impl NatsServer {
+    /// One server on 127.0.0.1, routes to `routes` (route ports of others).
+    pub fn start(name: &str, routes: &[u16]) -> NatsServer {
+        let mut cmd = Command::new(nats_server());
+        cmd.args(["-a", "127.0.0.1", "-p", "-1", "-n", name]).args([
+            "--cluster_name",
+            "ringmq-test",
+            "--cluster",
+            "nats://127.0.0.1:-1",
+        ]);
+        if !routes.is_empty() {
+            let urls: Vec<String> = routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["--routes", &urls.join(",")]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nats-server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let port_after = |line: &str, what: &str| {
+            let (_, rest) = line.split_once(what)?;
+            rest.trim().rsplit(':').next()?.parse::<u16>().ok()
+        };
+        let (mut port, mut route_port) = (None, None);
+        let deadline = Instant::now() + STEP;
+        while port.is_none() || route_port.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    port = port.or(port_after(&line, "Listening for client connections on"));
+                    route_port =
+                        route_port.or(port_after(&line, "Listening for route connections on"));
+                }
+                Err(_) => panic!(
+                    "nats-server {name} did not report its ports within {STEP:?}: {:#?}",
+                    log.lock().unwrap()
+                ),
+            }
+        }
+        NatsServer {
+            child,
+            port: port.unwrap_or_default(),
+            route_port: route_port.unwrap_or_default(),
+            log,
+        }
+    }
+
+    /// `n` servers in one NATS cluster (each routed to the first; NATS
+    /// meshes the rest itself).
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let first = NatsServer::start("n0", &[]);
+        let seed = first.route_port;
+        let mut all = vec![first];
+        for i in 1..n {
+            all.push(NatsServer::start(&format!("n{i}"), &[seed]));
+        }
+        all
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits (bounded) until the server's log has `n` lines containing
+    /// `text` (route connections, for example).
+    pub async fn wait_log(&self, text: &str, n: usize) {
+        let deadline = Instant::now() + STEP * 2;
+        loop {
+            let count = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .count();
+            if count >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server never logged {n} x {text:?}: {:#?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a log
+        }
+    }
+}

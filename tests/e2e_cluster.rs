@@ -1,0 +1,491 @@
+//! ringmq nodes over real `nats-server`s (started by the test, on ports
+//! they pick): messages cross nodes at every QoS, in order and once per
+//! matching filter, with their 5.0 properties; wildcards, the parent level
+//! of `#` and `$` topics map as MQTT says; retained messages set on one node
+//! are read on another; a node never hears its own messages back; a
+//! filter's NATS subscription goes with its last subscriber; and a killed
+//! nats-server of three changes nothing but messages in flight.
+//!
+//! Interest travels through NATS asynchronously (a SUBACK means the filter
+//! is in force on its own node at once, on the others once NATS carried the
+//! subscription). So before a stream, each test publishes probes until one
+//! arrives, then a marker after them: what follows finds the routes in
+//! place, and the probes are out of the way.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use ringmq::config::{ClusterFile, Config};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+/// Bound on a whole test body.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+fn join(
+    config: &mut Config,
+    node: &str,
+    servers: &[&NatsServer],
+    tweak: impl FnOnce(&mut ClusterFile),
+) {
+    let mut file = ClusterFile {
+        nats_servers: servers.iter().map(|s| s.url()).collect(),
+        node_name: Some(node.to_owned()),
+        subject_prefix: Some("test".to_owned()),
+        ..ClusterFile::default()
+    };
+    tweak(&mut file);
+    config.cluster = Some(resolve(&file));
+}
+
+/// The table as a user writes it, through the same parser and checks.
+fn resolve(file: &ClusterFile) -> ringmq::config::Cluster {
+    let servers: Vec<String> = file.nats_servers.iter().map(|s| format!("{s:?}")).collect();
+    let mut text = format!("[cluster]\nnats_servers = [{}]\n", servers.join(", "));
+    for (key, value) in [
+        ("node_name", &file.node_name),
+        ("subject_prefix", &file.subject_prefix),
+    ] {
+        if let Some(value) = value {
+            text += &format!("{key} = {value:?}\n");
+        }
+    }
+    let root: ringmq::config::FileConfig = toml::from_str(&text).expect("a valid [cluster] table");
+    root.resolve()
+        .expect("resolves")
+        .cluster
+        .expect("a cluster")
+}
+
+/// A node of the cluster on `servers`, `cores` cores.
+fn node(name: &str, cores: usize, servers: &[&NatsServer]) -> TestBroker {
+    start(cores, |c| join(c, name, servers, |_| {}))
+}
+
+/// Waits until the node's link is connected to NATS.
+async fn wait_up(node: &TestBroker) {
+    let stats = node.cluster_stats().expect("a cluster node");
+    let deadline = Instant::now() + STEP;
+    while !stats.up.load(Ordering::Relaxed) {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster link never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
+    }
+}
+
+/// Publishes probes on `topic` until `sub` receives one, then a marker
+/// after them, and waits for the marker: routes from the publisher's node
+/// to the subscriber's are in place for `topic`, and no probe is left.
+async fn until_routed(publisher: &V4, sub: &mut V4, topic: &str) {
+    let deadline = Instant::now() + STEP * 2;
+    loop {
+        publisher
+            .publish(topic, v4::QoS::AtMostOnce, false, "probe")
+            .await;
+        if let Some(ev) = sub.next_within(Duration::from_millis(50)).await {
+            if matches!(ev, Ev::Packet(v4::Packet::Publish(_))) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no probe on {topic} crossed the cluster"
+        );
+    }
+    let marker = format!("probes-end {topic}");
+    publisher
+        .publish(topic, v4::QoS::AtLeastOnce, false, marker.clone())
+        .await;
+    sub.recv_until_marker(&marker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_streams_cross_nodes_in_order_once() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let a = node("a", 2, &[&nats]);
+        let b = node("b", 2, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        for (qos, tag) in [
+            (v4::QoS::AtMostOnce, "q0"),
+            (v4::QoS::AtLeastOnce, "q1"),
+            (v4::QoS::ExactlyOnce, "q2"),
+        ] {
+            let topic = format!("stream/{tag}");
+            let mut sub = V4::connect(b.addr, &format!("sub-{tag}")).await;
+            sub.subscribe_ok(&topic, qos).await;
+            let mut publisher = V4::connect(a.addr, &format!("pub-{tag}")).await;
+            until_routed(&publisher, &mut sub, &topic).await;
+            let n = 200;
+            for i in 0..n {
+                publisher
+                    .publish(&topic, qos, false, numbered(tag, i))
+                    .await;
+            }
+            let marker = format!("{tag}-end");
+            publisher.publish(&topic, qos, false, marker.clone()).await;
+            let got = sub.recv_publishes(n).await;
+            if qos != v4::QoS::AtMostOnce {
+                publisher.wait_acks(n + 1, qos).await;
+            }
+            for p in &got {
+                assert_eq!(p.qos, qos, "delivered at the publish and subscription QoS");
+                assert!(!p.retain && !p.dup);
+            }
+            let payloads: Vec<Bytes> = got.into_iter().map(|p| p.payload).collect();
+            assert_sequence(tag, tag, &payloads, n);
+            sub.expect_marker(&marker, "exactly once").await;
+        }
+        let out = a.cluster_stats().unwrap();
+        assert!(
+            out.published.load(Ordering::Relaxed) >= 603,
+            "every message went out once"
+        );
+        for why in ringmq::cluster::Drop::ALL {
+            assert_eq!(out.dropped(why), 0, "{why:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_parent_levels_and_dollar_topics_map_as_mqtt_says() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let a = node("a", 1, &[&nats]);
+        let b = node("b", 2, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        let mut plus = V4::connect(b.addr, &id_on(0, 2, "plus")).await;
+        plus.subscribe_ok("w/+/x", v4::QoS::AtLeastOnce).await;
+        let mut hash = V4::connect(b.addr, &id_on(1, 2, "hash")).await;
+        hash.subscribe_ok("w/#", v4::QoS::AtLeastOnce).await;
+        let mut lead = V4::connect(b.addr, &id_on(1, 2, "lead")).await;
+        lead.subscribe_ok("+/a/x", v4::QoS::AtLeastOnce).await;
+        let mut dollar = V4::connect(b.addr, &id_on(0, 2, "dollar")).await;
+        dollar.subscribe_ok("$x/a/x", v4::QoS::AtLeastOnce).await;
+        let publisher = V4::connect(a.addr, "pub").await;
+        until_routed(&publisher, &mut plus, "w/probe/x").await;
+        until_routed(&publisher, &mut hash, "w").await;
+        until_routed(&publisher, &mut lead, "p/a/x").await;
+        until_routed(&publisher, &mut dollar, "$x/a/x").await;
+        for topic in [
+            "w/a/x",
+            "w",
+            "w/a/y",
+            "w//x",
+            "$x/a/x",
+            "w/a.b*c>d/x",
+            "v/a/x",
+        ] {
+            publisher
+                .publish(topic, v4::QoS::AtLeastOnce, false, topic)
+                .await;
+        }
+        publisher
+            .publish("w/a/x", v4::QoS::AtLeastOnce, false, "end")
+            .await;
+        let topics = |got: Vec<v4::Publish>| -> Vec<String> {
+            got.iter().map(|p| p.topic.clone()).collect()
+        };
+        assert_eq!(
+            topics(plus.recv_until_marker("end").await),
+            ["w/a/x", "w//x", "w/a.b*c>d/x"],
+            "+ matches one level, an empty one too; NATS's reserved characters travel escaped"
+        );
+        assert_eq!(
+            topics(hash.recv_until_marker("end").await),
+            ["w/a/x", "w", "w/a/y", "w//x", "w/a.b*c>d/x"],
+            "# matches its parent level and everything below"
+        );
+        assert_eq!(
+            topics(lead.recv_until_marker("end").await),
+            ["w/a/x", "v/a/x"],
+            "a leading + never matches a $ topic [MQTT-4.7.2-1]"
+        );
+        dollar
+            .expect_marker("$x/a/x", "the $ topic, to its own filter")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_filters_on_another_node_bring_one_copy_each_and_none_come_back() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let a = node("a", 2, &[&nats]);
+        let b = node("b", 2, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        // b's NATS subscriptions of both filters carry messages from a
+        // (probed by one client per filter, so no probe is left over).
+        let publisher = V4::connect(a.addr, "pub").await;
+        for (i, filter) in ["o/#", "o/+"].into_iter().enumerate() {
+            let mut probe = V4::connect(b.addr, &format!("probe{i}")).await;
+            probe.subscribe_ok(filter, v4::QoS::AtMostOnce).await;
+            until_routed(&publisher, &mut probe, "o/p").await;
+        }
+        // On b, one client with both, which the node already holds.
+        let mut both = V4::connect(b.addr, "both").await;
+        both.subscribe_ok("o/#", v4::QoS::AtLeastOnce).await;
+        both.subscribe_ok("o/+", v4::QoS::AtLeastOnce).await;
+        // On a, the publisher's own node, a subscriber too: it must get each
+        // message once (echo is off: nothing comes back from NATS).
+        let mut local = V4::connect(a.addr, "local").await;
+        local.subscribe_ok("o/#", v4::QoS::AtLeastOnce).await;
+        for i in 0..20 {
+            publisher
+                .publish("o/x", v4::QoS::AtLeastOnce, false, numbered("o", i))
+                .await;
+        }
+        publisher
+            .publish("o/x", v4::QoS::AtLeastOnce, false, "end")
+            .await;
+        let got: Vec<Bytes> = local
+            .recv_until_marker("end")
+            .await
+            .into_iter()
+            .map(|p| p.payload)
+            .collect();
+        assert_sequence("same node", "o", &got, 20);
+        // Two streams, one per filter, each whole and in order: 2 x 21 in
+        // all, interleaved as they come.
+        let copies = both.recv_publishes(42).await;
+        let mut counts = std::collections::BTreeMap::new();
+        for p in &copies {
+            *counts.entry(p.payload.clone()).or_insert(0) += 1;
+        }
+        assert!(
+            counts.values().all(|n| *n == 2),
+            "one copy per matching filter: {counts:?}"
+        );
+        assert_eq!(counts.len(), 21, "{counts:?}");
+        both.assert_no_publish(QUIET).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_cross_nodes_intact() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let a = node("a", 1, &[&nats]);
+        let b = node("b", 1, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        let mut sub = V5::connect(b.addr, "sub5").await;
+        sub.subscribe_ok("p/#", v5::QoS::AtLeastOnce).await;
+        let mut probe_sub = V4::connect(b.addr, "probe-sub").await;
+        probe_sub.subscribe_ok("p/#", v4::QoS::AtMostOnce).await;
+        let probe_pub = V4::connect(a.addr, "probe-pub").await;
+        until_routed(&probe_pub, &mut probe_sub, "p/probe").await;
+        sub.recv_until_marker("probes-end p/probe").await;
+        let publisher = V5::connect(a.addr, "pub5").await;
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(600),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00corr\xff")),
+            user_properties: vec![("k".into(), "v1".into()), ("k".into(), "v2".into())],
+            ..PublishProperties::default()
+        };
+        let sent = Instant::now();
+        publisher
+            .client
+            .publish_with_properties("p/x", v5::QoS::AtLeastOnce, false, "hello", props)
+            .await
+            .unwrap();
+        let got = sub.recv_publish().await;
+        let held = sent.elapsed();
+        assert_eq!(&got.payload[..], b"hello");
+        let p = got.properties.expect("properties");
+        assert_eq!(p.payload_format_indicator, Some(1));
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.response_topic.as_deref(), Some("reply/here"));
+        assert_eq!(p.correlation_data.as_deref(), Some(&b"\x00corr\xff"[..]));
+        assert_eq!(
+            p.user_properties,
+            [
+                ("k".to_owned(), "v1".to_owned()),
+                ("k".to_owned(), "v2".to_owned())
+            ],
+            "user properties in order, repeats kept"
+        );
+        let left = p
+            .message_expiry_interval
+            .expect("the expiry still counts down");
+        let range = remaining_expiry(600, Duration::ZERO, held);
+        assert!(range.contains(&left), "{left} not in {range:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_set_on_one_node_are_read_on_another() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let a = node("a", 2, &[&nats]);
+        let b = node("b", 2, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        // The retained subscription of b is in place once its count says so.
+        let stats = b.cluster_stats().unwrap();
+        let deadline = Instant::now() + STEP;
+        while stats.subscriptions.load(Ordering::Relaxed) < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "b never followed retained updates"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
+        }
+        let mut publisher = V4::connect(a.addr, "pub").await;
+        // NATS has the subscription once a round trip through the server
+        // carried one message: probe through b's own retained stream.
+        let deadline = Instant::now() + STEP * 2;
+        loop {
+            publisher
+                .publish("ret/probe", v4::QoS::AtLeastOnce, true, "p")
+                .await;
+            publisher.wait_acks(1, v4::QoS::AtLeastOnce).await;
+            if stats.received.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no retained update reached b");
+            tokio::time::sleep(Duration::from_millis(50)).await; // probe interval
+        }
+        publisher
+            .publish("ret/1", v4::QoS::AtLeastOnce, true, "one")
+            .await;
+        publisher.wait_acks(1, v4::QoS::AtLeastOnce).await;
+        wait_retained_payload(&b, "ret/1", b"one").await;
+        let mut late = V4::connect(b.addr, "late").await;
+        late.subscribe_ok("ret/1", v4::QoS::AtLeastOnce).await;
+        let got = late.recv_publish().await;
+        assert!(
+            got.retain,
+            "a retained message, from the other node's publish"
+        );
+        assert_eq!(&got.payload[..], b"one");
+        // Cleared on a: gone on b.
+        publisher
+            .publish("ret/1", v4::QoS::AtLeastOnce, true, "")
+            .await;
+        publisher.wait_acks(1, v4::QoS::AtLeastOnce).await;
+        wait_retained(&b, "ret/1", |p| p.is_none()).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_is_subscribed_in_nats_once_per_node_and_released_with_its_last_subscriber() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let b = node("b", 2, &[&nats]);
+        wait_up(&b).await;
+        let stats = b.cluster_stats().unwrap();
+        let wait_subs = |want: usize| async move {
+            let deadline = Instant::now() + STEP;
+            while stats.subscriptions.load(Ordering::Relaxed) != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "subscriptions stayed {} (want {want})",
+                    stats.subscriptions.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
+            }
+        };
+        wait_subs(1).await; // retained updates
+        let mut clients = Vec::new();
+        for i in 0..6 {
+            let mut c = V4::connect(b.addr, &format!("c{i}")).await;
+            c.subscribe_ok("f/#", v4::QoS::AtMostOnce).await;
+            clients.push(c);
+        }
+        // Six clients on two cores, one filter: one NATS subscription.
+        wait_subs(2).await;
+        let last = clients.pop().unwrap();
+        for c in clients {
+            c.disconnect().await;
+        }
+        // Five gone, one left: still subscribed (checked after the last
+        // one's disconnect reached the broker, so not a stale count).
+        b.wait_counters(STEP, "one connection left", |c| c.connections_current == 1)
+            .await;
+        assert_eq!(stats.subscriptions.load(Ordering::Relaxed), 2);
+        last.disconnect().await;
+        wait_subs(1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nats_server_of_three_loses_at_most_what_was_in_flight() {
+    within(Duration::from_secs(90), "test", async {
+        let mut servers = NatsServer::cluster(3);
+        // Each node knows one server: the killed one's node finds the
+        // others through what NATS told it of its cluster.
+        servers[0].wait_log("Route connection created", 2).await;
+        let a = node("a", 1, &[&servers[1]]);
+        let b = node("b", 1, &[&servers[2]]);
+        let c = start(1, |cfg| {
+            join(cfg, "c", &[&servers[1]], |f| {
+                f.nats_servers.push(servers[2].url());
+            })
+        });
+        wait_up(&a).await;
+        wait_up(&b).await;
+        wait_up(&c).await;
+        let mut sub = V4::connect(b.addr, "sub").await;
+        sub.subscribe_ok("k/#", v4::QoS::AtLeastOnce).await;
+        let publisher = V4::connect(a.addr, "pub").await;
+        until_routed(&publisher, &mut sub, "k/probe").await;
+        let n = 300;
+        for i in 0..n {
+            if i == n / 3 {
+                servers[1].kill(); // a's server
+            }
+            publisher
+                .publish("k/x", v4::QoS::AtLeastOnce, false, numbered("k", i))
+                .await;
+        }
+        // a reconnects elsewhere; then its messages flow again.
+        let stats = a.cluster_stats().unwrap();
+        let deadline = Instant::now() + STEP * 4;
+        while stats.connects.load(Ordering::Relaxed) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "a never reconnected to another server"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling the link's state
+        }
+        until_routed(&publisher, &mut sub, "k/probe").await;
+        publisher
+            .publish("k/x", v4::QoS::AtLeastOnce, false, "after")
+            .await;
+        let got = sub.recv_until_marker("after").await;
+        // In order, no duplicates; only what was in flight at the kill may be missing.
+        let numbers: Vec<usize> = got
+            .iter()
+            .filter_map(|p| {
+                std::str::from_utf8(&p.payload)
+                    .ok()?
+                    .strip_prefix("k-")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "in order, each once: {numbers:?}"
+        );
+    })
+    .await;
+}
