@@ -38,7 +38,7 @@ command -v nats-server >/dev/null || {
     exit 1
 }
 log "building (release)"
-cargo build --release --bin ringmq -p loadgen
+cargo build --release --bin ringmq && cargo build --release -p loadgen
 
 nats-server -a 127.0.0.1 -p "$NATS_PORT" 2>"$OUT/nats.log" &
 NATS_PID=$!
@@ -90,21 +90,23 @@ run() {
     local sub=()
     [ "$name" = cross-node ] && sub=(--subscribe-to "127.0.0.1:$B_PORT")
     log "round $round: $name"
-    local before after
-    before=$(cpu_ticks "${pids[@]}")
+    local before=() after=() pid
+    for pid in "${pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
     target/release/loadgen p2p --name "$name" --host 127.0.0.1 --port "$A_PORT" "${sub[@]}" \
         -c "$PAIRS" --rate "$RATE" --qos "$QOS" --duration "$DURATION" --warmup "$WARMUP" \
         --drain 30 --quiet --json "$OUT/$name-$round.json" | tee "$OUT/$name-$round.txt"
-    after=$(cpu_ticks "${pids[@]}")
-    local messages
-    messages=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("received") or r.get("messages_received") or 0)' "$OUT/$name-$round.json" 2>/dev/null || echo 0)
-    python3 - "$before" "$after" "$(getconf CLK_TCK)" "$messages" "$name" <<'EOF' | tee -a "$OUT/$name-$round.txt"
-import sys
-before, after, hz, msgs, name = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-secs = (after - before) / hz
-per_m = secs / msgs * 1e6 if msgs else float("nan")
-print(f"{name}: brokers' CPU over the whole run {secs:.2f} s; {per_m:.1f} s per million messages received ({msgs})")
-EOF
+    for pid in "${pids[@]}"; do after+=("$(cpu_ticks "$pid")"); done
+    python3 - "$OUT/$name-$round.json" "$(getconf CLK_TCK)" "$name" "${before[*]}" "${after[*]}" <<'EOF2' | tee -a "$OUT/$name-$round.txt"
+import json, sys
+report, hz, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+before, after = map(int, sys.argv[4].split()), map(int, sys.argv[5].split())
+msgs = json.load(open(report))["totals"]["received"]
+labels = ["node a", "node b", "nats-server"]
+parts = [(l, (a - b) / hz) for l, b, a in zip(labels, before, after)]
+total = sum(s for _, s in parts)
+each = ", ".join(f"{l} {s / msgs * 1e6:.1f}" for l, s in parts) if msgs else "-"
+print(f"{name}: CPU s per million messages (whole run incl. connects and drain): {total / msgs * 1e6:.1f} ({each}); {msgs} received")
+EOF2
 }
 
 for round in $(seq "$ROUNDS"); do

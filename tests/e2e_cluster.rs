@@ -426,6 +426,144 @@ async fn a_filter_is_subscribed_in_nats_once_per_node_and_released_with_its_last
     .await;
 }
 
+/// Waits until every core of `node` hands shared groups to NATS.
+async fn wait_sharing(node: &TestBroker) {
+    let cores = node.cores as u64;
+    node.wait_counters(STEP, "every core shares through NATS", |c| {
+        c.cluster_shared_cores == cores
+    })
+    .await;
+}
+
+/// Collects from `members` until each of `want` arrived, then checks that
+/// nothing else comes (each message went to exactly one member). Probes
+/// are left out. Returns how many each member got.
+async fn collect_once(members: &mut [V4], want: &[String]) -> Vec<usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut per_member = vec![0; members.len()];
+    let deadline = Instant::now() + STEP * 2;
+    while seen.len() < want.len() {
+        for (i, m) in members.iter_mut().enumerate() {
+            while let Some(Ev::Packet(v4::Packet::Publish(p))) =
+                m.next_within(Duration::from_millis(5)).await
+            {
+                let text = String::from_utf8_lossy(&p.payload).into_owned();
+                if text.starts_with("probe") {
+                    continue;
+                }
+                per_member[i] += 1;
+                *seen.entry(text).or_insert(0) += 1;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} arrived: {seen:?}",
+            seen.len(),
+            want.len()
+        );
+    }
+    // Nothing more: a second copy would come within this window (a late
+    // probe may still, and is no copy).
+    for m in members.iter_mut() {
+        while let Some(ev) = m.next_within(QUIET).await {
+            if let Ev::Packet(v4::Packet::Publish(p)) = ev {
+                assert!(p.payload.starts_with(b"probe"), "a second copy: {p:?}");
+            }
+        }
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "each to one member: {seen:?}"
+    );
+    let wanted: std::collections::BTreeSet<&String> = want.iter().collect();
+    assert!(seen.keys().all(|k| wanted.contains(k)), "{seen:?}");
+    per_member
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::start("solo", &[]);
+        let a = node("a", 2, &[&nats]);
+        let b = node("b", 2, &[&nats]);
+        let c = node("c", 1, &[&nats]);
+        for n in [&a, &b, &c] {
+            wait_up(n).await;
+            wait_sharing(n).await;
+        }
+        // Two members on each of a and b (one per core); none on c.
+        let mut members = Vec::new();
+        for (node, name) in [(&a, "a"), (&b, "b")] {
+            for core in 0..2 {
+                let id = id_on(core, 2, &format!("m{name}"));
+                let mut m = V4::connect(node.addr, &id).await;
+                m.subscribe_ok("$share/g/s/+", v4::QoS::AtLeastOnce).await;
+                members.push(m);
+            }
+        }
+        let on_a = V4::connect(a.addr, "pub-a").await;
+        let on_c = V4::connect(c.addr, "pub-c").await;
+        // Probes until some member has one: NATS holds a queue subscription.
+        let deadline = Instant::now() + STEP * 2;
+        'probing: loop {
+            on_c.publish("s/x", v4::QoS::AtMostOnce, false, "probe")
+                .await;
+            for m in members.iter_mut() {
+                if m.next_within(Duration::from_millis(10)).await.is_some() {
+                    break 'probing;
+                }
+            }
+            assert!(Instant::now() < deadline, "no probe reached the group");
+        }
+        let mut want = Vec::new();
+        for i in 0..100 {
+            for (publisher, tag) in [(&on_a, "a"), (&on_c, "c")] {
+                let payload = format!("{tag}-{i}");
+                publisher
+                    .publish("s/x", v4::QoS::AtLeastOnce, false, payload.clone())
+                    .await;
+                want.push(payload);
+            }
+        }
+        let per_member = collect_once(&mut members, &want).await;
+        // NATS picks a node at random for each message: with 200 of them,
+        // both nodes' members get some (all on one node: 2^-199).
+        assert!(per_member[..2].iter().sum::<usize>() > 0, "{per_member:?}");
+        assert!(per_member[2..].iter().sum::<usize>() > 0, "{per_member:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_a_shared_group_is_its_nodes_own_again() {
+    within(TEST_LIMIT, "test", async {
+        let mut nats = NatsServer::start("solo", &[]);
+        let a = node("a", 2, &[&nats]);
+        wait_up(&a).await;
+        wait_sharing(&a).await;
+        let mut members = Vec::new();
+        for core in 0..2 {
+            let mut m = V4::connect(a.addr, &id_on(core, 2, "m")).await;
+            m.subscribe_ok("$share/g/s/+", v4::QoS::AtLeastOnce).await;
+            members.push(m);
+        }
+        nats.kill();
+        a.wait_counters(STEP * 2, "no core shares through NATS", |c| {
+            c.cluster_shared_cores == 0
+        })
+        .await;
+        let publisher = V4::connect(a.addr, "pub").await;
+        let want: Vec<String> = (0..20).map(|i| numbered("s", i)).collect();
+        for payload in &want {
+            publisher
+                .publish("s/x", v4::QoS::AtLeastOnce, false, payload.clone())
+                .await;
+        }
+        collect_once(&mut members, &want).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nats_server_of_three_loses_at_most_what_was_in_flight() {
     within(Duration::from_secs(90), "test", async {

@@ -164,6 +164,9 @@ counters! {
     /// (`busy_poll_us`): what the option costs, in turns of about a
     /// microsecond each.
     busy_poll_turns,
+    /// Cores that hand shared groups' messages to the cluster's NATS queue
+    /// groups now (1 each while the link's connection for them is up).
+    cluster_shared_cores,
     /// Connections handed to the core that owns their client id.
     handoffs,
     /// Sessions (connected or persistent offline) held now.

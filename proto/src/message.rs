@@ -27,6 +27,9 @@ pub struct Message {
     /// deliveries is measured from; `Time::ZERO` when it did not come from a
     /// live PUBLISH (a will, a `$SYS` value, a message restored from disk).
     pub received_at: Time,
+    /// It came from another node of the cluster: its publisher is out of
+    /// reach of back-pressure from here, so a full queue drops it.
+    pub from_cluster: bool,
     /// The 3.1.1 QoS 0 frame, encoded on first use and then copied as is into
     /// every subscriber's buffer that receives exactly those bytes (fan-out).
     frame_v3_qos0: OnceLock<Bytes>,
@@ -80,6 +83,7 @@ impl Message {
             publisher: None,
             expires_at: None,
             received_at: Time::ZERO,
+            from_cluster: false,
             frame_v3_qos0: OnceLock::new(),
         }
     }

@@ -1,7 +1,8 @@
 //! The link's tasks on its thread: publishing what the cores send, one NATS
 //! subscription per filter the node holds (each read by a task that hands
-//! what arrives to the interested cores, in order), and the subscription to
-//! every retained update.
+//! what arrives to the interested cores, in order) and per shared group it
+//! has members of (in the group's queue group, on a second connection), and
+//! the subscription to every retained update.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -15,8 +16,8 @@ use futures::{FutureExt as _, StreamExt as _};
 use ringmq_proto::durable::Epoch;
 use ringmq_proto::message::Message;
 use ringmq_proto::router::{owner_core, CoreSet};
-use ringmq_proto::topic::subject::{filter_subject, topic_subject};
-use ringmq_proto::topic::TopicFilter;
+use ringmq_proto::topic::subject::{filter_subject, queue_name, topic_subject};
+use ringmq_proto::topic::{SharedFilter, TopicFilter};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -57,23 +58,38 @@ pub(super) fn epoch(started: Instant) -> Epoch {
     Epoch(unix_now.saturating_sub(started.elapsed().as_millis() as u64))
 }
 
-/// The NATS client's settings: echo off, reconnecting forever, connection
-/// events counted and logged.
+/// The NATS client's settings: reconnecting forever, connection events
+/// counted and logged. The main connection has echo off (a node never hears
+/// its own messages); the one for shared groups (`cores`: the mesh, to tell
+/// the cores whether it is up) has it on, since a node's own members are
+/// among those NATS picks from.
 pub(super) fn options(
     cluster: &Cluster,
     handle: Arc<Handle>,
+    cores: Option<Arc<Mesh>>,
 ) -> anyhow::Result<async_nats::ConnectOptions> {
+    let shared = cores.is_some();
     let mut options = async_nats::ConnectOptions::new()
-        .no_echo()
-        .name(format!("ringmq {}", cluster.node_name))
+        .name(match shared {
+            false => format!("ringmq {}", cluster.node_name),
+            true => format!("ringmq {} shared", cluster.node_name),
+        })
         .retry_on_initial_connect()
         .max_reconnects(None)
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let handle = handle.clone();
-            async move { on_event(&handle, event) }
+            let (handle, cores) = (handle.clone(), cores.clone());
+            async move {
+                match cores {
+                    Some(mesh) => on_shared_event(&handle, &mesh, event).await,
+                    None => on_event(&handle, event),
+                }
+            }
         });
+    if !shared {
+        options = options.no_echo();
+    }
     if let (Some(user), Some(password)) = (&cluster.username, &cluster.password) {
         options = options.user_and_password(user.clone(), password.0.clone());
     }
@@ -112,28 +128,68 @@ fn on_event(handle: &Handle, event: async_nats::Event) {
     }
 }
 
+/// The shared groups' connection: while it is up, the cores hand their
+/// shared groups' messages to NATS's queue groups; while not, to their own
+/// members, as a lone node does.
+async fn on_shared_event(handle: &Handle, mesh: &Mesh, event: async_nats::Event) {
+    let stats = &handle.stats;
+    let up = match event {
+        async_nats::Event::Connected => true,
+        async_nats::Event::Disconnected => false,
+        async_nats::Event::SlowConsumer(_) => {
+            stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        _ => return,
+    };
+    stats.shared_up.store(up, Ordering::Relaxed);
+    for core in 0..mesh.cores() {
+        hand_to_core(mesh, core, Parcel::ClusterSharing(up)).await;
+    }
+}
+
 /// The subject spaces under the configured prefix.
 struct Subjects {
     live: String,
     retained: String,
 }
 
-/// The NATS subscription of one filter (read by its task) and the cores
+/// What one NATS subscription of the node brings: a filter's messages (for
+/// every core that holds the filter) or a shared group's (for one core).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    Filter(TopicFilter),
+    Share(SharedFilter),
+}
+
+/// The NATS subscription of one target (read by its task) and the cores
 /// that want what it brings.
-struct FilterSub {
+struct Sub {
     cores: Rc<Cell<CoreSet>>,
     task: Option<JoinHandle<()>>,
 }
 
+/// The two connections: echo off for filters, on for shared groups.
+struct Clients {
+    main: async_nats::Client,
+    shared: async_nats::Client,
+}
+
 pub(super) async fn run(
     plan: Plan,
-    options: async_nats::ConnectOptions,
+    options: [async_nats::ConnectOptions; 2],
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut stop: watch::Receiver<bool>,
 ) {
     let servers: Vec<&str> = plan.servers.iter().map(String::as_str).collect();
-    let client = match options.connect(servers.as_slice()).await {
-        Ok(client) => client,
+    let [main, shared] = options;
+    let connected = async {
+        let main = main.connect(servers.as_slice()).await?;
+        let shared = shared.connect(servers.as_slice()).await?;
+        Ok::<_, async_nats::ConnectError>(Clients { main, shared })
+    };
+    let clients = match connected.await {
+        Ok(clients) => clients,
         Err(e) => {
             tracing::error!(error = %e, node = plan.node, "cluster link cannot start; this node serves its own clients only");
             return;
@@ -145,24 +201,29 @@ pub(super) async fn run(
         retained: format!("{}.r", plan.prefix),
     };
     let replicas = tokio::task::spawn_local(follow_retained(
-        client.clone(),
+        clients.main.clone(),
         format!("{}.>", subjects.retained),
         plan.clone(),
     ));
-    let mut filters: HashMap<TopicFilter, FilterSub> = HashMap::new();
+    let mut subs: HashMap<Target, Sub> = HashMap::new();
     loop {
         let item = tokio::select! {
             biased;
             _ = stop.changed() => break,
             item = rx.recv() => item,
         };
-        match item {
+        let (core, target, add) = match item {
             None => break,
-            Some(Outgoing::Publish(msgs)) => publish(&client, &subjects, &plan, msgs).await,
-            Some(Outgoing::Interest { core, filter, add }) => {
-                interest(&client, &subjects, &plan, &mut filters, core, filter, add).await
+            Some(Outgoing::Publish(msgs)) => {
+                publish(&clients.main, &subjects, &plan, msgs).await;
+                continue;
             }
-        }
+            Some(Outgoing::Interest { core, filter, add }) => (core, Target::Filter(filter), add),
+            Some(Outgoing::SharedInterest { core, share, add }) => {
+                (core, Target::Share(share), add)
+            }
+        };
+        interest(&clients, &subjects, &plan, &mut subs, core, target, add).await;
     }
     // What the cores handed over before the stop still goes out.
     let deadline = tokio::time::sleep(super::STOP_GRACE);
@@ -171,13 +232,13 @@ pub(super) async fn run(
         if let Outgoing::Publish(msgs) = item {
             tokio::select! {
                 _ = &mut deadline => break,
-                _ = publish(&client, &subjects, &plan, msgs) => {}
+                _ = publish(&clients.main, &subjects, &plan, msgs) => {}
             }
         }
     }
-    let _ = tokio::time::timeout(super::STOP_GRACE, client.flush()).await;
+    let _ = tokio::time::timeout(super::STOP_GRACE, clients.main.flush()).await;
     replicas.abort();
-    for (_, sub) in filters.drain() {
+    for (_, sub) in subs.drain() {
         sub.task.iter().for_each(JoinHandle::abort);
     }
 }
@@ -218,19 +279,20 @@ async fn publish(
     }
 }
 
-/// Applies one core's interest change: the first core to want a filter
-/// subscribes to its subject, the last to give it up unsubscribes.
+/// Applies one core's interest change: the first core to want a target
+/// subscribes to its subject (a shared group's in its queue group), the
+/// last to give it up unsubscribes.
 async fn interest(
-    client: &async_nats::Client,
+    clients: &Clients,
     subjects: &Subjects,
     plan: &Rc<Plan>,
-    filters: &mut HashMap<TopicFilter, FilterSub>,
+    subs: &mut HashMap<Target, Sub>,
     core: usize,
-    filter: TopicFilter,
+    target: Target,
     add: bool,
 ) {
     let stats = &plan.handle.stats;
-    if let Some(sub) = filters.get_mut(&filter) {
+    if let Some(sub) = subs.get_mut(&target) {
         let mut cores = sub.cores.get();
         match add {
             true => cores.insert(core),
@@ -238,7 +300,7 @@ async fn interest(
         }
         sub.cores.set(cores);
         if cores.is_empty() {
-            if let Some(task) = filters.remove(&filter).and_then(|sub| sub.task) {
+            if let Some(task) = subs.remove(&target).and_then(|sub| sub.task) {
                 stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 // Its subscription unsubscribes as the task drops it.
                 task.abort();
@@ -252,34 +314,44 @@ async fn interest(
     let mut cores = CoreSet::default();
     cores.insert(core);
     let cores = Rc::new(Cell::new(cores));
-    let subject = filter_subject(&subjects.live, filter.as_str());
-    let task = if subject.len() > MAX_SUBJECT {
-        tracing::warn!(%filter, "filter too long for a NATS subject: other nodes' messages will not reach it");
-        None
-    } else {
-        match client.subscribe(subject).await {
-            Ok(sub) => {
-                stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-                let forward = forward(sub, filter.clone(), cores.clone(), plan.clone());
-                Some(tokio::task::spawn_local(forward))
-            }
-            Err(e) => {
-                tracing::error!(%filter, error = %e, "cluster link could not subscribe");
-                None
-            }
-        }
+    let (filter, queue) = match &target {
+        Target::Filter(filter) => (filter, None),
+        Target::Share(share) => (share.filter(), Some(queue_name(share.group()))),
     };
-    filters.insert(filter, FilterSub { cores, task });
+    let subject = filter_subject(&subjects.live, filter.as_str());
+    let subscribed = match queue {
+        _ if subject.len() > MAX_SUBJECT => {
+            tracing::warn!(%filter, "filter too long for a NATS subject: other nodes' messages will not reach it");
+            None
+        }
+        None => Some(clients.main.subscribe(subject).await),
+        Some(queue) => Some(clients.shared.queue_subscribe(subject, queue).await),
+    };
+    let task = match subscribed {
+        Some(Ok(sub)) => {
+            stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            let forward = forward(sub, target.clone(), cores.clone(), plan.clone());
+            Some(tokio::task::spawn_local(forward))
+        }
+        Some(Err(e)) => {
+            tracing::error!(%filter, error = %e, "cluster link could not subscribe");
+            None
+        }
+        None => None,
+    };
+    subs.insert(target, Sub { cores, task });
 }
 
-/// Reads one subscription of `filter` and hands each batch to every core
-/// that wants it, waiting while a core's queue is full.
+/// Reads one subscription and hands each batch on, waiting while a core's
+/// queue is full: a filter's to every core that holds it, a shared group's
+/// to one core with members (in turn), which picks the member.
 async fn forward(
     mut sub: async_nats::Subscriber,
-    filter: TopicFilter,
+    target: Target,
     cores: Rc<Cell<CoreSet>>,
     plan: Rc<Plan>,
 ) {
+    let mut turn = 0;
     while let Some(first) = sub.next().await {
         let mut bodies = vec![first.payload];
         while bodies.len() < BATCH {
@@ -292,12 +364,23 @@ async fn forward(
         if msgs.is_empty() {
             continue;
         }
-        for core in cores.get().iter() {
-            let parcel = Parcel::Cluster {
-                filter: filter.clone(),
-                msgs: msgs.clone(),
-            };
-            hand_to_core(&plan.mesh, core, parcel).await;
+        let set = cores.get();
+        match &target {
+            Target::Filter(filter) => {
+                for core in set.iter() {
+                    let filter = filter.clone();
+                    let msgs = msgs.clone();
+                    hand_to_core(&plan.mesh, core, Parcel::Cluster { filter, msgs }).await;
+                }
+            }
+            Target::Share(share) => {
+                let holders: Vec<usize> = set.iter().collect();
+                if let Some(&core) = holders.get(turn % holders.len().max(1)) {
+                    turn += 1;
+                    let share = share.clone();
+                    hand_to_core(&plan.mesh, core, Parcel::ClusterShared { share, msgs }).await;
+                }
+            }
         }
     }
 }

@@ -8,7 +8,9 @@
 //! once per distinct filter of the node, so NATS carries a message only to
 //! nodes that want it. What arrives goes to the interested cores through
 //! the same bounded queues the cores use among themselves. The connection
-//! has echo off: a node never hears its own messages.
+//! has echo off: a node never hears its own messages. Shared groups use
+//! NATS queue groups on a second connection, with echo on (see
+//! `ringmq_proto::router` on the cluster).
 //!
 //! Retained messages also go to a second subject space that every node
 //! subscribes to whole, so each node's retained store follows every
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ringmq_proto::message::Message;
 use ringmq_proto::router::ClusterMsg;
-use ringmq_proto::topic::TopicFilter;
+use ringmq_proto::topic::{SharedFilter, TopicFilter};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Cluster;
@@ -59,6 +61,8 @@ impl Drop {
 pub struct Stats {
     /// Connected to a NATS server now.
     pub up: AtomicBool,
+    /// The connection for shared groups (queue subscriptions) is up now.
+    pub shared_up: AtomicBool,
     /// Times the link (re)connected to NATS.
     pub connects: AtomicU64,
     /// Messages published to the other nodes.
@@ -69,8 +73,8 @@ pub struct Stats {
     pub invalid: AtomicU64,
     /// By [`Drop`].
     pub dropped: [AtomicU64; 3],
-    /// NATS subscriptions held now (one or two per distinct filter, one for
-    /// retained updates).
+    /// NATS subscriptions held now (one per distinct filter and per shared
+    /// group, one for retained updates).
     pub subscriptions: AtomicUsize,
     /// Bytes of messages waiting for the link now.
     pub queued_bytes: AtomicUsize,
@@ -115,6 +119,12 @@ enum Outgoing {
         filter: TopicFilter,
         add: bool,
     },
+    /// Core `core` gained (lost) its first (last) member of `share`.
+    SharedInterest {
+        core: usize,
+        share: SharedFilter,
+        add: bool,
+    },
 }
 
 /// The cores' side of the link, shared by all of them.
@@ -142,15 +152,21 @@ impl Handle {
                     }
                 }
                 ClusterMsg::Interest { filter, add } => {
-                    if !publishes.is_empty() {
-                        self.push(Outgoing::Publish(std::mem::take(&mut publishes)));
-                    }
+                    self.flush(&mut publishes);
                     self.push(Outgoing::Interest { core, filter, add });
+                }
+                ClusterMsg::SharedInterest { share, add } => {
+                    self.flush(&mut publishes);
+                    self.push(Outgoing::SharedInterest { core, share, add });
                 }
             }
         }
+        self.flush(&mut publishes);
+    }
+
+    fn flush(&self, publishes: &mut Vec<Arc<Message>>) {
         if !publishes.is_empty() {
-            self.push(Outgoing::Publish(publishes));
+            self.push(Outgoing::Publish(std::mem::take(publishes)));
         }
     }
 
@@ -227,7 +243,8 @@ impl Link {
         mesh: Arc<Mesh>,
         started: Instant,
     ) -> anyhow::Result<Link> {
-        let options = link::options(cluster, pending.handle.clone())?;
+        let options = link::options(cluster, pending.handle.clone(), None)?;
+        let shared_options = link::options(cluster, pending.handle.clone(), Some(mesh.clone()))?;
         let plan = link::Plan {
             servers: cluster.nats_servers.clone(),
             node: cluster.node_name.clone(),
@@ -246,7 +263,8 @@ impl Link {
             .name("ringmq-cluster".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, link::run(plan, options, rx, stopped));
+                let run = link::run(plan, [options, shared_options], rx, stopped);
+                local.block_on(&runtime, run);
             })
             .context("spawning the cluster link's thread")?;
         Ok(Link {

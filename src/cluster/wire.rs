@@ -19,7 +19,8 @@ pub fn encode(msg: &Message, epoch: Epoch) -> Bytes {
     out.freeze()
 }
 
-/// The message in a NATS body written by [`encode`] (on any node).
+/// The message in a NATS body written by [`encode`] (on any node), marked
+/// as from the cluster.
 pub fn decode(body: Bytes, epoch: Epoch) -> Result<Message, Corrupt> {
     match body.first() {
         Some(&VERSION) => {}
@@ -27,10 +28,11 @@ pub fn decode(body: Bytes, epoch: Epoch) -> Result<Message, Corrupt> {
         None => return Err(Corrupt::Invalid("empty body")),
     }
     let mut cursor = Cursor::new(body.slice(1..));
-    let msg = get_message(&mut cursor, epoch)?;
+    let mut msg = get_message(&mut cursor, epoch)?;
     if cursor.remaining() != 0 {
         return Err(Corrupt::Invalid("bytes after the message"));
     }
+    msg.from_cluster = true;
     Ok(msg)
 }
 
@@ -61,6 +63,7 @@ mod tests {
         assert_eq!(&back.payload[..], b"hello");
         assert_eq!(back.qos, QoS::ExactlyOnce);
         assert!(back.retain);
+        assert!(back.from_cluster);
         assert_eq!(back.publisher.as_deref(), Some("pub-1"));
         assert_eq!(back.properties.0.len(), 2, "content type and user property");
         // Expiry: 31 s after this node's zero; the other node's zero is 500 s later.

@@ -270,9 +270,10 @@ fn the_example_bridge_parses_with_mosquittos_names_too() {
     let at = example
         .find("# [[bridge]]")
         .expect("the example has a bridge");
+    // The block: commented lines up to the first blank one.
     let bridge: String = example[at..]
         .lines()
-        .filter_map(|l| l.strip_prefix("# ").or(l.strip_prefix("#")))
+        .map_while(|l| l.strip_prefix("# ").or(l.strip_prefix("#")))
         .map(|l| format!("{l}\n"))
         .collect();
     let config = resolved(&bridge).expect("the example bridge is valid");

@@ -235,6 +235,7 @@ const GAUGES: &[&str] = &[
     "messages_queued",
     "messages_inflight",
     "store_failing",
+    "cluster_shared_cores",
 ];
 
 /// Core counters that other families already carry.

@@ -53,6 +53,14 @@ pub enum Parcel {
     },
     /// A retained-store update from another node, to the topic's owner core.
     ClusterRetain(Arc<ringmq_proto::message::Message>),
+    /// Messages NATS's queue group gave this node for shared group `share`.
+    ClusterShared {
+        share: ringmq_proto::topic::SharedFilter,
+        msgs: Vec<Arc<ringmq_proto::message::Message>>,
+    },
+    /// The link's connection for shared groups came up (true) or went down:
+    /// see `Core::set_cluster_shared`.
+    ClusterSharing(bool),
     /// The password or ACL rules were reloaded: re-decide every session's
     /// permissions (subscriptions they no longer allow are removed).
     Reauthorize,

@@ -271,6 +271,12 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                         }
                     }
                     Parcel::ClusterRetain(msg) => core.retain_from_cluster(&msg, now),
+                    Parcel::ClusterShared { share, msgs } => {
+                        for msg in &msgs {
+                            core.deliver_shared_from_cluster(msg, &share, now);
+                        }
+                    }
+                    Parcel::ClusterSharing(on) => core.set_cluster_shared(on),
                     Parcel::Reauthorize => {
                         let backend = ctx.shared.auth.backend();
                         core.reauthorize(|id, user| backend.permissions(id, user));

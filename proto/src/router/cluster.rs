@@ -3,6 +3,14 @@
 //! the link subscribes in NATS once per filter the node holds; and the
 //! messages other nodes publish, coming in, each for one of those filters.
 //!
+//! Shared groups span nodes through NATS queue groups: each node with
+//! members of `$share/g/f` joins queue group `g` on `f`'s subject, so NATS
+//! hands each message to one node of those, which picks one of its members.
+//! While that works (the link says so: [`Core::set_cluster_shared`]), a
+//! node does not deliver its own clients' messages to its shared groups
+//! directly: they come back through NATS like everyone else's, or a group
+//! with members on two nodes would get two copies.
+//!
 //! A message from another node is delivered to the subscribers of the one
 //! filter it came through: NATS hands a node one copy per matching
 //! subscription, so delivering by filter (rather than matching again) needs
@@ -16,7 +24,7 @@ use std::sync::Arc;
 use super::{Core, Match};
 use crate::message::Message;
 use crate::time::Time;
-use crate::topic::TopicFilter;
+use crate::topic::{SharedFilter, TopicFilter};
 
 /// One item for the cluster link, in the order the core produced them.
 #[derive(Debug)]
@@ -27,6 +35,9 @@ pub enum ClusterMsg {
     /// This core gained its first (`add`) or lost its last subscriber of
     /// `filter`.
     Interest { filter: TopicFilter, add: bool },
+    /// This core gained its first (`add`) or lost its last connected member
+    /// of shared group `share`.
+    SharedInterest { share: SharedFilter, add: bool },
 }
 
 impl Core {
@@ -45,13 +56,58 @@ impl Core {
                     .push(ClusterMsg::Interest { filter, add: true });
             }
         }
+        let shares = self.shared.local.iter();
+        let held = shares.filter(|(_, g)| !g.members.is_empty());
+        let shares: Vec<SharedFilter> = held.map(|(share, _)| share.clone()).collect();
+        for share in shares {
+            self.announce_shared_to_cluster(&share, true);
+        }
+    }
+
+    /// Whether shared groups' messages go through NATS (the link's
+    /// connection for them is up) or, when not, straight to this node's
+    /// members as on a lone node.
+    pub fn set_cluster_shared(&mut self, on: bool) {
+        self.cluster_shared = self.cluster && on;
+        self.counters.cluster_shared_cores = u64::from(self.cluster_shared);
+    }
+
+    /// True when this node's own shared groups get `msg` back through NATS
+    /// rather than directly.
+    pub(super) fn shares_through_cluster(&self, msg: &Message) -> bool {
+        self.cluster_shared && !msg.topic.is_sys()
     }
 
     /// A message published here, for the other nodes. `$SYS` stays local:
-    /// each node has its own.
-    pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>) {
-        if self.cluster && !msg.topic.is_sys() {
+    /// each node has its own. Returns whether it went.
+    pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>) -> bool {
+        let forward = self.cluster && !msg.topic.is_sys();
+        if forward {
             self.outbox.cluster.push(ClusterMsg::Publish(msg.clone()));
+        }
+        forward
+    }
+
+    /// Tells the link that this core's members of `share` came or went.
+    pub(super) fn announce_shared_to_cluster(&mut self, share: &SharedFilter, add: bool) {
+        if self.cluster {
+            let share = share.clone();
+            self.outbox
+                .cluster
+                .push(ClusterMsg::SharedInterest { share, add });
+        }
+    }
+
+    /// A message for shared group `share`, which NATS gave this node of all
+    /// those with members: to one member here, picked over every core's.
+    pub fn deliver_shared_from_cluster(
+        &mut self,
+        msg: &Arc<Message>,
+        share: &SharedFilter,
+        now: Time,
+    ) {
+        if share.filter().matches(&msg.topic) {
+            self.route_to_group(msg, share.clone(), None, 0, now);
         }
     }
 
@@ -88,9 +144,7 @@ impl Core {
         }
         self.counters.deliveries_denied += denied;
         let reached = matches.len();
-        self.delivering_remote = true;
         self.deliver_matches(msg, matches, now);
-        self.delivering_remote = false;
         reached
     }
 

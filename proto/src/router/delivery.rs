@@ -38,8 +38,9 @@ impl Core {
             self.counters.publishes_denied += 1;
             return self.acknowledge_now(key, ack, Routing::NotAuthorized);
         }
-        self.forward_to_cluster(&msg);
-        let routing = if self.deliver(&msg, now) {
+        let forwarded = self.forward_to_cluster(&msg);
+        // Another node may have subscribers: never "no subscribers" then.
+        let routing = if self.deliver(&msg, now) || forwarded {
             Routing::Delivered
         } else {
             Routing::NoSubscribers
@@ -95,7 +96,9 @@ impl Core {
         }
         // A core with no subscriber of its own skips the walk.
         let local = !self.subs.is_empty() && self.deliver_local(msg, now);
-        let shared = !self.shared_index.is_empty() && self.route_shared_groups(msg, now);
+        let shared = !self.shared_index.is_empty()
+            && !self.shares_through_cluster(msg)
+            && self.route_shared_groups(msg, now);
         !targets.is_empty() || local || shared
     }
 
@@ -174,7 +177,7 @@ impl Core {
         // compares no client ids otherwise).
         let full = e.session.tx.len() >= self.limits.max_write_buffer;
         let own = msg.publisher.as_deref() == Some(&**e.session.client_id());
-        let limits = match full && (own || self.delivering_remote) {
+        let limits = match full && (own || msg.from_cluster) {
             true => &self.own_limits,
             false => &self.limits,
         };
@@ -201,7 +204,7 @@ impl Core {
         // No clone of the publisher per delivery: the shared `Arc` would
         // bounce between cores; the over-cap case takes it from the queue.
         let own = item.msg.publisher.as_deref() == Some(&**e.session.client_id());
-        let limits = match own || self.delivering_remote {
+        let limits = match own || item.msg.from_cluster {
             true => &self.own_limits,
             false => &self.limits,
         };
@@ -240,7 +243,7 @@ impl Core {
     }
 
     /// Picks the core holding the next member of `share` and delivers there.
-    fn route_to_group(
+    pub(super) fn route_to_group(
         &mut self,
         msg: &Arc<Message>,
         share: SharedFilter,

@@ -166,9 +166,10 @@ pub struct Core {
     journal: Option<Recorder>,
     /// Set when the node is one of a cluster: see [`Core::join_cluster`].
     cluster: bool,
-    /// While delivering a message from another node: its publisher cannot
-    /// be held back from here, so a full queue drops it (`own_limits`).
-    delivering_remote: bool,
+    /// Set while the link's connection for shared groups is up: a shared
+    /// group's message then goes through NATS's queue groups, which pick
+    /// one member among every node's (see [`Core::set_cluster_shared`]).
+    cluster_shared: bool,
 }
 
 /// The limits applied to a client's own messages coming back to it: never
@@ -221,7 +222,7 @@ impl Core {
             outbox: Outbox::new(cores),
             journal: None,
             cluster: false,
-            delivering_remote: false,
+            cluster_shared: false,
         }
     }
 

@@ -274,7 +274,12 @@ impl Core {
     /// Applies a member-count change of a shared group here and on every core.
     /// Returns how many acknowledgements to wait for.
     fn announce_shared(&mut self, share: &SharedFilter, delta: i32, ack: Option<u64>) -> usize {
+        let before = self.own_members(share);
         self.apply_shared(share, self.id, delta);
+        let after = self.own_members(share);
+        if (before == 0) != (after == 0) {
+            self.announce_shared_to_cluster(share, after > 0);
+        }
         let mut told = 0;
         for core in other_cores(self.id, self.cores) {
             let msg = MeshMsg::SharedInterest {
@@ -287,6 +292,13 @@ impl Core {
             told += 1;
         }
         told
+    }
+
+    /// This core's connected members of `share`.
+    fn own_members(&self, share: &SharedFilter) -> u32 {
+        let groups = self.shared_index.get(share.filter().as_str());
+        let group = groups.and_then(|gs| gs.iter().find(|g| g.share == *share));
+        group.map_or(0, |g| g.counts[self.id])
     }
 
     pub(super) fn apply_shared(&mut self, share: &SharedFilter, core: usize, delta: i32) {

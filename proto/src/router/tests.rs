@@ -794,6 +794,9 @@ fn take_cluster(c: &mut Cluster) -> (Vec<String>, Vec<(String, bool)>) {
                 ClusterMsg::Interest { filter, add } => {
                     interest.push((filter.as_str().to_owned(), add))
                 }
+                ClusterMsg::SharedInterest { share, add } => {
+                    interest.push((format!("shared {share:?}"), add))
+                }
             }
         }
     }
@@ -899,4 +902,58 @@ fn a_retained_message_from_another_node_is_stored_on_every_core() {
     }
     let (published, _) = take_cluster(&mut c);
     assert!(published.is_empty(), "a replica update is not sent back");
+}
+
+fn share(text: &'static str) -> crate::topic::SharedFilter {
+    match crate::topic::SubFilter::parse(filter(text)).unwrap() {
+        crate::topic::SubFilter::Shared(s) => s,
+        other => panic!("{other:?} is not shared"),
+    }
+}
+
+#[test]
+fn shared_groups_go_through_the_cluster_while_its_link_is_up() {
+    let mut c = Cluster::new(2);
+    for core in &mut c.cores {
+        core.join_cluster();
+    }
+    let (m1, m2) = two_members(&mut c, "m", "$share/g/t", QoS::AtLeastOnce);
+    let (_, interest) = take_cluster(&mut c);
+    assert_eq!(interest.len(), 2, "each core's first member: {interest:?}");
+    assert!(interest
+        .iter()
+        .all(|(what, add)| what.starts_with("shared") && *add));
+    let publ = c.connect(0, "pub", true);
+    // The link is up: the group gets its messages back from NATS only.
+    for core in &mut c.cores {
+        core.set_cluster_shared(true);
+    }
+    c.publish(0, publ, "t", false, b"x");
+    assert_eq!(c.publishes(0, m1).len() + c.publishes(1, m2).len(), 0);
+    let (published, _) = take_cluster(&mut c);
+    assert_eq!(published, ["t"]);
+    // What NATS hands this node goes to one member, on whichever core.
+    for _ in 0..4 {
+        c.cores[1].deliver_shared_from_cluster(
+            &remote("t", QoS::AtLeastOnce, false),
+            &share("$share/g/t"),
+            T0,
+        );
+        c.settle();
+    }
+    let (got1, got2) = (c.publishes(0, m1).len(), c.publishes(1, m2).len());
+    assert_eq!(got1 + got2, 4, "each to one member");
+    assert!(got1 > 0 && got2 > 0, "round-robin over both cores' members");
+    // The link is down: the group is this node's alone again.
+    for core in &mut c.cores {
+        core.set_cluster_shared(false);
+    }
+    c.publish(0, publ, "t", false, b"y");
+    assert_eq!(c.publishes(0, m1).len() + c.publishes(1, m2).len(), 1);
+    // The last member of a core leaving is told.
+    c.cores[1].disconnected(m2, 1, T0);
+    c.settle();
+    let (_, interest) = take_cluster(&mut c);
+    assert_eq!(interest.len(), 1);
+    assert!(!interest[0].1, "{interest:?}");
 }

@@ -67,6 +67,14 @@ pub fn filter_subject(prefix: &str, filter: &str) -> String {
     subject
 }
 
+/// The NATS queue group for MQTT shared group `group` (one token, escaped
+/// as a level is).
+pub fn queue_name(group: &str) -> String {
+    let mut name = String::with_capacity(group.len());
+    push_level(&mut name, group);
+    name
+}
+
 /// The topic name that [`topic_subject`] wrote as `subject`; `None` for
 /// any subject it cannot have written under `prefix` (a bad or needless
 /// escape, a bare reserved character, a level that is not UTF-8).
@@ -176,6 +184,12 @@ mod tests {
         for (filter, subject) in cases {
             assert_eq!(filter_subject(P, filter), subject, "{filter:?}");
         }
+    }
+
+    #[test]
+    fn queue_groups_are_single_tokens() {
+        assert_eq!(queue_name("workers"), "workers");
+        assert_eq!(queue_name("a.b c"), "a%2Eb%20c");
     }
 
     #[test]
