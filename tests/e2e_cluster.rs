@@ -107,7 +107,7 @@ async fn until_routed(publisher: &V4, sub: &mut V4, topic: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_2_streams_cross_nodes_in_order_once() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let a = node("a", 2, &[&nats]);
         let b = node("b", 2, &[&nats]);
         wait_up(&a).await;
@@ -157,7 +157,7 @@ async fn qos_0_1_2_streams_cross_nodes_in_order_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_parent_levels_and_dollar_topics_map_as_mqtt_says() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let a = node("a", 1, &[&nats]);
         let b = node("b", 2, &[&nats]);
         wait_up(&a).await;
@@ -219,7 +219,7 @@ async fn wildcards_parent_levels_and_dollar_topics_map_as_mqtt_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_filters_on_another_node_bring_one_copy_each_and_none_come_back() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let a = node("a", 2, &[&nats]);
         let b = node("b", 2, &[&nats]);
         wait_up(&a).await;
@@ -275,7 +275,7 @@ async fn overlapping_filters_on_another_node_bring_one_copy_each_and_none_come_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_cross_nodes_intact() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let a = node("a", 1, &[&nats]);
         let b = node("b", 1, &[&nats]);
         wait_up(&a).await;
@@ -331,7 +331,7 @@ async fn properties_cross_nodes_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_set_on_one_node_are_read_on_another() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let a = node("a", 2, &[&nats]);
         let b = node("b", 2, &[&nats]);
         wait_up(&a).await;
@@ -385,9 +385,76 @@ async fn retained_messages_set_on_one_node_are_read_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_starts_later_finds_the_retained_messages_in_jetstream() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::with_jetstream("js");
+        let a = node("a", 2, &[&nats]);
+        wait_up(&a).await;
+        let stats = a.cluster_stats().unwrap();
+        let deadline = Instant::now() + STEP * 2;
+        while stats.subscriptions.load(Ordering::Relaxed) < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "a never followed the retained stream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
+        }
+        let mut publisher = V4::connect(a.addr, "pub").await;
+        for (topic, payload) in [
+            ("r/1", "one"),
+            ("r/2", "two"),
+            ("r/2", ""),
+            ("r/3", "three"),
+        ] {
+            publisher
+                .publish(topic, v4::QoS::AtLeastOnce, true, payload)
+                .await;
+        }
+        publisher.wait_acks(4, v4::QoS::AtLeastOnce).await;
+        // JetStream holds all four (the last of each topic) before b starts.
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let deadline = Instant::now() + STEP * 2;
+        loop {
+            let mut stream = js.get_stream("test_retained").await.expect("the stream");
+            let state = stream.info().await.expect("its state").state.clone();
+            if state.last_sequence >= 4 {
+                assert_eq!(state.messages, 3, "one per topic: r/1, r/2 cleared, r/3");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the stream holds {state:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling the stream's state
+        }
+        // b starts now, after everything was set.
+        let b = node("b", 2, &[&nats]);
+        wait_up(&b).await;
+        wait_retained_payload(&b, "r/1", b"one").await;
+        wait_retained_payload(&b, "r/3", b"three").await;
+        wait_retained(&b, "r/2", |p| p.is_none()).await;
+        let mut late = V4::connect(b.addr, "late").await;
+        late.subscribe_ok("r/#", v4::QoS::AtLeastOnce).await;
+        let mut got: Vec<(String, Bytes)> = late
+            .recv_publishes(2)
+            .await
+            .into_iter()
+            .map(|p| (p.topic, p.payload))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("r/1".into(), Bytes::from("one")),
+                ("r/3".into(), Bytes::from("three"))
+            ]
+        );
+        late.assert_no_publish(QUIET).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_is_subscribed_in_nats_once_per_node_and_released_with_its_last_subscriber() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let b = node("b", 2, &[&nats]);
         wait_up(&b).await;
         let stats = b.cluster_stats().unwrap();
@@ -483,7 +550,7 @@ async fn collect_once(members: &mut [V4], want: &[String]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_group_across_nodes_gets_each_message_once() {
     within(TEST_LIMIT, "test", async {
-        let nats = NatsServer::start("solo", &[]);
+        let nats = NatsServer::start("solo");
         let a = node("a", 2, &[&nats]);
         let b = node("b", 2, &[&nats]);
         let c = node("c", 1, &[&nats]);
@@ -537,7 +604,7 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_nats_a_shared_group_is_its_nodes_own_again() {
     within(TEST_LIMIT, "test", async {
-        let mut nats = NatsServer::start("solo", &[]);
+        let mut nats = NatsServer::start("solo");
         let a = node("a", 2, &[&nats]);
         wait_up(&a).await;
         wait_sharing(&a).await;

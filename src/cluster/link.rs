@@ -36,6 +36,9 @@ const CORE_FULL_RETRY: Duration = Duration::from_millis(1);
 /// holds.
 const SUBSCRIPTION_CAPACITY: usize = 8192;
 
+/// How long the link waits for JetStream's answer at start.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Subject and control line room NATS gives by default (`max_control_line`
 /// is 4096 bytes); a longer subject would make the server close the link.
 const MAX_SUBJECT: usize = 4000;
@@ -48,6 +51,7 @@ pub(super) struct Plan {
     pub mesh: Arc<Mesh>,
     pub handle: Arc<Handle>,
     pub epoch: Epoch,
+    pub jetstream_replicas: usize,
 }
 
 /// The Unix time at which the broker clock (`Shared::started`) read zero.
@@ -386,8 +390,29 @@ async fn forward(
 }
 
 /// Applies every node's retained updates on this node (on each topic's
-/// owner core, which orders them for all cores).
+/// owner core, which orders them for all cores). With JetStream, from a
+/// stream that keeps the last update of every topic: a node that starts
+/// later (or was away) first gets every retained message set meanwhile,
+/// then the updates as they come, all nodes in the stream's one order.
+/// Without JetStream, live updates only.
 async fn follow_retained(client: async_nats::Client, subject: String, plan: Rc<Plan>) {
+    let stats = &plan.handle.stats;
+    match retained_stream(&client, &subject, &plan).await {
+        Ok(mut updates) => {
+            stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("cluster link follows retained messages in JetStream");
+            while let Some(update) = updates.next().await {
+                match update {
+                    Ok(update) => apply_retained(&plan, update.message.payload).await,
+                    Err(e) => tracing::warn!(error = %e, "cluster link: retained stream"),
+                }
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "JetStream unavailable: retained messages follow the nodes that are up (a node that starts later misses those set before)")
+        }
+    }
     let mut sub = match client.subscribe(subject).await {
         Ok(sub) => sub,
         Err(e) => {
@@ -395,16 +420,61 @@ async fn follow_retained(client: async_nats::Client, subject: String, plan: Rc<P
             return;
         }
     };
-    plan.handle
-        .stats
-        .subscriptions
-        .fetch_add(1, Ordering::Relaxed);
-    let cores = plan.mesh.cores();
-    while let Some(first) = sub.next().await {
-        for msg in decode_all(&plan, vec![first.payload]) {
-            let owner = owner_core(msg.topic.as_str(), cores);
-            hand_to_core(&plan.mesh, owner, Parcel::ClusterRetain(msg)).await;
+    stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+    while let Some(update) = sub.next().await {
+        apply_retained(&plan, update.payload).await;
+    }
+}
+
+/// The retained messages' stream (made if missing; every node asks for the
+/// same one) and an ordered consumer of it from the last update of each topic.
+async fn retained_stream(
+    client: &async_nats::Client,
+    subject: &str,
+    plan: &Plan,
+) -> anyhow::Result<async_nats::jetstream::consumer::push::Ordered> {
+    use async_nats::jetstream::{self, consumer, stream};
+    let mut js = jetstream::new(client.clone());
+    // A NATS cluster without JetStream does not answer at all (a lone
+    // server says "no responders" at once): give up soon, then go live only.
+    js.set_timeout(JETSTREAM_TIMEOUT);
+    let config = stream::Config {
+        name: format!("{}_retained", plan.prefix.replace('.', "_")),
+        subjects: vec![subject.to_owned()],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        num_replicas: plan.jetstream_replicas,
+        ..Default::default()
+    };
+    let stream = match js.get_or_create_stream(config.clone()).await {
+        Ok(stream) => stream,
+        // Two nodes starting at once may both try to make it: the second finds it.
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::CreateStreamErrorKind::JetStream(_)
+            ) =>
+        {
+            js.get_or_create_stream(config).await?
         }
+        Err(e) => return Err(e.into()),
+    };
+    let consumer = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            filter_subject: subject.to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+async fn apply_retained(plan: &Plan, body: Bytes) {
+    let cores = plan.mesh.cores();
+    for msg in decode_all(plan, vec![body]) {
+        let owner = owner_core(msg.topic.as_str(), cores);
+        hand_to_core(&plan.mesh, owner, Parcel::ClusterRetain(msg)).await;
     }
 }
 

@@ -12,9 +12,11 @@
 //! NATS queue groups on a second connection, with echo on (see
 //! `ringmq_proto::router` on the cluster).
 //!
-//! Retained messages also go to a second subject space that every node
-//! subscribes to whole, so each node's retained store follows every
-//! other's while they are connected.
+//! Retained messages also go to a second subject space, which JetStream
+//! keeps in a stream of the last message per topic: every node follows it
+//! into its own retained store, from the start (so a node that starts later
+//! has them all), in one order for all nodes. Without JetStream, nodes
+//! follow each other's updates live only.
 
 mod link;
 pub mod wire;
@@ -252,6 +254,7 @@ impl Link {
             mesh,
             handle: pending.handle,
             epoch: link::epoch(started),
+            jetstream_replicas: cluster.jetstream_replicas,
         };
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -20,6 +20,7 @@ pub struct ClusterFile {
     pub cafile: Option<PathBuf>,
     pub tls: Option<bool>,
     pub link_buffer: Option<ByteSize>,
+    pub jetstream_replicas: Option<usize>,
 }
 
 /// The resolved `[cluster]` settings.
@@ -44,6 +45,9 @@ pub struct Cluster {
     /// Bytes of messages waiting for the NATS link; past it, messages for
     /// other nodes are dropped and counted.
     pub link_buffer: usize,
+    /// Copies JetStream keeps of the retained messages' stream (1 on a lone
+    /// nats-server, 3 on a cluster of three).
+    pub jetstream_replicas: usize,
 }
 
 /// The default `link_buffer`.
@@ -73,6 +77,12 @@ impl ClusterFile {
             Some(ByteSize(n)) => usize::try_from(n).unwrap_or(usize::MAX),
             None => DEFAULT_LINK_BUFFER,
         };
+        let jetstream_replicas = self.jetstream_replicas.unwrap_or(1);
+        if !(1..=5).contains(&jetstream_replicas) {
+            return Err(fail(format!(
+                "jetstream_replicas {jetstream_replicas} is not in 1..=5"
+            )));
+        }
         let node_name = self.node_name.clone().unwrap_or_else(hostname);
         if node_name.is_empty() {
             return Err(fail("node_name is empty".into()));
@@ -87,6 +97,7 @@ impl ClusterFile {
             cafile: self.cafile.clone(),
             tls: self.tls.unwrap_or(false) || self.cafile.is_some(),
             link_buffer,
+            jetstream_replicas,
         })
     }
 }
@@ -178,6 +189,11 @@ mod tests {
                 r#"nats_servers = ["h:1"]
                    link_buffer = 10"#,
                 "under 64KiB",
+            ),
+            (
+                r#"nats_servers = ["h:1"]
+                   jetstream_replicas = 7"#,
+                "not in 1..=5",
             ),
             (
                 r#"nats_servers = ["h:1"]

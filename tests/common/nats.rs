@@ -16,6 +16,8 @@ pub struct NatsServer {
     pub route_port: u16,
     /// Every log line so far, for failure messages.
     log: Arc<Mutex<Vec<String>>>,
+    /// JetStream's store, with JetStream.
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Drop for NatsServer {
@@ -23,6 +25,14 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a server runs: alone, with JetStream, or in a cluster routed to
+/// the given route ports.
+enum Mode {
+    Solo,
+    JetStream,
+    Clustered(Vec<u16>),
 }
 
 fn nats_server() -> std::path::PathBuf {
@@ -36,15 +46,34 @@ fn nats_server() -> std::path::PathBuf {
 }
 
 impl NatsServer {
-    /// One server on 127.0.0.1, routes to `routes` (route ports of others).
-    pub fn start(name: &str, routes: &[u16]) -> NatsServer {
+    /// One server on 127.0.0.1, without JetStream.
+    pub fn start(name: &str) -> NatsServer {
+        NatsServer::start_with(name, Mode::Solo)
+    }
+
+    /// One server with JetStream (its store in a directory of its own).
+    pub fn with_jetstream(name: &str) -> NatsServer {
+        NatsServer::start_with(name, Mode::JetStream)
+    }
+
+    fn start_with(name: &str, mode: Mode) -> NatsServer {
         let mut cmd = Command::new(nats_server());
-        cmd.args(["-a", "127.0.0.1", "-p", "-1", "-n", name]).args([
-            "--cluster_name",
-            "ringmq-test",
-            "--cluster",
-            "nats://127.0.0.1:-1",
-        ]);
+        cmd.args(["-a", "127.0.0.1", "-p", "-1", "-n", name]);
+        let mut store = None;
+        let mut routes: &[u16] = &[];
+        match &mode {
+            Mode::Solo => {}
+            Mode::JetStream => {
+                let dir = tempfile::tempdir().expect("a JetStream store");
+                cmd.arg("-js").arg("-sd").arg(dir.path());
+                store = Some(dir);
+            }
+            Mode::Clustered(to) => {
+                cmd.args(["--cluster_name", "ringmq-test"])
+                    .args(["--cluster", "nats://127.0.0.1:-1"]);
+                routes = to;
+            }
+        }
         if !routes.is_empty() {
             let urls: Vec<String> = routes
                 .iter()
@@ -73,6 +102,9 @@ impl NatsServer {
         };
         let (mut port, mut route_port) = (None, None);
         let deadline = Instant::now() + STEP;
+        if !matches!(mode, Mode::Clustered(_)) {
+            route_port = Some(0);
+        }
         while port.is_none() || route_port.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -92,17 +124,21 @@ impl NatsServer {
             port: port.unwrap_or_default(),
             route_port: route_port.unwrap_or_default(),
             log,
+            _store: store,
         }
     }
 
     /// `n` servers in one NATS cluster (each routed to the first; NATS
     /// meshes the rest itself).
     pub fn cluster(n: usize) -> Vec<NatsServer> {
-        let first = NatsServer::start("n0", &[]);
+        let first = NatsServer::start_with("n0", Mode::Clustered(Vec::new()));
         let seed = first.route_port;
         let mut all = vec![first];
         for i in 1..n {
-            all.push(NatsServer::start(&format!("n{i}"), &[seed]));
+            all.push(NatsServer::start_with(
+                &format!("n{i}"),
+                Mode::Clustered(vec![seed]),
+            ));
         }
         all
     }
