@@ -451,6 +451,81 @@ async fn a_node_that_starts_later_finds_the_retained_messages_in_jetstream() {
     .await;
 }
 
+fn persistent(o: &mut v4::MqttOptions) {
+    o.set_clean_session(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_follows_its_client_to_another_node() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::with_jetstream("js");
+        let a = node("a", 2, &[&nats]);
+        let b = node("b", 2, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        // On a: subscribe, go away, and miss five QoS 1 messages.
+        let mut first = V4::connect_with(a.addr, "mover", persistent).await;
+        first.subscribe_ok("mv/#", v4::QoS::AtLeastOnce).await;
+        first.disconnect().await;
+        a.wait_counters(STEP, "mover offline", |c| c.connections_current == 0)
+            .await;
+        let mut publisher = V4::connect(a.addr, "pub").await;
+        for i in 0..5 {
+            publisher
+                .publish("mv/x", v4::QoS::AtLeastOnce, false, numbered("mv", i))
+                .await;
+        }
+        publisher.wait_acks(5, v4::QoS::AtLeastOnce).await;
+        // Back, at b: the session is there, with what it missed, in order.
+        let mut back = V4::connect_with(b.addr, "mover", persistent).await;
+        assert!(back.connack.session_present, "the session came along");
+        let got: Vec<Bytes> = back
+            .recv_publishes(5)
+            .await
+            .into_iter()
+            .map(|p| p.payload)
+            .collect();
+        assert_sequence("queued on a", "mv", &got, 5);
+        let stats = b.cluster_stats().unwrap();
+        assert_eq!(stats.sessions_in.load(Ordering::Relaxed), 1);
+        a.wait_counters(STEP, "gone from a", |c| c.sessions_current == 1)
+            .await; // only the publisher's
+                    // Its subscription moved too: a's publishes reach it at b.
+        until_routed(&publisher, &mut back, "mv/probe").await;
+        publisher
+            .publish("mv/x", v4::QoS::AtLeastOnce, false, "after")
+            .await;
+        back.expect_marker("after", "live at b").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_at_another_node_takes_the_connected_session_over() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::with_jetstream("js");
+        let a = node("a", 1, &[&nats]);
+        let b = node("b", 1, &[&nats]);
+        wait_up(&a).await;
+        wait_up(&b).await;
+        let mut old = V4::connect_with(a.addr, "twice", persistent).await;
+        old.subscribe_ok("tw/#", v4::QoS::AtLeastOnce).await;
+        let new = V4::connect_with(b.addr, "twice", persistent).await;
+        assert!(new.connack.session_present, "resumed from a");
+        old.wait_closed(STEP).await;
+        a.wait_counters(STEP, "taken over", |c| {
+            c.takeovers == 1 && c.sessions_current == 0
+        })
+        .await;
+        // And back to a: taken over from b in turn.
+        let mut new = new;
+        let back = V4::connect_with(a.addr, "twice", persistent).await;
+        assert!(back.connack.session_present, "resumed from b");
+        new.wait_closed(STEP).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_is_subscribed_in_nats_once_per_node_and_released_with_its_last_subscriber() {
     within(TEST_LIMIT, "test", async {

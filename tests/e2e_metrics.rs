@@ -516,3 +516,39 @@ async fn bridge_metrics_follow_the_link_and_its_messages() {
         Some(0.0)
     );
 }
+
+/// A cluster node's link families parse and say it is connected.
+#[test]
+fn a_cluster_node_reports_its_link() {
+    let nats = NatsServer::start("metrics");
+    let text = format!(
+        "[cluster]\nnats_servers = [\"{}\"]\nnode_name = \"m\"\n",
+        nats.url()
+    );
+    let file: ringmq::config::FileConfig = toml::from_str(&text).expect("a [cluster] table");
+    let cluster = file.resolve().expect("resolves").cluster;
+    let broker = start(1, |c| {
+        with_metrics(c);
+        c.cluster = cluster;
+    });
+    let at = broker.metrics_addr().expect("metrics endpoint");
+    let parsed = scrape_until(at, "both cluster connections up", |p| {
+        p.value("ringmq_cluster_up", &[]) == Some(1.0)
+            && p.value("ringmq_cluster_shared_cores", &[]) == Some(1.0)
+    });
+    assert_eq!(parsed.types["ringmq_cluster_dropped"], "counter");
+    for reason in ["link_full", "too_large", "failed"] {
+        assert_eq!(
+            parsed.value("ringmq_cluster_dropped_total", &[("reason", reason)]),
+            Some(0.0)
+        );
+    }
+    for direction in ["in", "out"] {
+        let moved = parsed.value(
+            "ringmq_cluster_sessions_moved_total",
+            &[("direction", direction)],
+        );
+        assert_eq!(moved, Some(0.0));
+    }
+    assert!(parsed.value("ringmq_cluster_subscriptions", &[]).is_some());
+}

@@ -21,7 +21,7 @@ use ringmq_proto::topic::{SharedFilter, TopicFilter};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{wire, Drop, Handle, Outgoing};
+use super::{sessions, wire, Drop, Handle, Outgoing};
 use crate::config::Cluster;
 use crate::server::mesh::{Mesh, Parcel};
 
@@ -37,7 +37,7 @@ const CORE_FULL_RETRY: Duration = Duration::from_millis(1);
 const SUBSCRIPTION_CAPACITY: usize = 8192;
 
 /// How long the link waits for JetStream's answer at start.
-const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Subject and control line room NATS gives by default (`max_control_line`
 /// is 4096 bytes); a longer subject would make the server close the link.
@@ -45,6 +45,7 @@ const MAX_SUBJECT: usize = 4000;
 
 /// Everything the link's tasks need.
 pub(super) struct Plan {
+    /// This node's name, as the other nodes know it.
     pub servers: Vec<String>,
     pub node: String,
     pub prefix: String,
@@ -209,6 +210,9 @@ pub(super) async fn run(
         format!("{}.>", subjects.retained),
         plan.clone(),
     ));
+    let sessions = Rc::new(sessions::Sessions::new(clients.main.clone(), plan.clone()));
+    let releases = tokio::task::spawn_local(sessions::serve_releases(sessions.clone()));
+    tokio::task::spawn_local(sessions::Sessions::ready(sessions.clone()));
     let mut subs: HashMap<Target, Sub> = HashMap::new();
     loop {
         let item = tokio::select! {
@@ -226,6 +230,17 @@ pub(super) async fn run(
             Some(Outgoing::SharedInterest { core, share, add }) => {
                 (core, Target::Share(share), add)
             }
+            Some(Outgoing::Claim {
+                client_id,
+                clean,
+                reply,
+            }) => {
+                let settle = sessions::claim(sessions.clone(), client_id, clean);
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(settle.await);
+                });
+                continue;
+            }
         };
         interest(&clients, &subjects, &plan, &mut subs, core, target, add).await;
     }
@@ -242,6 +257,7 @@ pub(super) async fn run(
     }
     let _ = tokio::time::timeout(super::STOP_GRACE, clients.main.flush()).await;
     replicas.abort();
+    releases.abort();
     for (_, sub) in subs.drain() {
         sub.task.iter().for_each(JoinHandle::abort);
     }
@@ -497,7 +513,7 @@ fn decode_all(plan: &Plan, bodies: Vec<Bytes>) -> Vec<Arc<Message>> {
         .collect()
 }
 
-async fn hand_to_core(mesh: &Mesh, core: usize, mut parcel: Parcel) {
+pub(super) async fn hand_to_core(mesh: &Mesh, core: usize, mut parcel: Parcel) {
     while let Err(back) = mesh.try_send(core, parcel) {
         parcel = back;
         tokio::time::sleep(CORE_FULL_RETRY).await;

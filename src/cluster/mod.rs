@@ -17,8 +17,12 @@
 //! into its own retained store, from the start (so a node that starts later
 //! has them all), in one order for all nodes. Without JetStream, nodes
 //! follow each other's updates live only.
+//!
+//! Persistent sessions move with their clients between nodes (see
+//! [`sessions`]).
 
 mod link;
+pub mod sessions;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ringmq_proto::durable::SessionImage;
 use ringmq_proto::message::Message;
 use ringmq_proto::router::ClusterMsg;
 use ringmq_proto::topic::{SharedFilter, TopicFilter};
@@ -83,6 +88,10 @@ pub struct Stats {
     /// Times the NATS client dropped messages for a subscription this link
     /// read too slowly (its cores were full).
     pub slow_consumer: AtomicU64,
+    /// Sessions brought here from another node.
+    pub sessions_in: AtomicU64,
+    /// Sessions handed to another node.
+    pub sessions_out: AtomicU64,
 }
 
 impl Stats {
@@ -107,6 +116,7 @@ impl Stats {
             subscriptions: self.subscriptions.load(Ordering::Relaxed) as u64,
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed) as u64,
             slow_consumer: get(&self.slow_consumer),
+            sessions: [get(&self.sessions_in), get(&self.sessions_out)],
         }
     }
 }
@@ -126,6 +136,13 @@ enum Outgoing {
         core: usize,
         share: SharedFilter,
         add: bool,
+    },
+    /// A client connecting here: claim its session for this node and bring
+    /// it from the node that held it (nothing with `clean`).
+    Claim {
+        client_id: Arc<str>,
+        clean: bool,
+        reply: futures::channel::oneshot::Sender<Option<SessionImage>>,
     },
 }
 
@@ -170,6 +187,22 @@ impl Handle {
         if !publishes.is_empty() {
             self.push(Outgoing::Publish(std::mem::take(publishes)));
         }
+    }
+
+    /// Claims `client_id`'s session for this node (JetStream KV) and takes
+    /// it from the node that held it: its image, to adopt before the
+    /// attach, or `None` (no other node had it, `clean`, or the cluster
+    /// could not say).
+    pub async fn claim(&self, client_id: Arc<str>, clean: bool) -> Option<SessionImage> {
+        let (reply, answer) = futures::channel::oneshot::channel();
+        self.tx
+            .send(Outgoing::Claim {
+                client_id,
+                clean,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok().flatten()
     }
 
     fn charge(&self, weight: usize) -> bool {

@@ -26,6 +26,7 @@ use crate::codec::{
     decode, encode, encode_with_reason, ConnAck, Connect, ConnectCode, DecodeError, Packet,
     Properties, Protocol,
 };
+use crate::durable::SessionImage;
 use crate::router::owner_core;
 use crate::session::{check_connect, ClientParams, Refusal};
 
@@ -48,6 +49,9 @@ pub struct Accepted<S> {
     pub permissions: Permissions,
     /// Bytes read after the CONNECT frame.
     pub leftover: BytesMut,
+    /// The session another node of the cluster released for this client:
+    /// the owner core adopts it before the attach.
+    pub transferred: Option<Box<SessionImage>>,
 }
 
 impl<S> Accepted<S> {
@@ -69,6 +73,7 @@ impl<S> Accepted<S> {
             assigned_id,
             permissions,
             leftover,
+            transferred,
         } = self;
         let rest = Accepted {
             stream: (),
@@ -79,6 +84,7 @@ impl<S> Accepted<S> {
             assigned_id,
             permissions,
             leftover,
+            transferred,
         };
         (stream, rest)
     }
@@ -95,6 +101,7 @@ impl Accepted<()> {
             assigned_id: self.assigned_id,
             permissions: self.permissions,
             leftover: self.leftover,
+            transferred: self.transferred,
         }
     }
 }
@@ -354,6 +361,21 @@ async fn admit<T: Transport>(
             return Box::pin(refuse(ctx, stream, peer, listener, &connect, refusal)).await;
         }
     };
+    let transferred = match &ctx.shared.cluster {
+        Some(link) if claims_session(ctx, listener, &connect) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, link.claim(client_id.clone(), connect.clean_start))
+                .await
+            {
+                Ok(image) => image.map(Box::new),
+                Err(_) => {
+                    tracing::warn!(%peer, client_id = &*client_id, "the cluster did not settle the session within connect_timeout; starting here");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     Some(Accepted {
         stream,
         peer,
@@ -363,7 +385,28 @@ async fn admit<T: Transport>(
         assigned_id,
         permissions,
         leftover: buf,
+        transferred,
     })
+}
+
+/// Whether the cluster must settle this CONNECT's session first: one that
+/// may exist on another node or will outlive its connection. A clean
+/// session that ends with its connection never touches JetStream, nor does
+/// a bridge's own session (every node may run the same bridge).
+fn claims_session(ctx: &Ctx, listener: usize, connect: &Connect) -> bool {
+    if ctx
+        .shared
+        .bridge_gate
+        .as_ref()
+        .is_some_and(|(gate, _)| *gate == listener)
+    {
+        return false;
+    }
+    let expiry = connect.properties.0.iter().find_map(|p| match p {
+        crate::codec::Property::SessionExpiryInterval(secs) => Some(*secs),
+        _ => None,
+    });
+    !connect.clean_start || (connect.protocol.is_v5() && expiry.unwrap_or(0) > 0)
 }
 
 /// Checks the CONNECT's credentials (slow hashes on the verifier threads,

@@ -50,6 +50,8 @@ pub struct ClusterScrape {
     pub subscriptions: u64,
     pub queued_bytes: u64,
     pub slow_consumer: u64,
+    /// Sessions moved here from other nodes, and away to them.
+    pub sessions: [u64; 2],
 }
 
 /// One `[[bridge]]`, as its links last published it.
@@ -425,6 +427,15 @@ impl Scrape {
         ] {
             let family = encoder.encode_descriptor(name, text, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family)?;
+        }
+        let mut moved = encoder.encode_descriptor(
+            "ringmq_cluster_sessions_moved",
+            "Persistent sessions that moved between this node and another with their client, by direction.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, n) in ["in", "out"].into_iter().zip(c.sessions) {
+            ConstCounter::new(n).encode(moved.encode_family(&[("direction", direction)])?)?;
         }
         let mut dropped = encoder.encode_descriptor(
             "ringmq_cluster_dropped",

@@ -61,6 +61,13 @@ pub enum Parcel {
     /// The link's connection for shared groups came up (true) or went down:
     /// see `Core::set_cluster_shared`.
     ClusterSharing(bool),
+    /// Client `client_id` connected on another node: release its session
+    /// (see `Core::release_to_cluster`) and answer with its image.
+    ClusterRelease {
+        client_id: Arc<str>,
+        discard: bool,
+        reply: futures::channel::oneshot::Sender<Option<ringmq_proto::durable::SessionImage>>,
+    },
     /// The password or ACL rules were reloaded: re-decide every session's
     /// permissions (subscriptions they no longer allow are removed).
     Reauthorize,

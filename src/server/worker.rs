@@ -277,6 +277,13 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                         }
                     }
                     Parcel::ClusterSharing(on) => core.set_cluster_shared(on),
+                    Parcel::ClusterRelease {
+                        client_id,
+                        discard,
+                        reply,
+                    } => {
+                        let _ = reply.send(core.release_to_cluster(&client_id, discard, now));
+                    }
                     Parcel::Reauthorize => {
                         let backend = ctx.shared.auth.backend();
                         core.reauthorize(|id, user| backend.permissions(id, user));

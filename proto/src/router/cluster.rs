@@ -186,3 +186,47 @@ pub(super) fn collect_matches(
         });
     }
 }
+
+impl Core {
+    /// Another node's client connected with this session's client id: the
+    /// session leaves this node. Its connection, if any, is closed as on a
+    /// takeover (a will without delay goes out; a delayed one is the new
+    /// node's to cancel, since its client is back), and it ends here.
+    /// Returns its image for the new node unless `discard` (a clean start)
+    /// or it is not persistent.
+    pub fn release_to_cluster(
+        &mut self,
+        client_id: &str,
+        discard: bool,
+        now: Time,
+    ) -> Option<crate::durable::SessionImage> {
+        let key = *self.by_client_id.get(client_id)?;
+        self.take_over(key, now);
+        let e = &mut self.sessions[key];
+        if e.delayed_will.take().is_some() && e.session.is_journaled() {
+            if let Some(journal) = self.journal.as_mut() {
+                journal.will_done(e.session.client_id());
+                self.outbox.journal.extend(journal.take());
+            }
+        }
+        let keep = !discard && self.sessions[key].session.is_persistent();
+        let image = keep.then(|| self.sessions[key].session.image());
+        self.end_session(key, now);
+        image
+    }
+
+    /// A session another node released for a client now connecting here
+    /// (see [`Core::release_to_cluster`]): it replaces any copy this core
+    /// still holds of an earlier stay, and the connect that follows resumes
+    /// it.
+    pub fn adopt_from_cluster(&mut self, image: crate::durable::SessionImage, now: Time) {
+        if let Some(&key) = self.by_client_id.get(&image.client_id) {
+            self.take_over(key, now);
+            if let Some(e) = self.sessions.get_mut(key) {
+                e.delayed_will = None;
+            }
+            self.end_session(key, now);
+        }
+        self.restore(image, now);
+    }
+}

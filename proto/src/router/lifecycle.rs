@@ -94,7 +94,7 @@ impl Core {
     }
 
     /// Closes the current connection of session `key`, if any, publishing its will.
-    fn take_over(&mut self, key: SessionKey, now: Time) {
+    pub(super) fn take_over(&mut self, key: SessionKey, now: Time) {
         let limits = self.limits.clone();
         let e = &mut self.sessions[key];
         let Some(old) = e.conn.take() else {

@@ -957,3 +957,45 @@ fn shared_groups_go_through_the_cluster_while_its_link_is_up() {
     assert_eq!(interest.len(), 1);
     assert!(!interest[0].1, "{interest:?}");
 }
+
+#[test]
+fn a_session_released_to_another_node_is_resumed_there_with_its_queue() {
+    let mut here = Cluster::new(1);
+    let key = here.connect(0, "moving", false);
+    here.subscribe(0, key, "q/#", QoS::AtLeastOnce);
+    here.cores[0].disconnected(key, 1, T0);
+    let publ = here.connect(0, "pub", true);
+    here.publish(0, publ, "q/1", false, b"a");
+    here.publish(0, publ, "q/2", false, b"b");
+    let image = here.cores[0]
+        .release_to_cluster("moving", false, T0)
+        .expect("persistent");
+    assert!(
+        here.cores[0].session(key).is_none(),
+        "gone from the old node"
+    );
+    let mut hits = 0;
+    here.cores[0].subs.for_each_match("q/1", |_| hits += 1);
+    assert_eq!(hits, 0, "its subscriptions went with it");
+    let mut there = Cluster::new(2);
+    let owner = owner_core("moving", 2);
+    there.cores[owner].adopt_from_cluster(image, T0);
+    there.settle();
+    let c = v3_connect("moving", false);
+    let attached =
+        there.cores[owner].connect(&c, "moving".into(), 1, T0, false, Permissions::all());
+    assert!(attached.session_present);
+    let topics: Vec<String> = there
+        .publishes(owner, attached.key)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(topics, ["q/1", "q/2"], "its queue, in order");
+    // A clean start elsewhere takes nothing along.
+    let again = here.connect(0, "moving", false);
+    here.subscribe(0, again, "q/#", QoS::AtLeastOnce);
+    assert!(here.cores[0]
+        .release_to_cluster("moving", true, T0)
+        .is_none());
+    assert!(here.cores[0].session(again).is_none());
+}

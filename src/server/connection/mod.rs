@@ -56,12 +56,16 @@ pub fn serve<S: Transport>(
         assigned_id,
         permissions,
         leftover,
+        transferred,
     } = accepted;
     log_connected(&ctx, peer, listener, &connect, &client_id);
     let fd = stream.raw_fd();
     let (rd, wr) = stream.into_halves();
     let now = ctx.now();
     let (attached, max_out) = ctx.with_core(|core| {
+        if let Some(image) = transferred {
+            core.adopt_from_cluster(*image, now);
+        }
         let attached = core.connect(
             &connect,
             client_id.clone(),
