@@ -3,8 +3,10 @@
 //! matching filter, with their 5.0 properties; wildcards, the parent level
 //! of `#` and `$` topics map as MQTT says; retained messages set on one node
 //! are read on another; a node never hears its own messages back; a
-//! filter's NATS subscription goes with its last subscriber; and a killed
-//! nats-server of three changes nothing but messages in flight.
+//! filter's NATS subscription goes with its last subscriber; a killed
+//! nats-server of three changes nothing but messages in flight; persistent
+//! sessions follow their clients, also away from a node killed with -9,
+//! whose queued messages follow when it returns; a will goes out once.
 //!
 //! Interest travels through NATS asynchronously (a SUBACK means the filter
 //! is in force on its own node at once, on the others once NATS carried the
@@ -53,6 +55,9 @@ fn resolve(file: &ClusterFile) -> ringmq::config::Cluster {
             text += &format!("{key} = {value:?}\n");
         }
     }
+    if let Some(replicas) = file.jetstream_replicas {
+        text += &format!("jetstream_replicas = {replicas}\n");
+    }
     let root: ringmq::config::FileConfig = toml::from_str(&text).expect("a valid [cluster] table");
     root.resolve()
         .expect("resolves")
@@ -73,6 +78,26 @@ async fn wait_up(node: &TestBroker) {
         assert!(
             Instant::now() < deadline,
             "the cluster link never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
+    }
+}
+
+/// Waits until the node follows the retained messages' stream in
+/// JetStream (a retained message published before the first node made the
+/// stream is not in it) and has its session bucket open.
+async fn wait_jetstream_ready(node: &TestBroker) {
+    let stats = node.cluster_stats().expect("a cluster node");
+    // A node started while a JetStream server is down waits for elections.
+    let deadline = Instant::now() + STEP * 6;
+    let ready = || {
+        stats.retained_stream.load(Ordering::Relaxed)
+            && stats.sessions_ready.load(Ordering::Relaxed)
+    };
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster link never followed the retained messages and opened its session bucket"
         );
         tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
     }
@@ -389,16 +414,7 @@ async fn a_node_that_starts_later_finds_the_retained_messages_in_jetstream() {
     within(TEST_LIMIT, "test", async {
         let nats = NatsServer::with_jetstream("js");
         let a = node("a", 2, &[&nats]);
-        wait_up(&a).await;
-        let stats = a.cluster_stats().unwrap();
-        let deadline = Instant::now() + STEP * 2;
-        while stats.subscriptions.load(Ordering::Relaxed) < 1 {
-            assert!(
-                Instant::now() < deadline,
-                "a never followed the retained stream"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await; // polling the link's state
-        }
+        wait_jetstream_ready(&a).await;
         let mut publisher = V4::connect(a.addr, "pub").await;
         for (topic, payload) in [
             ("r/1", "one"),
@@ -461,8 +477,8 @@ async fn a_persistent_session_follows_its_client_to_another_node() {
         let nats = NatsServer::with_jetstream("js");
         let a = node("a", 2, &[&nats]);
         let b = node("b", 2, &[&nats]);
-        wait_up(&a).await;
-        wait_up(&b).await;
+        wait_jetstream_ready(&a).await;
+        wait_jetstream_ready(&b).await;
         // On a: subscribe, go away, and miss five QoS 1 messages.
         let mut first = V4::connect_with(a.addr, "mover", persistent).await;
         first.subscribe_ok("mv/#", v4::QoS::AtLeastOnce).await;
@@ -506,8 +522,8 @@ async fn connecting_at_another_node_takes_the_connected_session_over() {
         let nats = NatsServer::with_jetstream("js");
         let a = node("a", 1, &[&nats]);
         let b = node("b", 1, &[&nats]);
-        wait_up(&a).await;
-        wait_up(&b).await;
+        wait_jetstream_ready(&a).await;
+        wait_jetstream_ready(&b).await;
         let mut old = V4::connect_with(a.addr, "twice", persistent).await;
         old.subscribe_ok("tw/#", v4::QoS::AtLeastOnce).await;
         let new = V4::connect_with(b.addr, "twice", persistent).await;
@@ -766,6 +782,206 @@ async fn a_killed_nats_server_of_three_loses_at_most_what_was_in_flight() {
             numbers.windows(2).all(|w| w[0] < w[1]),
             "in order, each once: {numbers:?}"
         );
+    })
+    .await;
+}
+
+/// A node as a process, to kill -9: two cores, persistent in `store` with
+/// `persistence_fsync = "always"` (a QoS 1 PUBACK means on disk), its
+/// `[cluster]` table written to `config`.
+fn spawn_node(
+    name: &str,
+    port: u16,
+    store: &std::path::Path,
+    config: &std::path::Path,
+    nats: &NatsServer,
+) -> std::process::Child {
+    let table = format!(
+        "[cluster]\nnats_servers = [{:?}]\nnode_name = {name:?}\nsubject_prefix = \"test\"\n",
+        nats.url()
+    );
+    std::fs::write(config, table).expect("write the node's config");
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .arg("-c")
+        .arg(config)
+        .args(["--bind", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--cores", "2", "--no-pin", "--persistence", "true"])
+        .arg("--persistence-location")
+        .arg(store)
+        .args(["--persistence-fsync", "always"])
+        .args(["--log-level", "error", "--sys-interval", "0"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run ringmq")
+}
+
+/// A node is lost (kill -9) with an offline persistent session that holds
+/// five acknowledged QoS 1 messages. Its client connects to another node
+/// and finds its session there (subscriptions from JetStream's record);
+/// when the lost node comes back from its store, it hands the five on, and
+/// they arrive at the new node in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_client_finds_its_session_elsewhere_and_its_messages_when_the_node_returns()
+{
+    within(Duration::from_secs(90), "test", async {
+        let nats = NatsServer::with_jetstream("js");
+        let dir = tempfile::tempdir().expect("a directory for node a");
+        let (store, config) = (dir.path().join("store"), dir.path().join("a.toml"));
+        let port = free_port();
+        let a_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut a = spawn_node("a", port, &store, &config, &nats);
+        wait_for_port(a_addr, &mut a).await;
+        let b = node("b", 2, &[&nats]);
+        wait_jetstream_ready(&b).await;
+        let mut roamer = V4::connect_with(a_addr, "roamer", persistent).await;
+        roamer.subscribe_ok("lost/#", v4::QoS::AtLeastOnce).await;
+        roamer.disconnect().await;
+        nats.wait_session_record("roamer", "lost/#").await;
+        let mut publisher = V4::connect(a_addr, "pub-a").await;
+        for i in 0..5 {
+            publisher
+                .publish("lost/x", v4::QoS::AtLeastOnce, false, numbered("lost", i))
+                .await;
+        }
+        publisher.wait_acks(5, v4::QoS::AtLeastOnce).await;
+        a.kill().expect("kill -9 node a");
+        a.wait().expect("reap node a");
+        let mut back = V4::connect_with(b.addr, "roamer", persistent).await;
+        assert!(
+            back.connack.session_present,
+            "recovered from JetStream's record"
+        );
+        let stats = b.cluster_stats().unwrap();
+        assert_eq!(stats.sessions_recovered.load(Ordering::Relaxed), 1);
+        let local = V4::connect(b.addr, "pub-b").await;
+        local
+            .publish("lost/live", v4::QoS::AtLeastOnce, false, "live")
+            .await;
+        back.expect_marker("live", "its subscription is in force at b")
+            .await;
+        // a returns from its store and hands on what it held.
+        let mut a = spawn_node("a", port, &store, &config, &nats);
+        wait_for_port(a_addr, &mut a).await;
+        let got: Vec<Bytes> = back
+            .recv_publishes(5)
+            .await
+            .into_iter()
+            .map(|p| p.payload)
+            .collect();
+        assert_sequence("handed on by a", "lost", &got, 5);
+        let _ = a.kill();
+        let _ = a.wait();
+    })
+    .await;
+}
+
+/// A client with a will dies on one node: the subscribers on the two
+/// others get its will once each; so do they when another client's
+/// session is taken over from another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_is_published_once_cluster_wide() {
+    within(TEST_LIMIT, "test", async {
+        let nats = NatsServer::with_jetstream("js");
+        let a = node("a", 2, &[&nats]);
+        let b = node("b", 1, &[&nats]);
+        let c = node("c", 1, &[&nats]);
+        for n in [&a, &b, &c] {
+            wait_jetstream_ready(n).await;
+        }
+        let publisher = V4::connect(a.addr, "pub").await;
+        let mut watchers = Vec::new();
+        for (n, name) in [(&b, "wb"), (&c, "wc")] {
+            let mut w = V4::connect(n.addr, name).await;
+            w.subscribe_ok("will/#", v4::QoS::AtLeastOnce).await;
+            until_routed(&publisher, &mut w, "will/probe").await;
+            watchers.push(w);
+        }
+        let with_will = |topic: &'static str| {
+            move |o: &mut v4::MqttOptions| {
+                o.set_clean_session(false);
+                o.set_last_will(v4::LastWill::new(topic, "bye", v4::QoS::AtLeastOnce, false));
+            }
+        };
+        let dier = V4::connect_with(a.addr, "dier", with_will("will/dier")).await;
+        dier.kill().await;
+        let _moved = V4::connect_with(a.addr, "mover", with_will("will/mover")).await;
+        let _taken = V4::connect_with(b.addr, "mover", persistent).await;
+        publisher
+            .publish("will/end", v4::QoS::AtLeastOnce, false, "end")
+            .await;
+        for w in &mut watchers {
+            let mut topics: Vec<String> = w
+                .recv_until_marker("end")
+                .await
+                .into_iter()
+                .map(|p| p.topic.to_string())
+                .collect();
+            topics.retain(|t| t != "will/probe");
+            topics.sort();
+            assert_eq!(topics, ["will/dier", "will/mover"], "each will once");
+        }
+    })
+    .await;
+}
+
+/// Three nats-servers with JetStream replicated three times, three
+/// nodes: retained messages and a persistent session work across nodes,
+/// and still do once one of the servers is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_jetstream_cluster_losing_one_server_of_three_changes_nothing() {
+    within(Duration::from_secs(120), "test", async {
+        let mut servers = NatsServer::jetstream_cluster(3);
+        servers[0].wait_jetstream(3).await;
+        let replicated = |name: &str, at: usize, servers: &[NatsServer]| {
+            let (first, second) = (servers[at].url(), servers[(at + 1) % 3].url());
+            start(1, |cfg| {
+                join(cfg, name, &[], |f| {
+                    f.nats_servers = vec![first, second];
+                    f.jetstream_replicas = Some(3);
+                })
+            })
+        };
+        let a = replicated("a", 0, &servers);
+        let b = replicated("b", 1, &servers);
+        let c = replicated("c", 2, &servers);
+        for n in [&a, &b, &c] {
+            wait_jetstream_ready(n).await;
+        }
+        let publisher = V4::connect(a.addr, "pub").await;
+        publisher
+            .publish("js/kept", v4::QoS::AtLeastOnce, true, "kept")
+            .await;
+        wait_retained_payload(&c, "js/kept", b"kept").await;
+        let mut roamer = V4::connect_with(a.addr, "js-roamer", persistent).await;
+        roamer.subscribe_ok("js/q/#", v4::QoS::AtLeastOnce).await;
+        roamer.disconnect().await;
+        let back = V4::connect_with(b.addr, "js-roamer", persistent).await;
+        assert!(back.connack.session_present, "moved from a to b");
+        back.disconnect().await;
+        // One server of three gone: JetStream keeps its quorum and, once it
+        // has elected new leaders for what that server led, its service.
+        servers[0].kill();
+        servers[1]
+            .wait_streams_led(&["test_retained", "KV_test_sessions"])
+            .await;
+        let at_b = V4::connect(b.addr, "pub-b").await;
+        at_b.publish("js/later", v4::QoS::AtLeastOnce, true, "later")
+            .await;
+        // c's consumer may have been led by the killed server: its other
+        // copies elect a leader, or c follows the stream anew.
+        let later = |p: Option<&[u8]>| p == Some(&b"later"[..]);
+        wait_retained_within(&c, "js/later", later, STEP * 6).await;
+        let mut again = V4::connect_with(c.addr, "js-roamer", persistent).await;
+        assert!(again.connack.session_present, "moved from b to c");
+        let local = V4::connect(c.addr, "pub-c").await;
+        local
+            .publish("js/q/1", v4::QoS::AtLeastOnce, false, "q")
+            .await;
+        again.expect_marker("q", "its subscription came to c").await;
+        let late = replicated("d", 1, &servers);
+        wait_jetstream_ready(&late).await;
+        wait_retained_payload(&late, "js/kept", b"kept").await;
+        wait_retained_payload(&late, "js/later", b"later").await;
     })
     .await;
 }

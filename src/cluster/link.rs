@@ -21,7 +21,7 @@ use ringmq_proto::topic::{SharedFilter, TopicFilter};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{sessions, wire, Drop, Handle, Outgoing};
+use super::{retained, sessions, wire, Drop, Handle, Outgoing};
 use crate::config::Cluster;
 use crate::server::mesh::{Mesh, Parcel};
 
@@ -157,6 +157,8 @@ async fn on_shared_event(handle: &Handle, mesh: &Mesh, event: async_nats::Event)
 struct Subjects {
     live: String,
     retained: String,
+    /// The writer of retained updates (see `retained::write_retained`).
+    retained_writer: mpsc::Sender<(String, Bytes)>,
 }
 
 /// What one NATS subscription of the node brings: a filter's messages (for
@@ -185,6 +187,7 @@ pub(super) async fn run(
     options: [async_nats::ConnectOptions; 2],
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut stop: watch::Receiver<bool>,
+    restored: Vec<Arc<str>>,
 ) {
     let servers: Vec<&str> = plan.servers.iter().map(String::as_str).collect();
     let [main, shared] = options;
@@ -201,18 +204,25 @@ pub(super) async fn run(
         }
     };
     let plan = Rc::new(plan);
+    let (retained_writer, updates) = mpsc::channel(retained::QUEUE);
     let subjects = Subjects {
         live: format!("{}.m", plan.prefix),
         retained: format!("{}.r", plan.prefix),
+        retained_writer,
     };
-    let replicas = tokio::task::spawn_local(follow_retained(
+    let writer = retained::write_retained(clients.main.clone(), plan.clone(), updates);
+    let writer = tokio::task::spawn_local(writer);
+    let replicas = tokio::task::spawn_local(retained::follow_retained(
         clients.main.clone(),
         format!("{}.>", subjects.retained),
         plan.clone(),
     ));
     let sessions = Rc::new(sessions::Sessions::new(clients.main.clone(), plan.clone()));
     let releases = tokio::task::spawn_local(sessions::serve_releases(sessions.clone()));
-    tokio::task::spawn_local(sessions::Sessions::ready(sessions.clone()));
+    let merges = tokio::task::spawn_local(sessions::serve_merges(sessions.clone()));
+    let bucket = tokio::task::spawn_local(sessions::open_owners(sessions.clone()));
+    let records = tokio::task::spawn_local(sessions::write_records(sessions.clone()));
+    tokio::task::spawn_local(sessions::hand_back(sessions.clone(), restored));
     let mut subs: HashMap<Target, Sub> = HashMap::new();
     loop {
         let item = tokio::select! {
@@ -230,14 +240,29 @@ pub(super) async fn run(
             Some(Outgoing::SharedInterest { core, share, add }) => {
                 (core, Target::Share(share), add)
             }
+            Some(Outgoing::Session {
+                client_id,
+                meta,
+                connected,
+            }) => {
+                let record = meta.map(|meta| sessions::Recorded { meta, connected });
+                sessions.note(client_id, record);
+                continue;
+            }
             Some(Outgoing::Claim {
                 client_id,
                 clean,
                 reply,
             }) => {
                 let settle = sessions::claim(sessions.clone(), client_id, clean);
+                let mesh = plan.mesh.clone();
                 tokio::task::spawn_local(async move {
-                    let _ = reply.send(settle.await);
+                    // The connect gave up waiting (connect_timeout), but
+                    // this node owns the session now: it keeps it, offline.
+                    if let Err(Some(image)) = reply.send(settle.await) {
+                        let owner = owner_core(&image.client_id, mesh.cores());
+                        hand_to_core(&mesh, owner, Parcel::ClusterAdopt(Box::new(image))).await;
+                    }
                 });
                 continue;
             }
@@ -257,7 +282,11 @@ pub(super) async fn run(
     }
     let _ = tokio::time::timeout(super::STOP_GRACE, clients.main.flush()).await;
     replicas.abort();
+    writer.abort();
     releases.abort();
+    merges.abort();
+    bucket.abort();
+    records.abort();
     for (_, sub) in subs.drain() {
         sub.task.iter().for_each(JoinHandle::abort);
     }
@@ -275,21 +304,21 @@ async fn publish(
     for msg in msgs {
         let body = wire::encode(&msg, plan.epoch);
         let topic = msg.topic.as_str();
-        let mut targets = vec![topic_subject(&subjects.live, topic)];
-        if msg.retain {
-            targets.push(topic_subject(&subjects.retained, topic));
-        }
+        let live = topic_subject(&subjects.live, topic);
         // Unknown (0) until the first connection; the client checks it then.
         let max_payload = client.server_info().max_payload;
-        let too_large = targets.iter().any(|s| s.len() > MAX_SUBJECT)
-            || (max_payload > 0 && body.len() > max_payload);
+        // The retained subject is as long as the live one (`.r` for `.m`).
+        let too_large = live.len() > MAX_SUBJECT || (max_payload > 0 && body.len() > max_payload);
         if too_large {
             stats.drop_one(Drop::TooLarge);
         } else {
-            let mut sent = true;
-            for subject in targets {
-                sent &= client.publish(subject, body.clone()).await.is_ok();
+            if msg.retain {
+                let update = (topic_subject(&subjects.retained, topic), body.clone());
+                if subjects.retained_writer.try_send(update).is_err() {
+                    stats.drop_one(Drop::LinkFull);
+                }
             }
+            let sent = client.publish(live, body).await.is_ok();
             match sent {
                 true => stats.published.fetch_add(1, Ordering::Relaxed),
                 false => stats.dropped[Drop::Failed as usize].fetch_add(1, Ordering::Relaxed),
@@ -405,96 +434,7 @@ async fn forward(
     }
 }
 
-/// Applies every node's retained updates on this node (on each topic's
-/// owner core, which orders them for all cores). With JetStream, from a
-/// stream that keeps the last update of every topic: a node that starts
-/// later (or was away) first gets every retained message set meanwhile,
-/// then the updates as they come, all nodes in the stream's one order.
-/// Without JetStream, live updates only.
-async fn follow_retained(client: async_nats::Client, subject: String, plan: Rc<Plan>) {
-    let stats = &plan.handle.stats;
-    match retained_stream(&client, &subject, &plan).await {
-        Ok(mut updates) => {
-            stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("cluster link follows retained messages in JetStream");
-            while let Some(update) = updates.next().await {
-                match update {
-                    Ok(update) => apply_retained(&plan, update.message.payload).await,
-                    Err(e) => tracing::warn!(error = %e, "cluster link: retained stream"),
-                }
-            }
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "JetStream unavailable: retained messages follow the nodes that are up (a node that starts later misses those set before)")
-        }
-    }
-    let mut sub = match client.subscribe(subject).await {
-        Ok(sub) => sub,
-        Err(e) => {
-            tracing::error!(error = %e, "cluster link could not follow retained messages");
-            return;
-        }
-    };
-    stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-    while let Some(update) = sub.next().await {
-        apply_retained(&plan, update.payload).await;
-    }
-}
-
-/// The retained messages' stream (made if missing; every node asks for the
-/// same one) and an ordered consumer of it from the last update of each topic.
-async fn retained_stream(
-    client: &async_nats::Client,
-    subject: &str,
-    plan: &Plan,
-) -> anyhow::Result<async_nats::jetstream::consumer::push::Ordered> {
-    use async_nats::jetstream::{self, consumer, stream};
-    let mut js = jetstream::new(client.clone());
-    // A NATS cluster without JetStream does not answer at all (a lone
-    // server says "no responders" at once): give up soon, then go live only.
-    js.set_timeout(JETSTREAM_TIMEOUT);
-    let config = stream::Config {
-        name: format!("{}_retained", plan.prefix.replace('.', "_")),
-        subjects: vec![subject.to_owned()],
-        max_messages_per_subject: 1,
-        storage: stream::StorageType::File,
-        num_replicas: plan.jetstream_replicas,
-        ..Default::default()
-    };
-    let stream = match js.get_or_create_stream(config.clone()).await {
-        Ok(stream) => stream,
-        // Two nodes starting at once may both try to make it: the second finds it.
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::CreateStreamErrorKind::JetStream(_)
-            ) =>
-        {
-            js.get_or_create_stream(config).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            filter_subject: subject.to_owned(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(consumer.messages().await?)
-}
-
-async fn apply_retained(plan: &Plan, body: Bytes) {
-    let cores = plan.mesh.cores();
-    for msg in decode_all(plan, vec![body]) {
-        let owner = owner_core(msg.topic.as_str(), cores);
-        hand_to_core(&plan.mesh, owner, Parcel::ClusterRetain(msg)).await;
-    }
-}
-
-fn decode_all(plan: &Plan, bodies: Vec<Bytes>) -> Vec<Arc<Message>> {
+pub(super) fn decode_all(plan: &Plan, bodies: Vec<Bytes>) -> Vec<Arc<Message>> {
     let stats = &plan.handle.stats;
     stats
         .received

@@ -22,6 +22,7 @@
 //! [`sessions`]).
 
 mod link;
+mod retained;
 pub mod sessions;
 pub mod wire;
 
@@ -70,6 +71,17 @@ pub struct Stats {
     pub up: AtomicBool,
     /// The connection for shared groups (queue subscriptions) is up now.
     pub shared_up: AtomicBool,
+    /// Retained messages come from JetStream's stream (not live only).
+    pub retained_stream: AtomicBool,
+    /// JetStream takes this node's retained updates (they are published
+    /// with its acknowledgement): from the first time the stream is found
+    /// until an update it did not take is given up.
+    pub retained_jetstream: AtomicBool,
+    /// Retained updates have been followed, live or from the stream.
+    pub retained_following: AtomicBool,
+    /// JetStream's session bucket is open: persistent sessions follow their
+    /// clients between nodes.
+    pub sessions_ready: AtomicBool,
     /// Times the link (re)connected to NATS.
     pub connects: AtomicU64,
     /// Messages published to the other nodes.
@@ -92,6 +104,14 @@ pub struct Stats {
     pub sessions_in: AtomicU64,
     /// Sessions handed to another node.
     pub sessions_out: AtomicU64,
+    /// Sessions brought back from their record in JetStream, the node that
+    /// held them being gone.
+    pub sessions_recovered: AtomicU64,
+    /// Sessions this node held when it was lost, handed on its return to the
+    /// node that took them over meanwhile.
+    pub sessions_returned: AtomicU64,
+    /// Queued messages of moving sessions that did not reach the new node.
+    pub session_messages_lost: AtomicU64,
 }
 
 impl Stats {
@@ -116,7 +136,13 @@ impl Stats {
             subscriptions: self.subscriptions.load(Ordering::Relaxed) as u64,
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed) as u64,
             slow_consumer: get(&self.slow_consumer),
-            sessions: [get(&self.sessions_in), get(&self.sessions_out)],
+            sessions: [
+                get(&self.sessions_in),
+                get(&self.sessions_out),
+                get(&self.sessions_recovered),
+                get(&self.sessions_returned),
+            ],
+            session_messages_lost: get(&self.session_messages_lost),
         }
     }
 }
@@ -136,6 +162,13 @@ enum Outgoing {
         core: usize,
         share: SharedFilter,
         add: bool,
+    },
+    /// Persistent session `client_id` changed (`None`: ended), its client
+    /// `connected` or not: record it in JetStream while this node owns it.
+    Session {
+        client_id: Arc<str>,
+        meta: Option<Box<SessionImage>>,
+        connected: bool,
     },
     /// A client connecting here: claim its session for this node and bring
     /// it from the node that held it (nothing with `clean`).
@@ -177,6 +210,17 @@ impl Handle {
                 ClusterMsg::SharedInterest { share, add } => {
                     self.flush(&mut publishes);
                     self.push(Outgoing::SharedInterest { core, share, add });
+                }
+                ClusterMsg::Session {
+                    client_id,
+                    meta,
+                    connected,
+                } => {
+                    self.push(Outgoing::Session {
+                        client_id,
+                        meta,
+                        connected,
+                    });
                 }
             }
         }
@@ -271,12 +315,15 @@ pub fn channel(cluster: &Cluster) -> (Arc<Handle>, Pending) {
 
 impl Link {
     /// Starts the link's thread. It connects in the background and keeps
-    /// reconnecting: a NATS that is down delays nothing here.
+    /// reconnecting: a NATS that is down delays nothing here. `restored`:
+    /// the persistent sessions the node brought back from its store, which
+    /// it hands on to any node that took them over while it was away.
     pub fn start(
         cluster: &Cluster,
         pending: Pending,
         mesh: Arc<Mesh>,
         started: Instant,
+        restored: Vec<Arc<str>>,
     ) -> anyhow::Result<Link> {
         let options = link::options(cluster, pending.handle.clone(), None)?;
         let shared_options = link::options(cluster, pending.handle.clone(), Some(mesh.clone()))?;
@@ -299,7 +346,7 @@ impl Link {
             .name("ringmq-cluster".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                let run = link::run(plan, [options, shared_options], rx, stopped);
+                let run = link::run(plan, [options, shared_options], rx, stopped, restored);
                 local.block_on(&runtime, run);
             })
             .context("spawning the cluster link's thread")?;

@@ -37,6 +37,12 @@ pub struct Scrape {
     pub cluster: Option<ClusterScrape>,
 }
 
+/// How persistent sessions move between nodes: with their client from a
+/// live node (`in`, `out`); from the record in JetStream when the node that
+/// held it is gone (`recovered`); and what a node that comes back still held
+/// of sessions that moved meanwhile, handed to their new node (`returned`).
+pub const SESSION_MOVES: [&str; 4] = ["in", "out", "recovered", "returned"];
+
 /// The cluster link, as it last counted.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterScrape {
@@ -50,8 +56,10 @@ pub struct ClusterScrape {
     pub subscriptions: u64,
     pub queued_bytes: u64,
     pub slow_consumer: u64,
-    /// Sessions moved here from other nodes, and away to them.
-    pub sessions: [u64; 2],
+    /// By [`SESSION_MOVES`].
+    pub sessions: [u64; 4],
+    /// Messages of moving sessions that did not reach the new node.
+    pub session_messages_lost: u64,
 }
 
 /// One `[[bridge]]`, as its links last published it.
@@ -424,17 +432,18 @@ impl Scrape {
             ("ringmq_cluster_received", "Messages from other nodes, one per matching filter of this node.", c.received),
             ("ringmq_cluster_invalid", "NATS messages under this cluster's subjects that were not ringmq messages.", c.invalid),
             ("ringmq_cluster_slow_consumer", "Times NATS dropped messages for this node because the link read a subscription too slowly.", c.slow_consumer),
+            ("ringmq_cluster_session_messages_lost", "Queued messages of sessions moving between nodes that did not reach the new node.", c.session_messages_lost),
         ] {
             let family = encoder.encode_descriptor(name, text, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family)?;
         }
         let mut moved = encoder.encode_descriptor(
             "ringmq_cluster_sessions_moved",
-            "Persistent sessions that moved between this node and another with their client, by direction.",
+            "Persistent sessions that moved between this node and another, by direction (recovered: from JetStream's record, its node being gone; returned: a node back from a loss handed on what it held).",
             None,
             MetricType::Counter,
         )?;
-        for (direction, n) in ["in", "out"].into_iter().zip(c.sessions) {
+        for (direction, n) in SESSION_MOVES.into_iter().zip(c.sessions) {
             ConstCounter::new(n).encode(moved.encode_family(&[("direction", direction)])?)?;
         }
         let mut dropped = encoder.encode_descriptor(

@@ -68,6 +68,16 @@ pub enum Parcel {
         discard: bool,
         reply: futures::channel::oneshot::Sender<Option<ringmq_proto::durable::SessionImage>>,
     },
+    /// A session this node claimed for a client that stopped waiting for it
+    /// (see `Core::adopt_from_cluster`): kept here, offline.
+    ClusterAdopt(Box<ringmq_proto::durable::SessionImage>),
+    /// Messages another node still held for a session that moved here while
+    /// it was away (see `Core::merge_from_cluster`); answered with how many
+    /// found no session here.
+    ClusterMerge {
+        image: Box<ringmq_proto::durable::SessionImage>,
+        reply: futures::channel::oneshot::Sender<usize>,
+    },
     /// The password or ACL rules were reloaded: re-decide every session's
     /// permissions (subscriptions they no longer allow are removed).
     Reauthorize,

@@ -176,6 +176,10 @@ impl Broker {
             }
             false => None,
         };
+        let restored: Vec<Arc<str>> = match cluster.is_some() {
+            true => routers.iter().flat_map(Core::persistent_sessions).collect(),
+            false => Vec::new(),
+        };
         let per_ip = edge::PerIp::new(config.limits.max_connections_per_ip);
         let shared = Arc::new(Shared {
             limits: RwLock::new(limits.clone()),
@@ -226,7 +230,7 @@ impl Broker {
         };
         if let (Some((_, pending)), Some(settings)) = (cluster, &broker.shared.config.cluster) {
             let mesh = broker.shared.mesh.clone();
-            match crate::cluster::Link::start(settings, pending, mesh, started) {
+            match crate::cluster::Link::start(settings, pending, mesh, started, restored) {
                 Ok(link) => broker.cluster = Some(link),
                 Err(e) => {
                     broker.shutdown();

@@ -284,6 +284,10 @@ async fn mesh_loop(ctx: Rc<Ctx>, inbox: Inbox) {
                     } => {
                         let _ = reply.send(core.release_to_cluster(&client_id, discard, now));
                     }
+                    Parcel::ClusterAdopt(image) => core.adopt_from_cluster(*image, now),
+                    Parcel::ClusterMerge { image, reply } => {
+                        let _ = reply.send(core.merge_from_cluster(*image, now));
+                    }
                     Parcel::Reauthorize => {
                         let backend = ctx.shared.auth.backend();
                         core.reauthorize(|id, user| backend.permissions(id, user));

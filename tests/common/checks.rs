@@ -143,9 +143,20 @@ pub fn remaining_expiry(
 /// PINGRESP, which makes each probe a complete answer rather than a timed
 /// one. Probes end with a DISCONNECT.
 pub async fn wait_retained(broker: &TestBroker, topic: &str, want: impl Fn(Option<&[u8]>) -> bool) {
+    wait_retained_within(broker, topic, want, STEP).await;
+}
+
+/// [`wait_retained`] for at most `limit` per core (a cluster's failover
+/// takes longer than a step).
+pub async fn wait_retained_within(
+    broker: &TestBroker,
+    topic: &str,
+    want: impl Fn(Option<&[u8]>) -> bool,
+    limit: Duration,
+) {
     for core in 0..broker.cores {
         let id = id_on(core, broker.cores, "retained-probe");
-        let deadline = tokio::time::Instant::now() + STEP;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let mut probe = Raw::connect(broker.addr, &id, true, 0, None).await;
             probe
@@ -171,7 +182,7 @@ pub async fn wait_retained(broker: &TestBroker, topic: &str, want: impl Fn(Optio
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "core {core}'s retained replica still shows {topic} as {shown:?} after {STEP:?}"
+                "core {core}'s retained replica still shows {topic} as {shown:?} after {limit:?}"
             );
             // Polling the broker's state, not synchronisation.
             tokio::time::sleep(Duration::from_millis(10)).await;

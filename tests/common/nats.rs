@@ -32,7 +32,7 @@ impl Drop for NatsServer {
 enum Mode {
     Solo,
     JetStream,
-    Clustered(Vec<u16>),
+    Clustered { routes: Vec<u16>, jetstream: bool },
 }
 
 fn nats_server() -> std::path::PathBuf {
@@ -61,6 +61,10 @@ impl NatsServer {
         cmd.args(["-a", "127.0.0.1", "-p", "-1", "-n", name]);
         let mut store = None;
         let mut routes: &[u16] = &[];
+        // JetStream in a cluster will not start without a route configured;
+        // the first server's is to a port nothing listens on (it retries it
+        // quietly), the others route to the first.
+        const NO_ONE: &[u16] = &[1];
         match &mode {
             Mode::Solo => {}
             Mode::JetStream => {
@@ -68,10 +72,21 @@ impl NatsServer {
                 cmd.arg("-js").arg("-sd").arg(dir.path());
                 store = Some(dir);
             }
-            Mode::Clustered(to) => {
+            Mode::Clustered {
+                routes: to,
+                jetstream,
+            } => {
                 cmd.args(["--cluster_name", "ringmq-test"])
                     .args(["--cluster", "nats://127.0.0.1:-1"]);
                 routes = to;
+                if *jetstream && to.is_empty() {
+                    routes = NO_ONE;
+                }
+                if *jetstream {
+                    let dir = tempfile::tempdir().expect("a JetStream store");
+                    cmd.arg("-js").arg("-sd").arg(dir.path());
+                    store = Some(dir);
+                }
             }
         }
         if !routes.is_empty() {
@@ -102,7 +117,7 @@ impl NatsServer {
         };
         let (mut port, mut route_port) = (None, None);
         let deadline = Instant::now() + STEP;
-        if !matches!(mode, Mode::Clustered(_)) {
+        if !matches!(mode, Mode::Clustered { .. }) {
             route_port = Some(0);
         }
         while port.is_none() || route_port.is_none() {
@@ -131,16 +146,103 @@ impl NatsServer {
     /// `n` servers in one NATS cluster (each routed to the first; NATS
     /// meshes the rest itself).
     pub fn cluster(n: usize) -> Vec<NatsServer> {
-        let first = NatsServer::start_with("n0", Mode::Clustered(Vec::new()));
+        NatsServer::cluster_of(n, false)
+    }
+
+    /// `n` servers in one NATS cluster with JetStream replicated among them
+    /// (see [`NatsServer::wait_jetstream`] before relying on it).
+    pub fn jetstream_cluster(n: usize) -> Vec<NatsServer> {
+        NatsServer::cluster_of(n, true)
+    }
+
+    fn cluster_of(n: usize, jetstream: bool) -> Vec<NatsServer> {
+        let mode = |routes| Mode::Clustered { routes, jetstream };
+        let first = NatsServer::start_with("n0", mode(Vec::new()));
         let seed = first.route_port;
         let mut all = vec![first];
         for i in 1..n {
-            all.push(NatsServer::start_with(
-                &format!("n{i}"),
-                Mode::Clustered(vec![seed]),
-            ));
+            all.push(NatsServer::start_with(&format!("n{i}"), mode(vec![seed])));
         }
         all
+    }
+
+    /// Waits (bounded) until JetStream on this server's cluster takes a
+    /// stream with `replicas` copies: its servers found each other and
+    /// elected a leader.
+    pub async fn wait_jetstream(&self, replicas: usize) {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + STEP * 4;
+        let probe = async_nats::jetstream::stream::Config {
+            name: "ringmq_test_probe".into(),
+            subjects: vec!["ringmq-test-probe".into()],
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        while js.get_or_create_stream(probe.clone()).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "JetStream with {replicas} replicas never became available: {:#?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling JetStream's election
+        }
+        let _ = js.delete_stream("ringmq_test_probe").await;
+    }
+
+    /// Waits (bounded) until each of `streams` has a leader again, as seen
+    /// through this server: after a server of the cluster was lost,
+    /// JetStream elects new leaders for what it led, which takes seconds.
+    pub async fn wait_streams_led(&self, streams: &[&str]) {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + STEP * 8;
+        for name in streams {
+            loop {
+                if let Ok(stream) = js.get_stream(*name).await {
+                    let info = stream.cached_info();
+                    if info.cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "stream {name} found no leader: {:#?}",
+                    self.log.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await; // polling JetStream's election
+            }
+        }
+    }
+
+    /// Waits (bounded) until the value JetStream's session bucket (prefix
+    /// `test`) holds for `client_id` contains `text`.
+    pub async fn wait_session_record(&self, client_id: &str, text: &str) {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let key: String = client_id.bytes().map(|b| format!("{b:02x}")).collect();
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(bucket) = js.get_key_value("test_sessions").await {
+                if let Ok(Some(entry)) = bucket.entry(key.as_str()).await {
+                    let value = &entry.value[..];
+                    if value.windows(text.len()).any(|w| w == text.as_bytes()) {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no record of {client_id}'s session with {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling JetStream
+        }
     }
 
     pub fn url(&self) -> String {

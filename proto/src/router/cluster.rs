@@ -21,7 +21,8 @@
 
 use std::sync::Arc;
 
-use super::{Core, Match};
+use super::{Core, Match, SessionKey};
+use crate::durable::SessionImage;
 use crate::message::Message;
 use crate::time::Time;
 use crate::topic::{SharedFilter, TopicFilter};
@@ -38,6 +39,15 @@ pub enum ClusterMsg {
     /// This core gained its first (`add`) or lost its last connected member
     /// of shared group `share`.
     SharedInterest { share: SharedFilter, add: bool },
+    /// Persistent session `client_id` is now `meta` (who it is, what it
+    /// subscribes to; no messages) and its client `connected` or not, or
+    /// ended (`None`): the link records it in JetStream, so that another
+    /// node can bring the session back should this one be lost.
+    Session {
+        client_id: Arc<str>,
+        meta: Option<Box<SessionImage>>,
+        connected: bool,
+    },
 }
 
 impl Core {
@@ -86,6 +96,42 @@ impl Core {
             self.outbox.cluster.push(ClusterMsg::Publish(msg.clone()));
         }
         forward
+    }
+
+    /// Tells the link what persistent session `key` now is, when its meta
+    /// changed (or `always`: it connected, disconnected or came back); a
+    /// session recorded before that is no longer persistent is recorded as
+    /// ended. Sessions that never were persistent cost the link nothing.
+    pub(super) fn share_session(&mut self, key: SessionKey, always: bool) {
+        if !self.cluster {
+            return;
+        }
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let changed = e.session.take_meta_changed();
+        let persistent = e.session.is_persistent();
+        if !(changed || always) || !(persistent || e.in_cluster) {
+            return;
+        }
+        e.in_cluster = persistent;
+        let meta = persistent.then(|| Box::new(e.session.meta_image()));
+        let connected = e.session.is_connected();
+        let client_id = e.session.client_id().clone();
+        self.outbox.cluster.push(ClusterMsg::Session {
+            client_id,
+            meta,
+            connected,
+        });
+    }
+
+    /// A session recorded with the link ended here.
+    pub(super) fn unshare_session(&mut self, client_id: Arc<str>) {
+        self.outbox.cluster.push(ClusterMsg::Session {
+            client_id,
+            meta: None,
+            connected: false,
+        });
     }
 
     /// Tells the link that this core's members of `share` came or went.
@@ -228,5 +274,36 @@ impl Core {
             self.end_session(key, now);
         }
         self.restore(image, now);
+    }
+}
+
+impl Core {
+    /// What a node that was lost still held for a session that moved here
+    /// meanwhile, handed over when that node came back: its unacknowledged
+    /// and queued messages are delivered after what the session has (a
+    /// QoS 2 message whose PUBREL was sent reached its client already).
+    /// Returns how many could not be: the session is gone from here too.
+    pub fn merge_from_cluster(&mut self, image: SessionImage, now: Time) -> usize {
+        let sent = image
+            .inflight
+            .into_iter()
+            .filter(|(_, state, _)| *state == crate::session::OutState::Published);
+        let items: Vec<_> = sent.map(|(_, _, item)| item).chain(image.queue).collect();
+        let Some(&key) = self.by_client_id.get(&image.client_id) else {
+            return items.len();
+        };
+        for item in items {
+            self.deliver_to(key, item, now);
+        }
+        self.collect_journal(key);
+        self.mark_dirty(key);
+        0
+    }
+
+    /// The client ids of this core's persistent sessions.
+    pub fn persistent_sessions(&self) -> Vec<Arc<str>> {
+        let persistent = self.sessions.iter().map(|(_, e)| &e.session);
+        let persistent = persistent.filter(|s| s.is_persistent());
+        persistent.map(|s| s.client_id().clone()).collect()
     }
 }

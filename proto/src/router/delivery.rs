@@ -197,7 +197,7 @@ impl Core {
         }
     }
 
-    fn deliver_to(&mut self, key: SessionKey, item: Routed, now: Time) {
+    pub(super) fn deliver_to(&mut self, key: SessionKey, item: Routed, now: Time) {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };

@@ -38,6 +38,7 @@ impl Core {
                 self.resume(key, connect, conn, now);
                 self.journal_session(key);
                 self.authorize(key, permissions);
+                self.share_session(key, true);
                 return Attached {
                     key,
                     session_present: true,
@@ -57,11 +58,13 @@ impl Core {
             delayed_will: None,
             holding: None,
             held_by,
+            in_cluster: false,
         });
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
         self.counters.connections_current += 1;
         self.journal_session(key);
+        self.share_session(key, true);
         self.mark_dirty(key);
         Attached {
             key,
@@ -137,6 +140,8 @@ impl Core {
             self.reroute_shared(item, now);
         }
         self.release_will(key, will, now);
+        // Recorded again so that the cluster's copy dates from the disconnect.
+        self.share_session(key, true);
         match expiry {
             0 => self.end_session(key, now),
             u32::MAX => {}
@@ -171,6 +176,7 @@ impl Core {
             delayed_will: None,
             holding: None,
             held_by: 0,
+            in_cluster: false,
         });
         self.by_client_id.insert(client_id, key);
         self.counters.sessions_current += 1;
@@ -180,6 +186,7 @@ impl Core {
             self.restore_subscription(key, &filter, entry);
         }
         self.journal_session(key);
+        self.share_session(key, true);
     }
 
     /// Everything this core must keep, as journal records that supersede all
@@ -248,6 +255,7 @@ impl Core {
         for (filter, entry) in changed {
             self.set_checked(key, &filter, entry.checked);
         }
+        self.share_session(key, false);
     }
 
     /// Re-decides every session's permissions with `decide(client_id,
@@ -323,6 +331,9 @@ impl Core {
         }
         self.by_client_id.remove(e.session.client_id());
         self.counters.sessions_current -= 1;
+        if e.in_cluster {
+            self.unshare_session(e.session.client_id().clone());
+        }
         if let Some((_, will)) = e.delayed_will.take().map(|b| *b) {
             self.publish_will(will, now);
         }

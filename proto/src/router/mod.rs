@@ -102,6 +102,9 @@ struct Entry {
     holding: Option<Box<backpressure::Holding>>,
     /// Subscribers holding this client back as a publisher.
     held_by: u32,
+    /// Its meta went to the cluster link (to record in JetStream), which must
+    /// then hear of its end.
+    in_cluster: bool,
 }
 
 /// Result of attaching a connection to a session.
@@ -392,11 +395,15 @@ impl Core {
                 codes,
                 added,
                 existed,
-            } => self.subscribe(key, pid, codes, added, existed, now),
+            } => {
+                self.subscribe(key, pid, codes, added, existed, now);
+                self.share_session(key, false);
+            }
             Event::Unsubscribe(filters) => {
                 for filter in filters {
                     self.unsubscribe_one(key, &filter);
                 }
+                self.share_session(key, false);
             }
             Event::Disconnect => return true,
         }

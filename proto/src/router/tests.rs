@@ -797,10 +797,32 @@ fn take_cluster(c: &mut Cluster) -> (Vec<String>, Vec<(String, bool)>) {
                 ClusterMsg::SharedInterest { share, add } => {
                     interest.push((format!("shared {share:?}"), add))
                 }
+                ClusterMsg::Session { .. } => {}
             }
         }
     }
     (published, interest)
+}
+
+/// The session records the cores told the link, drained: client id and
+/// the filters of its meta (`None`: ended).
+fn take_session_records(c: &mut Cluster) -> Vec<(String, Option<Vec<String>>)> {
+    let mut records = Vec::new();
+    for core in &mut c.cores {
+        for msg in core.outbox.cluster.drain(..) {
+            if let ClusterMsg::Session {
+                client_id, meta, ..
+            } = msg
+            {
+                let filters = meta.map(|m| {
+                    let subs = m.subscriptions.iter();
+                    subs.map(|(f, _)| f.as_str().to_owned()).collect()
+                });
+                records.push((client_id.to_string(), filters));
+            }
+        }
+    }
+    records
 }
 
 fn remote(topic: &'static str, qos: QoS, retain: bool) -> Arc<crate::message::Message> {
@@ -998,4 +1020,71 @@ fn a_session_released_to_another_node_is_resumed_there_with_its_queue() {
         .release_to_cluster("moving", true, T0)
         .is_none());
     assert!(here.cores[0].session(again).is_none());
+}
+
+#[test]
+fn a_cluster_core_records_its_persistent_sessions_with_the_link_and_no_others() {
+    let mut c = Cluster::new(1);
+    c.cores[0].join_cluster();
+    let clean = c.connect(0, "clean", true);
+    c.subscribe(0, clean, "c/#", QoS::AtLeastOnce);
+    c.cores[0].disconnected(clean, 1, T0);
+    assert!(
+        take_session_records(&mut c).is_empty(),
+        "clean sessions cost nothing"
+    );
+    let kept = c.connect(0, "kept", false);
+    c.subscribe(0, kept, "k/#", QoS::AtLeastOnce);
+    let publ = c.connect(0, "pub", true);
+    c.publish(0, publ, "k/1", false, b"x");
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        take_session_records(&mut c),
+        [
+            ("kept".to_owned(), Some(none)),
+            ("kept".to_owned(), Some(vec!["k/#".to_owned()])),
+        ],
+        "its connect and its subscription; a publish changes nothing"
+    );
+    c.cores[0].disconnected(kept, 1, T0);
+    let records = take_session_records(&mut c);
+    assert_eq!(
+        records,
+        [("kept".to_owned(), Some(vec!["k/#".to_owned()]))],
+        "dated by the disconnect"
+    );
+    // A clean start ends it: recorded as ended, then the new one.
+    let again = c.connect(0, "kept", true);
+    assert_eq!(take_session_records(&mut c), [("kept".to_owned(), None)]);
+    c.cores[0].disconnected(again, 1, T0);
+    assert!(take_session_records(&mut c).is_empty());
+}
+
+#[test]
+fn what_a_returning_node_held_is_delivered_after_the_sessions_own_queue() {
+    let mut old = Cluster::new(1);
+    let key = old.connect(0, "roamer", false);
+    old.subscribe(0, key, "m/#", QoS::AtLeastOnce);
+    old.cores[0].disconnected(key, 1, T0);
+    let publ = old.connect(0, "pub", true);
+    old.publish(0, publ, "m/held", false, b"a");
+    let held = old.cores[0]
+        .release_to_cluster("roamer", false, T0)
+        .expect("persistent");
+    let mut new = Cluster::new(1);
+    let key = new.connect(0, "roamer", false);
+    new.subscribe(0, key, "m/#", QoS::AtLeastOnce);
+    let publ = new.connect(0, "pub", true);
+    new.publish(0, publ, "m/new", false, b"b");
+    assert_eq!(new.cores[0].merge_from_cluster(held.clone(), T0), 0);
+    let topics: Vec<String> = new.publishes(0, key).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(topics, ["m/new", "m/held"]);
+    let mut gone = Cluster::new(1);
+    assert_eq!(
+        gone.cores[0].merge_from_cluster(held, T0),
+        1,
+        "no session: counted"
+    );
+    assert_eq!(gone.cores[0].persistent_sessions().len(), 0);
+    assert_eq!(new.cores[0].persistent_sessions(), [Arc::from("roamer")]);
 }

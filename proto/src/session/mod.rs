@@ -266,6 +266,9 @@ pub struct Session {
     requested_keep_alive: u16,
     last_rx: Time,
     connected: bool,
+    /// Its subscriptions or expiry changed since the router last asked (for
+    /// a cluster node, which records persistent sessions' in JetStream).
+    meta_changed: bool,
     /// Boxed: most sessions have none, and it is large.
     will: Option<Box<Will>>,
     subscriptions: subscriptions::Subscriptions,
@@ -294,6 +297,7 @@ impl Session {
             requested_keep_alive: 0,
             last_rx: now,
             connected: false,
+            meta_changed: false,
             will: None,
             subscriptions: Default::default(),
             out: Outbound::default(),
@@ -377,7 +381,7 @@ impl Session {
     }
 
     /// [`Session::image`] without the messages and QoS 2 ids.
-    fn meta_image(&self) -> crate::durable::SessionImage {
+    pub fn meta_image(&self) -> crate::durable::SessionImage {
         crate::durable::SessionImage {
             client_id: self.client_id.clone(),
             username: self.username.clone(),
@@ -409,6 +413,11 @@ impl Session {
         }
     }
 
+    /// Whether the meta changed since the last call.
+    pub fn take_meta_changed(&mut self) -> bool {
+        std::mem::take(&mut self.meta_changed)
+    }
+
     pub fn is_journaled(&self) -> bool {
         self.recorder.is_some()
     }
@@ -420,6 +429,7 @@ impl Session {
 
     /// Journals the session's meta (subscriptions, expiry) after a change.
     pub(super) fn journal_meta(&mut self) {
+        self.meta_changed = true;
         if self.recorder.is_some() {
             let meta = self.meta_image();
             if let Some(r) = self.recorder.as_mut() {
@@ -470,6 +480,7 @@ impl Session {
             requested_keep_alive: 0,
             last_rx: now,
             connected: false,
+            meta_changed: false,
             will: None,
             subscriptions: image.subscriptions.into_iter().collect(),
             out,
@@ -513,6 +524,10 @@ impl Session {
 
     /// True when the session outlives its connection (3.1.1 clean session 0, or a
     /// 5.0 session expiry interval above 0).
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
     pub fn is_persistent(&self) -> bool {
         self.params.session_expiry > 0
     }
