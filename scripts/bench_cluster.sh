@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# What crossing nodes costs: loadgen p2p pairs with publishers on node A and
-# subscribers on node B (two ringmq nodes over one nats-server), against the
-# same load on node A alone, in one run.
+# What crossing nodes costs: loadgen p2p pairs (or a fan-out) with
+# publishers on node A and subscribers on node B (two ringmq nodes over one
+# nats-server), against the same load on node A alone, in one run.
 #
 #   scripts/bench_cluster.sh                       # ~1 minute
 #   RATE=1000 PAIRS=50 ROUNDS=5 scripts/bench_cluster.sh
+#   SCENARIO=fan-out PAIRS=100 scripts/bench_cluster.sh   # 1 publisher, 100 subscribers
 #
 # Both nodes run --cores 1. Each run reports loadgen's throughput, latency
 # and loss, and the CPU seconds per million messages of every process the
@@ -12,12 +13,21 @@
 # the cross-node one (from /proc, over the run). Results go to
 # results/<date>_cluster/.
 #
-# Environment: RATE (msg/s per pair, default 1000), PAIRS (default 20), QOS
+# Environment: SCENARIO (p2p or fan-out, default p2p), RATE (msg/s per
+# publisher, default 1000), PAIRS (pairs, or fan-out subscribers; default 20), QOS
 # (default 1), DURATION (s, default 8), WARMUP (s, default 2), ROUNDS
 # (default 3).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+SCENARIO=${SCENARIO:-p2p}
+case "$SCENARIO" in
+p2p | fan-out) ;;
+*)
+    echo "bench_cluster.sh: SCENARIO is p2p or fan-out" >&2
+    exit 1
+    ;;
+esac
 RATE=${RATE:-1000}
 PAIRS=${PAIRS:-20}
 QOS=${QOS:-1}
@@ -92,7 +102,7 @@ run() {
     log "round $round: $name"
     local before=() after=() pid
     for pid in "${pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
-    target/release/loadgen p2p --name "$name" --host 127.0.0.1 --port "$A_PORT" "${sub[@]}" \
+    target/release/loadgen "$SCENARIO" --name "$name" --host 127.0.0.1 --port "$A_PORT" "${sub[@]}" \
         -c "$PAIRS" --rate "$RATE" --qos "$QOS" --duration "$DURATION" --warmup "$WARMUP" \
         --drain 30 --quiet --json "$OUT/$name-$round.json" | tee "$OUT/$name-$round.txt"
     for pid in "${pids[@]}"; do after+=("$(cpu_ticks "$pid")"); done
