@@ -252,15 +252,23 @@ async fn overlapping_filters_on_another_node_bring_one_copy_each_and_none_come_b
         // b's NATS subscriptions of both filters carry messages from a
         // (probed by one client per filter, so no probe is left over).
         let publisher = V4::connect(a.addr, "pub").await;
+        let mut probes = Vec::new();
         for (i, filter) in ["o/#", "o/+"].into_iter().enumerate() {
             let mut probe = V4::connect(b.addr, &format!("probe{i}")).await;
             probe.subscribe_ok(filter, v4::QoS::AtMostOnce).await;
             until_routed(&publisher, &mut probe, "o/p").await;
+            probes.push(probe);
         }
-        // On b, one client with both, which the node already holds.
+        // On b, one client with both, which the node already holds: the
+        // probes leave only then, or the node would drop a filter's NATS
+        // subscription with its last subscriber and make it anew, and what
+        // a published before NATS had it again would not reach b.
         let mut both = V4::connect(b.addr, "both").await;
         both.subscribe_ok("o/#", v4::QoS::AtLeastOnce).await;
         both.subscribe_ok("o/+", v4::QoS::AtLeastOnce).await;
+        for probe in probes {
+            probe.disconnect().await;
+        }
         // On a, the publisher's own node, a subscriber too: it must get each
         // message once (echo is off: nothing comes back from NATS).
         let mut local = V4::connect(a.addr, "local").await;
