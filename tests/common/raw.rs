@@ -231,13 +231,21 @@ impl Raw {
 
     /// Sends a CONNECT and returns the CONNACK.
     pub async fn handshake(&mut self, connect: Packet) -> ConnAck {
+        self.handshake_within(connect, STEP).await
+    }
+
+    /// [`Raw::handshake`] waiting up to `limit` for the CONNACK (a check
+    /// that takes seconds in an unoptimised build on a loaded machine).
+    pub async fn handshake_within(&mut self, connect: Packet, limit: Duration) -> ConnAck {
         if let Packet::Connect(c) = &connect {
             self.protocol = c.protocol;
         }
         self.send(&connect).await;
-        match self.recv().await {
-            Packet::ConnAck(ack) => ack,
-            other => panic!("expected CONNACK, got {other:?}"),
+        match self.next_within(limit).await {
+            RawEv::Packet(Packet::ConnAck(ack)) => ack,
+            RawEv::Packet(other) => panic!("expected CONNACK, got {other:?}"),
+            RawEv::Closed => panic!("connection closed by the broker"),
+            RawEv::Silent => panic!("no CONNACK within {limit:?}"),
         }
     }
 
