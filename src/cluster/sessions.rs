@@ -467,11 +467,8 @@ pub(super) async fn hand_back(sessions: Rc<Sessions>, restored: Vec<Arc<str>>) {
             0 => 0,
             _ => merge_at(&sessions, &owner, image).await,
         };
-        plan.handle
-            .stats
-            .sessions_returned
-            .fetch_add(1, Ordering::Relaxed);
         let stats = &plan.handle.stats;
+        stats.sessions_returned.fetch_add(1, Ordering::Relaxed);
         stats
             .session_messages_lost
             .fetch_add(lost as u64, Ordering::Relaxed);

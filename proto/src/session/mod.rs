@@ -522,12 +522,12 @@ impl Session {
         (revoked, changed)
     }
 
-    /// True when the session outlives its connection (3.1.1 clean session 0, or a
-    /// 5.0 session expiry interval above 0).
     pub fn is_connected(&self) -> bool {
         self.connected
     }
 
+    /// True when the session outlives its connection (3.1.1 clean session 0, or a
+    /// 5.0 session expiry interval above 0).
     pub fn is_persistent(&self) -> bool {
         self.params.session_expiry > 0
     }
