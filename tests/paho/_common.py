@@ -86,12 +86,19 @@ def named_args(*names):
 
 
 def owner_core(client_id, cores):
-    """ringmq::router::owner_core: FNV-1a of the client id, modulo cores."""
+    """ringmq::router::owner_core: FNV-1a of the client id, mixed by murmur3's
+    finaliser, its high bits scaled to the core count."""
+    mask = 0xFFFFFFFFFFFFFFFF
     h = 0xCBF29CE484222325
     for b in client_id.encode():
         h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h % cores
+        h = (h * 0x100000001B3) & mask
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & mask
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & mask
+    h ^= h >> 33
+    return (h * cores) >> 64
 
 
 def id_on(core, prefix, cores=2):
