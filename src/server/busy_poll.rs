@@ -7,15 +7,13 @@
 //! quietly. Off by default: while it polls, the core's CPU is busy.
 
 use std::cell::Cell;
-use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
 
 use super::mesh::Doorbell;
-use super::notify::Notify;
+use super::notify::{yield_now, Notify};
 
 /// The longest a core polls without going through the kernel's wait: that
 /// wait is also where it takes wake-ups from other threads (a password
@@ -103,19 +101,4 @@ impl BusyPoll {
         }
         true
     }
-}
-
-/// Lets every other ready task of the core run once. The runtime, finding
-/// a task ready, submits and reaps its ring without waiting in the kernel.
-fn yield_now() -> impl Future<Output = ()> {
-    let mut yielded = false;
-    poll_fn(move |cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
 }

@@ -1,8 +1,9 @@
-//! A single-threaded "wake the writer" signal: many notifications before the
-//! writer runs collapse into one wake-up, which is what batches writes.
+//! Single-threaded signals between a core's tasks: a "wake the writer"
+//! notification (many before the writer runs collapse into one wake-up, which
+//! is what batches writes), and a yield to the core's other ready tasks.
 
 use std::cell::Cell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::task::{Poll, Waker};
 
 #[derive(Default)]
@@ -37,4 +38,19 @@ impl Notify {
         })
         .await
     }
+}
+
+/// Lets every other ready task of the core run once. The runtime, finding
+/// a task ready, submits and reaps its ring without waiting in the kernel.
+pub fn yield_now() -> impl Future<Output = ()> {
+    let mut yielded = false;
+    poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
 }

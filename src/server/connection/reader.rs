@@ -13,6 +13,7 @@ use crate::router::{CloseReason, Next};
 use crate::server::accept::MIN_READ;
 use crate::server::context::Ctx;
 use crate::server::context::Link;
+use crate::server::notify::yield_now;
 use crate::server::transport::{ReadHalf, WriteHalf};
 
 /// Why reading ended.
@@ -123,7 +124,7 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
                     // socket completes without going back to the scheduler,
                     // so a flooding client would keep the core: one full
                     // read per turn, then the others on this core run.
-                    yield_turn().await;
+                    yield_now().await;
                 }
             }
             Err(e) => {
@@ -206,20 +207,6 @@ fn handle_frames<W>(
 fn is_qos12_publish(buf: &[u8]) -> bool {
     buf.first()
         .is_some_and(|b| b >> 4 == 3 && (b >> 1) & 3 != 0)
-}
-
-/// Lets every other ready task on this core run once before going on.
-async fn yield_turn() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// Waits until every core's log writes again (or the connection ends).
