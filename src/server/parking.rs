@@ -26,7 +26,8 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// What wakes a parked reader: spawns its task again.
 pub type Wake = Box<dyn FnOnce()>;
 
-/// At most this many ready connections are taken per `epoll_wait`.
+/// At most this many ready connections are taken per `epoll_wait`; the core
+/// wakes one such batch per turn (see `worker::parking_loop`).
 pub const READY_BATCH: usize = 256;
 
 /// One core's parked readers.
@@ -174,6 +175,39 @@ mod tests {
         assert!(parking.unpark(3).is_none());
         assert!(!woken.get());
         drop(wake);
+    }
+
+    /// An eventfd that is readable from the start (one descriptor, where a
+    /// socket pair takes two).
+    fn readable_eventfd() -> OwnedFd {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new
+        // descriptor that nothing else owns.
+        let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh, open descriptor owned by no one else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn a_storm_of_ready_sockets_is_taken_a_batch_at_a_time() {
+        let parking = Parking::new().unwrap();
+        let fds: Vec<OwnedFd> = (0..READY_BATCH + 3).map(|_| readable_eventfd()).collect();
+        for (conn, fd) in fds.iter().enumerate() {
+            let (_, wake) = woken_flag();
+            parking
+                .park(conn as ConnId, fd.as_raw_fd(), wake)
+                .ok()
+                .unwrap();
+        }
+        let mut taken = parking.ready();
+        assert_eq!(taken.len(), READY_BATCH);
+        let rest = parking.ready();
+        assert_eq!(rest.len(), 3);
+        assert!(parking.ready().is_empty());
+        taken.extend(rest);
+        taken.sort_unstable();
+        let every: Vec<ConnId> = (0..fds.len() as ConnId).collect();
+        assert_eq!(taken, every, "each ready connection exactly once");
     }
 
     #[test]
