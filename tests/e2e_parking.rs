@@ -83,6 +83,56 @@ async fn a_parked_client_is_served_as_an_active_one_on_epoll() {
 
 /// A new connection with the same client id closes a parked one, which gets
 /// its 5.0 DISCONNECT (Session taken over) before the socket closes.
+/// A parked client's ping, and its PUBACK of the only delivery in flight,
+/// park its reader again at once; its own PUBLISH keeps the reader awake
+/// until the quiet time, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_traffic_parks_the_reader_again_at_once() {
+    let broker = start(1, |_| {});
+    let mut sub = Raw::connect(broker.addr, "idle-sub", true, 60, None).await;
+    sub.subscribe_ok("fleet/#", RawQoS::AtLeastOnce, 1).await;
+    wait_parked(&broker, 1).await;
+
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Packet::PingResp));
+    broker
+        .wait_counters(STEP, "the ping's reader parked again", |c| {
+            c.readers_reparked == 1
+        })
+        .await;
+
+    let mut ops = Raw::connect(broker.addr, "ops", true, 60, None).await;
+    ops.send(&publish_packet(
+        "fleet/all",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+        b"broadcast",
+    ))
+    .await;
+    assert!(matches!(ops.recv().await, Packet::PubAck(_)));
+    let got = sub.recv_publish().await;
+    sub.puback(&got).await;
+    broker
+        .wait_counters(STEP, "the PUBACK's reader parked again", |c| {
+            c.readers_reparked == 2
+        })
+        .await;
+
+    sub.send(&publish_packet(
+        "status/idle-sub",
+        QosPid::AtLeastOnce(pid(2)),
+        false,
+        b"up",
+    ))
+    .await;
+    assert!(matches!(sub.recv().await, Packet::PubAck(_)));
+    // Both readers park after the quiet time; the publish did not re-park.
+    let parked = broker
+        .wait_counters(PARKED, "both readers parked", |c| c.connections_parked == 2)
+        .await;
+    assert_eq!(parked.readers_reparked, 2, "a PUBLISH keeps the reader");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_is_taken_over() {
     let broker = start(2, |_| {});

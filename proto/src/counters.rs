@@ -60,6 +60,10 @@ counters! {
     /// Connections open now whose reader is parked: quiet clients holding
     /// no task and no read buffer.
     connections_parked,
+    /// Readers parked again right after the read that woke them: it held
+    /// only acknowledgements or a ping, and nothing was left in flight to
+    /// the client (an idle fleet's pings, a broadcast's PUBACKs).
+    readers_reparked,
     /// Connections accepted since start.
     connections_total,
     /// CONNECTs refused (bad id, limits, malformed, timeout).

@@ -157,6 +157,15 @@ impl Ctx {
         self.core.borrow().is_held_back(key, conn)
     }
 
+    /// True when session `key` has nothing on its way to its client: no
+    /// delivery waiting for an acknowledgement and none queued.
+    pub fn has_nothing_in_flight(&self, key: SessionKey) -> bool {
+        self.core
+            .borrow()
+            .session(key)
+            .is_some_and(|s| s.inflight_len() == 0 && s.queued_len() == 0)
+    }
+
     /// This core's counters, to publish.
     pub fn counters(&self) -> Ref<'_, Counters> {
         Ref::map(self.core.borrow(), |core| &core.counters)

@@ -94,7 +94,7 @@ pub fn serve<S: Transport>(
         session_present = attached.session_present,
         "session attached"
     );
-    run(ctx, conn, rd, leftover, client_id)
+    run(ctx, conn, rd, leftover, client_id, false)
 }
 
 /// One line per accepted CONNECT, with what Mosquitto logs (address, id,
@@ -113,15 +113,17 @@ fn log_connected(ctx: &Ctx, peer: SocketAddr, listener: usize, connect: &Connect
     );
 }
 
-/// The life of a connection after CONNACK: reading, then the clean close.
+/// The life of a connection after CONNACK (or after its parked reader woke):
+/// reading, then the clean close.
 async fn run<R: ReadHalf, W: WriteHalf>(
     ctx: Rc<Ctx>,
     conn: Rc<Connection<W>>,
     mut rd: R,
     leftover: BytesMut,
     client_id: Arc<str>,
+    woken: bool,
 ) {
-    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id).await;
+    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id, woken).await;
     if let reader::End::Quiet = end {
         return park(ctx, conn, rd, client_id);
     }
@@ -150,7 +152,7 @@ fn park<R: ReadHalf, W: WriteHalf>(
     conn.drop_canceller();
     let again = ctx.clone();
     let wake: Wake = Box::new(move || {
-        monoio::spawn(run(again, conn, rd, BytesMut::new(), client_id));
+        monoio::spawn(run(again, conn, rd, BytesMut::new(), client_id, true));
     });
     if let Err(wake) = ctx.park(id, socket, wake) {
         wake();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::state::Connection;
-use crate::codec::{decode, reason};
+use crate::codec::{decode, reason, Packet};
 use crate::router::{CloseReason, Next};
 use crate::server::accept::MIN_READ;
 use crate::server::context::Ctx;
@@ -59,15 +59,20 @@ enum Step {
     Ended(End),
 }
 
-/// Reads and handles packets until the connection ends.
+/// Reads and handles packets until the connection ends. `woken`: the
+/// reader was parked and its client sent again (see [`reparks_at_once`]).
 pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     ctx: &Rc<Ctx>,
     conn: &Rc<Connection<W>>,
     rd: &mut R,
     mut buf: BytesMut,
     client_id: &str,
+    woken: bool,
 ) -> End {
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
+    // Set for the handling of the first read after a wake-up.
+    let (mut awaiting_first_read, mut first_read_after_wake) = (woken, false);
+    let mut idle_only = true;
     rd.set_write_prompt(&|| {
         let (weak_ctx, weak_conn) = (Rc::downgrade(ctx), Rc::downgrade(conn));
         Rc::new(move || {
@@ -77,7 +82,7 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
         })
     });
     loop {
-        match handle_frames(ctx, conn, &mut buf, client_id) {
+        match handle_frames(ctx, conn, &mut buf, client_id, &mut idle_only) {
             Step::Drained => {}
             Step::Paused => {
                 // The core says when the barrier is done; wake-ups only prompt
@@ -108,6 +113,11 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
         if let Some(reason) = conn.close_reason() {
             return End::Closed(reason);
         }
+        if std::mem::take(&mut first_read_after_wake) && reparks_at_once(ctx, conn, &buf, idle_only)
+        {
+            ctx.count(|c| c.readers_reparked += 1);
+            return End::Quiet;
+        }
         let room = sizer.prepare(&mut buf);
         // An ask made while the reader waited elsewhere cancelled nothing.
         conn.take_park_ask();
@@ -117,6 +127,7 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
             Ok(0) => return End::Eof,
             Ok(n) => {
                 conn.take_park_ask();
+                first_read_after_wake = std::mem::take(&mut awaiting_first_read);
                 sizer.observe(n, room);
                 ctx.count(|c| c.bytes_received += n as u64);
                 if n == room {
@@ -144,13 +155,37 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     }
 }
 
+/// Whether a reader woken from parking goes back at once after handling its
+/// first read, instead of after the quiet time: when that read held only
+/// acknowledgements and pings (what an idle client sends: a keep-alive ping,
+/// the PUBACK of a broadcast), nothing of it is left in the buffer, and its
+/// session has nothing in flight to the client, so no acknowledgement is
+/// due soon. Holding its task and read buffer for the quiet time after each
+/// ping would keep a fleet's pinging share of readers awake, and after a
+/// broadcast every reader. A client that publishes, or still has deliveries
+/// to acknowledge, keeps its reader.
+fn reparks_at_once<W>(ctx: &Ctx, conn: &Connection<W>, buf: &BytesMut, idle_only: bool) -> bool {
+    idle_only && buf.is_empty() && ctx.has_nothing_in_flight(conn.key)
+}
+
+/// What an idle client sends: a ping, or acknowledgements of what the broker
+/// delivered to it.
+fn is_idle_traffic(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::PingReq | Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
+    )
+}
+
 /// Decodes every complete frame in `buf` and hands them to the core in one
 /// call, so that one read's publishes travel to other cores as one batch.
+/// Clears `idle_only` when a frame is not [`is_idle_traffic`].
 fn handle_frames<W>(
     ctx: &Rc<Ctx>,
     conn: &Connection<W>,
     buf: &mut BytesMut,
     client_id: &str,
+    idle_only: &mut bool,
 ) -> Step {
     if conn.close_reason().is_some() {
         return Step::Drained;
@@ -180,6 +215,7 @@ fn handle_frames<W>(
             Ok(None) => return Ok(Step::Drained),
             Err(e) => return Err((e.to_string(), e.reason_code())),
         };
+        *idle_only &= is_idle_traffic(&packet);
         match core.handle_packet(conn.key, now, packet) {
             Ok(Next::Continue) => {}
             Ok(Next::Pause) => return Ok(Step::Paused),
