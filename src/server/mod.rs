@@ -9,6 +9,7 @@ mod context;
 mod durability;
 mod edge;
 mod exposition;
+mod fd_table;
 mod listener;
 mod log_gate;
 pub(crate) mod mesh;
@@ -202,6 +203,8 @@ impl Broker {
             bridges,
             cluster: cluster.as_ref().map(|(handle, _)| handle.clone()),
         });
+        // Before the cores start: growing the table later stalls a core.
+        fd_table::reserve(shared.config.limits.max_connections);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(cores);
         for ((id, inbox), core) in inboxes.into_iter().enumerate().zip(routers) {
