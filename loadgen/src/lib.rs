@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod context;
+pub mod fd_table;
 pub mod machine;
 pub mod pacer;
 pub mod payload;

@@ -119,6 +119,7 @@ pub fn run_once(settings: &Settings, plan: &Plan) -> Result<RunResult> {
     if let Some(p) = probe {
         broker.rss_before_kb = Some(p.memory()?.rss_kb);
     }
+    crate::fd_table::reserve(plan.clients.len());
     let (tx, rx) = mpsc::channel();
     let handles = spawn_workers(&settings, &plan, &shared, clock, tx)?;
     let target_clients = plan.storm_concurrency.unwrap_or(plan.clients.len());
