@@ -30,7 +30,9 @@ pub trait Link {
     fn close(&self, reason: CloseReason);
     /// A reader paused for a SUBACK may go on.
     fn resume(&self);
-    /// Park the reader if the client sent nothing since `cutoff`.
+    /// Whether the client sent nothing since `cutoff` and its reader may park.
+    fn is_quiet_since(&self, cutoff: Time) -> bool;
+    /// Park the reader if [`Link::is_quiet_since`] `cutoff`.
     fn park_if_quiet(&self, cutoff: Time);
 }
 
@@ -212,16 +214,28 @@ impl Ctx {
         }
     }
 
-    /// Asks the reader of every connection quiet for [`QUIET_AFTER`] to park.
-    pub fn park_quiet(&self, now: Time) {
-        if self.parking.is_none() {
-            return;
-        }
-        let Some(cutoff) = now.as_millis().checked_sub(QUIET_AFTER.as_millis() as u64) else {
-            return;
-        };
+    /// The connections quiet for [`QUIET_AFTER`] at `now`, whose readers
+    /// should park, with the cutoff to ask them with (none without parking).
+    pub fn quiet_connections(&self, now: Time) -> Option<(Time, Vec<ConnId>)> {
+        self.parking.as_ref()?;
+        let cutoff = now
+            .as_millis()
+            .checked_sub(QUIET_AFTER.as_millis() as u64)?;
         let cutoff = Time::from_millis(cutoff);
-        for link in self.links.borrow().values() {
+        let links = self.links.borrow();
+        let quiet = links
+            .iter()
+            .filter(|(_, link)| link.is_quiet_since(cutoff))
+            .map(|(&conn, _)| conn)
+            .collect();
+        Some((cutoff, quiet))
+    }
+
+    /// Asks the readers of `conns` to park, each only if its client is still
+    /// quiet since `cutoff` and still connected.
+    pub fn ask_to_park(&self, conns: &[ConnId], cutoff: Time) {
+        let links = self.links.borrow();
+        for link in conns.iter().filter_map(|conn| links.get(conn)) {
             link.park_if_quiet(cutoff);
         }
     }

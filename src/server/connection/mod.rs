@@ -200,6 +200,10 @@ impl<W: WriteHalf> Link for Connection<W> {
         self.wake_reader();
     }
 
+    fn is_quiet_since(&self, cutoff: Time) -> bool {
+        self.may_park(cutoff)
+    }
+
     fn park_if_quiet(&self, cutoff: Time) {
         self.ask_park_if_quiet(cutoff);
     }

@@ -151,14 +151,19 @@ impl<W> Connection<W> {
     /// Asks the reader to park if the client sent nothing since `cutoff`:
     /// cancels its pending read, which then ends in [`Connection::take_park_ask`].
     pub fn ask_park_if_quiet(&self, cutoff: Time) {
-        if self.parkable
-            && self.close.get().is_none()
-            && !self.park_asked.get()
-            && self.last_input.get() < cutoff
-        {
+        if self.may_park(cutoff) {
             self.park_asked.set(true);
             self.cancel_read();
         }
+    }
+
+    /// Whether the reader may be asked to park: parkable, open, not asked
+    /// yet, and nothing read since `cutoff`.
+    pub fn may_park(&self, cutoff: Time) -> bool {
+        self.parkable
+            && self.close.get().is_none()
+            && !self.park_asked.get()
+            && self.last_input.get() < cutoff
     }
 
     /// Whether the core asked the reader to park since the last call.
