@@ -214,21 +214,20 @@ impl Ctx {
         }
     }
 
-    /// The connections quiet for [`QUIET_AFTER`] at `now`, whose readers
-    /// should park, with the cutoff to ask them with (none without parking).
-    pub fn quiet_connections(&self, now: Time) -> Option<(Time, Vec<ConnId>)> {
+    /// Fills `quiet` with the connections quiet for [`QUIET_AFTER`] at
+    /// `now`, whose readers should park; returns the cutoff to ask them with
+    /// (none without parking).
+    pub fn quiet_connections(&self, now: Time, quiet: &mut Vec<ConnId>) -> Option<Time> {
+        quiet.clear();
         self.parking.as_ref()?;
         let cutoff = now
             .as_millis()
             .checked_sub(QUIET_AFTER.as_millis() as u64)?;
         let cutoff = Time::from_millis(cutoff);
         let links = self.links.borrow();
-        let quiet = links
-            .iter()
-            .filter(|(_, link)| link.is_quiet_since(cutoff))
-            .map(|(&conn, _)| conn)
-            .collect();
-        Some((cutoff, quiet))
+        let asked = links.iter().filter(|(_, link)| link.is_quiet_since(cutoff));
+        quiet.extend(asked.map(|(&conn, _)| conn));
+        Some(cutoff)
     }
 
     /// Asks the readers of `conns` to park, each only if its client is still

@@ -17,7 +17,7 @@ use super::notify::{yield_now, Notify};
 use super::parking::READY_BATCH;
 use super::{accept, sys, Shared};
 use crate::config::IoDriver;
-use crate::router::{CloseReason, Core};
+use crate::router::{CloseReason, ConnId, Core};
 
 /// How often each core checks keep-alives and publishes its counters.
 const TICK: Duration = Duration::from_millis(500);
@@ -378,8 +378,11 @@ const PARK_ASKS_PER_TURN: usize = 64;
 
 /// Asks the readers of connections gone quiet to park, a batch per turn of
 /// the core, so the accepts and reads between batches are not held up.
-async fn park_quiet(ctx: &Rc<Ctx>, now: crate::time::Time) {
-    let Some((cutoff, quiet)) = ctx.quiet_connections(now) else {
+/// `quiet` is the tick's own list, kept between ticks: a list allocated at
+/// each tick, as the readers it names free their memory, kept mimalloc from
+/// handing that memory back (1.0 KB more per parked connection).
+async fn park_quiet(ctx: &Rc<Ctx>, now: crate::time::Time, quiet: &mut Vec<ConnId>) {
+    let Some(cutoff) = ctx.quiet_connections(now, quiet) else {
         return;
     };
     for (i, batch) in quiet.chunks(PARK_ASKS_PER_TURN).enumerate() {
@@ -398,6 +401,7 @@ const COLLECT_AFTER_PARKED: u64 = 256;
 async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
     let mut sys = sys::SysPublisher::new(&ctx);
     let mut collected_at = 0;
+    let mut quiet = Vec::new();
     loop {
         let tick = std::pin::pin!(monoio::time::sleep(TICK));
         let stopped = std::pin::pin!(stop.notified());
@@ -406,7 +410,7 @@ async fn tick_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
         }
         let now = ctx.now();
         ctx.with_core(|core| core.tick(now));
-        park_quiet(&ctx, now).await;
+        park_quiet(&ctx, now, &mut quiet).await;
         let parked = ctx.parking().map_or(0, |p| p.parked() as u64);
         if parked.abs_diff(collected_at) >= COLLECT_AFTER_PARKED {
             // SAFETY: mi_collect takes no pointers; it frees this thread's
