@@ -5,6 +5,18 @@ use ringmq::config::{Command, Config, ConfigError};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Forbids transparent huge pages before anything is allocated (the
+/// standard library allocates before `main`): else the allocator's first
+/// 2 MiB page is already huge when the configuration says whether it may
+/// be. `server::run` then applies `transparent_huge_pages`.
+#[used]
+#[link_section = ".init_array"]
+static FORBID_HUGE_PAGES_FIRST: extern "C" fn() = forbid_huge_pages;
+
+extern "C" fn forbid_huge_pages() {
+    let _ = ringmq::server::huge_pages::allow(false);
+}
+
 fn main() {
     // `ringmq passwd ...` is a separate tool that must not go through the
     // broker's Config parsing.

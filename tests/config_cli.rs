@@ -89,6 +89,7 @@ fn flags_set_every_kind_of_value() {
         "--connect-timeout=3",
         "--max-subscriptions-per-client=5",
         "--busy-poll-us=50",
+        "--transparent-huge-pages=true",
     ]);
     assert_eq!(config.bind, "::1".parse::<IpAddr>().expect("ip"));
     assert_eq!(
@@ -103,6 +104,7 @@ fn flags_set_every_kind_of_value() {
     assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
     assert_eq!(config.limits.max_subscriptions_per_client, 5);
     assert_eq!(config.busy_poll_us, 50);
+    assert!(config.transparent_huge_pages);
 }
 
 #[test]

@@ -116,6 +116,9 @@ pub struct Config {
     /// Microseconds a core keeps polling for work after its last input
     /// before it sleeps; 0 (the default) sleeps at once.
     pub busy_poll_us: u32,
+    /// Whether the allocator's memory may be backed by transparent huge
+    /// pages (off by default: see `server::huge_pages`).
+    pub transparent_huge_pages: bool,
     /// Whether clients without a username are accepted.
     pub allow_anonymous: bool,
     /// Neither a password file nor an explicit `allow_anonymous` was given:
@@ -169,6 +172,7 @@ impl Default for Config {
             mesh_queue_capacity: 1024,
             mesh_budget: 4 << 20,
             busy_poll_us: 0,
+            transparent_huge_pages: false,
             allow_anonymous: true,
             local_only: true,
             password_file: None,

@@ -10,6 +10,7 @@ mod durability;
 mod edge;
 mod exposition;
 mod fd_table;
+pub mod huge_pages;
 mod listener;
 mod log_gate;
 pub(crate) mod mesh;
@@ -432,6 +433,9 @@ pub fn run(config: Config, mut reconfigure: impl FnMut(&Broker)) -> anyhow::Resu
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let local_only = config.local_only;
+    if let Err(e) = huge_pages::allow(config.transparent_huge_pages) {
+        tracing::warn!(error = %e, "cannot set transparent_huge_pages");
+    }
     let broker = Broker::start(config)?;
     for (scheme, addr) in broker.listeners() {
         tracing::info!(%addr, scheme, "ringmq listening");
