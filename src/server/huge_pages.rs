@@ -5,8 +5,9 @@
 //! page, zeroed inside the core that touched it: 5-8 ms on our 2-vCPU VM, in
 //! which every client of that core waits (the tail of a connect storm).
 //! `khugepaged` later collapses sparsely used regions into huge pages too, so
-//! the RSS grows with the load unchanged. Huge pages pay at maximum rate (a
-//! few per cent, fewer TLB misses), which `transparent_huge_pages` is for.
+//! the RSS grows with the load unchanged. Huge pages pay only at maximum rate
+//! (fan-out 1 -> 100: 1.07x the deliveries), which `transparent_huge_pages`
+//! is for.
 
 /// Allows or forbids transparent huge pages for this process from now on
 /// (`prctl(PR_SET_THP_DISABLE)`; pages already huge stay so).

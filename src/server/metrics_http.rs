@@ -217,15 +217,7 @@ fn process() -> Option<ProcessScrape> {
     // utime and stime are fields 14 and 15 of stat, 11 and 12 after ')'.
     let cpu = (number(11)? + number(12)?) as f64 / ticks;
     let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct passed, which lives here.
-    let max_fds = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => limit.rlim_cur,
-        _ => 0,
-    };
+    let max_fds = super::fd_table::open_file_limit();
     Some(ProcessScrape {
         cpu_seconds: cpu,
         // vsize (field 23) is in bytes, rss (24) in pages.
