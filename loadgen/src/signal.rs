@@ -42,7 +42,10 @@ impl Future for Notified<'_> {
 }
 
 /// Yields once to the runtime, letting every other ready task (and the io_uring
-/// completion queue) run before this task continues.
+/// completion queue) run before this task continues. monoio puts a task that
+/// wakes itself during its poll back at the front of its run queue, where it
+/// would run again at once; a spawned task does the wake instead, queued
+/// behind the tasks already ready.
 pub async fn yield_now() {
     struct YieldNow(bool);
     impl Future for YieldNow {
@@ -52,9 +55,35 @@ pub async fn yield_now() {
                 return Poll::Ready(());
             }
             self.0 = true;
-            cx.waker().wake_by_ref();
+            let waker = cx.waker().clone();
+            monoio::spawn(async move { waker.wake() });
             Poll::Pending
         }
     }
     YieldNow(false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::yield_now;
+
+    #[test]
+    fn a_yield_lets_the_tasks_ready_before_it_run() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            monoio::spawn(async {
+                let ran = Rc::new(Cell::new(false));
+                let set = ran.clone();
+                monoio::spawn(async move { set.set(true) });
+                yield_now().await;
+                assert!(ran.get(), "a self-wake would have resumed first");
+            })
+            .await
+        });
+    }
 }
