@@ -3,11 +3,12 @@
 //! sees must be exactly what an active one sees.
 //!
 //! Each test waits for the `connections_parked` counter (refreshed every tick)
-//! instead of sleeping past the quiet time.
+//! instead of sleeping past the quiet time. Only where a rule is about time
+//! (a ping after a quiet spell) does a test make the spell with a sleep.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ringmq::codec::{reason, Protocol};
@@ -16,6 +17,17 @@ use ringmq::config::IoDriver;
 /// Quiet time before a reader parks (2 s), a tick to notice and one to count,
 /// then the usual step.
 const PARKED: Duration = Duration::from_secs(4 + 5);
+
+/// The silence after which a client's ping counts as an idle client's
+/// (`server::parking::IDLE_GAP`).
+const IDLE_GAP: Duration = Duration::from_secs(1);
+
+/// Makes a quiet spell longer than [`IDLE_GAP`]: what a client sends after
+/// it counts as an idle client's (a precondition of the rule under test,
+/// not a wait for the broker).
+async fn stay_quiet() {
+    tokio::time::sleep(IDLE_GAP + Duration::from_millis(200)).await;
+}
 
 async fn wait_parked(broker: &TestBroker, n: u64) {
     broker
@@ -81,27 +93,79 @@ async fn a_parked_client_is_served_as_an_active_one_on_epoll() {
     parked_client_is_served(IoDriver::Epoll).await;
 }
 
-/// A new connection with the same client id closes a parked one, which gets
-/// its 5.0 DISCONNECT (Session taken over) before the socket closes.
-/// A parked client's ping, and its PUBACK of the only delivery in flight,
-/// park its reader again at once; its own PUBLISH keeps the reader awake
-/// until the quiet time, as before.
+/// A client that connects and subscribes parks its reader right after each
+/// (for the quiet time it would hold a task, a read buffer and a pending
+/// read, which a fleet connecting at once would all hold together); one
+/// whose CONNECT came with a PUBLISH keeps its reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_up_parks_the_reader_at_once() {
+    let broker = start(1, |_| {});
+    let mut sub = Raw::connect(broker.addr, "fleet-1", true, 60, None).await;
+    broker
+        .wait_counters(STEP, "parked after its CONNECT", |c| {
+            c.readers_parked_at_connect == 1 && c.connections_parked == 1
+        })
+        .await;
+    sub.subscribe_ok("fleet/1/cmd", RawQoS::AtLeastOnce, 1)
+        .await;
+    broker
+        .wait_counters(STEP, "parked again after its SUBSCRIBE", |c| {
+            c.readers_reparked == 1 && c.connections_parked == 1
+        })
+        .await;
+
+    // One write, so the PUBLISH is in the CONNECT's read.
+    let mut eager = Raw::open(broker.addr).await;
+    let mut bytes = encode(
+        &connect_packet(Protocol::V3_1_1, "eager", true, 60, None),
+        Protocol::V3_1_1,
+    );
+    bytes.extend(encode(
+        &publish_packet("fleet/1/cmd", QosPid::AtLeastOnce(pid(1)), false, b"go"),
+        Protocol::V3_1_1,
+    ));
+    eager.send_bytes(&bytes).await.expect("write to broker");
+    assert!(matches!(eager.recv().await, Packet::ConnAck(a) if a.code == 0));
+    assert!(matches!(eager.recv().await, Packet::PubAck(_)));
+    let got = sub.recv_publish().await;
+    assert_eq!(&got.payload[..], b"go");
+    // The decision is made in the same step as the PUBLISH is handled.
+    let c = broker
+        .wait_counters(STEP, "the PUBLISH handled", |c| c.messages_received >= 1)
+        .await;
+    assert_eq!(
+        c.readers_parked_at_connect, 1,
+        "a CONNECT with a PUBLISH keeps its reader"
+    );
+}
+
+/// After a second of silence, a client's ping and its PUBACK of the only
+/// delivery in flight park its reader again at once. A ping soon after its
+/// last packet (as a client acknowledging a steady stream sends) and its own
+/// PUBLISH keep the reader until the quiet time, so it does not park and
+/// wake for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_traffic_parks_the_reader_again_at_once() {
     let broker = start(1, |_| {});
     let mut sub = Raw::connect(broker.addr, "idle-sub", true, 60, None).await;
     sub.subscribe_ok("fleet/#", RawQoS::AtLeastOnce, 1).await;
-    wait_parked(&broker, 1).await;
-
-    sub.send(&Packet::PingReq).await;
-    assert!(matches!(sub.recv().await, Packet::PingResp));
     broker
-        .wait_counters(STEP, "the ping's reader parked again", |c| {
+        .wait_counters(STEP, "the SUBSCRIBE's reader parked again", |c| {
             c.readers_reparked == 1
         })
         .await;
 
+    stay_quiet().await;
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Packet::PingResp));
+    broker
+        .wait_counters(STEP, "the ping's reader parked again", |c| {
+            c.readers_reparked == 2
+        })
+        .await;
+
     let mut ops = Raw::connect(broker.addr, "ops", true, 60, None).await;
+    stay_quiet().await;
     ops.send(&publish_packet(
         "fleet/all",
         QosPid::AtLeastOnce(pid(1)),
@@ -111,13 +175,20 @@ async fn idle_traffic_parks_the_reader_again_at_once() {
     .await;
     assert!(matches!(ops.recv().await, Packet::PubAck(_)));
     let got = sub.recv_publish().await;
+    let acked_at = Instant::now();
     sub.puback(&got).await;
     broker
         .wait_counters(STEP, "the PUBACK's reader parked again", |c| {
-            c.readers_reparked == 2
+            c.readers_reparked == 3
         })
         .await;
 
+    // The broker handled the PUBACK after `acked_at` and this ping before its
+    // answer came: less than IDLE_GAP apart, unless this machine stalled for
+    // that long.
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Packet::PingResp));
+    let soon = acked_at.elapsed() < IDLE_GAP;
     sub.send(&publish_packet(
         "status/idle-sub",
         QosPid::AtLeastOnce(pid(2)),
@@ -126,13 +197,23 @@ async fn idle_traffic_parks_the_reader_again_at_once() {
     ))
     .await;
     assert!(matches!(sub.recv().await, Packet::PubAck(_)));
-    // Both readers park after the quiet time; the publish did not re-park.
+    // Both readers park after the quiet time; neither the second ping nor
+    // the publish re-parked.
     let parked = broker
         .wait_counters(PARKED, "both readers parked", |c| c.connections_parked == 2)
         .await;
-    assert_eq!(parked.readers_reparked, 2, "a PUBLISH keeps the reader");
+    if soon {
+        assert_eq!(
+            parked.readers_reparked, 3,
+            "a ping soon after a PUBACK keeps the reader"
+        );
+    } else {
+        assert!(parked.readers_reparked <= 4, "a PUBLISH keeps the reader");
+    }
 }
 
+/// A new connection with the same client id closes a parked one, which gets
+/// its 5.0 DISCONNECT (Session taken over) before the socket closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_is_taken_over() {
     let broker = start(2, |_| {});
@@ -147,9 +228,8 @@ async fn a_parked_connection_is_taken_over() {
     }
 }
 
-/// Keep-alive is enforced for a parked client: silent past 1.5 x its 10 s,
-/// it is closed. (10 s leaves the park, at 2-3 s, far from the expiry on a
-/// busy machine.)
+/// Keep-alive is enforced for a parked client (parked right after its
+/// CONNECT): silent past 1.5 x its 10 s, it is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_expires_while_parked() {
     const KEEP_ALIVE: u16 = 10;

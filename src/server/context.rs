@@ -207,6 +207,11 @@ impl Ctx {
         }
     }
 
+    /// Whether this core parks quiet readers (it could make its epoll set).
+    pub fn parks_readers(&self) -> bool {
+        self.parking.is_some()
+    }
+
     /// Spawns the reader of `conn` again if it is parked.
     pub fn unpark(&self, conn: ConnId) {
         if let Some(wake) = self.parking.as_ref().and_then(|p| p.unpark(conn)) {

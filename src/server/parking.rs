@@ -23,6 +23,13 @@ use crate::router::ConnId;
 /// How long a connection must have been silent before its reader parks.
 pub const QUIET_AFTER: Duration = Duration::from_secs(2);
 
+/// How long a client must have been silent before a ping or acknowledgement
+/// for it to count as an idle client's, whose reader parks again at once
+/// (see `connection::reader`). A subscriber acknowledging faster keeps its
+/// reader instead of parking and waking for each delivery; parking and
+/// waking about once a second costs a few microseconds a second.
+pub const IDLE_GAP: Duration = Duration::from_secs(1);
+
 /// What wakes a parked reader: spawns its task again.
 pub type Wake = Box<dyn FnOnce()>;
 

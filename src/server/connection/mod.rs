@@ -29,6 +29,7 @@ use super::transport::{ReadHalf, Transport, WriteHalf};
 use crate::codec::Connect;
 use crate::router::CloseReason;
 use crate::time::Time;
+use reader::Start;
 pub use state::Connection;
 
 /// How long a connection's last packets may take to reach a client before the
@@ -94,7 +95,7 @@ pub fn serve<S: Transport>(
         session_present = attached.session_present,
         "session attached"
     );
-    run(ctx, conn, rd, leftover, client_id, false)
+    run(ctx, conn, rd, leftover, client_id, Start::Connected)
 }
 
 /// One line per accepted CONNECT, with what Mosquitto logs (address, id,
@@ -121,9 +122,9 @@ async fn run<R: ReadHalf, W: WriteHalf>(
     mut rd: R,
     leftover: BytesMut,
     client_id: Arc<str>,
-    woken: bool,
+    start: Start,
 ) {
-    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id, woken).await;
+    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id, start).await;
     if let reader::End::Quiet = end {
         return park(ctx, conn, rd, client_id);
     }
@@ -152,7 +153,14 @@ fn park<R: ReadHalf, W: WriteHalf>(
     conn.drop_canceller();
     let again = ctx.clone();
     let wake: Wake = Box::new(move || {
-        monoio::spawn(run(again, conn, rd, BytesMut::new(), client_id, true));
+        monoio::spawn(run(
+            again,
+            conn,
+            rd,
+            BytesMut::new(),
+            client_id,
+            Start::Woken,
+        ));
     });
     if let Err(wake) = ctx.park(id, socket, wake) {
         wake();

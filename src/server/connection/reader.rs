@@ -14,7 +14,9 @@ use crate::server::accept::MIN_READ;
 use crate::server::context::Ctx;
 use crate::server::context::Link;
 use crate::server::notify::yield_now;
+use crate::server::parking::IDLE_GAP;
 use crate::server::transport::{ReadHalf, WriteHalf};
+use crate::time::Time;
 
 /// Why reading ended.
 #[derive(Debug)]
@@ -59,20 +61,46 @@ enum Step {
     Ended(End),
 }
 
-/// Reads and handles packets until the connection ends. `woken`: the
-/// reader was parked and its client sent again (see [`reparks_at_once`]).
+/// How a reader starts.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Start {
+    /// Right after CONNACK; its buffer holds what came with the CONNECT.
+    Connected,
+    /// Its parked reader was woken: the client sent again (or must close).
+    Woken,
+}
+
+/// The input whose handling decides whether the reader parks at once (see
+/// [`parks_at_once`]).
+#[derive(Clone, Copy)]
+enum First {
+    /// A woken reader's first read, not come yet; the client's input before
+    /// it was handled at `previous`.
+    Awaited { previous: Time },
+    /// In the buffer: the CONNECT's (no input before it) or the first read's.
+    Handling { previous: Option<Time> },
+    /// Decided: the reader stays until the core asks it to park.
+    Done,
+}
+
+/// Reads and handles packets until the connection ends.
 pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     ctx: &Rc<Ctx>,
     conn: &Rc<Connection<W>>,
     rd: &mut R,
     mut buf: BytesMut,
     client_id: &str,
-    woken: bool,
+    start: Start,
 ) -> End {
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
-    // Set for the handling of the first read after a wake-up.
-    let (mut awaiting_first_read, mut first_read_after_wake) = (woken, false);
-    let mut idle_only = true;
+    let mut first = match start {
+        Start::Connected => First::Handling { previous: None },
+        Start::Woken => First::Awaited {
+            previous: conn.last_input(),
+        },
+    };
+    // What the packets handled so far ask of the reader; a CONNECT sets up.
+    let mut demand = Demand::Setup;
     rd.set_write_prompt(&|| {
         let (weak_ctx, weak_conn) = (Rc::downgrade(ctx), Rc::downgrade(conn));
         Rc::new(move || {
@@ -82,7 +110,7 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
         })
     });
     loop {
-        match handle_frames(ctx, conn, &mut buf, client_id, &mut idle_only) {
+        match handle_frames(ctx, conn, &mut buf, client_id, &mut demand) {
             Step::Drained => {}
             Step::Paused => {
                 // The core says when the barrier is done; wake-ups only prompt
@@ -113,10 +141,16 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
         if let Some(reason) = conn.close_reason() {
             return End::Closed(reason);
         }
-        if std::mem::take(&mut first_read_after_wake) && reparks_at_once(ctx, conn, &buf, idle_only)
-        {
-            ctx.count(|c| c.readers_reparked += 1);
-            return End::Quiet;
+        if let First::Handling { previous } = first {
+            first = First::Done;
+            let quiet_before = previous.is_some_and(|p| conn.last_input().since(p) >= IDLE_GAP);
+            if parks_at_once(ctx, conn, &buf, demand, quiet_before) {
+                match previous {
+                    None => ctx.count(|c| c.readers_parked_at_connect += 1),
+                    Some(_) => ctx.count(|c| c.readers_reparked += 1),
+                }
+                return End::Quiet;
+            }
         }
         let room = sizer.prepare(&mut buf);
         // An ask made while the reader waited elsewhere cancelled nothing.
@@ -127,7 +161,11 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
             Ok(0) => return End::Eof,
             Ok(n) => {
                 conn.take_park_ask();
-                first_read_after_wake = std::mem::take(&mut awaiting_first_read);
+                if let First::Awaited { previous } = first {
+                    first = First::Handling {
+                        previous: Some(previous),
+                    };
+                }
                 sizer.observe(n, room);
                 ctx.count(|c| c.bytes_received += n as u64);
                 if n == room {
@@ -155,37 +193,73 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
     }
 }
 
-/// Whether a reader woken from parking goes back at once after handling its
-/// first read, instead of after the quiet time: when that read held only
-/// acknowledgements and pings (what an idle client sends: a keep-alive ping,
-/// the PUBACK of a broadcast), nothing of it is left in the buffer, and its
-/// session has nothing in flight to the client, so no acknowledgement is
-/// due soon. Holding its task and read buffer for the quiet time after each
-/// ping would keep a fleet's pinging share of readers awake, and after a
-/// broadcast every reader. A client that publishes, or still has deliveries
-/// to acknowledge, keeps its reader.
-fn reparks_at_once<W>(ctx: &Ctx, conn: &Connection<W>, buf: &BytesMut, idle_only: bool) -> bool {
-    idle_only && buf.is_empty() && ctx.has_nothing_in_flight(conn.key)
+/// Whether the reader parks right after handling its first input (the
+/// CONNECT, or the read that woke it) instead of after the quiet time, so
+/// that it holds no task, no read buffer and no pending read whose cancel
+/// the parking would pay. Only when nothing of that input is left in the
+/// buffer, its session has nothing in flight to the client (no
+/// acknowledgement is due soon), and the packets were ones after which a
+/// device waits:
+/// - a CONNECT, SUBSCRIBE or UNSUBSCRIBE: setting up, what a fleet
+///   connecting at once sends before it goes quiet;
+/// - a ping or acknowledgements (a keep-alive ping, a broadcast's PUBACK),
+///   if the client had been quiet for [`IDLE_GAP`] before them: a
+///   subscriber acknowledging a steady stream is active and keeps its
+///   reader, instead of parking and waking for every delivery.
+///
+/// A client that publishes keeps its reader.
+fn parks_at_once<W>(
+    ctx: &Ctx,
+    conn: &Connection<W>,
+    buf: &BytesMut,
+    demand: Demand,
+    quiet_before: bool,
+) -> bool {
+    let waits = match demand {
+        Demand::Setup => true,
+        Demand::Idle => quiet_before,
+        Demand::Active => false,
+    };
+    waits
+        && conn.is_parkable()
+        && ctx.parks_readers()
+        && buf.is_empty()
+        && ctx.has_nothing_in_flight(conn.key)
 }
 
-/// What an idle client sends: a ping, or acknowledgements of what the broker
-/// delivered to it.
-fn is_idle_traffic(packet: &Packet) -> bool {
-    matches!(
-        packet,
-        Packet::PingReq | Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
-    )
+/// What a packet from the client says of its next moments (see
+/// [`parks_at_once`]); of several packets, the most active counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Demand {
+    /// Setting up: CONNECT, SUBSCRIBE, UNSUBSCRIBE.
+    Setup,
+    /// What an idle client sends: a ping, acknowledgements of deliveries.
+    Idle,
+    /// Anything else: a PUBLISH, its release, an AUTH.
+    Active,
+}
+
+impl Demand {
+    fn of(packet: &Packet) -> Demand {
+        match packet {
+            Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => Demand::Setup,
+            Packet::PingReq | Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
+                Demand::Idle
+            }
+            _ => Demand::Active,
+        }
+    }
 }
 
 /// Decodes every complete frame in `buf` and hands them to the core in one
 /// call, so that one read's publishes travel to other cores as one batch.
-/// Clears `idle_only` when a frame is not [`is_idle_traffic`].
+/// Raises `demand` to that of each frame.
 fn handle_frames<W>(
     ctx: &Rc<Ctx>,
     conn: &Connection<W>,
     buf: &mut BytesMut,
     client_id: &str,
-    idle_only: &mut bool,
+    demand: &mut Demand,
 ) -> Step {
     if conn.close_reason().is_some() {
         return Step::Drained;
@@ -215,7 +289,7 @@ fn handle_frames<W>(
             Ok(None) => return Ok(Step::Drained),
             Err(e) => return Err((e.to_string(), e.reason_code())),
         };
-        *idle_only &= is_idle_traffic(&packet);
+        *demand = (*demand).max(Demand::of(&packet));
         match core.handle_packet(conn.key, now, packet) {
             Ok(Next::Continue) => {}
             Ok(Next::Pause) => return Ok(Step::Paused),
@@ -354,5 +428,37 @@ impl ReadSizer {
         } else if read < self.next / 4 {
             self.next = (self.next / 2).max(MIN_READ);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Ack, Pid, Properties, Subscribe, Unsubscribe};
+
+    fn pid() -> Pid {
+        Pid::new(1).unwrap()
+    }
+
+    #[test]
+    fn setting_up_and_idle_traffic_are_told_from_activity() {
+        let subscribe = Packet::Subscribe(Subscribe {
+            pid: pid(),
+            filters: vec![],
+            properties: Properties::default(),
+        });
+        let unsubscribe = Packet::Unsubscribe(Unsubscribe {
+            pid: pid(),
+            filters: vec![],
+            properties: Properties::default(),
+        });
+        assert_eq!(Demand::of(&subscribe), Demand::Setup);
+        assert_eq!(Demand::of(&unsubscribe), Demand::Setup);
+        assert_eq!(Demand::of(&Packet::PingReq), Demand::Idle);
+        assert_eq!(Demand::of(&Packet::PubAck(Ack::new(pid()))), Demand::Idle);
+        assert_eq!(Demand::of(&Packet::PubRel(Ack::new(pid()))), Demand::Active);
+        // Of several packets the most active counts.
+        assert_eq!(Demand::Setup.max(Demand::Idle), Demand::Idle);
+        assert_eq!(Demand::Idle.max(Demand::Active), Demand::Active);
     }
 }

@@ -148,6 +148,16 @@ impl<W> Connection<W> {
         self.last_input.set(now);
     }
 
+    /// When the reader last handled input.
+    pub fn last_input(&self) -> Time {
+        self.last_input.get()
+    }
+
+    /// Whether the reader may park at all (see `parkable`).
+    pub fn is_parkable(&self) -> bool {
+        self.parkable
+    }
+
     /// Asks the reader to park if the client sent nothing since `cutoff`:
     /// cancels its pending read, which then ends in [`Connection::take_park_ask`].
     pub fn ask_park_if_quiet(&self, cutoff: Time) {
