@@ -6,7 +6,10 @@
 //! this core's epoll set, and what the reader needs to go on is kept as one
 //! small closure. When the client sends again (or the socket fails), one task
 //! for the whole core sees it and the reader task is spawned again; a close
-//! (take-over, keep-alive, shutdown) wakes it the same way.
+//! (take-over, keep-alive, shutdown) wakes it the same way. A reader also
+//! parks right after what a device sends before it goes quiet (its CONNECT,
+//! a SUBSCRIBE, a ping after [`IDLE_GAP`]; see `connection::reader`), before
+//! it issues its next read, so that park cancels nothing.
 //!
 //! A busy connection never parks, so this costs nothing on the message path;
 //! a device that pings once a minute pays two `epoll_ctl` calls and a task
