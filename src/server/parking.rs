@@ -11,9 +11,11 @@
 //! a SUBSCRIBE, a ping after [`IDLE_GAP`]; see `connection::reader`), before
 //! it issues its next read, so that park cancels nothing.
 //!
-//! A busy connection never parks, so this costs nothing on the message path;
-//! a device that pings once a minute pays two `epoll_ctl` calls and a task
-//! spawn per ping.
+//! A busy connection parks at most once, right after its CONNECT (its next
+//! packet wakes it), so this costs nothing on the message path; a client
+//! that connects and soon leaves pays that park and wake-up, and a device
+//! that pings once a minute pays two `epoll_ctl` calls and a task spawn per
+//! ping.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
