@@ -13,7 +13,7 @@ use super::durability::{Durability, Mark};
 use super::edge::{self, RateLimit};
 use super::log_gate::{ClientLogGate, LogGate};
 use super::mesh::Parcel;
-use super::parking::{Parking, Wake, QUIET_AFTER};
+use super::parking::{Parking, QUIET_AFTER};
 use super::Shared;
 use crate::metrics::Counters;
 use crate::router::{CloseReason, ConnId, Core, Notice, SessionKey};
@@ -34,6 +34,9 @@ pub trait Link {
     fn is_quiet_since(&self, cutoff: Time) -> bool;
     /// Park the reader if [`Link::is_quiet_since`] `cutoff`.
     fn park_if_quiet(&self, cutoff: Time);
+    /// Spawn the parked reader's task again (its socket is readable, or the
+    /// connection must close).
+    fn wake_parked(self: Rc<Self>, ctx: &Rc<Ctx>);
 }
 
 pub struct Ctx {
@@ -186,7 +189,7 @@ impl Ctx {
     }
 
     /// Asks every connection to close.
-    pub fn close_all(&self, reason: CloseReason) {
+    pub fn close_all(self: &Rc<Self>, reason: CloseReason) {
         let links = self.links.borrow();
         for link in links.values() {
             link.close(reason);
@@ -199,11 +202,11 @@ impl Ctx {
     }
 
     /// Parks a quiet connection's reader until its socket is readable or
-    /// [`Ctx::unpark`]; gives `wake` back if it cannot.
-    pub fn park(&self, conn: ConnId, socket: std::os::fd::RawFd, wake: Wake) -> Result<(), Wake> {
+    /// [`Ctx::unpark`]; an error if it cannot (the reader then goes on).
+    pub fn park(&self, conn: ConnId, socket: std::os::fd::RawFd) -> std::io::Result<()> {
         match &self.parking {
-            Some(parking) => parking.park(conn, socket, wake),
-            None => Err(wake),
+            Some(parking) => parking.park(conn, socket),
+            None => Err(std::io::Error::other("this core parks no reader")),
         }
     }
 
@@ -213,9 +216,13 @@ impl Ctx {
     }
 
     /// Spawns the reader of `conn` again if it is parked.
-    pub fn unpark(&self, conn: ConnId) {
-        if let Some(wake) = self.parking.as_ref().and_then(|p| p.unpark(conn)) {
-            wake();
+    pub fn unpark(self: &Rc<Self>, conn: ConnId) {
+        if !self.parking.as_ref().is_some_and(|p| p.unpark(conn)) {
+            return;
+        }
+        let link = self.links.borrow().get(&conn).cloned();
+        if let Some(link) = link {
+            link.wake_parked(self);
         }
     }
 

@@ -3,10 +3,11 @@
 //! A connection that has sent nothing for [`QUIET_AFTER`] gives up its
 //! reader task (the largest part of what an idle connection holds, with its
 //! read buffer): its pending read is cancelled, the socket is registered in
-//! this core's epoll set, and what the reader needs to go on is kept as one
-//! small closure. When the client sends again (or the socket fails), one task
-//! for the whole core sees it and the reader task is spawned again; a close
-//! (take-over, keep-alive, shutdown) wakes it the same way. A reader also
+//! this core's epoll set, and the connection keeps its read half (folded,
+//! with the write half, into the bare socket while nothing is written; see
+//! `Transport::fold`). When the client sends again (or the socket fails), one
+//! task for the whole core sees it and the reader task is spawned again; a
+//! close (take-over, keep-alive, shutdown) wakes it the same way. A reader also
 //! parks right after what a device sends before it goes quiet (its CONNECT,
 //! a SUBSCRIBE, a ping after [`IDLE_GAP`]; see `connection::reader`), before
 //! it issues its next read, so that park cancels nothing.
@@ -35,9 +36,6 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// waking about once a second costs a few microseconds a second.
 pub const IDLE_GAP: Duration = Duration::from_secs(1);
 
-/// What wakes a parked reader: spawns its task again.
-pub type Wake = Box<dyn FnOnce()>;
-
 /// At most this many ready connections are taken per `epoll_wait`; the core
 /// wakes one such batch per turn (see `worker::parking_loop`).
 pub const READY_BATCH: usize = 256;
@@ -45,8 +43,9 @@ pub const READY_BATCH: usize = 256;
 /// One core's parked readers.
 pub struct Parking {
     epoll: OwnedFd,
-    /// Per parked connection: its socket and what wakes it.
-    parked: RefCell<HashMap<ConnId, (RawFd, Wake)>>,
+    /// Per parked connection, its socket (the connection, in the core's
+    /// links, holds what its reader needs to go on).
+    parked: RefCell<HashMap<ConnId, RawFd>>,
 }
 
 impl Parking {
@@ -66,9 +65,9 @@ impl Parking {
     }
 
     /// Parks connection `conn` on socket `fd` until it is readable (or
-    /// [`Parking::unpark`]). Gives `wake` back when the socket cannot be
-    /// watched: the caller then goes on reading.
-    pub fn park(&self, conn: ConnId, fd: RawFd, wake: Wake) -> Result<(), Wake> {
+    /// [`Parking::unpark`]). An error when the socket cannot be watched: the
+    /// caller then goes on reading.
+    pub fn park(&self, conn: ConnId, fd: RawFd) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: conn,
@@ -78,18 +77,22 @@ impl Parking {
         let rc =
             unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
         if rc < 0 {
-            return Err(wake);
+            return Err(io::Error::last_os_error());
         }
-        self.parked.borrow_mut().insert(conn, (fd, wake));
+        self.parked.borrow_mut().insert(conn, fd);
         Ok(())
     }
 
-    /// Takes connection `conn` out of the set; its wake-up, to call, if it
-    /// was parked.
-    pub fn unpark(&self, conn: ConnId) -> Option<Wake> {
-        let (fd, wake) = self.parked.borrow_mut().remove(&conn)?;
-        // SAFETY: no pointers (a null event is allowed for DEL); the socket
-        // is still open, held by the stream inside `wake`.
+    /// Takes connection `conn` out of the set; whether it was parked (its
+    /// reader is then to be woken).
+    pub fn unpark(&self, conn: ConnId) -> bool {
+        let Some(fd) = self.parked.borrow_mut().remove(&conn) else {
+            return false;
+        };
+        // SAFETY: no pointers (a null event is allowed for DEL). The socket
+        // is still open, held by the connection; if unfolding it failed it
+        // is closed, and DEL fails harmlessly (EBADF): the connection is
+        // unparked before this core watches any new socket.
         unsafe {
             libc::epoll_ctl(
                 self.epoll.as_raw_fd(),
@@ -98,7 +101,7 @@ impl Parking {
                 std::ptr::null_mut(),
             );
         }
-        Some(wake)
+        true
     }
 
     /// How many readers are parked.
@@ -128,40 +131,29 @@ impl Parking {
         self.epoll.try_clone()
     }
 
-    /// Drops every parked reader without waking it (the core is gone).
+    /// Forgets every parked reader without waking it (the core is gone).
     pub fn clear(&self) {
-        let parked = std::mem::take(&mut *self.parked.borrow_mut());
-        drop(parked);
+        self.parked.borrow_mut().clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
-    use std::rc::Rc;
-
-    fn woken_flag() -> (Rc<Cell<bool>>, Wake) {
-        let flag = Rc::new(Cell::new(false));
-        let set = flag.clone();
-        (flag, Box::new(move || set.set(true)))
-    }
 
     #[test]
     fn a_parked_socket_is_ready_when_its_peer_writes() {
         let parking = Parking::new().unwrap();
         let (mut client, server) = UnixStream::pair().unwrap();
-        let (woken, wake) = woken_flag();
-        assert!(parking.park(7, server.as_raw_fd(), wake).is_ok());
+        parking.park(7, server.as_raw_fd()).unwrap();
         assert!(parking.ready().is_empty());
         client.write_all(b"x").unwrap();
         assert_eq!(parking.ready(), vec![7]);
         // One-shot: reported once until parked again.
         assert!(parking.ready().is_empty());
-        parking.unpark(7).unwrap()();
-        assert!(woken.get());
+        assert!(parking.unpark(7));
         assert_eq!(parking.parked(), 0);
     }
 
@@ -169,8 +161,7 @@ mod tests {
     fn a_closed_peer_makes_the_socket_ready() {
         let parking = Parking::new().unwrap();
         let (client, server) = UnixStream::pair().unwrap();
-        let (_, wake) = woken_flag();
-        parking.park(1, server.as_raw_fd(), wake).ok().unwrap();
+        parking.park(1, server.as_raw_fd()).unwrap();
         drop(client);
         assert_eq!(parking.ready(), vec![1]);
     }
@@ -179,14 +170,11 @@ mod tests {
     fn an_unparked_socket_is_no_longer_watched() {
         let parking = Parking::new().unwrap();
         let (mut client, server) = UnixStream::pair().unwrap();
-        let (woken, wake) = woken_flag();
-        parking.park(3, server.as_raw_fd(), wake).ok().unwrap();
-        let wake = parking.unpark(3).unwrap();
+        parking.park(3, server.as_raw_fd()).unwrap();
+        assert!(parking.unpark(3));
         client.write_all(b"x").unwrap();
         assert!(parking.ready().is_empty());
-        assert!(parking.unpark(3).is_none());
-        assert!(!woken.get());
-        drop(wake);
+        assert!(!parking.unpark(3), "unparked once");
     }
 
     /// An eventfd that is readable from the start (one descriptor, where a
@@ -205,11 +193,7 @@ mod tests {
         let parking = Parking::new().unwrap();
         let fds: Vec<OwnedFd> = (0..READY_BATCH + 3).map(|_| readable_eventfd()).collect();
         for (conn, fd) in fds.iter().enumerate() {
-            let (_, wake) = woken_flag();
-            parking
-                .park(conn as ConnId, fd.as_raw_fd(), wake)
-                .ok()
-                .unwrap();
+            parking.park(conn as ConnId, fd.as_raw_fd()).unwrap();
         }
         let mut taken = parking.ready();
         assert_eq!(taken.len(), READY_BATCH);
@@ -223,12 +207,10 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_descriptor_gives_the_wake_up_back() {
+    fn a_bad_descriptor_is_not_parked() {
         let parking = Parking::new().unwrap();
-        let (woken, wake) = woken_flag();
-        let back = parking.park(1, -1, wake).err().unwrap();
-        back();
-        assert!(woken.get());
+        assert!(parking.park(1, -1).is_err());
         assert_eq!(parking.parked(), 0);
+        assert!(!parking.unpark(1));
     }
 }

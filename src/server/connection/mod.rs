@@ -17,20 +17,19 @@ mod writer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 
 use super::accept::{Accepted, ConnectionSlot};
 use super::context::{Ctx, Link};
-use super::parking::Wake;
-use super::transport::{ReadHalf, Transport, WriteHalf};
+use super::transport::{ReadHalf, Transport};
 use crate::codec::Connect;
 use crate::router::CloseReason;
 use crate::time::Time;
 use reader::Start;
 pub use state::Connection;
+use state::Identity;
 
 /// How long a connection's last packets may take to reach a client before the
 /// socket is closed anyway: a client that stopped reading does not hold the
@@ -80,10 +79,14 @@ pub fn serve<S: Transport>(
             .map_or(u32::MAX, |s| s.client_maximum_packet_size());
         (attached, max_out)
     });
-    let conn = Rc::new(
-        Connection::new(id, attached.key, connect.protocol, max_out, fd, wr, slot)
-            .parkable(S::Reader::PARKABLE),
-    );
+    let who = Identity {
+        id,
+        key: attached.key,
+        protocol: connect.protocol,
+        max_packet_to_client: max_out,
+        client_id,
+    };
+    let conn = Rc::new(Connection::<S>::new(who, fd, wr, slot).parkable(S::Reader::PARKABLE));
     // The CONNECT's bytes share the read buffer's allocation: release them so the
     // buffer can be reused in place.
     drop(connect);
@@ -91,11 +94,11 @@ pub fn serve<S: Transport>(
     // The CONNACK (and anything resumed) was marked before the link existed.
     conn.clone().wake_writer(&ctx);
     tracing::debug!(
-        client_id = &*client_id,
+        client_id = &*conn.client_id,
         session_present = attached.session_present,
         "session attached"
     );
-    run(ctx, conn, rd, leftover, client_id, Start::Connected)
+    run(ctx, conn, rd, leftover, Start::Connected)
 }
 
 /// One line per accepted CONNECT, with what Mosquitto logs (address, id,
@@ -116,19 +119,18 @@ fn log_connected(ctx: &Ctx, peer: SocketAddr, listener: usize, connect: &Connect
 
 /// The life of a connection after CONNACK (or after its parked reader woke):
 /// reading, then the clean close.
-async fn run<R: ReadHalf, W: WriteHalf>(
+async fn run<S: Transport>(
     ctx: Rc<Ctx>,
-    conn: Rc<Connection<W>>,
-    mut rd: R,
+    conn: Rc<Connection<S>>,
+    mut rd: S::Reader,
     leftover: BytesMut,
-    client_id: Arc<str>,
     start: Start,
 ) {
-    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, &client_id, start).await;
+    let end = reader::read_loop(&ctx, &conn, &mut rd, leftover, start).await;
     if let reader::End::Quiet = end {
-        return park(ctx, conn, rd, client_id);
+        return park(&ctx, conn, rd);
     }
-    reader::log_end(&ctx, &conn, &client_id, &end);
+    reader::log_end(&ctx, &conn, &end);
     // Boxed, as every rare wait with a timer: their state would otherwise
     // enlarge the task that every idle connection holds.
     let finished = Box::pin(finish_output(&ctx, &conn)).await;
@@ -142,35 +144,35 @@ async fn run<R: ReadHalf, W: WriteHalf>(
 
 /// Gives up the reader task of a quiet connection until its client sends
 /// again or it must close: the task and its read buffer are what an idle
-/// connection would otherwise hold.
-fn park<R: ReadHalf, W: WriteHalf>(
-    ctx: Rc<Ctx>,
-    conn: Rc<Connection<W>>,
-    rd: R,
-    client_id: Arc<str>,
-) {
-    let (id, socket) = (conn.id, conn.socket());
+/// connection would otherwise hold, and with no writer running the stream
+/// is folded into its bare socket as well. The core's parking wakes it
+/// ([`Link::wake_parked`]).
+fn park<S: Transport>(ctx: &Rc<Ctx>, conn: Rc<Connection<S>>, rd: S::Reader) {
     conn.drop_canceller();
-    let again = ctx.clone();
-    let wake: Wake = Box::new(move || {
-        monoio::spawn(run(
-            again,
-            conn,
-            rd,
-            BytesMut::new(),
-            client_id,
-            Start::Woken,
-        ));
-    });
-    if let Err(wake) = ctx.park(id, socket, wake) {
-        wake();
+    conn.park_reader(rd);
+    if ctx.park(conn.id, conn.socket()).is_err() {
+        conn.wake_parked(ctx);
     }
+}
+
+/// Ends a connection whose parked socket was lost (it could not be given
+/// back to the runtime): the session is detached as for any close.
+async fn end_without_socket<S: Transport>(
+    ctx: Rc<Ctx>,
+    conn: Rc<Connection<S>>,
+    error: std::io::Error,
+) {
+    let client_id = &*conn.client_id;
+    tracing::info!(client_id, reason = "socket lost", %error, "client disconnected");
+    let now = ctx.now();
+    ctx.with_core(|core| core.disconnected(conn.key, conn.id, now));
+    ctx.remove_link(conn.id);
 }
 
 /// Lets the last packets and the final DISCONNECT go out and shuts the write
 /// side, within [`FINISH_GRACE`]. False when the client did not take them in
 /// time: the socket is then shut at once.
-async fn finish_output<W: WriteHalf>(ctx: &Rc<Ctx>, conn: &Rc<Connection<W>>) -> bool {
+async fn finish_output<S: Transport>(ctx: &Rc<Ctx>, conn: &Rc<Connection<S>>) -> bool {
     let finished = match conn.begin_finishing() {
         (Some(wr), _) => {
             let flush = writer::write_loop(ctx.clone(), conn.clone(), wr);
@@ -193,11 +195,28 @@ async fn finish_output<W: WriteHalf>(ctx: &Rc<Ctx>, conn: &Rc<Connection<W>>) ->
     finished
 }
 
-impl<W: WriteHalf> Link for Connection<W> {
+impl<S: Transport> Link for Connection<S> {
     fn wake_writer(self: Rc<Self>, ctx: &Rc<Ctx>) {
-        if let Some(wr) = self.start_writer() {
-            monoio::spawn(writer::write_loop(ctx.clone(), self, wr));
+        match self.start_writer() {
+            Ok(Some(wr)) => {
+                monoio::spawn(writer::write_loop(ctx.clone(), self, wr));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let client_id = &*self.client_id;
+                tracing::warn!(client_id, %error, "could not take an idle socket back");
+                self.request_close(CloseReason::WriteFailed);
+                ctx.unpark(self.id);
+            }
         }
+    }
+
+    fn wake_parked(self: Rc<Self>, ctx: &Rc<Ctx>) {
+        let start = Start::Woken;
+        match self.take_parked_reader() {
+            Ok(rd) => monoio::spawn(run(ctx.clone(), self, rd, BytesMut::new(), start)),
+            Err(error) => monoio::spawn(end_without_socket(ctx.clone(), self, error)),
+        };
     }
 
     fn close(&self, reason: CloseReason) {

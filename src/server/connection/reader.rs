@@ -15,7 +15,7 @@ use crate::server::context::Ctx;
 use crate::server::context::Link;
 use crate::server::notify::yield_now;
 use crate::server::parking::IDLE_GAP;
-use crate::server::transport::{ReadHalf, WriteHalf};
+use crate::server::transport::{ReadHalf, Transport};
 use crate::time::Time;
 
 /// Why reading ended.
@@ -84,12 +84,11 @@ enum First {
 }
 
 /// Reads and handles packets until the connection ends.
-pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
+pub(super) async fn read_loop<S: Transport>(
     ctx: &Rc<Ctx>,
-    conn: &Rc<Connection<W>>,
-    rd: &mut R,
+    conn: &Rc<Connection<S>>,
+    rd: &mut S::Reader,
     mut buf: BytesMut,
-    client_id: &str,
     start: Start,
 ) -> End {
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
@@ -110,7 +109,7 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
         })
     });
     loop {
-        match handle_frames(ctx, conn, &mut buf, client_id, &mut demand) {
+        match handle_frames(ctx, conn, &mut buf, &mut demand) {
             Step::Drained => {}
             Step::Paused => {
                 // The core says when the barrier is done; wake-ups only prompt
@@ -208,9 +207,9 @@ pub(super) async fn read_loop<R: ReadHalf, W: WriteHalf>(
 ///   reader, instead of parking and waking for every delivery.
 ///
 /// A client that publishes keeps its reader.
-fn parks_at_once<W>(
+fn parks_at_once<S: Transport>(
     ctx: &Ctx,
-    conn: &Connection<W>,
+    conn: &Connection<S>,
     buf: &BytesMut,
     demand: Demand,
     quiet_before: bool,
@@ -254,11 +253,10 @@ impl Demand {
 /// Decodes every complete frame in `buf` and hands them to the core in one
 /// call, so that one read's publishes travel to other cores as one batch.
 /// Raises `demand` to that of each frame.
-fn handle_frames<W>(
+fn handle_frames<S: Transport>(
     ctx: &Rc<Ctx>,
-    conn: &Connection<W>,
+    conn: &Connection<S>,
     buf: &mut BytesMut,
-    client_id: &str,
     demand: &mut Demand,
 ) -> Step {
     if conn.close_reason().is_some() {
@@ -302,7 +300,7 @@ fn handle_frames<W>(
         Err((rule, code)) => {
             ctx.count(|c| c.protocol_violations += 1);
             tracing::warn!(
-                client_id,
+                client_id = &*conn.client_id,
                 rule = rule.as_str(),
                 "closed: protocol violation"
             );
@@ -320,7 +318,7 @@ fn is_qos12_publish(buf: &[u8]) -> bool {
 }
 
 /// Waits until every core's log writes again (or the connection ends).
-async fn wait_for_store<W>(ctx: &Ctx, conn: &Connection<W>) {
+async fn wait_for_store<S: Transport>(ctx: &Ctx, conn: &Connection<S>) {
     const LOOK_AGAIN: Duration = Duration::from_millis(50);
     while conn.close_reason().is_none() && ctx.shared.store.as_ref().is_some_and(|s| s.failing()) {
         monoio::time::sleep(LOOK_AGAIN).await;
@@ -330,7 +328,8 @@ async fn wait_for_store<W>(ctx: &Ctx, conn: &Connection<W>) {
 /// Logs why the connection ends (one info line per disconnect, as Mosquitto
 /// logs them) and, when the broker ends it, sets the 5.0 DISCONNECT it sends
 /// last.
-pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: &End) {
+pub(super) fn log_end<S: Transport>(ctx: &Ctx, conn: &Connection<S>, end: &End) {
+    let client_id = &*conn.client_id;
     let reason = match end {
         End::Quiet => return,
         End::Eof => "connection closed by the client",
@@ -345,7 +344,11 @@ pub(super) fn log_end<W>(ctx: &Ctx, conn: &Connection<W>, client_id: &str, end: 
 }
 
 /// Counts a close the broker decided and sets its 5.0 DISCONNECT.
-fn closed_by_broker<W>(ctx: &Ctx, conn: &Connection<W>, reason: CloseReason) -> &'static str {
+fn closed_by_broker<S: Transport>(
+    ctx: &Ctx,
+    conn: &Connection<S>,
+    reason: CloseReason,
+) -> &'static str {
     match reason {
         CloseReason::KeepAliveTimeout => {
             ctx.count(|c| c.keepalive_timeouts += 1);
@@ -377,7 +380,7 @@ const DRAIN_BYTES: usize = 1 << 20;
 
 /// Reads and discards input until the client closes, for at most
 /// [`DRAIN_TIME`] and [`DRAIN_BYTES`] (or until the broker shuts down).
-pub(super) async fn drain<R: ReadHalf, W>(ctx: &Ctx, conn: &Connection<W>, rd: &mut R) {
+pub(super) async fn drain<S: Transport>(ctx: &Ctx, conn: &Connection<S>, rd: &mut S::Reader) {
     let drained = async {
         let mut buf = BytesMut::with_capacity(MIN_READ);
         let mut left = DRAIN_BYTES;

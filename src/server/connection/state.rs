@@ -1,13 +1,16 @@
 //! A connection's state, shared by its reader and its writer.
 
 use std::cell::{Cell, RefCell};
+use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use monoio::io::{CancelHandle, Canceller};
 
 use crate::router::{CloseReason, ConnId, SessionKey};
 use crate::server::accept::ConnectionSlot;
 use crate::server::notify::Notify;
+use crate::server::transport::{BareSocket, Transport};
 use crate::time::Time;
 
 /// Where a connection's output stands. The reader and the writer move it on;
@@ -15,6 +18,10 @@ use crate::time::Time;
 pub enum Output<W> {
     /// Open, nothing to write: there is no writer task, the write half waits here.
     Parked(W),
+    /// Open, nothing to write and the reader parked: both halves folded
+    /// into the bare socket (see [`Transport::fold`]); whichever side is
+    /// needed first unfolds them.
+    Asleep(BareSocket),
     /// Open; a writer task owns the write half and runs until it is dry.
     Writing,
     /// The reader stopped: what is left, then the final DISCONNECT, then the
@@ -30,8 +37,8 @@ pub struct Farewell {
     pub reason: Box<str>,
 }
 
-/// One client connection on this core, over the write half `W` of its stream.
-pub struct Connection<W> {
+/// One client connection on this core, over the byte stream `S`.
+pub struct Connection<S: Transport> {
     pub id: ConnId,
     pub key: SessionKey,
     pub protocol: crate::codec::Protocol,
@@ -39,13 +46,15 @@ pub struct Connection<W> {
     pub max_packet_to_client: u32,
     /// The socket, for an abortive close when the client stops reading.
     fd: RawFd,
-    output: RefCell<Output<W>>,
+    pub client_id: Arc<str>,
+    output: RefCell<Output<S::Writer>>,
+    /// The read half while the reader is parked and a writer runs (with no
+    /// writer it is folded into [`Output::Asleep`]).
+    parked_reader: Cell<Option<S::Reader>>,
     /// Set once: why the broker ends the connection.
     close: Cell<Option<CloseReason>>,
-    /// Wakes the reader: resumed, or told to close.
+    /// Wakes the reader: resumed, told to close, or the write side shut down.
     reader: Notify,
-    /// Rung when the write side was shut down.
-    closed: Notify,
     /// Cancels the reader's pending read when the connection must end or
     /// park; made at the first read after the reader (re)started, dropped
     /// when it parks.
@@ -66,26 +75,33 @@ pub struct Connection<W> {
     _slot: ConnectionSlot,
 }
 
-impl<W> Connection<W> {
+/// Who a connection is, once the core attached its session.
+pub struct Identity {
+    pub id: ConnId,
+    pub key: SessionKey,
+    pub protocol: crate::codec::Protocol,
+    pub max_packet_to_client: u32,
+    pub client_id: Arc<str>,
+}
+
+impl<S: Transport> Connection<S> {
     pub fn new(
-        id: ConnId,
-        key: SessionKey,
-        protocol: crate::codec::Protocol,
-        max_packet_to_client: u32,
+        who: Identity,
         fd: RawFd,
-        write_half: W,
+        write_half: S::Writer,
         slot: ConnectionSlot,
-    ) -> Connection<W> {
+    ) -> Connection<S> {
         Connection {
-            id,
-            key,
-            protocol,
-            max_packet_to_client,
+            id: who.id,
+            key: who.key,
+            protocol: who.protocol,
+            max_packet_to_client: who.max_packet_to_client,
             fd,
+            client_id: who.client_id,
             output: RefCell::new(Output::Parked(write_half)),
+            parked_reader: Cell::new(None),
             close: Cell::new(None),
             reader: Notify::default(),
-            closed: Notify::default(),
             canceller: RefCell::new(None),
             farewell: Cell::new(None),
             acks_publishes: Cell::new(false),
@@ -98,7 +114,7 @@ impl<W> Connection<W> {
     }
 
     /// Lets the reader park while the client is quiet (see `parkable`).
-    pub fn parkable(mut self, parkable: bool) -> Connection<W> {
+    pub fn parkable(mut self, parkable: bool) -> Connection<S> {
         self.parkable = parkable;
         self
     }
@@ -199,41 +215,104 @@ impl<W> Connection<W> {
         self.reader.notified().await;
     }
 
-    /// The write half if it is parked, marking the output as written by a
-    /// new writer task. `None` if one runs or the connection is finishing.
-    pub fn start_writer(&self) -> Option<W> {
+    /// The write half if it is parked (unfolded if asleep), marking the
+    /// output as written by a new writer task. `Ok(None)` if one runs or the
+    /// connection is finishing; an error if an asleep socket could not be
+    /// unfolded (it is closed: the output is then closed too).
+    pub fn start_writer(&self) -> io::Result<Option<S::Writer>> {
         let mut output = self.output.borrow_mut();
-        if !matches!(*output, Output::Parked(_)) {
-            return None;
-        }
         match std::mem::replace(&mut *output, Output::Writing) {
-            Output::Parked(w) => Some(w),
-            _ => None,
+            Output::Parked(w) => Ok(Some(w)),
+            Output::Asleep(socket) => match S::unfold(socket) {
+                Ok((rd, w)) => {
+                    self.parked_reader.set(Some(rd));
+                    Ok(Some(w))
+                }
+                Err(e) => {
+                    *output = Output::Closed;
+                    Err(e)
+                }
+            },
+            other => {
+                *output = other;
+                Ok(None)
+            }
         }
     }
 
-    /// A writer ran dry. While the connection is open it parks the half and
-    /// ends (`None`); when finishing it gets the half back to finish with.
-    pub fn park(&self, w: W) -> Option<W> {
+    /// A writer ran dry. While the connection is open it parks the half
+    /// (folding it with a parked reader's) and ends (`None`); when
+    /// finishing it gets the half back to finish with.
+    pub fn park(&self, w: S::Writer) -> Option<S::Writer> {
         let mut output = self.output.borrow_mut();
         match *output {
             Output::Writing => {
-                *output = Output::Parked(w);
+                *output = match self.parked_reader.take() {
+                    Some(rd) => self.fold(rd, w),
+                    None => Output::Parked(w),
+                };
                 None
             }
             _ => Some(w),
         }
     }
 
+    /// The reader parks: its half is kept here, folded with the write half
+    /// into the bare socket when no writer runs.
+    pub fn park_reader(&self, rd: S::Reader) {
+        let mut output = self.output.borrow_mut();
+        match std::mem::replace(&mut *output, Output::Writing) {
+            Output::Parked(w) => *output = self.fold(rd, w),
+            other => {
+                *output = other;
+                self.parked_reader.set(Some(rd));
+            }
+        }
+    }
+
+    /// The parked reader's half, unfolded if asleep. An error if there is
+    /// none: the socket could not be unfolded (it is closed), or a writer
+    /// failed to unfold it.
+    pub fn take_parked_reader(&self) -> io::Result<S::Reader> {
+        if let Some(rd) = self.parked_reader.take() {
+            return Ok(rd);
+        }
+        let mut output = self.output.borrow_mut();
+        match std::mem::replace(&mut *output, Output::Closed) {
+            Output::Asleep(socket) => {
+                let (rd, w) = S::unfold(socket)?;
+                *output = Output::Parked(w);
+                Ok(rd)
+            }
+            other => {
+                *output = other;
+                Err(io::Error::other("the connection's socket is gone"))
+            }
+        }
+    }
+
+    /// Both halves as the bare socket if the stream folds, else the write
+    /// half parked and the read half kept.
+    fn fold(&self, rd: S::Reader, w: S::Writer) -> Output<S::Writer> {
+        match S::fold(rd, w) {
+            Ok(socket) => Output::Asleep(socket),
+            Err((rd, w)) => {
+                self.parked_reader.set(Some(rd));
+                Output::Parked(w)
+            }
+        }
+    }
+
     /// The reader stopped: from now on the output finishes. Returns the write
     /// half if no writer runs (the reader finishes itself), and whether a
     /// writer task is running and will finish.
-    pub fn begin_finishing(&self) -> (Option<W>, bool) {
+    pub fn begin_finishing(&self) -> (Option<S::Writer>, bool) {
         let mut output = self.output.borrow_mut();
         match std::mem::replace(&mut *output, Output::Finishing) {
             Output::Parked(w) => (Some(w), false),
             Output::Writing => (None, true),
-            done @ Output::Closed => {
+            // Only while the reader is parked, so not from the reader.
+            done @ (Output::Closed | Output::Asleep(_)) => {
                 *output = done;
                 (None, false)
             }
@@ -244,7 +323,7 @@ impl<W> Connection<W> {
     /// The write side is shut down, or failed.
     pub fn output_closed(&self) {
         *self.output.borrow_mut() = Output::Closed;
-        self.closed.notify();
+        self.reader.notify();
     }
 
     pub fn is_output_closed(&self) -> bool {
@@ -253,7 +332,7 @@ impl<W> Connection<W> {
 
     pub async fn wait_output_closed(&self) {
         while !self.is_output_closed() {
-            self.closed.notified().await;
+            self.reader.notified().await;
         }
     }
 
@@ -289,14 +368,13 @@ impl<W> Connection<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monoio::io::OwnedWriteHalf;
     use monoio::net::TcpStream;
 
     /// What every plain-TCP connection costs beside its session, idle or not:
     /// printed, and bounded so that growth is a decision.
     #[test]
     fn a_connection_stays_small() {
-        let size = std::mem::size_of::<Connection<OwnedWriteHalf<TcpStream>>>();
+        let size = std::mem::size_of::<Connection<TcpStream>>();
         eprintln!("Connection (plain TCP): {size} bytes");
         assert!(size <= 176, "Connection grew to {size} bytes");
     }

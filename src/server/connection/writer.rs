@@ -9,7 +9,7 @@ use super::state::Connection;
 use crate::codec::{encode_with_reason, Disconnect, Packet, Protocol};
 use crate::router::CloseReason;
 use crate::server::context::Ctx;
-use crate::server::transport::WriteHalf;
+use crate::server::transport::{Transport, WriteHalf};
 
 /// Above this, a drained output buffer is released rather than kept.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -17,7 +17,11 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// Writes whatever the session accumulated, one write per turn, until it is
 /// dry. An open connection then parks the write half and the task ends; a
 /// finishing one sends the final DISCONNECT and shuts the write side down.
-pub(super) async fn write_loop<W: WriteHalf>(ctx: Rc<Ctx>, conn: Rc<Connection<W>>, mut wr: W) {
+pub(super) async fn write_loop<S: Transport>(
+    ctx: Rc<Ctx>,
+    conn: Rc<Connection<S>>,
+    mut wr: S::Writer,
+) {
     let mut spare = BytesMut::new();
     loop {
         let (taken, sample) = ctx.with_core(|core| {

@@ -88,7 +88,30 @@ pub trait Transport: Sized + 'static {
 
     /// The stream as sendable parts, to hand it to another core.
     fn into_portable(self) -> Portable;
+
+    /// Folds the halves of an idle connection (its reader parked, nothing
+    /// being written, no I/O in flight on either) back into the bare
+    /// socket, so that it does not hold the runtime's stream objects; `Err`
+    /// gives them back for a stream that cannot (one with layers, whose
+    /// state lives in the halves).
+    fn fold(
+        rd: Self::Reader,
+        wr: Self::Writer,
+    ) -> Result<BareSocket, (Self::Reader, Self::Writer)> {
+        Err((rd, wr))
+    }
+
+    /// The halves of a folded socket again, registered with this core's
+    /// runtime. On an error the socket is closed.
+    fn unfold(_socket: BareSocket) -> io::Result<(Self::Reader, Self::Writer)> {
+        Err(io::Error::other("this stream is never folded"))
+    }
 }
+
+/// An idle plain-TCP connection's socket, folded out of monoio's stream
+/// (see [`Transport::fold`]): a descriptor, where the stream's two
+/// allocations take 160 B.
+pub type BareSocket = std::net::TcpStream;
 
 /// A connection on its way to another core: its socket (no I/O in flight on
 /// it) and any protocol state, re-registered with the receiving core's
@@ -131,6 +154,21 @@ impl Transport for TcpStream {
 
     fn into_portable(self) -> Portable {
         Portable::Tcp(release(self))
+    }
+
+    fn fold(
+        rd: Self::Reader,
+        wr: Self::Writer,
+    ) -> Result<BareSocket, (Self::Reader, Self::Writer)> {
+        match rd.reunite(wr) {
+            Ok(tcp) => Ok(release(tcp)),
+            Err(halves) => Err((halves.0, halves.1)),
+        }
+    }
+
+    fn unfold(socket: BareSocket) -> io::Result<(Self::Reader, Self::Writer)> {
+        // No system call on io_uring; on epoll one `epoll_ctl` registers it.
+        TcpStream::from_std(socket).map(Splitable::into_split)
     }
 }
 
@@ -175,4 +213,61 @@ async fn read_tcp<R: CancelableAsyncReadRent>(
 pub fn spare_of(buf: BytesMut) -> SliceMut<BytesMut> {
     let (len, cap) = (buf.len(), buf.capacity());
     buf.slice_mut(len..cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// A folded socket unfolds into halves that read what the peer sent
+    /// meanwhile and write to it, on either driver, through several cycles.
+    async fn folding_keeps_the_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        peer.set_read_timeout(Some(LIMIT)).unwrap();
+        let accepted = listener.accept().unwrap().0;
+        let (mut rd, mut wr) = TcpStream::from_std(accepted).unwrap().into_split();
+        let cancel = monoio::io::Canceller::new();
+        for round in 0..3u8 {
+            let Ok(socket) = <TcpStream as Transport>::fold(rd, wr) else {
+                panic!("plain TCP folds");
+            };
+            peer.write_all(&[round]).unwrap();
+            (rd, wr) = <TcpStream as Transport>::unfold(socket).unwrap();
+            let read = ReadHalf::read(&mut rd, BytesMut::with_capacity(8), cancel.handle());
+            let (res, buf) = monoio::time::timeout(LIMIT, read)
+                .await
+                .expect("read in time");
+            assert_eq!((res.unwrap(), &buf[..]), (1, &[round][..]));
+            let (res, _) = WriteHalf::write_all(&mut wr, BytesMut::from(&[round + 10][..])).await;
+            res.unwrap();
+            let mut answer = [0u8];
+            peer.read_exact(&mut answer).unwrap();
+            assert_eq!(answer[0], round + 10);
+        }
+    }
+
+    #[test]
+    fn a_folded_socket_unfolds_on_epoll() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(folding_keeps_the_connection());
+    }
+
+    #[test]
+    fn a_folded_socket_unfolds_on_io_uring() {
+        // Where the kernel refuses io_uring the epoll test above stands alone.
+        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build();
+        let Ok(mut rt) = built else {
+            return;
+        };
+        rt.block_on(folding_keeps_the_connection());
+    }
 }
