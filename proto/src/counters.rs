@@ -61,13 +61,15 @@ counters! {
     /// no task and no read buffer.
     connections_parked,
     /// Readers parked again right after the read that woke them: it held
-    /// only a SUBSCRIBE or UNSUBSCRIBE, or a ping or acknowledgements after
-    /// a second of quiet, and nothing was left in flight to the client (a fleet
-    /// subscribing, an idle fleet's pings, a broadcast's PUBACKs).
+    /// only a SUBSCRIBE or UNSUBSCRIBE (on a core with many awake readers),
+    /// or a ping or acknowledgements after a second of quiet, and nothing
+    /// was left in flight to the client (a fleet subscribing, an idle
+    /// fleet's pings, a broadcast's PUBACKs).
     readers_reparked,
-    /// Readers parked right after CONNECT: nothing came with it and nothing
-    /// is in flight to the client, so it waits for the CONNACK or sits idle
-    /// (a fleet connecting at once holds no reader and no pending read).
+    /// Readers parked right after CONNECT: nothing came with it, nothing
+    /// is in flight to the client and the core has many awake readers, so
+    /// it waits for the CONNACK or sits idle (a fleet connecting at once
+    /// holds no reader and no pending read).
     readers_parked_at_connect,
     /// Connections accepted since start.
     connections_total,

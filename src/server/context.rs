@@ -215,6 +215,12 @@ impl Ctx {
         self.parking.is_some()
     }
 
+    /// How many of this core's connections have a reader task (not parked).
+    pub fn awake_readers(&self) -> usize {
+        let parked = self.parking.as_ref().map_or(0, Parking::parked);
+        self.links.borrow().len().saturating_sub(parked)
+    }
+
     /// Spawns the reader of `conn` again if it is parked.
     pub fn unpark(self: &Rc<Self>, conn: ConnId) {
         if !self.parking.as_ref().is_some_and(|p| p.unpark(conn)) {

@@ -17,6 +17,7 @@ pub(crate) mod mesh;
 mod metrics_http;
 mod notify;
 mod parking;
+pub use parking::PARK_AT_SETUP_AWAKE;
 mod store;
 mod sys;
 pub mod transport;

@@ -14,7 +14,7 @@ use crate::server::accept::MIN_READ;
 use crate::server::context::Ctx;
 use crate::server::context::Link;
 use crate::server::notify::yield_now;
-use crate::server::parking::IDLE_GAP;
+use crate::server::parking::{IDLE_GAP, PARK_AT_SETUP_AWAKE};
 use crate::server::transport::{ReadHalf, Transport};
 use crate::time::Time;
 
@@ -200,7 +200,8 @@ pub(super) async fn read_loop<S: Transport>(
 /// acknowledgement is due soon), and the packets were ones after which a
 /// device waits:
 /// - a CONNECT, SUBSCRIBE or UNSUBSCRIBE: setting up, what a fleet
-///   connecting at once sends before it goes quiet;
+///   connecting at once sends before it goes quiet, if the core holds
+///   [`PARK_AT_SETUP_AWAKE`] awake readers (as it does in such a storm);
 /// - a ping or acknowledgements (a keep-alive ping, a broadcast's PUBACK),
 ///   if the client had been quiet for [`IDLE_GAP`] before them: a
 ///   subscriber acknowledging a steady stream is active and keeps its
@@ -215,7 +216,7 @@ fn parks_at_once<S: Transport>(
     quiet_before: bool,
 ) -> bool {
     let waits = match demand {
-        Demand::Setup => true,
+        Demand::Setup => ctx.awake_readers() >= PARK_AT_SETUP_AWAKE,
         Demand::Idle => quiet_before,
         Demand::Active => false,
     };
