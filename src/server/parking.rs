@@ -8,9 +8,10 @@
 //! `Transport::fold`). When the client sends again (or the socket fails), one
 //! task for the whole core sees it and the reader task is spawned again; a
 //! close (take-over, keep-alive, shutdown) wakes it the same way. A reader also
-//! parks right after what a device sends before it goes quiet (its CONNECT,
-//! a SUBSCRIBE, a ping after [`IDLE_GAP`]; see `connection::reader`), before
-//! it issues its next read, so that park cancels nothing.
+//! parks right after what a device sends before it goes quiet (its CONNECT
+//! or a SUBSCRIBE on a busy core, a ping after [`IDLE_GAP`]; see
+//! `connection::reader`), before it issues its next read, so that park
+//! cancels nothing.
 //!
 //! A busy connection parks at most once, right after its CONNECT (its next
 //! packet wakes it), and only on a core with [`PARK_AT_SETUP_AWAKE`] awake

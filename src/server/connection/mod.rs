@@ -134,12 +134,17 @@ async fn run<S: Transport>(
     // Boxed, as every rare wait with a timer: their state would otherwise
     // enlarge the task that every idle connection holds.
     let finished = Box::pin(finish_output(&ctx, &conn)).await;
-    let now = ctx.now();
-    ctx.with_core(|core| core.disconnected(conn.key, conn.id, now));
+    detach_session(&ctx, &conn);
     if finished && end.client_may_send() {
         Box::pin(reader::drain(&ctx, &conn, &mut rd)).await;
     }
     ctx.remove_link(conn.id);
+}
+
+/// The connection's end for its session (a will, an expiry, a clean end).
+fn detach_session<S: Transport>(ctx: &Rc<Ctx>, conn: &Connection<S>) {
+    let now = ctx.now();
+    ctx.with_core(|core| core.disconnected(conn.key, conn.id, now));
 }
 
 /// Gives up the reader task of a quiet connection until its client sends
@@ -164,8 +169,7 @@ async fn end_without_socket<S: Transport>(
 ) {
     let client_id = &*conn.client_id;
     tracing::info!(client_id, reason = "socket lost", %error, "client disconnected");
-    let now = ctx.now();
-    ctx.with_core(|core| core.disconnected(conn.key, conn.id, now));
+    detach_session(&ctx, &conn);
     ctx.remove_link(conn.id);
 }
 

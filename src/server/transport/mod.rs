@@ -242,7 +242,10 @@ mod tests {
                 .await
                 .expect("read in time");
             assert_eq!((res.unwrap(), &buf[..]), (1, &[round][..]));
-            let (res, _) = WriteHalf::write_all(&mut wr, BytesMut::from(&[round + 10][..])).await;
+            let write = WriteHalf::write_all(&mut wr, BytesMut::from(&[round + 10][..]));
+            let (res, _) = monoio::time::timeout(LIMIT, write)
+                .await
+                .expect("write in time");
             res.unwrap();
             let mut answer = [0u8];
             peer.read_exact(&mut answer).unwrap();
