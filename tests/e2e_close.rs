@@ -1,7 +1,8 @@
 //! How the broker ends a connection: what it has is written, the write side
 //! is shut down, and the client's input is drained before the socket closes,
 //! so the client reads every acknowledgement and the DISCONNECT instead of a
-//! reset; a client that stops reading cannot hold the socket open.
+//! reset (after a client's own DISCONNECT nothing is left to drain); a client
+//! that stops reading cannot hold the socket open.
 
 mod common;
 
@@ -138,6 +139,39 @@ async fn violation_after_publishes_keeps_every_puback() {
     let before = encode(&connect, Protocol::V3_1_1).len() + bytes.len();
     // Input after the violation, more than one read takes.
     still_read_after_close(&broker, &mut raw, before, &vec![0u8; 64 * 1024]).await;
+}
+
+/// After a client's DISCONNECT nothing more comes from it [MQTT-3.14.4-2],
+/// so on plain TCP the broker closes the socket without waiting for the
+/// client's own close, and in order: the client, still holding its socket
+/// open, reads an orderly end (FIN, not a reset), and the broker holds no
+/// connection for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_closes_the_socket_in_order_without_waiting_for_the_client() {
+    let broker = start(1, |_| {});
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let mut raw = Raw::open(broker.addr).await;
+        let id = format!("leaving-{protocol:?}");
+        let ack = raw
+            .handshake(connect_packet(protocol, &id, true, 0, None))
+            .await;
+        assert_eq!(ack.code, 0);
+        raw.send(&Packet::Disconnect(Default::default())).await;
+        let (packets, end) = read_until_closed(&mut raw).await;
+        assert!(packets.is_empty(), "{protocol:?}: {packets:?}");
+        assert!(
+            end.is_ok(),
+            "{protocol:?}: the broker reset the connection: {end:?}"
+        );
+        let deadline = tokio::time::Instant::now() + STEP;
+        while broker.connections_open() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{protocol:?}: the broker still holds the connection"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a counter
+        }
+    }
 }
 
 /// A subscriber that stopped reading, whose connection the broker ends (here:

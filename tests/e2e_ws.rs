@@ -245,6 +245,30 @@ fn ping_gets_pong_and_close_closes() {
     healthy(addr);
 }
 
+/// After a client's MQTT DISCONNECT the broker ends the WebSocket with its
+/// close handshake (RFC 6455 5.5.1): it sends a Close frame, takes the
+/// client's answer and the connection ends in order.
+#[test]
+fn disconnect_ends_with_the_close_handshake() {
+    let pki = Pki::new("ws-bye");
+    let broker = ws_broker(&pki, |_| {});
+    let addr = addr_of(&broker, "ws");
+    let mut ws = ws(addr);
+    let mut pending = BytesMut::new();
+    mqtt_connect(&mut ws, "ws-bye", &mut pending);
+    send_packet(&mut ws, &Packet::Disconnect(Default::default()));
+    match ws.read() {
+        Ok(Message::Close(_)) => {}
+        other => panic!("expected the broker's Close frame, got {other:?}"),
+    }
+    // tungstenite answers the Close; then the broker closes.
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("expected an orderly close, got {other:?}"),
+    }
+    healthy(addr);
+}
+
 /// Upgrades that cannot become MQTT: plain HTTP without Upgrade, another path,
 /// no mqtt subprotocol. Each gets an HTTP error status and the connection
 /// closes; a healthy client gets in after each.

@@ -4,7 +4,8 @@
 //! ends it the connection closes cleanly: the last packets, the write side
 //! shut down, then the client's remaining input drained before the socket
 //! closes, so the client reads every acknowledgement and the DISCONNECT
-//! instead of a reset.
+//! instead of a reset (after a client's own DISCONNECT nothing is left to
+//! drain on plain TCP, and the socket closes at once).
 //!
 //! Generic over the stream ([`Transport`]): plain TCP and TCP with TLS or
 //! WebSocket layers serve through the same code, which never touches the
@@ -135,7 +136,7 @@ async fn run<S: Transport>(
     // enlarge the task that every idle connection holds.
     let finished = Box::pin(finish_output(&ctx, &conn)).await;
     detach_session(&ctx, &conn);
-    if finished && end.client_may_send() {
+    if finished && end.client_may_send::<S::Reader>() {
         Box::pin(reader::drain(&ctx, &conn, &mut rd)).await;
     }
     ctx.remove_link(conn.id);

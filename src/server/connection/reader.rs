@@ -40,10 +40,17 @@ impl End {
     /// Whether the client may still be sending: then its input is drained
     /// after the write side is shut down, so that closing does not reset the
     /// connection before the client has read the broker's last packets.
-    pub(super) fn client_may_send(&self) -> bool {
+    ///
+    /// After a DISCONNECT a client sends nothing more [MQTT-3.14.4-2], so
+    /// on plain TCP the socket closes at once, as Mosquitto's does: a fleet
+    /// disconnecting together then holds no read buffer, read and timer per
+    /// connection until each client's own close comes. Only a layer's close
+    /// handshake ([`ReadHalf::CLOSE_HANDSHAKE`]) is still read.
+    pub(super) fn client_may_send<R: ReadHalf>(&self) -> bool {
         match self {
             End::Eof | End::Failed(_) | End::Closed(CloseReason::WriteFailed) => false,
-            End::Disconnected | End::Violation | End::Closed(_) | End::Quiet => true,
+            End::Disconnected => R::CLOSE_HANDSHAKE,
+            End::Violation | End::Closed(_) | End::Quiet => true,
         }
     }
 }
@@ -464,5 +471,16 @@ mod tests {
         // Of several packets the most active counts.
         assert_eq!(Demand::Setup.max(Demand::Idle), Demand::Idle);
         assert_eq!(Demand::Idle.max(Demand::Active), Demand::Active);
+    }
+
+    #[test]
+    fn after_a_disconnect_only_a_layer_handshake_is_drained() {
+        type Plain = <monoio::net::TcpStream as Transport>::Reader;
+        type Layered = <crate::server::transport::Layered as Transport>::Reader;
+        assert!(!End::Disconnected.client_may_send::<Plain>());
+        assert!(End::Disconnected.client_may_send::<Layered>());
+        // A broker-decided end still drains on plain TCP.
+        assert!(End::Violation.client_may_send::<Plain>());
+        assert!(!End::Eof.client_may_send::<Layered>());
     }
 }

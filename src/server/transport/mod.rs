@@ -32,6 +32,11 @@ pub trait ReadHalf: 'static {
     /// stream keeps no input of its own, which a TLS or WebSocket layer may.
     const PARKABLE: bool = false;
 
+    /// Whether the stream ends with a close handshake of its own after the
+    /// MQTT bytes (a TLS close_notify, a WebSocket Close frame), which the
+    /// broker reads before it closes the socket even after a DISCONNECT.
+    const CLOSE_HANDSHAKE: bool = true;
+
     /// Appends at least one byte to `buf` (whose spare capacity the caller
     /// reserved), or returns `Ok(0)` at the end of the stream.
     fn read(
@@ -174,6 +179,7 @@ impl Transport for TcpStream {
 
 impl ReadHalf for OwnedReadHalf<TcpStream> {
     const PARKABLE: bool = true;
+    const CLOSE_HANDSHAKE: bool = false;
 
     fn read(
         &mut self,
