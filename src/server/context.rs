@@ -182,6 +182,9 @@ impl Ctx {
 
     pub fn remove_link(&self, conn: ConnId) {
         self.links.borrow_mut().remove(&conn);
+        if let Some(parking) = &self.parking {
+            parking.forget(conn);
+        }
     }
 
     pub fn has_links(&self) -> bool {
@@ -223,9 +226,14 @@ impl Ctx {
 
     /// Spawns the reader of `conn` again if it is parked.
     pub fn unpark(self: &Rc<Self>, conn: ConnId) {
-        if !self.parking.as_ref().is_some_and(|p| p.unpark(conn)) {
-            return;
+        if self.parking.as_ref().is_some_and(|p| p.unpark(conn)) {
+            self.wake_parked(conn);
         }
+    }
+
+    /// Spawns the reader of `conn` again: its socket is readable, or it
+    /// must close.
+    pub fn wake_parked(self: &Rc<Self>, conn: ConnId) {
         let link = self.links.borrow().get(&conn).cloned();
         if let Some(link) = link {
             link.wake_parked(self);

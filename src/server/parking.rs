@@ -17,10 +17,11 @@
 //! packet wakes it), and only on a core with [`PARK_AT_SETUP_AWAKE`] awake
 //! readers, so this costs nothing on the message path; a client that
 //! connects and soon leaves pays that park and wake-up only then, and a
-//! device that pings once a minute pays two `epoll_ctl` calls and a task
-//! spawn per ping.
+//! device that pings once a minute pays one `epoll_ctl` call (its socket
+//! stays in the set while its woken reader runs, and is re-armed) and a
+//! task spawn per ping.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -56,9 +57,20 @@ pub const READY_BATCH: usize = 256;
 /// One core's parked readers.
 pub struct Parking {
     epoll: OwnedFd,
-    /// Per parked connection, its socket (the connection, in the core's
-    /// links, holds what its reader needs to go on).
-    parked: RefCell<HashMap<ConnId, RawFd>>,
+    /// Per connection whose socket is in the epoll set: the socket, and
+    /// whether it is armed (the reader parked). A socket whose one-shot
+    /// event fired stays in the set, disarmed, while its woken reader runs:
+    /// parking it again re-arms it with one `EPOLL_CTL_MOD`, where taking it
+    /// out on the wake-up and adding it again would take two calls.
+    watched: RefCell<HashMap<ConnId, Watched>>,
+    /// How many of `watched` are armed.
+    armed: Cell<usize>,
+}
+
+#[derive(Clone, Copy)]
+struct Watched {
+    fd: RawFd,
+    armed: bool,
 }
 
 impl Parking {
@@ -73,7 +85,8 @@ impl Parking {
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Parking {
             epoll,
-            parked: RefCell::default(),
+            watched: RefCell::default(),
+            armed: Cell::new(0),
         })
     }
 
@@ -81,27 +94,69 @@ impl Parking {
     /// [`Parking::unpark`]). An error when the socket cannot be watched: the
     /// caller then goes on reading.
     pub fn park(&self, conn: ConnId, fd: RawFd) -> io::Result<()> {
+        let disarmed = self
+            .watched
+            .borrow()
+            .get(&conn)
+            .is_some_and(|w| w.fd == fd && !w.armed);
+        let op = if disarmed {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
+        let mut rc = self.control(op, conn, fd);
+        if rc.is_err() && disarmed {
+            // Not in the set after all (the kernel drops a closed socket).
+            rc = self.control(libc::EPOLL_CTL_ADD, conn, fd);
+        }
+        rc?;
+        self.watched
+            .borrow_mut()
+            .insert(conn, Watched { fd, armed: true });
+        self.armed.set(self.armed.get() + 1);
+        Ok(())
+    }
+
+    /// Adds or re-arms `fd` for one readiness event of `conn`.
+    fn control(&self, op: i32, conn: ConnId, fd: RawFd) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: conn,
         };
         // SAFETY: `event` is a valid epoll_event for the duration of the call;
-        // both descriptors are open (the caller holds the socket's stream).
-        let rc =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        // both descriptors are open (the caller holds the socket).
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.parked.borrow_mut().insert(conn, fd);
         Ok(())
     }
 
-    /// Takes connection `conn` out of the set; whether it was parked (its
-    /// reader is then to be woken).
+    /// Takes connection `conn` out of the set if it is parked; whether it
+    /// was (its reader is then to be woken).
     pub fn unpark(&self, conn: ConnId) -> bool {
-        let Some(fd) = self.parked.borrow_mut().remove(&conn) else {
+        let mut watched = self.watched.borrow_mut();
+        let Some(fd) = watched.get(&conn).filter(|w| w.armed).map(|w| w.fd) else {
             return false;
         };
+        watched.remove(&conn);
+        self.armed.set(self.armed.get() - 1);
+        self.remove(fd);
+        true
+    }
+
+    /// Forgets connection `conn`, which ended: a disarmed socket left in the
+    /// set goes with its close.
+    pub fn forget(&self, conn: ConnId) {
+        if let Some(w) = self.watched.borrow_mut().remove(&conn) {
+            if w.armed {
+                self.armed.set(self.armed.get() - 1);
+                self.remove(w.fd);
+            }
+        }
+    }
+
+    fn remove(&self, fd: RawFd) {
         // SAFETY: no pointers (a null event is allowed for DEL). The socket
         // is still open, held by the connection; if unfolding it failed it
         // is closed, and DEL fails harmlessly (EBADF): the connection is
@@ -114,16 +169,17 @@ impl Parking {
                 std::ptr::null_mut(),
             );
         }
-        true
     }
 
     /// How many readers are parked.
     pub fn parked(&self) -> usize {
-        self.parked.borrow().len()
+        self.armed.get()
     }
 
-    /// The connections whose sockets became readable since the last call
-    /// (without waiting), at most [`READY_BATCH`].
+    /// The parked connections whose sockets became readable since the last
+    /// call (without waiting), at most [`READY_BATCH`]. They are no longer
+    /// parked: their sockets stay in the set, disarmed, until they park
+    /// again or end ([`Parking::forget`]).
     pub fn ready(&self) -> Vec<ConnId> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; READY_BATCH];
         // SAFETY: `events` has room for READY_BATCH entries, the count passed.
@@ -136,7 +192,17 @@ impl Parking {
             )
         };
         let n = usize::try_from(n).unwrap_or(0);
-        events[..n].iter().map(|e| e.u64).collect()
+        let mut watched = self.watched.borrow_mut();
+        let mut ready = Vec::with_capacity(n);
+        for e in &events[..n] {
+            let conn = e.u64;
+            if let Some(w) = watched.get_mut(&conn).filter(|w| w.armed) {
+                w.armed = false;
+                self.armed.set(self.armed.get() - 1);
+                ready.push(conn);
+            }
+        }
+        ready
     }
 
     /// A second descriptor of the epoll set, for the runtime to watch.
@@ -146,7 +212,8 @@ impl Parking {
 
     /// Forgets every parked reader without waking it (the core is gone).
     pub fn clear(&self) {
-        self.parked.borrow_mut().clear();
+        self.watched.borrow_mut().clear();
+        self.armed.set(0);
     }
 }
 
@@ -164,10 +231,49 @@ mod tests {
         assert!(parking.ready().is_empty());
         client.write_all(b"x").unwrap();
         assert_eq!(parking.ready(), vec![7]);
-        // One-shot: reported once until parked again.
+        // One-shot: reported once until parked again, and no longer parked.
         assert!(parking.ready().is_empty());
-        assert!(parking.unpark(7));
         assert_eq!(parking.parked(), 0);
+        assert!(!parking.unpark(7), "a woken reader is not parked");
+    }
+
+    #[test]
+    fn a_woken_socket_parks_again_and_is_ready_again() {
+        let parking = Parking::new().unwrap();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        for round in 0..3 {
+            // The first park adds the socket; the later ones re-arm it.
+            parking.park(7, server.as_raw_fd()).unwrap();
+            assert_eq!(parking.parked(), 1);
+            client.write_all(b"x").unwrap();
+            assert_eq!(parking.ready(), vec![7], "round {round}");
+            assert_eq!(parking.parked(), 0);
+            // The reader takes the input (still readable it would fire again).
+            let mut byte = [0u8; 1];
+            std::io::Read::read(&mut &server, &mut byte).unwrap();
+        }
+        // Parked again and taken out: nothing more is reported.
+        parking.park(7, server.as_raw_fd()).unwrap();
+        assert!(parking.unpark(7));
+        client.write_all(b"x").unwrap();
+        assert!(parking.ready().is_empty());
+    }
+
+    #[test]
+    fn an_ended_connection_is_forgotten_and_its_number_reusable() {
+        let parking = Parking::new().unwrap();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        parking.park(1, server.as_raw_fd()).unwrap();
+        client.write_all(b"x").unwrap();
+        assert_eq!(parking.ready(), vec![1]);
+        parking.forget(1);
+        drop((client, server));
+        // A new socket, likely on the same descriptor number, parks afresh.
+        let (mut client, server) = UnixStream::pair().unwrap();
+        parking.park(2, server.as_raw_fd()).unwrap();
+        assert_eq!(parking.parked(), 1);
+        client.write_all(b"x").unwrap();
+        assert_eq!(parking.ready(), vec![2]);
     }
 
     #[test]
