@@ -61,22 +61,39 @@ async fn parked_client_is_served(driver: IoDriver) {
     sub.send(&Packet::PingReq).await;
     assert!(matches!(sub.recv().await, Packet::PingResp));
 
-    // Both quiet now: both park, and the subscriber's own publish wakes it.
-    wait_parked(&broker, 2).await;
-    sub.send(&publish_packet(
-        "dev/2",
-        QosPid::AtLeastOnce(pid(7)),
-        false,
-        b"from it",
-    ))
-    .await;
-    let mut acked = false;
-    let mut echoed = false;
-    while !(acked && echoed) {
+    // Both quiet now: both park. A ping after the quiet time is taken from
+    // the folded socket without waking the reader.
+    // (The PUBACK above may have been taken so too.)
+    let before = broker
+        .wait_counters(PARKED, "both parked", |c| c.connections_parked == 2)
+        .await
+        .parked_answers;
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Packet::PingResp));
+    broker
+        .wait_counters(STEP, "the ping taken while parked", |c| {
+            c.parked_answers == before + 1
+        })
+        .await;
+
+    // A ping with the start of the subscriber's own publish, longer than the
+    // parking takes at one look, then the rest: it wakes the reader, which
+    // handles both.
+    let payload = vec![b'p'; 100];
+    let mut bytes = encode(&Packet::PingReq, Protocol::V3_1_1);
+    bytes.extend(encode(
+        &publish_packet("dev/2", QosPid::AtLeastOnce(pid(7)), false, &payload),
+        Protocol::V3_1_1,
+    ));
+    sub.send_bytes(&bytes[..5]).await.expect("write to broker");
+    sub.send_bytes(&bytes[5..]).await.expect("write to broker");
+    let (mut ponged, mut acked, mut echoed) = (false, false, false);
+    while !(ponged && acked && echoed) {
         match sub.recv().await {
+            Packet::PingResp => ponged = true,
             Packet::PubAck(a) => acked = a.pid == pid(7),
             Packet::Publish(p) => {
-                echoed = &p.payload[..] == b"from it";
+                echoed = p.payload[..] == payload[..];
                 sub.puback(&p).await;
             }
             other => panic!("unexpected {other:?}"),
@@ -174,7 +191,8 @@ async fn setting_up_parks_the_reader_at_once() {
 }
 
 /// After a second of silence, a client's ping and its PUBACK of the only
-/// delivery in flight park its reader again at once. A ping soon after its
+/// delivery in flight park its reader again at once (the ping without
+/// waking it: the parking takes it from the folded socket). A ping soon after its
 /// last packet (as a client acknowledging a steady stream sends) and its own
 /// PUBLISH keep the reader until the quiet time, so it does not park and
 /// wake for each.
@@ -189,11 +207,13 @@ async fn idle_traffic_parks_the_reader_again_at_once() {
     stay_quiet().await;
     sub.send(&Packet::PingReq).await;
     assert!(matches!(sub.recv().await, Packet::PingResp));
-    broker
+    let c = broker
         .wait_counters(STEP, "the ping's reader parked again", |c| {
             c.readers_reparked == 1
         })
         .await;
+    // The folded socket's ping was taken without waking the reader.
+    assert_eq!(c.parked_answers, 1, "{c:?}");
 
     let mut ops = Raw::connect(broker.addr, "ops", true, 60, None).await;
     stay_quiet().await;

@@ -66,6 +66,10 @@ counters! {
     /// was left in flight to the client (a fleet subscribing, an idle
     /// fleet's pings, a broadcast's PUBACKs).
     readers_reparked,
+    /// Of `readers_reparked`, those whose ping or acknowledgements the
+    /// core's parking took from the folded socket without waking the reader
+    /// (no task, no unfold, no io_uring read).
+    parked_answers,
     /// Readers parked right after CONNECT: nothing came with it, nothing
     /// is in flight to the client and the core has many awake readers, so
     /// it waits for the CONNACK or sits idle (a fleet connecting at once

@@ -34,9 +34,12 @@ pub trait Link {
     fn is_quiet_since(&self, cutoff: Time) -> bool;
     /// Park the reader if [`Link::is_quiet_since`] `cutoff`.
     fn park_if_quiet(&self, cutoff: Time);
-    /// Spawn the parked reader's task again (its socket is readable, or the
-    /// connection must close).
+    /// Spawn the parked reader's task again (the connection must close, or
+    /// its socket could not be parked).
     fn wake_parked(self: Rc<Self>, ctx: &Rc<Ctx>);
+    /// The parked socket is readable: take what came, answering an idle
+    /// client's ping without the reader, else spawn the reader.
+    fn take_ready_input(self: Rc<Self>, ctx: &Rc<Ctx>);
 }
 
 pub struct Ctx {
@@ -231,12 +234,19 @@ impl Ctx {
         }
     }
 
-    /// Spawns the reader of `conn` again: its socket is readable, or it
-    /// must close.
-    pub fn wake_parked(self: &Rc<Self>, conn: ConnId) {
+    /// Spawns the reader of `conn` again: it must close.
+    fn wake_parked(self: &Rc<Self>, conn: ConnId) {
         let link = self.links.borrow().get(&conn).cloned();
         if let Some(link) = link {
             link.wake_parked(self);
+        }
+    }
+
+    /// The parked socket of `conn` is readable (see [`Link::take_ready_input`]).
+    pub fn take_ready_input(self: &Rc<Self>, conn: ConnId) {
+        let link = self.links.borrow().get(&conn).cloned();
+        if let Some(link) = link {
+            link.take_ready_input(self);
         }
     }
 

@@ -192,10 +192,9 @@ async fn parking_loop(ctx: Rc<Ctx>, stop: Rc<Notify>) {
         if let futures::future::Either::Right(_) = futures::future::select(ready, stopped).await {
             return;
         }
-        // No longer parked: their readers run again.
         let ready = parking.ready();
         for &conn in &ready {
-            ctx.wake_parked(conn);
+            ctx.take_ready_input(conn);
         }
         if ready.len() == READY_BATCH {
             // More may be ready: let this batch run first (on the epoll

@@ -11,6 +11,7 @@
 //! WebSocket layers serve through the same code, which never touches the
 //! session or the router differently for either.
 
+mod asleep;
 mod reader;
 mod state;
 mod writer;
@@ -161,6 +162,17 @@ fn park<S: Transport>(ctx: &Rc<Ctx>, conn: Rc<Connection<S>>, rd: S::Reader) {
     }
 }
 
+impl<S: Transport> Connection<S> {
+    /// Spawns the parked reader again, starting with `input` (what the
+    /// parking read, if anything).
+    fn start_parked_reader(self: Rc<Self>, ctx: &Rc<Ctx>, input: BytesMut) {
+        match self.take_parked_reader() {
+            Ok(rd) => monoio::spawn(run(ctx.clone(), self, rd, input, Start::Woken)),
+            Err(error) => monoio::spawn(end_without_socket(ctx.clone(), self, error)),
+        };
+    }
+}
+
 /// Ends a connection whose parked socket was lost (it could not be given
 /// back to the runtime): the session is detached as for any close.
 async fn end_without_socket<S: Transport>(
@@ -217,11 +229,13 @@ impl<S: Transport> Link for Connection<S> {
     }
 
     fn wake_parked(self: Rc<Self>, ctx: &Rc<Ctx>) {
-        let start = Start::Woken;
-        match self.take_parked_reader() {
-            Ok(rd) => monoio::spawn(run(ctx.clone(), self, rd, BytesMut::new(), start)),
-            Err(error) => monoio::spawn(end_without_socket(ctx.clone(), self, error)),
-        };
+        self.start_parked_reader(ctx, BytesMut::new());
+    }
+
+    fn take_ready_input(self: Rc<Self>, ctx: &Rc<Ctx>) {
+        if let asleep::Woken::Reader(input) = asleep::take_idle_input(ctx, &self) {
+            self.start_parked_reader(ctx, input);
+        }
     }
 
     fn close(&self, reason: CloseReason) {

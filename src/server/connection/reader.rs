@@ -101,6 +101,10 @@ pub(super) async fn read_loop<S: Transport>(
     let mut sizer = ReadSizer::new(ctx.shared.config.read_buffer_size);
     let mut first = match start {
         Start::Connected => First::Handling { previous: None },
+        // The parking read what woke it: that is its first input.
+        Start::Woken if !buf.is_empty() => First::Handling {
+            previous: Some(conn.last_input()),
+        },
         Start::Woken => First::Awaited {
             previous: conn.last_input(),
         },
@@ -237,7 +241,7 @@ fn parks_at_once<S: Transport>(
 /// What a packet from the client says of its next moments (see
 /// [`parks_at_once`]); of several packets, the most active counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Demand {
+pub(super) enum Demand {
     /// Setting up: CONNECT, SUBSCRIBE, UNSUBSCRIBE.
     Setup,
     /// What an idle client sends: a ping, acknowledgements of deliveries.
@@ -247,7 +251,7 @@ enum Demand {
 }
 
 impl Demand {
-    fn of(packet: &Packet) -> Demand {
+    pub(super) fn of(packet: &Packet) -> Demand {
         match packet {
             Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => Demand::Setup,
             Packet::PingReq | Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {

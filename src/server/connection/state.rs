@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use monoio::io::{CancelHandle, Canceller};
@@ -268,6 +268,27 @@ impl<S: Transport> Connection<S> {
                 self.parked_reader.set(Some(rd));
             }
         }
+    }
+
+    /// One non-blocking `recv` into `buf` from the bare socket while the
+    /// connection is asleep (folded): `None` when it is not, for then the
+    /// runtime owns the socket's reads.
+    pub fn recv_asleep(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let output = self.output.borrow();
+        let Output::Asleep(socket) = &*output else {
+            return None;
+        };
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the
+        // call, and the socket is open: `output` holds it.
+        let n = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        Some(usize::try_from(n).map_err(|_| io::Error::last_os_error()))
     }
 
     /// The parked reader's half, unfolded if asleep. An error if there is
