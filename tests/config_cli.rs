@@ -89,6 +89,7 @@ fn flags_set_every_kind_of_value() {
         "--connect-timeout=3",
         "--max-subscriptions-per-client=5",
         "--busy-poll-us=50",
+        "--write-coalesce-ms=2",
         "--transparent-huge-pages=true",
     ]);
     assert_eq!(config.bind, "::1".parse::<IpAddr>().expect("ip"));
@@ -104,6 +105,7 @@ fn flags_set_every_kind_of_value() {
     assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
     assert_eq!(config.limits.max_subscriptions_per_client, 5);
     assert_eq!(config.busy_poll_us, 50);
+    assert_eq!(config.write_coalesce_ms, 2);
     assert!(config.transparent_huge_pages);
 }
 
@@ -169,7 +171,7 @@ fn missing_config_file_is_a_read_error() {
 
 #[test]
 fn invalid_values_are_rejected_naming_key_and_range() {
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
         (&["--cores=0"], &["cores", "1..=256"]),
         (
             &["--max-packet-size=10"],
@@ -182,6 +184,10 @@ fn invalid_values_are_rejected_naming_key_and_range() {
         ),
         (&["--max-connections=0"], &["max_connections", "at least 1"]),
         (&["--busy-poll-us=5000"], &["busy_poll_us", "0..=1000"]),
+        (
+            &["--write-coalesce-ms=20"],
+            &["write_coalesce_ms", "0..=10"],
+        ),
     ];
     for (args, expected) in cases {
         let message = error(args);

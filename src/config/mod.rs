@@ -116,6 +116,9 @@ pub struct Config {
     /// Microseconds a core keeps polling for work after its last input
     /// before it sleeps; 0 (the default) sleeps at once.
     pub busy_poll_us: u32,
+    /// Milliseconds a connection's writer waits before its next write while
+    /// its output keeps coming; 0 (the default) writes at once.
+    pub write_coalesce_ms: u32,
     /// Whether the allocator's memory may be backed by transparent huge
     /// pages (off by default: see `server::huge_pages`).
     pub transparent_huge_pages: bool,
@@ -172,6 +175,7 @@ impl Default for Config {
             mesh_queue_capacity: 1024,
             mesh_budget: 4 << 20,
             busy_poll_us: 0,
+            write_coalesce_ms: 0,
             transparent_huge_pages: false,
             allow_anonymous: true,
             local_only: true,
@@ -332,6 +336,11 @@ impl Config {
             "busy_poll_us",
             self.busy_poll_us.into(),
             bounds::BUSY_POLL_US,
+        );
+        check.range(
+            "write_coalesce_ms",
+            self.write_coalesce_ms.into(),
+            bounds::WRITE_COALESCE_MS,
         );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             check.fail(format!(

@@ -69,6 +69,9 @@ pub struct Ctx {
     drop_logs: RefCell<HashMap<&'static str, ClientLogGate>>,
     /// With `busy_poll_us`: this core polls for a while after input.
     busy_poll: Option<BusyPoll>,
+    /// With `write_coalesce_ms`: how long a connection's writer waits before
+    /// its next write while its output keeps coming.
+    write_coalesce: Option<std::time::Duration>,
 }
 
 impl Ctx {
@@ -92,6 +95,8 @@ impl Ctx {
             notice_logs: RefCell::default(),
             drop_logs: RefCell::default(),
             busy_poll: BusyPoll::new(shared.config.busy_poll_us),
+            write_coalesce: (shared.config.write_coalesce_ms > 0)
+                .then(|| std::time::Duration::from_millis(shared.config.write_coalesce_ms.into())),
             durability: shared
                 .store
                 .as_ref()
@@ -111,6 +116,11 @@ impl Ctx {
     /// The core's poller, when `busy_poll_us` is set.
     pub fn busy_poll(&self) -> Option<&BusyPoll> {
         self.busy_poll.as_ref()
+    }
+
+    /// The window a connection's writes are kept apart by, when set.
+    pub fn write_coalesce(&self) -> Option<std::time::Duration> {
+        self.write_coalesce
     }
 
     /// A connection's read brought input (restarts a busy-poll window).

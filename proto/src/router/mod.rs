@@ -313,6 +313,14 @@ impl Core {
         }
     }
 
+    /// Whether connection `conn` has output waiting (what [`Core::take_tx`]
+    /// would hand over).
+    pub fn has_tx(&self, key: SessionKey, conn: ConnId) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|e| e.conn == Some(conn) && !e.session.tx.is_empty())
+    }
+
     /// Counts what became of a delivery to `key` at `qos`; a drop is also
     /// told (rarely: see [`Notice::Dropped`]) so it can be logged.
     fn count_delivery(&mut self, key: SessionKey, outcome: Outcome, qos: QoS, now: Time) {
