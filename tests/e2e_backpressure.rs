@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use tokio::io::AsyncWriteExt;
 
 /// Small caps: 2 in flight, 5 queued.
 fn small_queues(c: &mut ringmq::config::Config) {
@@ -205,34 +204,19 @@ async fn qos0_to_a_subscriber_that_does_not_read_holds_the_publisher_and_loses_n
     const SIZE: usize = 16 * 1024;
     let broker = start(2, |c| c.limits.max_write_buffer = 64 * 1024);
     let mut sub = Raw::small_rcvbuf_subscriber(broker.addr, &id_on(1, 2, "q0-sub"), "q0/t").await;
-    let addr = broker.addr;
-    let publisher = tokio::spawn(async move {
-        let mut publ = Raw::connect(addr, &id_on(0, 2, "q0-pub"), true, 0, None).await;
-        let body = "z".repeat(SIZE);
-        for i in 0..MSGS {
-            let payload = format!("{}|{body}", numbered("q0", i));
-            let p = publish_packet("q0/t", QosPid::AtMostOnce, false, payload.as_bytes());
-            // Blocks while the publisher is held back (TCP pushes back), for
-            // as long as the test takes to see the hold and read: a hang
-            // guard, not a speed limit.
-            let frame = encode(&p, ringmq::codec::Protocol::V3_1_1);
-            tokio::time::timeout(12 * STEP, publ.stream.write_all(&frame))
-                .await
-                .expect("held for ever")
-                .expect("publish");
-        }
-        publ
-    });
+    let publisher = spawn_padded_flood(
+        broker.addr,
+        id_on(0, 2, "q0-pub"),
+        "q0/t",
+        "q0",
+        (MSGS, SIZE),
+    );
     broker
         .wait_counters(STEP, "the publisher held back", |c| {
             c.publishers_throttled >= 1
         })
         .await;
-    let mut got = Vec::with_capacity(MSGS);
-    while got.len() < MSGS {
-        let p = sub.recv_publish().await;
-        got.push(label_of(&p.payload));
-    }
+    let got = recv_labels(&mut sub, MSGS).await;
     assert_sequence("QoS 0 through a hold", "q0", &got, MSGS);
     within(STEP, "the publisher finishing", publisher)
         .await

@@ -4,7 +4,6 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::v4::QoS;
 use common::*;
 
@@ -20,27 +19,7 @@ fn polling_broker() -> TestBroker {
 async fn a_polling_broker_delivers_within_and_across_cores() {
     const N: usize = 200;
     let broker = polling_broker();
-    let mut sub = V4::connect(broker.addr, &id_on(0, 2, "bp-sub")).await;
-    sub.subscribe_ok("bp/+", QoS::AtLeastOnce).await;
-    let mut near = V4::connect(broker.addr, &id_on(0, 2, "bp-near")).await;
-    let mut far = V4::connect(broker.addr, &id_on(1, 2, "bp-far")).await;
-    for i in 0..N {
-        near.publish("bp/near", QoS::AtLeastOnce, false, numbered("near", i))
-            .await;
-        far.publish("bp/far", QoS::AtLeastOnce, false, numbered("far", i))
-            .await;
-    }
-    near.wait_acks(N, QoS::AtLeastOnce).await;
-    far.wait_acks(N, QoS::AtLeastOnce).await;
-    let got = sub.recv_publishes(2 * N).await;
-    for (topic, tag) in [("bp/near", "near"), ("bp/far", "far")] {
-        let payloads: Vec<Bytes> = got
-            .iter()
-            .filter(|p| p.topic == topic)
-            .map(|p| p.payload.clone())
-            .collect();
-        assert_sequence(&sub.id, tag, &payloads, N);
-    }
+    near_and_far_streams_arrive_in_order(&broker, "bp", N).await;
     broker
         .wait_counters(STEP, "polling counted", |c| c.busy_poll_turns > 0)
         .await;

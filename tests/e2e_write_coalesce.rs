@@ -4,10 +4,7 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::v4::QoS;
 use common::*;
-use tokio::io::AsyncWriteExt;
 
 const WAIT_MS: u32 = 1;
 
@@ -21,27 +18,7 @@ fn coalescing_broker() -> TestBroker {
 async fn a_coalescing_broker_delivers_within_and_across_cores() {
     const N: usize = 200;
     let broker = coalescing_broker();
-    let mut sub = V4::connect(broker.addr, &id_on(0, 2, "wc-sub")).await;
-    sub.subscribe_ok("wc/+", QoS::AtLeastOnce).await;
-    let mut near = V4::connect(broker.addr, &id_on(0, 2, "wc-near")).await;
-    let mut far = V4::connect(broker.addr, &id_on(1, 2, "wc-far")).await;
-    for i in 0..N {
-        near.publish("wc/near", QoS::AtLeastOnce, false, numbered("near", i))
-            .await;
-        far.publish("wc/far", QoS::AtLeastOnce, false, numbered("far", i))
-            .await;
-    }
-    near.wait_acks(N, QoS::AtLeastOnce).await;
-    far.wait_acks(N, QoS::AtLeastOnce).await;
-    let got = sub.recv_publishes(2 * N).await;
-    for (topic, tag) in [("wc/near", "near"), ("wc/far", "far")] {
-        let payloads: Vec<Bytes> = got
-            .iter()
-            .filter(|p| p.topic == topic)
-            .map(|p| p.payload.clone())
-            .collect();
-        assert_sequence(&sub.id, tag, &payloads, N);
-    }
+    near_and_far_streams_arrive_in_order(&broker, "wc", N).await;
 }
 
 /// A stream to a client that reads slowly (a 4 KiB receive buffer, 16 MB
@@ -54,27 +31,14 @@ async fn a_stream_that_keeps_coming_waits_between_writes_and_loses_nothing() {
     const SIZE: usize = 16 * 1024;
     let broker = coalescing_broker();
     let mut sub = Raw::small_rcvbuf_subscriber(broker.addr, &id_on(1, 2, "wc-sub"), "wc/s").await;
-    let addr = broker.addr;
-    let publisher = tokio::spawn(async move {
-        let mut publ = Raw::connect(addr, &id_on(0, 2, "wc-pub"), true, 0, None).await;
-        let body = "z".repeat(SIZE);
-        for i in 0..MSGS {
-            let payload = format!("{}|{body}", numbered("wc", i));
-            let p = publish_packet("wc/s", QosPid::AtMostOnce, false, payload.as_bytes());
-            let frame = encode(&p, ringmq::codec::Protocol::V3_1_1);
-            // A hang guard while TCP pushes back, not a speed limit.
-            tokio::time::timeout(12 * STEP, publ.stream.write_all(&frame))
-                .await
-                .expect("held for ever")
-                .expect("publish");
-        }
-        publ
-    });
-    let mut got = Vec::with_capacity(MSGS);
-    while got.len() < MSGS {
-        let p = sub.recv_publish().await;
-        got.push(label_of(&p.payload));
-    }
+    let publisher = spawn_padded_flood(
+        broker.addr,
+        id_on(0, 2, "wc-pub"),
+        "wc/s",
+        "wc",
+        (MSGS, SIZE),
+    );
+    let got = recv_labels(&mut sub, MSGS).await;
     assert_sequence("a coalesced stream", "wc", &got, MSGS);
     within(STEP, "the publisher finishing", publisher)
         .await

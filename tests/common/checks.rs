@@ -1,6 +1,7 @@
 //! Checks shared by several suites: numbered payloads, exact sequences, the
-//! in-order exactly-once stream, required programs, remaining message expiry
-//! for measured time, and waiting for every core's retained replica.
+//! in-order exactly-once stream, two QoS 1 streams within and across cores,
+//! a padded QoS 0 flood, required programs, remaining message expiry for
+//! measured time, and waiting for every core's retained replica.
 
 use std::time::Duration;
 
@@ -30,6 +31,16 @@ pub fn label_of(payload: &Bytes) -> Bytes {
         .position(|b| *b == b'|')
         .expect("a label|padding payload");
     payload.slice(..end)
+}
+
+/// The labels of the next `n` padded PUBLISHes `sub` receives.
+pub async fn recv_labels(sub: &mut Raw, n: usize) -> Vec<Bytes> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let p = sub.recv_publish().await;
+        got.push(label_of(&p.payload));
+    }
+    got
 }
 
 /// Asserts that `payloads` are exactly `prefix-0 .. prefix-(n-1)` in order.
@@ -202,4 +213,67 @@ pub fn wait_retained_blocking(broker: &TestBroker, topic: &str, want: Option<&[u
         .build()
         .expect("tokio runtime")
         .block_on(wait_retained(broker, topic, |p| p == want));
+}
+
+/// Two QoS 1 streams of `n` messages into one subscriber of `{prefix}/+` on
+/// core 0 of a 2-core broker, one from a publisher on that core and one from
+/// the other core: every publish is acked and each stream arrives whole and
+/// in order.
+pub async fn near_and_far_streams_arrive_in_order(broker: &TestBroker, prefix: &str, n: usize) {
+    let mut sub = V4::connect(broker.addr, &id_on(0, 2, &format!("{prefix}-sub"))).await;
+    sub.subscribe_ok(&format!("{prefix}/+"), v4::QoS::AtLeastOnce)
+        .await;
+    let mut near = V4::connect(broker.addr, &id_on(0, 2, &format!("{prefix}-near"))).await;
+    let mut far = V4::connect(broker.addr, &id_on(1, 2, &format!("{prefix}-far"))).await;
+    let (near_topic, far_topic) = (format!("{prefix}/near"), format!("{prefix}/far"));
+    for i in 0..n {
+        near.publish(
+            &near_topic,
+            v4::QoS::AtLeastOnce,
+            false,
+            numbered("near", i),
+        )
+        .await;
+        far.publish(&far_topic, v4::QoS::AtLeastOnce, false, numbered("far", i))
+            .await;
+    }
+    near.wait_acks(n, v4::QoS::AtLeastOnce).await;
+    far.wait_acks(n, v4::QoS::AtLeastOnce).await;
+    let got = sub.recv_publishes(2 * n).await;
+    for (topic, tag) in [(&near_topic, "near"), (&far_topic, "far")] {
+        let payloads: Vec<Bytes> = got
+            .iter()
+            .filter(|p| &p.topic == topic)
+            .map(|p| p.payload.clone())
+            .collect();
+        assert_sequence(&sub.id, tag, &payloads, n);
+    }
+}
+
+/// Publishes `msgs` QoS 0 messages `{prefix}-i|` + `size` bytes of padding
+/// to `topic` as 3.1.1 client `id`, in a task that returns the client. Each
+/// write waits while TCP pushes back, for as long as a test takes to see a
+/// hold and read: the bound is a hang guard, not a speed limit.
+pub fn spawn_padded_flood(
+    addr: std::net::SocketAddr,
+    id: String,
+    topic: &'static str,
+    prefix: &'static str,
+    (msgs, size): (usize, usize),
+) -> tokio::task::JoinHandle<Raw> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        let mut publ = Raw::connect(addr, &id, true, 0, None).await;
+        let body = "z".repeat(size);
+        for i in 0..msgs {
+            let payload = format!("{}|{body}", numbered(prefix, i));
+            let p = publish_packet(topic, QosPid::AtMostOnce, false, payload.as_bytes());
+            let frame = super::encode(&p, ringmq::codec::Protocol::V3_1_1);
+            tokio::time::timeout(12 * STEP, publ.stream.write_all(&frame))
+                .await
+                .expect("held for ever")
+                .expect("publish");
+        }
+        publ
+    })
 }
