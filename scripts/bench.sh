@@ -19,7 +19,8 @@
 # the cores.
 #
 # Environment: MODE (pinned|shared), DURATION (s, per run, default 10), WARMUP
-# (s, default 2), ROUNDS (default 1), RINGMQ_PORT (1883), MOSQUITTO_PORT (1884).
+# (s, default 2), ROUNDS (default 1), RINGMQ_PORT (1883), MOSQUITTO_PORT (1884),
+# RINGMQ_ARGS (more ringmq flags, e.g. "--write-coalesce-ms 1").
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-1}
 RINGMQ_PORT=${RINGMQ_PORT:-1883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-1884}
+read -r -a RINGMQ_EXTRA <<<"${RINGMQ_ARGS:-}"
 OUT=results/$(date +%Y-%m-%d_%H%M%S)_${MODE:-pinned}
 mkdir -p "$OUT"
 
@@ -89,7 +91,7 @@ shared) ;;
     exit 2
     ;;
 esac
-log "mode $MODE: ringmq --cores $RINGMQ_CORES, loadgen --threads $THREADS"
+log "mode $MODE: ringmq --cores $RINGMQ_CORES ${RINGMQ_ARGS:-}, loadgen --threads $THREADS"
 
 cat >"$OUT/mosquitto.conf" <<EOF
 listener $MOSQUITTO_PORT 127.0.0.1
@@ -104,7 +106,7 @@ EOF
 
 log "starting ringmq on :$RINGMQ_PORT and mosquitto on :$MOSQUITTO_PORT"
 "${BROKER_CPU[@]}" target/release/ringmq --bind 127.0.0.1 --port "$RINGMQ_PORT" --cores "$RINGMQ_CORES" --persistence false \
-    2>"$OUT/ringmq.log" &
+    ${RINGMQ_EXTRA[@]+"${RINGMQ_EXTRA[@]}"} 2>"$OUT/ringmq.log" &
 RINGMQ_PID=$!
 PIDS+=("$RINGMQ_PID")
 "${BROKER_CPU[@]}" mosquitto -c "$OUT/mosquitto.conf" 2>"$OUT/mosquitto.log" &
