@@ -179,9 +179,8 @@ counters! {
     /// (`busy_poll_us`): what the option costs, in turns of about a
     /// microsecond each.
     busy_poll_turns,
-    /// Writes made after a `write_coalesce_ms` wait: output was already
-    /// waiting when the write before ended, so the writer waited for more
-    /// to go with it.
+    /// Writes made after a `write_coalesce_ms` wait: the connection's output
+    /// kept coming, so its writer waited for more to go with the write.
     coalesced_writes,
     /// Cores that hand shared groups' messages to the cluster's NATS queue
     /// groups now (1 each while the link's connection for them is up).

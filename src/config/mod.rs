@@ -116,8 +116,8 @@ pub struct Config {
     /// Microseconds a core keeps polling for work after its last input
     /// before it sleeps; 0 (the default) sleeps at once.
     pub busy_poll_us: u32,
-    /// Milliseconds a connection's writer waits before its next write while
-    /// its output keeps coming; 0 (the default) writes at once.
+    /// Milliseconds a connection's writer waits after each write once its
+    /// output keeps coming; 0 (the default) writes at once.
     pub write_coalesce_ms: u32,
     /// Whether the allocator's memory may be backed by transparent huge
     /// pages (off by default: see `server::huge_pages`).

@@ -69,8 +69,8 @@ pub struct Ctx {
     drop_logs: RefCell<HashMap<&'static str, ClientLogGate>>,
     /// With `busy_poll_us`: this core polls for a while after input.
     busy_poll: Option<BusyPoll>,
-    /// With `write_coalesce_ms`: how long a connection's writer waits before
-    /// its next write while its output keeps coming.
+    /// With `write_coalesce_ms`: how long a connection's writer waits after
+    /// each write once its output keeps coming.
     write_coalesce: Option<std::time::Duration>,
 }
 
@@ -118,7 +118,8 @@ impl Ctx {
         self.busy_poll.as_ref()
     }
 
-    /// The window a connection's writes are kept apart by, when set.
+    /// How long a streaming connection's writer waits after each write
+    /// (`write_coalesce_ms`), when set.
     pub fn write_coalesce(&self) -> Option<std::time::Duration> {
         self.write_coalesce
     }

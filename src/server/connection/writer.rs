@@ -112,7 +112,8 @@ pub(super) async fn write_loop<S: Transport>(
                 core.record_latency(now.since(received_at));
             }
             core.written(conn.key, conn.id, len, now);
-            core.has_tx(conn.key, conn.id)
+            // Looked up only for the option: the default path is as before.
+            coalescing.wait.is_some() && core.has_tx(conn.key, conn.id)
         });
         waited = match coalescing.after_write(more) {
             Some(wait) => {
