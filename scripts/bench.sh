@@ -20,7 +20,7 @@
 #
 # Environment: MODE (pinned|shared), DURATION (s, per run, default 10), WARMUP
 # (s, default 2), ROUNDS (default 1), RINGMQ_PORT (1883), MOSQUITTO_PORT (1884),
-# RINGMQ_ARGS (more ringmq flags, e.g. "--write-coalesce-ms 1").
+# RINGMQ_ARGS (more ringmq flags, e.g. "--read-coalesce-ms 1 --write-coalesce-ms 1").
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -90,6 +90,7 @@ fn flags_set_every_kind_of_value() {
         "--max-subscriptions-per-client=5",
         "--busy-poll-us=50",
         "--write-coalesce-ms=2",
+        "--read-coalesce-ms=3",
         "--transparent-huge-pages=true",
     ]);
     assert_eq!(config.bind, "::1".parse::<IpAddr>().expect("ip"));
@@ -106,6 +107,7 @@ fn flags_set_every_kind_of_value() {
     assert_eq!(config.limits.max_subscriptions_per_client, 5);
     assert_eq!(config.busy_poll_us, 50);
     assert_eq!(config.write_coalesce_ms, 2);
+    assert_eq!(config.read_coalesce_ms, 3);
     assert!(config.transparent_huge_pages);
 }
 
@@ -171,7 +173,7 @@ fn missing_config_file_is_a_read_error() {
 
 #[test]
 fn invalid_values_are_rejected_naming_key_and_range() {
-    let cases: [(&[&str], &[&str]); 7] = [
+    let cases: [(&[&str], &[&str]); 8] = [
         (&["--cores=0"], &["cores", "1..=256"]),
         (
             &["--max-packet-size=10"],
@@ -188,6 +190,7 @@ fn invalid_values_are_rejected_naming_key_and_range() {
             &["--write-coalesce-ms=20"],
             &["write_coalesce_ms", "0..=10"],
         ),
+        (&["--read-coalesce-ms=11"], &["read_coalesce_ms", "0..=10"]),
     ];
     for (args, expected) in cases {
         let message = error(args);

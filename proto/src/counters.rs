@@ -182,6 +182,9 @@ counters! {
     /// Writes made after a `write_coalesce_ms` wait: the connection's output
     /// kept coming, so its writer waited for more to go with the write.
     coalesced_writes,
+    /// Reads made after a `read_coalesce_ms` wait: the connection's input
+    /// kept coming, so its reader waited for more to come with the read.
+    coalesced_reads,
     /// Cores that hand shared groups' messages to the cluster's NATS queue
     /// groups now (1 each while the link's connection for them is up).
     cluster_shared_cores,

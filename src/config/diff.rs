@@ -18,7 +18,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     compare!(old, new; Config {
         bind, port, default_listener, listeners, bridges, cluster, cores, pin_cores, io_driver, ring_entries,
-        read_buffer_size, mesh_queue_capacity, mesh_budget, busy_poll_us, write_coalesce_ms, transparent_huge_pages,
+        read_buffer_size, mesh_queue_capacity, mesh_budget, busy_poll_us, write_coalesce_ms, read_coalesce_ms, transparent_huge_pages,
         allow_anonymous, local_only,
         password_file, acl_file, persistence, persistence_location, persistence_fsync,
         persistence_fsync_interval, persistence_faults, log_level, log_format, sys_interval,

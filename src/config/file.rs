@@ -69,13 +69,20 @@ pub struct FileConfig {
     /// Microseconds each core keeps polling for work after its last input before it sleeps (default 0: sleep at once; up to 1000). Saves the wake-up on the next packet at the cost of a busy CPU; for latency-critical deployments with cores to spare
     #[arg(long = "busy-poll-us", env = "RINGMQ_BUSY_POLL_US", value_name = "US")]
     pub busy_poll_us: Option<u32>,
-    /// Milliseconds a connection's writer waits after each write once its output keeps coming (two writes in a row ended with more waiting), so what comes meanwhile goes in one write (default 0: write at once; up to 10). Cuts the CPU per delivery of a busy stream at high fixed rates, at about this much more latency; a connection with nothing left to send is written at once next time, so light traffic and a client that waits for each answer are not delayed
+    /// Period in milliseconds of the writes of a connection whose output keeps coming (two writes in a row ended with more waiting): after each write its writer waits for the core's next coalescing tick, every MS, so what comes meanwhile goes in one write (default 0: write at once; up to 10). Cuts the CPU per delivery of a busy stream at high fixed rates, at up to this much more latency; a connection with nothing left to send is written at once next time, so light traffic and a client that waits for each answer are not delayed
     #[arg(
         long = "write-coalesce-ms",
         env = "RINGMQ_WRITE_COALESCE_MS",
         value_name = "MS"
     )]
     pub write_coalesce_ms: Option<u32>,
+    /// Period in milliseconds of the reads of a connection whose input keeps coming (two reads in a row brought more than one packet): before each read its reader waits for the core's next coalescing tick, every MS, so what comes meanwhile arrives in one read (default 0: read at once; up to 10). Cuts the CPU per message of busy publishers (a fan-in) at high fixed rates, at up to this much more latency; a read after a wait that brings at most one packet ends the waiting, so a client that sends one packet at a time and waits for the answer is never delayed
+    #[arg(
+        long = "read-coalesce-ms",
+        env = "RINGMQ_READ_COALESCE_MS",
+        value_name = "MS"
+    )]
+    pub read_coalesce_ms: Option<u32>,
     /// Let the allocator back memory with transparent huge pages (default false: each first touch of a 2 MiB page zeroes it inside the core that touched it, milliseconds every client on the core waits, and khugepaged later grows the RSS; true: a few per cent more throughput at maximum rate)
     #[arg(long, env = "RINGMQ_TRANSPARENT_HUGE_PAGES", value_name = "BOOL", action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -266,7 +273,7 @@ impl FileConfig {
     pub fn over(self, lower: FileConfig) -> FileConfig {
         overlay!(self, lower;
             bind_address, port, cores, pin_cores, io_driver, ring_entries, read_buffer_size,
-            mesh_queue_capacity, mesh_budget, busy_poll_us, write_coalesce_ms, transparent_huge_pages, allow_anonymous, log_level, log_format, sys_interval, metrics_port,
+            mesh_queue_capacity, mesh_budget, busy_poll_us, write_coalesce_ms, read_coalesce_ms, transparent_huge_pages, allow_anonymous, log_level, log_format, sys_interval, metrics_port,
             metrics_bind_address, max_packet_size,
             max_connections, max_connections_per_ip, max_connection_rate, max_inflight_messages, max_queued_messages, max_queued_bytes,
             max_write_buffer, max_topic_levels, max_client_id_len, connect_timeout, max_keepalive,
@@ -318,6 +325,7 @@ impl FileConfig {
             mesh_budget: size("mesh_budget", self.mesh_budget, d.mesh_budget)?,
             busy_poll_us: self.busy_poll_us.unwrap_or(d.busy_poll_us),
             write_coalesce_ms: self.write_coalesce_ms.unwrap_or(d.write_coalesce_ms),
+            read_coalesce_ms: self.read_coalesce_ms.unwrap_or(d.read_coalesce_ms),
             transparent_huge_pages: self
                 .transparent_huge_pages
                 .unwrap_or(d.transparent_huge_pages),

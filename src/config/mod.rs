@@ -119,6 +119,9 @@ pub struct Config {
     /// Milliseconds a connection's writer waits after each write once its
     /// output keeps coming; 0 (the default) writes at once.
     pub write_coalesce_ms: u32,
+    /// Milliseconds a connection's reader waits before each read once its
+    /// input keeps coming; 0 (the default) reads at once.
+    pub read_coalesce_ms: u32,
     /// Whether the allocator's memory may be backed by transparent huge
     /// pages (off by default: see `server::huge_pages`).
     pub transparent_huge_pages: bool,
@@ -176,6 +179,7 @@ impl Default for Config {
             mesh_budget: 4 << 20,
             busy_poll_us: 0,
             write_coalesce_ms: 0,
+            read_coalesce_ms: 0,
             transparent_huge_pages: false,
             allow_anonymous: true,
             local_only: true,
@@ -341,6 +345,11 @@ impl Config {
             "write_coalesce_ms",
             self.write_coalesce_ms.into(),
             bounds::WRITE_COALESCE_MS,
+        );
+        check.range(
+            "read_coalesce_ms",
+            self.read_coalesce_ms.into(),
+            bounds::READ_COALESCE_MS,
         );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             check.fail(format!(

@@ -108,6 +108,8 @@ pub(super) mod bounds {
     /// Past 10 ms the added latency is what a client notices, and the
     /// writes saved are few: they are already large.
     pub const WRITE_COALESCE_MS: RangeInclusive<u64> = 0..=10;
+    /// As for writes: past 10 ms reads are large already.
+    pub const READ_COALESCE_MS: RangeInclusive<u64> = 0..=10;
     /// 268_435_455 is the largest length MQTT's variable-byte integer can encode.
     pub const MAX_PACKET_SIZE: RangeInclusive<u64> = 64..=268_435_455;
     /// A 65535-byte topic has at most 32768 levels.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::busy_poll::BusyPoll;
+use super::coalesce::Tick;
 use super::durability::{Durability, Mark};
 use super::edge::{self, RateLimit};
 use super::log_gate::{ClientLogGate, LogGate};
@@ -69,14 +70,19 @@ pub struct Ctx {
     drop_logs: RefCell<HashMap<&'static str, ClientLogGate>>,
     /// With `busy_poll_us`: this core polls for a while after input.
     busy_poll: Option<BusyPoll>,
-    /// With `write_coalesce_ms`: how long a connection's writer waits after
-    /// each write once its output keeps coming.
-    write_coalesce: Option<std::time::Duration>,
+    /// With `write_coalesce_ms`: the tick a connection's writer waits for
+    /// after each write once its output keeps coming.
+    write_tick: Option<Rc<Tick>>,
+    /// With `read_coalesce_ms`: the tick a connection's reader waits for
+    /// before each read once its input keeps coming (the same as the
+    /// writers' when the periods are equal).
+    read_tick: Option<Rc<Tick>>,
 }
 
 impl Ctx {
     pub fn new(id: usize, core: Core, shared: Arc<Shared>) -> Ctx {
         let cores = core.cores();
+        let (read_tick, write_tick) = coalescing_ticks(&shared, id);
         Ctx {
             id,
             core: RefCell::new(core),
@@ -95,8 +101,8 @@ impl Ctx {
             notice_logs: RefCell::default(),
             drop_logs: RefCell::default(),
             busy_poll: BusyPoll::new(shared.config.busy_poll_us),
-            write_coalesce: (shared.config.write_coalesce_ms > 0)
-                .then(|| std::time::Duration::from_millis(shared.config.write_coalesce_ms.into())),
+            write_tick,
+            read_tick,
             durability: shared
                 .store
                 .as_ref()
@@ -118,10 +124,16 @@ impl Ctx {
         self.busy_poll.as_ref()
     }
 
-    /// How long a streaming connection's writer waits after each write
+    /// The tick a streaming connection's writer waits for after each write
     /// (`write_coalesce_ms`), when set.
-    pub fn write_coalesce(&self) -> Option<std::time::Duration> {
-        self.write_coalesce
+    pub fn write_tick(&self) -> Option<&Rc<Tick>> {
+        self.write_tick.as_ref()
+    }
+
+    /// The tick a streaming connection's reader waits for before each read
+    /// (`read_coalesce_ms`), when set.
+    pub fn read_tick(&self) -> Option<&Rc<Tick>> {
+        self.read_tick.as_ref()
     }
 
     /// A connection's read brought input (restarts a busy-poll window).
@@ -561,4 +573,22 @@ fn connection_rates(shared: &Shared, cores: usize) -> Vec<Option<RateLimit>> {
         .iter()
         .map(|_| (rate > 0).then(|| RateLimit::new(f64::from(rate) / cores as f64, now)))
         .collect()
+}
+
+/// The core's reading and writing ticks (`read_coalesce_ms`,
+/// `write_coalesce_ms`): one tick when the periods are equal, so that a
+/// core's waiting readers and writers go in the same turn.
+fn coalescing_ticks(shared: &Shared, core: usize) -> (Option<Rc<Tick>>, Option<Rc<Tick>>) {
+    let io_uring = shared.drivers[core].get() == Some(&"io_uring");
+    let tick = |ms: u32| (ms > 0).then(|| Tick::new(Duration::from_millis(ms.into()), io_uring));
+    let (read_ms, write_ms) = (
+        shared.config.read_coalesce_ms,
+        shared.config.write_coalesce_ms,
+    );
+    let write = tick(write_ms);
+    let read = match &write {
+        Some(w) if read_ms == write_ms => Some(w.clone()),
+        _ => tick(read_ms),
+    };
+    (read, write)
 }

@@ -4,6 +4,7 @@
 
 mod accept;
 mod busy_poll;
+mod coalesce;
 mod connection;
 mod context;
 mod durability;

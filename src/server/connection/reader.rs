@@ -1,6 +1,15 @@
 //! The reader side of a connection: read into a buffer, hand every complete
 //! frame to the core in one call, and, when the connection ends, close it
 //! cleanly.
+//!
+//! With `read_coalesce_ms`, a reader whose last two reads each brought more
+//! than one packet (the client sends faster than the reader takes) waits
+//! for the core's next coalescing tick (`server::coalesce`) before each
+//! read, so that what the client sends meanwhile comes in one read, until a
+//! read after a wait brings at most one packet.
+//! At high fixed rates most of a publish's CPU is the cost of its read,
+//! which larger reads share. A client that sends a packet and waits for the
+//! answer brings one per read and is never delayed.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -111,6 +120,9 @@ pub(super) async fn read_loop<S: Transport>(
     };
     // What the packets handled so far ask of the reader; a CONNECT sets up.
     let mut demand = Demand::Setup;
+    let mut coalescing = Coalescing::default();
+    // Packets handled since the last read, and whether it came after a wait.
+    let (mut handled, mut waited) = (0u32, false);
     rd.set_write_prompt(&|| {
         let (weak_ctx, weak_conn) = (Rc::downgrade(ctx), Rc::downgrade(conn));
         Rc::new(move || {
@@ -120,7 +132,7 @@ pub(super) async fn read_loop<S: Transport>(
         })
     });
     loop {
-        match handle_frames(ctx, conn, &mut buf, &mut demand) {
+        match handle_frames(ctx, conn, &mut buf, &mut demand, &mut handled) {
             Step::Drained => {}
             Step::Paused => {
                 // The core says when the barrier is done; wake-ups only prompt
@@ -162,6 +174,15 @@ pub(super) async fn read_loop<S: Transport>(
                 return End::Quiet;
             }
         }
+        if let Some(tick) = ctx.read_tick() {
+            waited = coalescing.wait_before_read(std::mem::take(&mut handled) > 1);
+            if waited {
+                tick.next().await;
+                if let Some(reason) = conn.close_reason() {
+                    return End::Closed(reason);
+                }
+            }
+        }
         let room = sizer.prepare(&mut buf);
         // An ask made while the reader waited elsewhere cancelled nothing.
         conn.take_park_ask();
@@ -177,7 +198,10 @@ pub(super) async fn read_loop<S: Transport>(
                     };
                 }
                 sizer.observe(n, room);
-                ctx.count(|c| c.bytes_received += n as u64);
+                ctx.count(|c| {
+                    c.bytes_received += n as u64;
+                    c.coalesced_reads += u64::from(waited);
+                });
                 if n == room {
                     // More is likely waiting. On epoll a read of a ready
                     // socket completes without going back to the scheduler,
@@ -200,6 +224,32 @@ pub(super) async fn read_loop<S: Transport>(
                 return End::Failed(e);
             }
         }
+    }
+}
+
+/// Reads in a row that brought more than one packet before a reader counts
+/// its client as a stream. One is a client's setup (CONNECT and SUBSCRIBE in
+/// one segment); two are a publisher sending faster than it is read.
+const STREAMING_READS: u8 = 2;
+
+/// One reader's `read_coalesce_ms` state: reads in a row that brought more
+/// than one packet, up to [`STREAMING_READS`].
+#[derive(Default)]
+struct Coalescing {
+    busy_reads: u8,
+}
+
+impl Coalescing {
+    /// The last read brought more than one packet or not: whether to wait
+    /// before the next. Once a stream, a read (after a wait) that brought
+    /// at most one ends it: waiting gathered nothing.
+    fn wait_before_read(&mut self, busy: bool) -> bool {
+        self.busy_reads = if busy {
+            (self.busy_reads + 1).min(STREAMING_READS)
+        } else {
+            0
+        };
+        self.busy_reads == STREAMING_READS
     }
 }
 
@@ -264,12 +314,13 @@ impl Demand {
 
 /// Decodes every complete frame in `buf` and hands them to the core in one
 /// call, so that one read's publishes travel to other cores as one batch.
-/// Raises `demand` to that of each frame.
+/// Raises `demand` to that of each frame and counts them in `handled`.
 fn handle_frames<S: Transport>(
     ctx: &Rc<Ctx>,
     conn: &Connection<S>,
     buf: &mut BytesMut,
     demand: &mut Demand,
+    handled: &mut u32,
 ) -> Step {
     if conn.close_reason().is_some() {
         return Step::Drained;
@@ -300,6 +351,7 @@ fn handle_frames<S: Transport>(
             Err(e) => return Err((e.to_string(), e.reason_code())),
         };
         *demand = (*demand).max(Demand::of(&packet));
+        *handled += 1;
         match core.handle_packet(conn.key, now, packet) {
             Ok(Next::Continue) => {}
             Ok(Next::Pause) => return Ok(Step::Paused),
@@ -475,6 +527,26 @@ mod tests {
         // Of several packets the most active counts.
         assert_eq!(Demand::Setup.max(Demand::Idle), Demand::Idle);
         assert_eq!(Demand::Idle.max(Demand::Active), Demand::Active);
+    }
+
+    #[test]
+    fn a_stream_of_packets_waits_until_a_wait_gathers_nothing() {
+        let mut c = Coalescing::default();
+        assert!(!c.wait_before_read(true), "setup: CONNECT and SUBSCRIBE");
+        assert!(c.wait_before_read(true), "two busy reads: a stream");
+        assert!(c.wait_before_read(true));
+        assert!(!c.wait_before_read(false), "one packet after a wait: done");
+        assert!(!c.wait_before_read(true), "a new stream starts over");
+    }
+
+    #[test]
+    fn a_client_sending_one_packet_at_a_time_never_waits() {
+        let mut c = Coalescing::default();
+        for _ in 0..4 {
+            assert!(!c.wait_before_read(false));
+        }
+        assert!(!c.wait_before_read(true), "one busy read is not a stream");
+        assert!(!c.wait_before_read(false));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //!
 //! With `write_coalesce_ms`, a writer that found output already waiting when
 //! two writes in a row ended (the connection's output keeps coming) waits
-//! that long after each write, so what comes meanwhile goes with the next,
-//! until a wait brings nothing and the task ends. At high fixed rates most
+//! for the core's next coalescing tick (`server::coalesce`) after each
+//! write, so what comes meanwhile goes with the next, until a wait brings
+//! nothing and the task ends. At high fixed rates most
 //! of a delivery's CPU is the kernel's cost per write, which larger writes
 //! share. A connection left with nothing to send is written at once next
 //! time: light traffic and request-and-answer exchanges never wait.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -29,28 +29,24 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// ends); two are a stream.
 const STREAMING_WRITES: u32 = 2;
 
-/// One writer task's `write_coalesce_ms` state.
+/// One writer task's `write_coalesce_ms` state: writes in a row that ended
+/// with output waiting, up to [`STREAMING_WRITES`]; from there the task
+/// stays a stream.
+#[derive(Default)]
 struct Coalescing {
-    wait: Option<Duration>,
-    /// Writes in a row that ended with output waiting, up to
-    /// [`STREAMING_WRITES`]; from there the task stays a stream.
     busy_ends: u32,
 }
 
 impl Coalescing {
-    fn new(wait: Option<Duration>) -> Coalescing {
-        Coalescing { wait, busy_ends: 0 }
-    }
-
-    /// A write ended, with more output waiting or not: how long to wait
-    /// before the next.
-    fn after_write(&mut self, more: bool) -> Option<Duration> {
+    /// A write ended, with more output waiting or not: whether to wait for
+    /// the tick before the next.
+    fn wait_after_write(&mut self, more: bool) -> bool {
         if more {
             self.busy_ends = (self.busy_ends + 1).min(STREAMING_WRITES);
         } else if self.busy_ends < STREAMING_WRITES {
             self.busy_ends = 0;
         }
-        self.wait.filter(|_| self.busy_ends == STREAMING_WRITES)
+        self.busy_ends == STREAMING_WRITES
     }
 }
 
@@ -63,7 +59,7 @@ pub(super) async fn write_loop<S: Transport>(
     mut wr: S::Writer,
 ) {
     let mut spare = BytesMut::new();
-    let mut coalescing = Coalescing::new(ctx.write_coalesce());
+    let mut coalescing = Coalescing::default();
     let mut waited = false;
     loop {
         let (taken, sample) = ctx.with_core(|core| {
@@ -113,15 +109,15 @@ pub(super) async fn write_loop<S: Transport>(
             }
             core.written(conn.key, conn.id, len, now);
             // Looked up only for the option: the default path is as before.
-            coalescing.wait.is_some() && core.has_tx(conn.key, conn.id)
+            ctx.write_tick().is_some() && core.has_tx(conn.key, conn.id)
         });
-        waited = match coalescing.after_write(more) {
-            Some(wait) => {
-                monoio::time::sleep(wait).await;
-                true
+        waited = false;
+        if let Some(tick) = ctx.write_tick() {
+            waited = coalescing.wait_after_write(more);
+            if waited {
+                tick.next().await;
             }
-            None => false,
-        };
+        }
     }
     if let Some(farewell) = conn.take_farewell() {
         let disconnect = |properties| {
@@ -142,30 +138,20 @@ pub(super) async fn write_loop<S: Transport>(
 mod tests {
     use super::*;
 
-    const WAIT: Option<Duration> = Some(Duration::from_millis(1));
-
     #[test]
     fn a_pipelined_answer_does_not_wait() {
-        let mut c = Coalescing::new(WAIT);
-        assert_eq!(c.after_write(true), None, "the CONNACK, a SUBACK ready");
-        assert_eq!(c.after_write(false), None, "the SUBACK, nothing more");
-        assert_eq!(c.after_write(true), None, "a new exchange starts over");
+        let mut c = Coalescing::default();
+        assert!(!c.wait_after_write(true), "the CONNACK, a SUBACK ready");
+        assert!(!c.wait_after_write(false), "the SUBACK, nothing more");
+        assert!(!c.wait_after_write(true), "a new exchange starts over");
     }
 
     #[test]
     fn a_stream_waits_after_each_write_once_it_is_one() {
-        let mut c = Coalescing::new(WAIT);
-        assert_eq!(c.after_write(true), None);
-        assert_eq!(c.after_write(true), WAIT, "two busy ends: a stream");
-        assert_eq!(c.after_write(false), WAIT, "a write that took it all");
-        assert_eq!(c.after_write(true), WAIT);
-    }
-
-    #[test]
-    fn without_the_setting_nothing_waits() {
-        let mut c = Coalescing::new(None);
-        for _ in 0..4 {
-            assert_eq!(c.after_write(true), None);
-        }
+        let mut c = Coalescing::default();
+        assert!(!c.wait_after_write(true));
+        assert!(c.wait_after_write(true), "two busy ends: a stream");
+        assert!(c.wait_after_write(false), "a write that took it all");
+        assert!(c.wait_after_write(true));
     }
 }
