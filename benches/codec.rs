@@ -55,7 +55,8 @@ fn bench_encode(c: &mut Criterion) {
     group.finish();
 }
 
-/// One delivery into a subscriber's output buffer, QoS 0 (cached frame) and QoS 1.
+/// One delivery into a subscriber's output buffer, QoS 0 (cached frame) and QoS 1,
+/// and a message's only delivery (fan-in, point to point: a new message each time).
 fn bench_deliver(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_delivery_16B");
     let topic = TopicName::from_static("fleet/eu-west/device-001234/telemetry");
@@ -75,6 +76,27 @@ fn bench_deliver(c: &mut Criterion) {
             })
         });
     }
+    let d = Delivery::plain(QosPid::AtMostOnce, false, false);
+    group.bench_function("qos0_only_delivery", |b| {
+        b.iter_batched(
+            || {
+                Message::new(
+                    msg.topic.clone(),
+                    msg.payload.clone(),
+                    QoS::AtMostOnce,
+                    false,
+                )
+            },
+            |fresh| {
+                if out.len() > 60_000 {
+                    out.clear();
+                }
+                fresh.encode_for(&mut out, Protocol::V3_1_1, &d);
+                fresh
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

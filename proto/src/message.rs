@@ -1,5 +1,6 @@
 //! The unit the router moves between sessions and cores.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -30,9 +31,14 @@ pub struct Message {
     /// It came from another node of the cluster: its publisher is out of
     /// reach of back-pressure from here, so a full queue drops it.
     pub from_cluster: bool,
-    /// The 3.1.1 QoS 0 frame, encoded on first use and then copied as is into
-    /// every subscriber's buffer that receives exactly those bytes (fan-out).
+    /// The 3.1.1 QoS 0 frame, encoded at the second such delivery and then
+    /// copied as is into every subscriber's buffer that receives exactly
+    /// those bytes (fan-out).
     frame_v3_qos0: OnceLock<Bytes>,
+    /// Whether a 3.1.1 QoS 0 delivery was encoded already. The first goes
+    /// straight into its subscriber's buffer: a message with one subscriber
+    /// (fan-in, point to point) pays for no frame of its own and no copy.
+    v3_qos0_encoded: AtomicBool,
 }
 
 /// How a 5.0 delivery uses a topic alias [MQTT-3.3.2.3.4].
@@ -85,6 +91,7 @@ impl Message {
             received_at: Time::ZERO,
             from_cluster: false,
             frame_v3_qos0: OnceLock::new(),
+            v3_qos0_encoded: AtomicBool::new(false),
         }
     }
 
@@ -143,6 +150,15 @@ impl Message {
         if protocol.is_v5() {
             self.encode_v5(out, d);
         } else if d.qos_pid == QosPid::AtMostOnce && !d.retain {
+            // Relaxed: the flag only picks between two encodings of the
+            // same bytes; the frame itself is published by the OnceLock.
+            if self.frame_v3_qos0.get().is_none()
+                && !self.v3_qos0_encoded.swap(true, Ordering::Relaxed)
+            {
+                let none = Properties::default();
+                self.encode_with(out, protocol, d, self.topic.as_bytes(), &none);
+                return out.len() - start;
+            }
             let frame = self.frame_v3_qos0.get_or_init(|| {
                 let mut buf = BytesMut::new();
                 self.encode_with(
@@ -221,6 +237,32 @@ mod tests {
             Some(Packet::Publish(p)) => p,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn every_v3_qos0_delivery_has_the_same_bytes_first_or_cached() {
+        let msg = Message::new(
+            TopicName::from_static("a/b"),
+            Bytes::from_static(b"payload"),
+            QoS::AtLeastOnce,
+            false,
+        );
+        let d = Delivery::plain(QosPid::AtMostOnce, false, false);
+        let mut frames = Vec::new();
+        for _ in 0..3 {
+            let mut out = BytesMut::from(&b"before"[..]);
+            let len = msg.encode_for(&mut out, Protocol::V3_1_1, &d);
+            assert_eq!(len, out.len() - 6);
+            frames.push(out.split_off(6));
+        }
+        assert!(msg.frame_v3_qos0.get().is_some(), "cached from the second");
+        assert_eq!(frames[0], frames[1]);
+        assert_eq!(frames[1], frames[2]);
+        let p = decode_one(&mut frames[0], Protocol::V3_1_1);
+        assert_eq!(
+            (&p.topic[..], &p.payload[..]),
+            (&b"a/b"[..], &b"payload"[..])
+        );
     }
 
     #[test]
