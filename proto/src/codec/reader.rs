@@ -93,8 +93,35 @@ impl Reader {
 
 /// MQTT strings are UTF-8 without U+0000 [MQTT-1.5.3-1], [MQTT-1.5.3-2].
 pub(crate) fn validate_utf8(raw: &[u8]) -> Result<()> {
-    match std::str::from_utf8(raw) {
-        Ok(s) if !s.contains('\0') => Ok(()),
-        _ => Err(DecodeError::InvalidUtf8),
+    // ASCII (nearly every topic and client id) is UTF-8; the word-at-a-time
+    // check is a fraction of the full decoder's cost on a short string.
+    let utf8 = raw.is_ascii() || std::str::from_utf8(raw).is_ok();
+    match utf8 && !raw.contains(&0) {
+        true => Ok(()),
+        false => Err(DecodeError::InvalidUtf8),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_strings_are_utf8_without_nul_ascii_or_not() {
+        for ok in [&b"a/b"[..], b"", "caf\u{e9}/\u{1f600}".as_bytes()] {
+            assert!(validate_utf8(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &b"a\0b"[..],
+            "\u{e9}\0".as_bytes(),
+            b"\xff",
+            b"a/\xc3",
+            b"\xed\xa0\x80",
+        ] {
+            assert!(
+                matches!(validate_utf8(bad), Err(DecodeError::InvalidUtf8)),
+                "{bad:?}"
+            );
+        }
     }
 }
