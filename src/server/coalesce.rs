@@ -80,7 +80,7 @@ impl Tick {
     /// Ticks while anyone waits.
     async fn run(self: Rc<Self>) {
         let timer = self.timer.borrow().clone();
-        let timer = timer.filter(|t| self.started(t));
+        let mut timer = timer.filter(|t| self.started(t));
         let mut expirations = vec![0u8; 8];
         loop {
             match &timer {
@@ -89,6 +89,7 @@ impl Tick {
                     expirations = buf;
                     if let Err(e) = res {
                         self.give_up_timer(&e);
+                        timer = None;
                         monoio::time::sleep(self.period).await;
                     }
                 }
