@@ -213,10 +213,14 @@ mod tests {
         assert_eq!(woke.get(), 3);
         assert_eq!(tick.ticks.get(), 1, "one tick woke all three");
         assert!(start.elapsed() >= PERIOD - Duration::from_micros(100));
-        // Nobody waits at the next tick: the task ends.
-        while tick.running.get() {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
+        // Nobody waits at the next tick: the task ends. (No event tells it;
+        // polled, bounded by the hang detector.)
+        let ended = monoio::time::timeout(STUCK, async {
+            while tick.running.get() {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        ended.await.expect("the ticking ended with nobody waiting");
         monoio::time::timeout(STUCK, tick.next())
             .await
             .expect("ticking restarted");

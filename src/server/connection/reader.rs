@@ -6,10 +6,10 @@
 //! than one packet (the client sends faster than the reader takes) waits
 //! for the core's next coalescing tick (`server::coalesce`) before each
 //! read, so that what the client sends meanwhile comes in one read, until a
-//! read after a wait brings at most one packet.
-//! At high fixed rates most of a publish's CPU is the cost of its read,
-//! which larger reads share. A client that sends a packet and waits for the
-//! answer brings one per read and is never delayed.
+//! read after a wait brings at most one packet. At high fixed rates most of
+//! a publish's CPU is the cost of its read, which larger reads share. A
+//! client that sends a packet and waits for the answer brings one per read
+//! and is never delayed.
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -5,10 +5,10 @@
 //! two writes in a row ended (the connection's output keeps coming) waits
 //! for the core's next coalescing tick (`server::coalesce`) after each
 //! write, so what comes meanwhile goes with the next, until a wait brings
-//! nothing and the task ends. At high fixed rates most
-//! of a delivery's CPU is the kernel's cost per write, which larger writes
-//! share. A connection left with nothing to send is written at once next
-//! time: light traffic and request-and-answer exchanges never wait.
+//! nothing and the task ends. At high fixed rates most of a delivery's CPU
+//! is the kernel's cost per write, which larger writes share. A connection
+//! left with nothing to send is written at once next time: light traffic
+//! and request-and-answer exchanges never wait.
 
 use std::rc::Rc;
 
